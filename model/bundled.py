@@ -1,0 +1,27 @@
+"""The default model shipped in the repository (trained by ``training``, see README)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+DEFAULT_ONNX = WEIGHTS_DIR / "default.onnx"
+DEFAULT_KERAS = WEIGHTS_DIR / "default.keras"
+DEFAULT_CARD = WEIGHTS_DIR / "default.json"
+
+
+def default_model(backend: str = "onnx") -> Path:
+    """Path of the bundled model for ``backend`` (onnx for serving, keras for fine-tuning)."""
+    path = {"onnx": DEFAULT_ONNX, "keras": DEFAULT_KERAS}.get(backend)
+    if path is None:
+        raise ValueError(f"no bundled {backend} model; export one with `crowdcount export`")
+    if not path.is_file():
+        raise FileNotFoundError(f"bundled model missing: {path}")
+    return path
+
+
+def model_card() -> dict[str, Any]:
+    """How the bundled model was built and how well it counts."""
+    return json.loads(DEFAULT_CARD.read_text()) if DEFAULT_CARD.is_file() else {}

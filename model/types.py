@@ -1,0 +1,62 @@
+"""The few types every stage speaks.
+
+They sit at the bottom of the import graph (NumPy only) so that sources, the batcher, the
+runtime, annotators, sinks and dataset readers all pass the same objects instead of
+inventing tuples of their own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import NDArray
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One decoded picture from a source.
+
+    ``image`` is RGB ``uint8`` of shape (H, W, 3). ``captured_at`` is wall-clock seconds
+    (``time.time()``) taken when the frame left the decoder, so latency can be measured from
+    the source to any sink.
+    """
+
+    stream_id: str
+    seq: int
+    captured_at: float
+    image: NDArray[np.uint8]
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) as video APIs report it."""
+        return int(self.image.shape[1]), int(self.image.shape[0])
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """What the runtime returns for one frame.
+
+    ``density`` is the model's map at its output stride (float32, (h, w)); it sums to
+    ``count``. ``zones`` maps zone name to the density summed inside that zone's polygon.
+    """
+
+    frame: Frame
+    density: NDArray[np.float32]
+    count: float
+    inferred_at: float
+    zones: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One training or evaluation example as every dataset reader yields it.
+
+    Either ``points`` (N x 2 head positions, pixel x/y in ``image``) or only ``count`` is
+    known; readers of count-only datasets leave ``points`` as ``None``.
+    """
+
+    image: NDArray[np.uint8]
+    count: float
+    points: NDArray[np.float32] | None = None
+    name: str = ""

@@ -1,0 +1,1 @@
+"""The live service: sources in, batched inference, annotated video and counts out."""

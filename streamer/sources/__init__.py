@@ -1,0 +1,1 @@
+"""Frame sources: one module each, all behind :class:`streamer.sources.base.Source`."""

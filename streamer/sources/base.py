@@ -1,0 +1,101 @@
+"""The one interface every source speaks.
+
+A source decodes on a thread of its own (or, for WebRTC, inside aiortc) and keeps only the
+newest frame: ``recv()`` returns the newest frame not returned before and waits when there is
+none. A consumer slower than the source therefore drops frames instead of building delay;
+each dropped frame is counted in ``status.dropped``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from abc import ABC, abstractmethod
+
+from model.types import Frame
+from streamer.status import StreamState, StreamStatus
+
+
+class SourceEnded(Exception):
+    """The source has no more frames (a file played to its end, a peer hung up)."""
+
+
+class Source(ABC):
+    """Base class: subclasses implement ``start``/``stop`` and call ``_publish`` from any
+    thread with each decoded frame."""
+
+    def __init__(self, stream_id: str) -> None:
+        self.stream_id = stream_id
+        self.status = StreamStatus()
+        self._lock = threading.Lock()
+        self._latest: Frame | None = None
+        self._ended = False
+        self._seq = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready: asyncio.Event | None = None
+        self._rate_t0 = time.monotonic()
+        self._rate_n = 0
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Begin producing frames; must return quickly (decoding runs elsewhere)."""
+
+    @abstractmethod
+    async def stop(self) -> None:
+        """Release every thread, decoder and socket; idempotent."""
+
+    def _bind_loop(self) -> None:
+        """Call from ``start`` on the event loop so other threads can wake ``recv``."""
+        self._loop = asyncio.get_running_loop()
+        self._ready = asyncio.Event()
+
+    def _publish(self, image: object, captured_at: float | None = None) -> None:
+        """Thread-safe: replace the pending frame by a newer one (counting the drop)."""
+        import numpy as np
+
+        frame = Frame(self.stream_id, self._seq, captured_at or time.time(), np.asarray(image))
+        self._seq += 1
+        with self._lock:
+            if self._latest is not None:
+                self.status.dropped += 1
+            self._latest = frame
+        self.status.frames_in += 1
+        self._rate_n += 1
+        now = time.monotonic()
+        if now - self._rate_t0 >= 1.0:
+            self.status.fps_in = self._rate_n / (now - self._rate_t0)
+            self._rate_t0, self._rate_n = now, 0
+        self._wake()
+
+    def _finish(self, state: StreamState = StreamState.ENDED, error: str | None = None) -> None:
+        """Thread-safe: no more frames will come; ``recv`` raises ``SourceEnded``."""
+        self._ended = True
+        self.status.state = state
+        if error is not None:
+            self.status.last_error = error
+        self._wake()
+
+    def _wake(self) -> None:
+        loop, ready = self._loop, self._ready
+        if loop is None or ready is None or loop.is_closed():
+            return
+        try:
+            loop.call_soon_threadsafe(ready.set)
+        except RuntimeError:  # loop closed between the check and the call
+            pass
+
+    async def recv(self) -> Frame:
+        """The newest frame not returned before."""
+        if self._ready is None:
+            raise RuntimeError("source not started")
+        while True:
+            with self._lock:
+                frame, self._latest = self._latest, None
+                if frame is None:
+                    self._ready.clear()
+            if frame is not None:
+                return frame
+            if self._ended:
+                raise SourceEnded(self.stream_id)
+            await self._ready.wait()

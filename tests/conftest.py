@@ -1,0 +1,23 @@
+"""Shared pytest configuration. Fixtures live in ``tests/fixtures/`` and are registered here."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("CROWD_SHARED") or ROOT.parent / "shared")
+
+pytest_plugins = [
+    "tests.fixtures.models",
+]
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    """The real data folder; tests that need it skip when it is absent."""
+    if not (SHARED / "README.md").is_file():
+        pytest.skip(f"real data not found at {SHARED} (set CROWD_SHARED to use it)")
+    return SHARED
