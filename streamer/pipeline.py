@@ -1,0 +1,268 @@
+"""Sources → batcher → inference thread → sinks, for every stream at once.
+
+The pipeline is the only place that knows all four stages, so the API and the CLI deal with
+one object: add a source, subscribe a sink, read ``stats()``. Everything here runs on the
+event loop except decoding (the sources' threads) and inference (the worker's thread);
+the loop only moves frame references and calls sinks, which must not block.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from types import TracebackType
+from typing import Any
+
+from model.runtime import Runtime
+from model.types import Frame, Result
+from streamer.batcher import Batcher
+from streamer.sinks.base import Sink
+from streamer.sources.base import Source, SourceEnded
+from streamer.status import StreamState
+from streamer.worker import InferenceWorker, RollingStats
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineStats:
+    """A snapshot for the API and benchmarks. Times are milliseconds; percentiles cover a
+    recent window (``None`` before the first result). ``latency`` runs from a frame's
+    capture to its dispatch to the sinks."""
+
+    batch_sizes: dict[int, int]
+    batches: int
+    frames: int
+    inference_errors: int
+    sink_errors: int
+    inference_ms_p50: float | None
+    inference_ms_p95: float | None
+    latency_ms_p50: float | None
+    latency_ms_p95: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(slots=True)
+class _Stream:
+    source: Source
+    pump: asyncio.Task[None] | None = None
+    sinks: list[Sink] = field(default_factory=list)
+    reported_drops: int = 0  # batcher drops already added to status.dropped
+    rate_t0: float = field(default_factory=time.monotonic)
+    rate_n: int = 0
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1000.0
+
+
+class Pipeline:
+    """Owns the batcher and the inference worker; call ``close()`` (or use ``async with``).
+
+    The worker starts with the first stream (or ``start()``), on the running loop, since
+    results must be handed to that loop.
+    """
+
+    def __init__(self, runtime: Runtime, max_batch: int = 8, max_in_flight: int = 2) -> None:
+        self.runtime = runtime
+        self.max_batch = max_batch
+        self.max_in_flight = max_in_flight
+        self.batcher = Batcher()
+        self.latency = RollingStats()
+        self.sink_errors = 0
+        self._worker: InferenceWorker | None = None
+        self._streams: dict[str, _Stream] = {}
+        self._sinks: list[Sink] = []
+        self._sink_failures: dict[int, int] = {}
+        self._closed = False
+
+    async def start(self) -> None:
+        """Start the inference thread (idempotent)."""
+        if self._closed:
+            raise RuntimeError("pipeline is closed")
+        if self._worker is None:
+            self._worker = InferenceWorker(
+                self.runtime,
+                self.batcher,
+                asyncio.get_running_loop(),
+                self._dispatch,
+                self._report_error,
+                max_batch=self.max_batch,
+                max_in_flight=self.max_in_flight,
+            )
+            self._worker.start()
+
+    @property
+    def worker(self) -> InferenceWorker | None:
+        return self._worker
+
+    @property
+    def streams(self) -> dict[str, Source]:
+        """Stream id → source, a copy (safe to iterate while streams come and go)."""
+        return {sid: s.source for sid, s in self._streams.items()}
+
+    async def add_stream(
+        self, source: Source, fps_limit: float | None = None, max_side: int | None = None
+    ) -> None:
+        """Start ``source`` and feed it to the model at most ``fps_limit`` times a second,
+        resized so its longer side is at most ``max_side`` (``None``: runtime default)."""
+        sid = source.stream_id
+        if sid in self._streams:
+            raise ValueError(f"stream {sid!r} already exists")
+        await self.start()
+        assert self._worker is not None
+        self.batcher.add(sid, fps_limit)
+        self._worker.set_max_side(sid, max_side)
+        entry = self._streams[sid] = _Stream(source)
+        try:
+            await source.start()
+        except BaseException:
+            self._forget(sid)
+            raise
+        entry.pump = asyncio.create_task(self._pump(entry), name=f"pump-{sid}")
+
+    async def remove_stream(self, stream_id: str) -> None:
+        """Stop one stream; its results still in flight are discarded. KeyError if unknown."""
+        entry = self._streams[stream_id]
+        self._forget(stream_id)
+        if entry.pump is not None:
+            entry.pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await entry.pump
+        await entry.source.stop()
+
+    def _forget(self, stream_id: str) -> None:
+        self._streams.pop(stream_id, None)
+        self.batcher.remove(stream_id)
+        if self._worker is not None:
+            self._worker.forget(stream_id)
+
+    def add_sink(self, sink: Sink) -> None:
+        """A sink for every stream's results (store, live feed, metrics)."""
+        if sink not in self._sinks:
+            self._sinks.append(sink)
+
+    def remove_sink(self, sink: Sink) -> None:
+        with contextlib.suppress(ValueError):
+            self._sinks.remove(sink)
+
+    def subscribe(self, stream_id: str, sink: Sink) -> None:
+        """A sink for one stream only (a viewer); ends with the stream. KeyError if unknown."""
+        sinks = self._streams[stream_id].sinks
+        if sink not in sinks:
+            sinks.append(sink)
+
+    def unsubscribe(self, stream_id: str, sink: Sink) -> None:
+        entry = self._streams.get(stream_id)
+        if entry is not None:
+            with contextlib.suppress(ValueError):
+                entry.sinks.remove(sink)
+
+    async def _pump(self, entry: _Stream) -> None:
+        source, sid = entry.source, entry.source.stream_id
+        try:
+            while True:
+                self.batcher.submit(await source.recv())
+                # Every batcher drop happens inside submit, so syncing here keeps
+                # status.dropped exact at all times (the source adds its own drops).
+                drops = self.batcher.dropped(sid)
+                source.status.dropped += drops - entry.reported_drops
+                entry.reported_drops = drops
+        except SourceEnded:
+            return  # the source has already set its own state (ended, failed)
+        except Exception as exc:
+            log.exception("stream %s: receiving failed", sid)
+            source.status.state = StreamState.FAILED
+            source.status.last_error = f"{type(exc).__name__}: {exc}"
+
+    def _dispatch(self, results: list[Result]) -> None:
+        """On the loop: account the results in each stream's status, then fan them out."""
+        if self._closed:
+            return
+        now_wall, now = time.time(), time.monotonic()
+        for result in results:
+            sid = result.frame.stream_id
+            entry = self._streams.get(sid)
+            if entry is None:  # removed while its frame was being inferred
+                continue
+            status = entry.source.status
+            status.frames_out += 1
+            status.last_count = result.count
+            entry.rate_n += 1
+            if now - entry.rate_t0 >= 1.0:
+                status.fps_out = entry.rate_n / (now - entry.rate_t0)
+                entry.rate_t0, entry.rate_n = now, 0
+            self.latency.add(now_wall - result.frame.captured_at)
+            for sink in (*self._sinks, *entry.sinks):
+                self._call(sink, result)
+
+    def _call(self, sink: Sink, result: Result) -> None:
+        try:
+            sink.on_result(result)
+        except Exception:
+            # Isolate sinks from each other; log the first failure and then rarely, since a
+            # broken sink fails for every frame of every stream.
+            self.sink_errors += 1
+            n = self._sink_failures[id(sink)] = self._sink_failures.get(id(sink), 0) + 1
+            if n == 1 or n % 1000 == 0:
+                log.exception("sink %r failed (%d times)", sink, n)
+
+    def _report_error(self, frames: list[Frame], exc: BaseException) -> None:
+        for frame in frames:
+            entry = self._streams.get(frame.stream_id)
+            if entry is not None:
+                entry.source.status.last_error = f"inference: {type(exc).__name__}: {exc}"
+
+    def stats(self) -> PipelineStats:
+        worker = self._worker
+        return PipelineStats(
+            batch_sizes=dict(sorted(self.batcher.batch_histogram().items())),
+            batches=worker.batches if worker else 0,
+            frames=worker.frames if worker else 0,
+            inference_errors=worker.errors if worker else 0,
+            sink_errors=self.sink_errors,
+            inference_ms_p50=_ms(worker.latency.p50) if worker else None,
+            inference_ms_p95=_ms(worker.latency.p95) if worker else None,
+            latency_ms_p50=_ms(self.latency.p50),
+            latency_ms_p95=_ms(self.latency.p95),
+        )
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Stop every stream and the inference thread; idempotent."""
+        if self._closed:
+            return
+        for sid in list(self._streams):
+            try:
+                await self.remove_stream(sid)
+            except Exception:  # one source failing to stop must not keep the others running
+                log.exception("stream %s: stopping failed", sid)
+        self._closed = True
+        self._sinks.clear()
+        worker = self._worker
+        if worker is not None:
+            worker.stop(timeout=0)
+            deadline = time.monotonic() + timeout
+            # Poll instead of join() so a long final batch never blocks the loop.
+            while worker.alive and time.monotonic() < deadline:
+                await asyncio.sleep(0.005)
+            if worker.alive:
+                log.warning("inference thread did not stop within %.1f s", timeout)
+        else:
+            self.batcher.close()
+
+    async def __aenter__(self) -> Pipeline:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
