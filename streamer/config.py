@@ -1,0 +1,396 @@
+"""The typed configuration tree, loaded from TOML.
+
+Why strict: a misspelt key in a service config (``stall_timout``, ``[[stream]]``) silently
+falling back to a default is the kind of mistake found only after an outage. Every model
+therefore forbids unknown keys and accepts only the TOML type it documents (no ``"8080"``
+for a port, no ``1`` for a boolean), and ``load_config`` turns any failure into a single
+line naming the file, the key path and the problem, which the CLI prints before exiting 2.
+
+Relative paths in a file (``server.database``, ``model.path``, file stream urls) are taken
+relative to that file's folder, so the service behaves the same from any working directory;
+so is the default database, which therefore lives next to the config file.
+``Config.default()`` and ``parse_config`` without ``base_dir`` leave them as written.
+
+Example::
+
+    [server]
+    host = "0.0.0.0"
+    port = 8080
+    token = "change-me"
+    database = "/var/lib/crowdcount/counts.sqlite3"
+
+    [model]
+    backend = "onnx"
+    threads = 4
+
+    [[streams]]
+    name = "entrance"
+    url = "rtsp://10.0.0.12:554/stream1"
+    fps_limit = 5.0
+    max_side = 960
+
+    [[streams.zones]]
+    name = "door"
+    points = [[100, 200], [400, 200], [400, 600], [100, 600]]
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import math
+import re
+import tomllib
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "ModelConfig",
+    "ServerConfig",
+    "StreamConfig",
+    "ZoneConfig",
+    "load_config",
+    "parse_config",
+]
+
+StreamKind = Literal["rtsp", "file", "device", "webcam"]
+
+# Stream names become ids in API paths, metric labels and the database: keep them plain.
+_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+_SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+_WEBCAM_RE = re.compile(r"^webcam:\d+$")
+_DEVICE_RE = re.compile(r"^/dev/video\d+$")
+
+
+class ConfigError(Exception):
+    """A configuration problem; ``str()`` is one line: ``file: key.path: problem``."""
+
+    def __init__(self, source: str, path: str, problem: str) -> None:
+        self.source = source
+        self.path = path
+        self.problem = " ".join(problem.split())  # one line, whatever the cause said
+        where = f"{source}: {path}" if path else source
+        super().__init__(f"{where}: {self.problem}")
+
+
+def _as_tuple(value: Any) -> Any:
+    """TOML arrays arrive as lists; the frozen tree stores tuples (strict mode wants them)."""
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _as_path(value: Any) -> Any:
+    if isinstance(value, Path):
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"expected a path string, got {type(value).__name__}")
+    if not value.strip():
+        raise ValueError("path must not be empty")
+    return Path(value).expanduser()
+
+
+def _relative_to_file(path: Path, info: ValidationInfo) -> Path:
+    base = (info.context or {}).get("base_dir")
+    if base is None or path.is_absolute():
+        return path
+    return Path(base) / path
+
+
+PathStr = Annotated[Path, BeforeValidator(_as_path)]
+Point = Annotated[tuple[float, float], BeforeValidator(_as_tuple)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class ZoneConfig(_Strict):
+    """A polygon whose density is summed separately, in the stream's frame pixels."""
+
+    name: Annotated[str, Field(min_length=1, max_length=64)]
+    points: Annotated[tuple[Point, ...], BeforeValidator(_as_tuple), Field(min_length=3)]
+
+    @field_validator("points")
+    @classmethod
+    def _check_points(cls, pts: tuple[tuple[float, float], ...]) -> tuple[tuple[float, float], ...]:
+        for i, (x, y) in enumerate(pts):
+            if not (math.isfinite(x) and math.isfinite(y)) or x < 0 or y < 0:
+                raise ValueError(f"point {i} ({x}, {y}) must be finite and >= 0 (pixels)")
+        # Shoelace area: a zero-area polygon would never contain any density.
+        edges = zip(pts, pts[1:] + pts[:1], strict=True)
+        area = sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in edges)
+        if area == 0:
+            raise ValueError("points enclose no area (all on one line?)")
+        return pts
+
+
+class StreamConfig(_Strict):
+    """One video source: ``rtsp://``/``rtsps://`` url, a file path, ``/dev/videoN`` or
+    ``webcam:N``."""
+
+    name: Annotated[str, Field(pattern=_NAME_RE)]
+    url: Annotated[str, Field(min_length=1)]
+    loop: bool = False
+    max_side: Annotated[int, Field(ge=32, le=8192)] | None = None
+    fps_limit: Annotated[float, Field(gt=0, le=240)] | None = None
+    stall_timeout: Annotated[float, Field(gt=0, le=3600)] = 5.0
+    zones: Annotated[tuple[ZoneConfig, ...], BeforeValidator(_as_tuple)] = ()
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, url: str, info: ValidationInfo) -> str:
+        url = url.strip()
+        m = _SCHEME_RE.match(url)
+        if m:
+            if m.group(1).lower() not in ("rtsp", "rtsps"):
+                raise ValueError(
+                    f"unsupported scheme {m.group(1)!r}: use rtsp://, rtsps://, a file path, "
+                    "/dev/videoN or webcam:N"
+                )
+            return url
+        if url.startswith("webcam:") and not _WEBCAM_RE.match(url):
+            raise ValueError(f"{url!r}: webcam urls look like 'webcam:0'")
+        if _WEBCAM_RE.match(url) or _DEVICE_RE.match(url):
+            return url
+        return str(_relative_to_file(Path(url).expanduser(), info))
+
+    @field_validator("zones")
+    @classmethod
+    def _unique_zones(cls, zones: tuple[ZoneConfig, ...]) -> tuple[ZoneConfig, ...]:
+        seen: set[str] = set()
+        for z in zones:
+            if z.name in seen:
+                raise ValueError(f"duplicate zone name {z.name!r}")
+            seen.add(z.name)
+        return zones
+
+    @model_validator(mode="after")
+    def _loop_only_for_files(self) -> Self:
+        if self.loop and self.kind != "file":
+            raise ValueError(f"loop = true only applies to video files, not {self.kind} urls")
+        return self
+
+    @property
+    def kind(self) -> StreamKind:
+        """How the source is opened, derived from ``url``."""
+        if _SCHEME_RE.match(self.url):
+            return "rtsp"
+        if _WEBCAM_RE.match(self.url):
+            return "webcam"
+        if _DEVICE_RE.match(self.url):
+            return "device"
+        return "file"
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: assume it may resolve to a public address
+
+
+class ServerConfig(_Strict):
+    """The HTTP API. Listening beyond loopback without a token must be asked for explicitly,
+    because the API can add streams (an SSRF vector) and accepts uploads."""
+
+    host: Annotated[str, Field(min_length=1)] = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8080
+    token: Annotated[str, Field(min_length=1)] | None = None
+    allow_insecure_public: bool = False
+    # validate_default: the default, too, is placed next to the config file that is loaded.
+    database: Annotated[PathStr, Field(validate_default=True)] = Path("crowdcount.sqlite3")
+    max_upload_bytes: Annotated[int, Field(ge=1)] = 10 * 1024 * 1024
+    max_streams: Annotated[int, Field(ge=1)] = 16
+    max_viewers_per_stream: Annotated[int, Field(ge=1)] = 8
+    upload_rate_per_minute: Annotated[int, Field(ge=1)] = 60
+
+    @field_validator("database")
+    @classmethod
+    def _resolve_database(cls, path: Path, info: ValidationInfo) -> Path:
+        return _relative_to_file(path, info)
+
+    @model_validator(mode="after")
+    def _check_exposure(self) -> Self:
+        problem = self.exposure_problem()
+        if problem:
+            raise ValueError(problem)
+        return self
+
+    def exposure_problem(self) -> str | None:
+        """Why this host/token combination is refused, or ``None``.
+
+        Public so a CLI that overrides ``host`` (via ``model_copy``, which skips validation)
+        can apply the same rule.
+        """
+        if self.token or self.allow_insecure_public or _is_loopback(self.host):
+            return None
+        return (
+            f"host {self.host!r} is reachable from other machines: set token, "
+            "or allow_insecure_public = true to serve without one"
+        )
+
+
+class ModelConfig(_Strict):
+    """The counting network. ``path`` unset means the bundled weights for ``backend``."""
+
+    path: PathStr | None = None
+    backend: Literal["onnx", "tflite", "keras"] = "onnx"
+    threads: Annotated[int, Field(ge=1, le=256)] | None = None
+    max_batch: Annotated[int, Field(ge=1, le=256)] = 8
+
+    @field_validator("path")
+    @classmethod
+    def _resolve_path(cls, path: Path | None, info: ValidationInfo) -> Path | None:
+        return None if path is None else _relative_to_file(path, info)
+
+
+class Config(_Strict):
+    """The whole file. New sections are added as new fields here; unknown ones are errors."""
+
+    # Defaults built from {} (not a shared instance) so that a file without a [server] table
+    # still gets its paths resolved against the file's folder.
+    server: ServerConfig = Field(default_factory=dict, validate_default=True)  # type: ignore[arg-type]
+    model: ModelConfig = Field(default_factory=dict, validate_default=True)  # type: ignore[arg-type]
+    streams: Annotated[tuple[StreamConfig, ...], BeforeValidator(_as_tuple)] = ()
+
+    @field_validator("streams")
+    @classmethod
+    def _check_streams(
+        cls, streams: tuple[StreamConfig, ...], info: ValidationInfo
+    ) -> tuple[StreamConfig, ...]:
+        seen: dict[str, int] = {}
+        for i, s in enumerate(streams):
+            if s.name in seen:
+                raise ValueError(
+                    f"streams[{i}] repeats the name {s.name!r} of streams[{seen[s.name]}]"
+                )
+            seen[s.name] = i
+        server = info.data.get("server")
+        if isinstance(server, ServerConfig) and len(streams) > server.max_streams:
+            raise ValueError(
+                f"{len(streams)} streams configured but server.max_streams is "
+                f"{server.max_streams}"
+            )
+        return streams
+
+    @classmethod
+    def default(cls) -> Config:
+        """Every default: loopback only, no streams, bundled ONNX model."""
+        return cls()
+
+
+# ---------------------------------------------------------------------- loading and errors
+
+
+def parse_config(
+    data: dict[str, Any], source: str = "<config>", base_dir: Path | None = None
+) -> Config:
+    """Validate an already-parsed mapping (TOML, JSON from the API, a test's dict)."""
+    try:
+        return Config.model_validate(data, context={"base_dir": base_dir})
+    except ValidationError as exc:
+        raise _to_config_error(exc, source) from None
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a TOML file; every failure is a one-line ``ConfigError``."""
+    path = Path(path)
+    source = str(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(source, "", f"cannot read: {exc.strerror or exc}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(source, "", f"not UTF-8 text: {exc.reason}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, "", f"invalid TOML: {exc}") from None
+    return parse_config(data, source, path.resolve().parent)
+
+
+def _key_path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The model class that owns the keys at ``loc`` (for 'did you mean' suggestions)."""
+    model: type[BaseModel] | None = Config
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if model is None or part not in model.model_fields:
+            return None
+        model = _find_model(model.model_fields[part].annotation)
+    return model
+
+
+def _find_model(tp: Any) -> type[BaseModel] | None:
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return tp
+    if typing.get_origin(tp) in (tuple, list, typing.Union, types.UnionType, Annotated):
+        for arg in typing.get_args(tp):
+            found = _find_model(arg)
+            if found is not None:
+                return found
+    return None
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    if len(text) > 40:
+        text = text[:37] + "..."
+    return f"{type(value).__name__} {text}"
+
+
+def _to_config_error(exc: ValidationError, source: str) -> ConfigError:
+    errors = exc.errors(include_url=False)
+    err = errors[0]
+    loc = tuple(err["loc"])
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        key = str(loc[-1])
+        problem = f"unknown key {key!r}"
+        model = _model_at(loc[:-1])
+        if model is not None:
+            close = difflib.get_close_matches(key, list(model.model_fields), n=1)
+            if close:
+                problem += f" (did you mean {close[0]!r}?)"
+    elif kind == "missing":
+        problem = "required key is missing"
+    elif kind in ("too_short", "too_long"):
+        ctx = err.get("ctx", {})
+        bound = ctx.get("min_length") if kind == "too_short" else ctx.get("max_length")
+        word = "at least" if kind == "too_short" else "at most"
+        problem = f"needs {word} {bound} items, has {ctx.get('actual_length')}"
+    elif kind in ("model_type", "dict_type"):
+        problem = f"expected a table, got {_describe(err['input'])}"
+    elif kind in ("value_error", "assertion_error"):
+        problem = err["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    else:
+        problem = f"{err['msg'][:1].lower()}{err['msg'][1:]}, got {_describe(err['input'])}"
+    if len(errors) > 1:
+        problem += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+    return ConfigError(source, _key_path(loc), problem)

@@ -1,0 +1,299 @@
+"""The config tree: a full example, strictness at every level, defaults, one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from streamer.config import (
+    Config,
+    ConfigError,
+    ServerConfig,
+    StreamConfig,
+    load_config,
+    parse_config,
+)
+
+FULL = """
+[server]
+host = "0.0.0.0"
+port = 9000
+token = "s3cret-token"
+database = "data/counts.sqlite3"
+max_upload_bytes = 5_000_000
+max_streams = 4
+max_viewers_per_stream = 3
+upload_rate_per_minute = 10
+
+[model]
+path = "/opt/models/counter.onnx"
+backend = "tflite"
+threads = 2
+max_batch = 4
+
+[[streams]]
+name = "entrance"
+url = "rtsps://10.0.0.12:322/stream1"
+max_side = 960
+fps_limit = 5.0
+stall_timeout = 10
+
+[[streams.zones]]
+name = "door"
+points = [[100, 200], [400, 200], [400, 600.5], [100, 600]]
+
+[[streams.zones]]
+name = "queue"
+points = [[0, 0], [50, 0], [25, 40]]
+
+[[streams]]
+name = "replay"
+url = "videos/hall.mp4"
+loop = true
+
+[[streams]]
+name = "usb"
+url = "/dev/video0"
+
+[[streams]]
+name = "laptop"
+url = "webcam:1"
+"""
+
+
+def _write(tmp_path: Path, text: str, name: str = "crowd.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def _error(tmp_path: Path, text: str) -> ConfigError:
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    err = info.value
+    assert "\n" not in str(err)
+    assert str(err).startswith(f"{path}: ")
+    return err
+
+
+def test_full_example_parses(tmp_path: Path) -> None:
+    cfg = load_config(_write(tmp_path, FULL))
+    s = cfg.server
+    assert (s.host, s.port, s.token, s.allow_insecure_public) == (
+        "0.0.0.0",
+        9000,
+        "s3cret-token",
+        False,
+    )
+    assert s.database == tmp_path / "data" / "counts.sqlite3"  # relative to the file
+    assert (s.max_upload_bytes, s.max_streams, s.max_viewers_per_stream) == (5_000_000, 4, 3)
+    assert s.upload_rate_per_minute == 10
+    m = cfg.model
+    assert (m.path, m.backend, m.threads, m.max_batch) == (
+        Path("/opt/models/counter.onnx"),
+        "tflite",
+        2,
+        4,
+    )
+    entrance, replay, usb, laptop = cfg.streams
+    assert entrance.url == "rtsps://10.0.0.12:322/stream1" and entrance.kind == "rtsp"
+    assert (entrance.max_side, entrance.fps_limit, entrance.stall_timeout) == (960, 5.0, 10.0)
+    assert isinstance(entrance.stall_timeout, float)
+    assert [z.name for z in entrance.zones] == ["door", "queue"]
+    assert entrance.zones[0].points[2] == (400.0, 600.5)
+    assert replay.kind == "file" and replay.loop is True
+    assert replay.url == str(tmp_path / "videos" / "hall.mp4")
+    assert (usb.kind, usb.url) == ("device", "/dev/video0")
+    assert (laptop.kind, laptop.url) == ("webcam", "webcam:1")
+    assert (usb.max_side, usb.fps_limit, usb.stall_timeout, usb.zones) == (None, None, 5.0, ())
+
+
+def test_config_is_frozen(tmp_path: Path) -> None:
+    cfg = load_config(_write(tmp_path, FULL))
+    with pytest.raises(Exception, match="frozen"):
+        cfg.server.port = 1  # type: ignore[misc]
+    assert isinstance(cfg.streams, tuple) and isinstance(cfg.streams[0].zones, tuple)
+
+
+def test_defaults(tmp_path: Path) -> None:
+    for cfg in (Config.default(), load_config(_write(tmp_path, ""))):
+        s = cfg.server
+        assert (s.host, s.port, s.token) == ("127.0.0.1", 8080, None)
+        assert s.allow_insecure_public is False
+        assert s.database.name == "crowdcount.sqlite3"
+        assert s.max_upload_bytes == 10 * 1024 * 1024
+        assert (s.max_streams, s.max_viewers_per_stream, s.upload_rate_per_minute) == (16, 8, 60)
+        assert (cfg.model.path, cfg.model.backend, cfg.model.threads) == (None, "onnx", None)
+        assert cfg.model.max_batch == 8
+        assert cfg.streams == ()
+    assert Config.default().server.database == Path("crowdcount.sqlite3")
+    assert load_config(_write(tmp_path, "")).server.database == tmp_path / "crowdcount.sqlite3"
+
+
+@pytest.mark.parametrize(
+    ("text", "path", "suggestion"),
+    [
+        ("colour = 1\n", "colour", None),
+        ("[stream]\n", "stream", "streams"),
+        ("[thresholds]\n", "thresholds", None),
+        ("[server]\nprot = 1\n", "server.prot", "port"),
+        ("[model]\nbackends = 'onnx'\n", "model.backends", "backend"),
+        (
+            '[[streams]]\nname = "a"\nurl = "rtsp://h/x"\nstall_timout = 3\n',
+            "streams[0].stall_timout",
+            "stall_timeout",
+        ),
+        (
+            '[[streams]]\nname = "a"\nurl = "rtsp://h/x"\n'
+            '[[streams]]\nname = "b"\nurl = "rtsp://h/y"\n'
+            '[[streams.zones]]\nname = "z"\npoints = [[0,0],[1,0],[0,1]]\ncolor = "red"\n',
+            "streams[1].zones[0].color",
+            None,
+        ),
+    ],
+)
+def test_unknown_keys_rejected_with_key_path(
+    tmp_path: Path, text: str, path: str, suggestion: str | None
+) -> None:
+    err = _error(tmp_path, text)
+    assert err.path == path
+    assert f"unknown key {path.rsplit('.', 1)[-1]!r}" in err.problem
+    if suggestion:
+        assert f"did you mean {suggestion!r}" in err.problem
+
+
+@pytest.mark.parametrize(
+    ("text", "path", "fragment"),
+    [
+        ("[server]\nport = '8080'\n", "server.port", "valid integer, got str '8080'"),
+        ("[server]\nport = 70000\n", "server.port", "less than or equal to 65535"),
+        ("[server]\nport = 80.0\n", "server.port", "valid integer"),
+        ("[server]\nallow_insecure_public = 1\n", "server.allow_insecure_public", "boolean"),
+        ("[server]\nmax_streams = 0\n", "server.max_streams", "greater than or equal to 1"),
+        ("[server]\ndatabase = 3\n", "server.database", "expected a path string"),
+        ("[server]\ntoken = ''\n", "server.token", "at least 1 character"),
+        ("server = 3\n", "server", "expected a table, got int 3"),
+        ("[model]\nbackend = 'ONNX'\n", "model.backend", "'onnx', 'tflite' or 'keras'"),
+        ("[model]\nthreads = true\n", "model.threads", "valid integer, got bool True"),
+        ("[model]\nmax_batch = 0\n", "model.max_batch", "greater than or equal to 1"),
+        ("streams = 'cam'\n", "streams", "tuple"),
+        ("[[streams]]\nurl = 'rtsp://h/x'\n", "streams[0].name", "required key is missing"),
+        ("[[streams]]\nname = 'a'\n", "streams[0].url", "required key is missing"),
+        ("[[streams]]\nname = 'a b'\nurl = 'x.mp4'\n", "streams[0].name", "pattern"),
+        ("[[streams]]\nname = 'a'\nurl = 'http://h/x'\n", "streams[0].url", "scheme 'http'"),
+        ("[[streams]]\nname = 'a'\nurl = 'webcam:x'\n", "streams[0].url", "webcam:0"),
+        ("[[streams]]\nname = 'a'\nurl = 'x.mp4'\nloop = 'yes'\n", "streams[0].loop", "boolean"),
+        ("[[streams]]\nname = 'a'\nurl = 'rtsp://h'\nloop = true\n", "streams[0]", "loop = true"),
+        ("[[streams]]\nname = 'a'\nurl = 'x.mp4'\nfps_limit = 0\n", "streams[0].fps_limit", "0"),
+        ("[[streams]]\nname = 'a'\nurl = 'x.mp4'\nmax_side = 8\n", "streams[0].max_side", "32"),
+        (
+            "[[streams]]\nname = 'a'\nurl = 'x.mp4'\nstall_timeout = '5'\n",
+            "streams[0].stall_timeout",
+            "valid number",
+        ),
+        (
+            "[[streams]]\nname = 'a'\nurl = 'x.mp4'\n[[streams]]\nname = 'a'\nurl = 'y.mp4'\n",
+            "streams",
+            "streams[1] repeats the name 'a' of streams[0]",
+        ),
+        (
+            "[server]\nmax_streams = 1\n"
+            "[[streams]]\nname = 'a'\nurl = 'x.mp4'\n[[streams]]\nname = 'b'\nurl = 'y.mp4'\n",
+            "streams",
+            "2 streams configured but server.max_streams is 1",
+        ),
+        (
+            "[[streams]]\nname = 'a'\nurl = 'x.mp4'\n"
+            "[[streams.zones]]\nname = 'z'\npoints = [[0, 0], [1, 1]]\n",
+            "streams[0].zones[0].points",
+            "needs at least 3 items, has 2",
+        ),
+        (
+            "[[streams]]\nname = 'a'\nurl = 'x.mp4'\n"
+            "[[streams.zones]]\nname = 'z'\npoints = [[0, 0], [1, '1'], [2, 0]]\n",
+            "streams[0].zones[0].points[1][1]",
+            "valid number",
+        ),
+        (
+            "[[streams]]\nname = 'a'\nurl = 'x.mp4'\n"
+            "[[streams.zones]]\nname = 'z'\npoints = [[0, 0], [1, 1, 1], [2, 0]]\n",
+            "streams[0].zones[0].points[1]",
+            "at most 2",
+        ),
+        (
+            "[[streams]]\nname = 'a'\nurl = 'x.mp4'\n"
+            "[[streams.zones]]\nname = 'z'\npoints = [[0, 0], [1, 1], [2, 2]]\n",
+            "streams[0].zones[0].points",
+            "no area",
+        ),
+        (
+            "[[streams]]\nname = 'a'\nurl = 'x.mp4'\n"
+            "[[streams.zones]]\nname = 'z'\npoints = [[0, 0], [-1, 1], [2, 0]]\n",
+            "streams[0].zones[0].points",
+            ">= 0",
+        ),
+        (
+            "[[streams]]\nname = 'a'\nurl = 'x.mp4'\n"
+            "[[streams.zones]]\nname = 'z'\npoints = [[0, 0], [1, 0], [0, 1]]\n"
+            "[[streams.zones]]\nname = 'z'\npoints = [[0, 0], [1, 0], [0, 1]]\n",
+            "streams[0].zones",
+            "duplicate zone name 'z'",
+        ),
+    ],
+)
+def test_bad_values_rejected(tmp_path: Path, text: str, path: str, fragment: str) -> None:
+    err = _error(tmp_path, text)
+    assert err.path == path, str(err)
+    assert fragment in err.problem, str(err)
+
+
+def test_public_host_needs_token_or_explicit_opt_in(tmp_path: Path) -> None:
+    err = _error(tmp_path, "[server]\nhost = '0.0.0.0'\n")
+    assert err.path == "server" and "token" in err.problem
+    _error(tmp_path, "[server]\nhost = 'camera-box.lan'\n")
+    ok = [
+        "[server]\nhost = '0.0.0.0'\ntoken = 't'\n",
+        "[server]\nhost = '0.0.0.0'\nallow_insecure_public = true\n",
+        "[server]\nhost = '::1'\n",
+        "[server]\nhost = 'localhost'\n",
+        "[server]\nhost = '127.0.0.2'\n",
+    ]
+    for text in ok:
+        load_config(_write(tmp_path, text))
+    # A CLI override through model_copy skips validation; the rule stays available.
+    cfg = Config.default()
+    assert cfg.server.model_copy(update={"host": "0.0.0.0"}).exposure_problem()
+
+
+def test_several_problems_still_one_line(tmp_path: Path) -> None:
+    err = _error(tmp_path, "[server]\nport = 'x'\nmax_streams = 0\nfoo = 1\n")
+    assert "(and 2 more problems)" in str(err)
+
+
+def test_toml_syntax_and_io_errors_are_one_line(tmp_path: Path) -> None:
+    err = _error(tmp_path, "[server\nport = 1\n")
+    assert err.path == "" and "invalid TOML" in err.problem and "line 1" in err.problem
+    missing = tmp_path / "nope.toml"
+    with pytest.raises(ConfigError, match=r"nope\.toml: cannot read") as info:
+        load_config(missing)
+    assert "\n" not in str(info.value)
+    bad = tmp_path / "bin.toml"
+    bad.write_bytes(b"\xff\xfe")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_config(bad)
+
+
+def test_parse_config_from_mapping() -> None:
+    cfg = parse_config({"streams": [{"name": "cam", "url": "rtsp://h/1"}]})
+    assert cfg.streams[0].url == "rtsp://h/1"
+    assert parse_config({"streams": [{"name": "f", "url": "rel.mp4"}]}).streams[0].url == "rel.mp4"
+    with pytest.raises(ConfigError, match=r"^<config>: streams\[0\]\.x: unknown key"):
+        parse_config({"streams": [{"name": "cam", "url": "rtsp://h/1", "x": 1}]})
+
+
+def test_models_usable_directly() -> None:
+    s = StreamConfig(name="cam", url="webcam:0")
+    assert s.kind == "webcam"
+    assert ServerConfig(port=0).port == 0  # 0: pick a free port (tests)
