@@ -1,0 +1,215 @@
+"""RtspSource against a real GStreamer RTSP server: frames, crash, hang, bad URL, teardown.
+
+Nothing is mocked: the server is a subprocess that the tests SIGKILL, SIGSTOP and restart,
+as cameras do to the service in the field.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from streamer.sources.base import SourceEnded
+from streamer.sources.rtsp import RtspSource
+from streamer.status import StreamState
+from tests.fixtures.rtsp import free_port
+
+pytestmark = pytest.mark.rtsp
+
+
+async def next_frame(source: RtspSource, timeout: float):
+    return await asyncio.wait_for(source.recv(), timeout)
+
+
+async def wait_for(predicate, timeout: float, step: float = 0.02) -> float:
+    """Seconds until ``predicate()`` held; fails the test on timeout."""
+    t0 = time.monotonic()
+    while not predicate():
+        if time.monotonic() - t0 > timeout:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await asyncio.sleep(step)
+    return time.monotonic() - t0
+
+
+async def drain_until_fresh(source: RtspSource, after: float, timeout: float):
+    """The first frame captured after ``after`` (wall clock)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        frame = await next_frame(source, max(0.01, deadline - time.monotonic()))
+        if frame.captured_at > after:
+            return frame
+
+
+@pytest.mark.slow
+async def test_frames_of_the_clip_size(rtsp_server, h264_clip):
+    server = rtsp_server(h264_clip)
+    source = RtspSource("cam", server.url)
+    t0 = time.monotonic()
+    await source.start()
+    try:
+        frame = await next_frame(source, 5)
+        first = time.monotonic() - t0
+        assert frame.size == (320, 240)
+        assert frame.image.dtype.name == "uint8" and frame.image.shape == (240, 320, 3)
+        assert frame.image.max() > 200 and frame.image.min() < 60  # bright squares, dark bg
+        assert source.status.state == StreamState.RUNNING
+        for _ in range(10):
+            await next_frame(source, 2)
+        print(f"\ntime to first frame: {first:.3f} s")
+    finally:
+        await source.stop()
+    assert source.status.state == StreamState.STOPPED
+    with pytest.raises(SourceEnded):
+        await source.recv()
+
+
+@pytest.mark.slow
+async def test_server_killed_and_restarted(rtsp_server, h264_clip):
+    server = rtsp_server(h264_clip)
+    source = RtspSource("cam", server.url, open_timeout=2, read_timeout=2, backoff_max=2)
+    await source.start()
+    try:
+        await next_frame(source, 5)
+        server.kill()
+        await wait_for(lambda: source.status.state == StreamState.RECONNECTING, 5)
+        assert source.status.last_error and server.url in source.status.last_error
+        await asyncio.sleep(1.0)  # down for a while: several refused attempts
+        restarted = time.time()
+        server.start()
+        t_restart = time.monotonic()
+        frame = await drain_until_fresh(source, restarted, 10)
+        recovery = time.monotonic() - t_restart
+        assert frame.size == (320, 240)
+        assert source.status.reconnects >= 1
+        assert source.status.state == StreamState.RUNNING
+        print(f"\nrecovery after restart: {recovery:.2f} s "
+              f"(reconnects={source.status.reconnects}, last_error={source.status.last_error})")
+        assert recovery < 4.0
+    finally:
+        await source.stop()
+
+
+@pytest.mark.slow
+async def test_stalled_server_is_dropped_by_watchdog(rtsp_server, h264_clip):
+    server = rtsp_server(h264_clip)
+    source = RtspSource(
+        "cam", server.url, open_timeout=1, read_timeout=30, stall_timeout=1.5, backoff_max=1
+    )
+    await source.start()
+    try:
+        await next_frame(source, 5)
+        server.pause()
+        t_pause = time.monotonic()
+        detected = await wait_for(lambda: source.status.state == StreamState.RECONNECTING, 5)
+        assert "stalled" in (source.status.last_error or "")
+        # read_timeout=30 s: only the watchdog can have noticed within a few seconds
+        assert detected < 1.5 + 1.5
+        await asyncio.sleep(1.0)
+        resumed = time.time()
+        server.resume()
+        t_resume = time.monotonic()
+        await drain_until_fresh(source, resumed, 10)
+        print(f"\nstall detected {detected:.2f} s after SIGSTOP (stall_timeout 1.5 s); "
+              f"frames again {time.monotonic() - t_resume:.2f} s after SIGCONT; "
+              f"paused {t_resume - t_pause:.1f} s; reconnects={source.status.reconnects}")
+        assert source.status.state == StreamState.RUNNING
+    finally:
+        await source.stop()
+
+
+async def test_nothing_listening_fails_after_bounded_retries():
+    url = f"rtsp://127.0.0.1:{free_port()}/nothing"
+    source = RtspSource("cam", url, open_timeout=2, backoff_initial=0.2, max_retries=2)
+    await source.start()
+    try:
+        await wait_for(lambda: source.status.state == StreamState.FAILED, 5)
+        assert source.attempts == 3  # the first try and 2 retries
+        assert source.status.reconnects == 2
+        error = source.status.last_error or ""
+        assert url in error and "ConnectionRefused" in error and "gave up" in error
+        assert "\n" not in error
+        with pytest.raises(SourceEnded):
+            await next_frame(source, 1)
+    finally:
+        await source.stop()
+    assert source.status.state == StreamState.FAILED  # stop() keeps the failure visible
+
+
+async def test_retry_forever_backs_off_without_busy_loop():
+    url = f"rtsp://127.0.0.1:{free_port()}/nothing"
+    source = RtspSource("cam", url, backoff_initial=0.1, backoff_max=0.8)
+    await source.start()
+    try:
+        await asyncio.sleep(2.5)
+        # delays 0.1, 0.2, 0.4, 0.8, 0.8 ... -> about 5-6 attempts in 2.5 s, not thousands
+        assert 3 <= source.attempts <= 8, source.attempts
+        assert source.status.state == StreamState.RECONNECTING
+    finally:
+        await source.stop()
+    assert source.status.state == StreamState.STOPPED
+
+
+async def test_credentials_never_in_last_error():
+    url = f"rtsp://admin:hunter2@127.0.0.1:{free_port()}/cam"
+    source = RtspSource("cam", url, backoff_initial=0.1, max_retries=0)
+    await source.start()
+    try:
+        await wait_for(lambda: source.status.state == StreamState.FAILED, 5)
+    finally:
+        await source.stop()
+    error = source.status.last_error or ""
+    assert "hunter2" not in error and "admin" not in error
+    assert "rtsp://***@127.0.0.1:" in error
+    assert "hunter2" not in str(source.status.to_dict())
+
+
+@pytest.mark.slow
+async def test_credentials_masked_with_a_live_server(rtsp_server, h264_clip):
+    server = rtsp_server(h264_clip)
+    source = RtspSource("cam", server.url_with("admin", "hunter2"), open_timeout=2,
+                        backoff_max=0.5)
+    await source.start()
+    try:
+        await next_frame(source, 5)
+        server.kill()
+        await wait_for(lambda: source.status.last_error is not None, 5)
+        await asyncio.sleep(0.8)  # let a refused reconnect overwrite it
+    finally:
+        await source.stop()
+    error = source.status.last_error or ""
+    assert "hunter2" not in error and "admin" not in error and "***@" in error
+
+
+@pytest.mark.slow
+async def test_open_close_cycles_leave_no_threads(rtsp_server, h264_clip):
+    server = rtsp_server(h264_clip)
+    before = threading.active_count()
+    for _ in range(20):
+        source = RtspSource("cam", server.url, open_timeout=3)
+        await source.start()
+        await next_frame(source, 5)
+        await source.stop()
+        assert source.status.state == StreamState.STOPPED
+    assert threading.active_count() == before, [t.name for t in threading.enumerate()]
+
+
+async def test_stop_before_any_connection_is_quick():
+    source = RtspSource("cam", f"rtsp://127.0.0.1:{free_port()}/x", backoff_initial=5)
+    before = threading.active_count()
+    await source.start()
+    await asyncio.sleep(0.2)
+    t0 = time.monotonic()
+    await source.stop()
+    await source.stop()  # idempotent
+    assert time.monotonic() - t0 < 1.0
+    assert threading.active_count() == before - 0  # both threads gone
+
+
+def test_rejects_bad_parameters():
+    with pytest.raises(ValueError):
+        RtspSource("cam", "rtsp://h/x", stall_timeout=0)
+    with pytest.raises(ValueError):
+        RtspSource("cam", "rtsp://h/x", max_retries=-1)
