@@ -205,7 +205,7 @@ async def test_stop_before_any_connection_is_quick():
     await source.stop()
     await source.stop()  # idempotent
     assert time.monotonic() - t0 < 1.0
-    assert threading.active_count() == before - 0  # both threads gone
+    assert threading.active_count() == before  # both threads gone
 
 
 def test_rejects_bad_parameters():

@@ -1,0 +1,125 @@
+"""Local video files, played in real time (demos, tests, replaying recorded footage).
+
+Decoding a file is far faster than real time; pushed unpaced, a file would flood the
+newest-frame slot and the model would see an arbitrary sample of it. So frames are released
+at their own timestamps (the file's frame rate), and ``loop=True`` keeps that pacing across
+restarts, which is where aiortc's ``MediaPlayer(loop=True)`` lost it (NOTES.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from pathlib import Path
+
+import av
+
+from streamer.sources.base import Source
+from streamer.status import StreamState
+from streamer.urls import mask_url
+
+log = logging.getLogger(__name__)
+
+# If decoding falls this far behind the clock (a slow disk, a loaded CPU), restart the clock
+# instead of releasing a burst of stale frames.
+MAX_LAG_S = 1.0
+
+
+def describe(exc: BaseException) -> str:
+    """One line for an exception; FFmpeg errors without the file name they carry."""
+    if isinstance(exc, av.FFmpegError):
+        return f"{type(exc).__name__}: {exc.strerror or 'FFmpeg error'}"
+    return " ".join(f"{type(exc).__name__}: {exc}".split())
+
+
+class FileSource(Source):
+    """Frames from a video file, paced at the file's frame rate.
+
+    At the end it restarts (``loop=True``) or finishes in ENDED, after which ``recv()``
+    raises ``SourceEnded``. A file that cannot be opened or decoded ends in FAILED with
+    ``status.last_error`` saying why.
+    """
+
+    def __init__(self, stream_id: str, path: str | Path, *, loop: bool = False) -> None:
+        super().__init__(stream_id)
+        self.path = str(path)
+        self.loop = loop
+        self.loops = 0  # completed passes through the file
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    async def start(self) -> None:
+        """Start the decode thread; returns at once."""
+        if self._thread is not None:
+            return
+        self._bind_loop()
+        self.status.state = StreamState.CONNECTING
+        self._thread = threading.Thread(
+            target=self._run, name=f"file-{self.stream_id}", daemon=True
+        )
+        self._thread.start()
+
+    async def stop(self) -> None:
+        """Stop the thread (bounded wait) and end in STOPPED unless already ended."""
+        self._stop.set()
+        deadline = time.monotonic() + 5.0
+        while self._thread is not None and self._thread.is_alive():
+            if time.monotonic() > deadline:
+                log.warning("file source %s: decode thread did not stop", self.stream_id)
+                break
+            await asyncio.sleep(0.01)
+        if not self._ended:
+            self._finish(StreamState.STOPPED)
+
+    def _run(self) -> None:
+        name = mask_url(self.path)
+        clock_start = time.monotonic()
+        offset = 0.0  # media seconds played in earlier passes
+        while not self._stop.is_set():
+            try:
+                played = self._play_once(clock_start, offset)
+            except Exception as exc:
+                log.error("file %s: %s", name, describe(exc))
+                self._finish(StreamState.FAILED, f"file {name}: {describe(exc)}")
+                return
+            if played is None:  # stopped
+                return
+            if played <= 0:
+                self._finish(StreamState.FAILED, f"file {name}: no decodable video frames")
+                return
+            self.loops += 1
+            if not self.loop:
+                self._finish(StreamState.ENDED)
+                return
+            offset += played
+
+    def _play_once(self, clock_start: float, offset: float) -> float | None:
+        """Play the file once; the media seconds it lasted, or None if stopped."""
+        with av.open(self.path) as container:
+            if not container.streams.video:
+                raise ValueError("no video stream")
+            stream = container.streams.video[0]
+            rate = float(stream.average_rate or stream.guessed_rate or 25)
+            step = 1.0 / rate if rate > 0 else 0.04
+            first: float | None = None
+            end = 0.0
+            for index, frame in enumerate(container.decode(stream)):
+                t = frame.time if frame.time is not None else index * step
+                first = t if first is None else first
+                media_t = t - first
+                end = max(end, media_t + step)
+                delay = clock_start + offset + media_t - time.monotonic()
+                if delay > 0:
+                    if self._stop.wait(delay):
+                        return None
+                elif delay < -MAX_LAG_S:
+                    clock_start -= delay  # fell behind: re-anchor rather than burst
+                if self._stop.is_set():
+                    return None
+                image = frame.to_ndarray(format="rgb24")
+                if self.status.state != StreamState.RUNNING:
+                    self.status.state = StreamState.RUNNING
+                self._publish(image)
+            return end

@@ -1,0 +1,104 @@
+"""A local V4L2 camera (``/dev/videoN``) through PyAV's v4l2 demuxer.
+
+Webcams deliver frames at their own rate, so no pacing is needed. A device that is missing,
+busy or unplugged ends the source in FAILED with the reason in ``status.last_error``: unlike
+a network camera there is nothing to wait for, and the operator must act.
+Devices are only ever opened from the config file, never from the HTTP API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+
+import av
+
+from streamer.sources.base import Source
+from streamer.sources.file import describe
+from streamer.status import StreamState
+
+log = logging.getLogger(__name__)
+
+
+class WebcamSource(Source):
+    """Frames from a V4L2 device, decoded to RGB on a daemon thread.
+
+    ``width``/``height``/``fps``/``input_format`` (e.g. ``"mjpeg"``) are requested from the
+    driver when given; otherwise the device's default mode is used.
+    """
+
+    def __init__(
+        self,
+        stream_id: str,
+        device: str = "/dev/video0",
+        *,
+        width: int | None = None,
+        height: int | None = None,
+        fps: float | None = None,
+        input_format: str | None = None,
+        open_timeout: float = 5.0,
+    ) -> None:
+        super().__init__(stream_id)
+        self.device = device
+        self.options: dict[str, str] = {}
+        if width and height:
+            self.options["video_size"] = f"{width}x{height}"
+        if fps:
+            self.options["framerate"] = f"{fps:g}"
+        if input_format:
+            self.options["input_format"] = input_format
+        self.open_timeout = open_timeout
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    async def start(self) -> None:
+        """Start the capture thread; returns at once."""
+        if self._thread is not None:
+            return
+        self._bind_loop()
+        self.status.state = StreamState.CONNECTING
+        self._thread = threading.Thread(
+            target=self._run, name=f"webcam-{self.stream_id}", daemon=True
+        )
+        self._thread.start()
+
+    async def stop(self) -> None:
+        """Stop the thread (bounded wait; a frame is at most one frame interval away)."""
+        self._stop.set()
+        deadline = time.monotonic() + self.open_timeout + 2.0
+        while self._thread is not None and self._thread.is_alive():
+            if time.monotonic() > deadline:
+                log.warning("webcam %s: capture thread did not stop", self.device)
+                break
+            await asyncio.sleep(0.01)
+        if not self._ended:
+            self._finish(StreamState.STOPPED)
+
+    def _run(self) -> None:
+        container = None
+        try:
+            container = av.open(
+                self.device, format="v4l2", options=self.options,
+                timeout=(self.open_timeout, self.open_timeout),
+            )
+            if not container.streams.video:
+                raise ValueError("no video stream")
+            for frame in container.decode(container.streams.video[0]):
+                if self._stop.is_set():
+                    return
+                image = frame.to_ndarray(format="rgb24")
+                self.status.state = StreamState.RUNNING
+                self._publish(image)
+            if not self._stop.is_set():
+                self._finish(StreamState.FAILED, f"webcam {self.device}: capture ended")
+        except Exception as exc:
+            if not self._stop.is_set():
+                log.error("webcam %s: %s", self.device, describe(exc))
+                self._finish(StreamState.FAILED, f"webcam {self.device}: {describe(exc)}")
+        finally:
+            if container is not None:
+                with contextlib.suppress(Exception):
+                    container.close()

@@ -1,0 +1,125 @@
+"""FileSource pacing, looping, end and errors; WebcamSource errors (no camera here)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import threading
+import time
+
+import pytest
+
+from streamer.sources.base import SourceEnded
+from streamer.sources.file import FileSource
+from streamer.sources.webcam import WebcamSource
+from streamer.status import StreamState
+
+
+async def collect(source, seconds: float) -> list:
+    """Every frame received within ``seconds`` (stops early when the source ends)."""
+    frames = []
+    deadline = time.monotonic() + seconds
+    try:
+        while (left := deadline - time.monotonic()) > 0:
+            frames.append(await asyncio.wait_for(source.recv(), left))
+    except (TimeoutError, SourceEnded):
+        pass
+    return frames
+
+
+@pytest.mark.slow
+async def test_plays_at_the_files_frame_rate_then_ends(h264_clip):
+    source = FileSource("file", h264_clip)
+    t0 = time.monotonic()
+    await source.start()
+    frames = []
+    with pytest.raises(SourceEnded):
+        while True:
+            frames.append(await asyncio.wait_for(source.recv(), 3))
+    elapsed = time.monotonic() - t0
+    print(f"\n{len(frames)} frames in {elapsed:.2f} s (clip: 50 frames, 5 s at 10 fps)")
+    assert 45 <= len(frames) <= 50  # a slow consumer may drop one or two, never gain
+    assert source.status.frames_in == 50
+    assert 0.85 <= elapsed / 4.9 <= 1.3  # last frame at t=4.9 s
+    assert frames[0].size == (320, 240)
+    assert source.status.state == StreamState.ENDED and source.status.last_error is None
+    await source.stop()
+    assert source.status.state == StreamState.ENDED  # stop() after the end keeps ENDED
+
+
+@pytest.mark.slow
+async def test_loop_keeps_playing_and_pacing(clip_factory):
+    clip = clip_factory(160, 120, 10, 1.0)  # 10 frames, 1 s
+    source = FileSource("file", clip, loop=True)
+    await source.start()
+    try:
+        frames = await collect(source, 3.05)
+    finally:
+        await source.stop()
+    print(f"\nloop: {len(frames)} frames in 3 s, {source.loops} full passes")
+    assert source.loops >= 2
+    assert 25 <= len(frames) <= 33  # ~10 fps kept across restarts, no burst
+    assert source.status.state == StreamState.STOPPED
+    gaps = [b.captured_at - a.captured_at for a, b in itertools.pairwise(frames)]
+    assert max(gaps) < 0.35 and sum(gaps) / len(gaps) > 0.07
+
+
+async def test_unreadable_file_fails_with_clear_error(tmp_path):
+    bad = tmp_path / "not_a_video.mp4"
+    bad.write_bytes(b"this is not a video file" * 100)
+    source = FileSource("file", bad)
+    await source.start()
+    with pytest.raises(SourceEnded):
+        await asyncio.wait_for(source.recv(), 5)
+    assert source.status.state == StreamState.FAILED
+    error = source.status.last_error or ""
+    assert str(bad) in error and "InvalidDataError" in error and "\n" not in error
+    await source.stop()
+    assert source.status.state == StreamState.FAILED
+
+
+async def test_missing_file_fails(tmp_path):
+    source = FileSource("file", tmp_path / "missing.mp4")
+    await source.start()
+    with pytest.raises(SourceEnded):
+        await asyncio.wait_for(source.recv(), 5)
+    assert source.status.state == StreamState.FAILED
+    assert "FileNotFoundError" in (source.status.last_error or "")
+    await source.stop()
+
+
+async def test_stop_mid_file_is_prompt_and_leaves_no_thread(h264_clip):
+    source = FileSource("file", h264_clip, loop=True)
+    await source.start()
+    await asyncio.wait_for(source.recv(), 3)
+    t0 = time.monotonic()
+    await source.stop()
+    assert time.monotonic() - t0 < 0.5
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("file-")]
+    assert source.status.state == StreamState.STOPPED
+    with pytest.raises(SourceEnded):
+        await source.recv()
+
+
+async def test_webcam_missing_device_fails_clearly():
+    device = "/dev/video-crowdcount-missing"
+    source = WebcamSource("cam", device)
+    await source.start()
+    with pytest.raises(SourceEnded):
+        await asyncio.wait_for(source.recv(), 5)
+    await source.stop()
+    assert source.status.state == StreamState.FAILED
+    error = source.status.last_error or ""
+    assert device in error and "No such file or directory" in error
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/video0"), reason="no camera at /dev/video0")
+async def test_webcam_delivers_frames():
+    source = WebcamSource("cam", "/dev/video0")
+    await source.start()
+    try:
+        frame = await asyncio.wait_for(source.recv(), 10)
+        assert frame.image.ndim == 3 and frame.image.shape[2] == 3
+    finally:
+        await source.stop()
