@@ -213,3 +213,20 @@ def test_rejects_bad_parameters():
         RtspSource("cam", "rtsp://h/x", stall_timeout=0)
     with pytest.raises(ValueError):
         RtspSource("cam", "rtsp://h/x", max_retries=-1)
+
+
+@pytest.mark.slow
+async def test_stop_while_opening_on_a_hung_server_is_prompt(rtsp_server, h264_clip):
+    server = rtsp_server(h264_clip)
+    server.pause()  # TCP connects (kernel backlog) but RTSP never answers
+    source = RtspSource("cam", server.url, open_timeout=20)
+    await source.start()
+    await asyncio.sleep(0.5)
+    assert source.status.state == StreamState.CONNECTING
+    t0 = time.monotonic()
+    await source.stop()
+    took = time.monotonic() - t0
+    server.resume()
+    print(f"\nstop() during a hung open took {took:.3f} s (open_timeout 20 s)")
+    assert took < 1.0
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("rtsp-")]
