@@ -33,7 +33,7 @@ from typing import Any, Literal
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.rtcrtptransceiver import RTCRtpTransceiver
 
-from streamer.sinks.viewer import AnnotatedTrack, ViewerRegistry
+from streamer.sinks.viewer import AnnotatedTrack, ViewerRegistry, ViewerSink
 from streamer.sources.webrtc import WebRtcSource
 
 log = logging.getLogger(__name__)
@@ -275,7 +275,13 @@ class PeerManager:
             raise OfferError(f"sdp rejected: {exc}") from exc
 
         chosen = self._choose_transceiver(peer)
-        sink = self.viewers.sink(peer.stream_id)
+        if peer.mode == "publish":
+            sink = self.viewers.sink(peer.stream_id)
+        else:
+            found = self.viewers.get(peer.stream_id)
+            if found is None:  # removed while the offer was being parsed
+                raise UnknownStream(f"no stream {peer.stream_id!r}")
+            sink = found
         if peer.mode == "publish":
             track = chosen.receiver.track
             assert track is not None  # validate_offer checked the offer sends video
@@ -287,7 +293,7 @@ class PeerManager:
             chosen.direction = "sendonly"  # never decode what a viewer might send
         peer.tracks.append(out)
         chosen.sender.replaceTrack(out)
-        out.on("ended", lambda: self._on_track_ended(peer))
+        out.on("ended", lambda: self._on_track_ended(peer, sink))
 
         try:
             await pc.setLocalDescription(await pc.createAnswer())
@@ -311,11 +317,13 @@ class PeerManager:
             raise OfferError(f"no video m-line usable for {peer.mode}")
         return chosen
 
-    def _on_track_ended(self, peer: Peer) -> None:
-        """A viewer's track ends when its stream goes away: nothing left to show, so the
+    def _on_track_ended(self, peer: Peer, sink: ViewerSink) -> None:
+        """Our outgoing track ends when its stream goes away (nothing left to show) or when
+        aiortc's sender hits a closed transport (the peer hung up): either way the
         connection goes too."""
         if peer.closing is None and peer.id in self._peers:
-            self._spawn(self.close_peer(peer.id, "stream ended"))
+            reason = "stream ended" if sink.closed else "peer hung up"
+            self._spawn(self.close_peer(peer.id, reason))
 
     # -- liveness ----------------------------------------------------------------------------
 
