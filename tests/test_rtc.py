@@ -183,6 +183,21 @@ async def test_publish_with_requested_stream_id_and_duplicate(harness: Harness) 
         await b.close()
 
 
+async def test_publish_offer_with_audio_leaves_audio_inactive(harness: Harness) -> None:
+    """Browsers offer their microphone too: it must be declined, not decoded into a queue
+    nobody reads."""
+    client = await make_client("publish", size=(320, 240), audio=True)
+    try:
+        answer = await harness.connect(client, "publish")
+        assert "m=audio" in answer["sdp"]
+        await client.wait_frames(5, timeout=20)
+        (peer,) = harness.manager.peers()
+        kinds = {t.kind: t.currentDirection for t in peer.pc.getTransceivers()}
+        assert kinds == {"audio": "inactive", "video": "sendrecv"}
+    finally:
+        await client.close()
+
+
 # -- (b) viewers -------------------------------------------------------------------------------
 
 
@@ -485,3 +500,51 @@ async def test_peer_that_never_connects_is_closed() -> None:
     finally:
         await client.close()
         await h.close()
+
+
+# -- wiring with the real pipeline --------------------------------------------------------------
+
+
+async def test_wiring_with_pipeline(runtime) -> None:
+    """The app's wiring: published cameras become pipeline streams whose viewer sink is
+    subscribed; a viewer of that stream sees it; hanging up removes the stream."""
+    from streamer.pipeline import Pipeline
+
+    viewers = ViewerRegistry(fps=FPS)
+    async with Pipeline(runtime) as pipeline:
+
+        async def on_source(source: WebRtcSource) -> None:
+            await pipeline.add_stream(source, fps_limit=15)
+            pipeline.subscribe(source.stream_id, viewers.sink(source.stream_id))
+
+        async def on_source_closed(source: WebRtcSource) -> None:
+            with contextlib.suppress(KeyError):
+                await pipeline.remove_stream(source.stream_id)
+
+        manager = PeerManager(viewers, on_source, on_source_closed=on_source_closed)
+        cam = await make_client("publish", size=(640, 480), level=160)
+        viewer = await make_client("view")
+        try:
+            answer = await manager.handle_offer(cam.offer["sdp"], "offer", "publish", "gate")
+            await cam.accept(answer)
+            assert "gate" in pipeline.streams
+            await viewer.accept(await manager.handle_offer(viewer.offer["sdp"], "offer",
+                                                           "view", "gate"))
+            for c in (cam, viewer):
+                frames = await c.wait_frames(10, timeout=20, where=lambda f: f.mean > 90)
+                assert {(f.width, f.height) for f in frames} == {(640, 480)}
+            stats = pipeline.stats()
+            print(f"\npipeline wiring: latency p50 {stats.latency_ms_p50} ms, "
+                  f"status {pipeline.streams['gate'].status.to_dict()}")
+            await cam.close()
+            for _ in range(100):
+                if manager.peer_count == 0:
+                    break
+                await asyncio.sleep(0.05)
+            assert manager.peer_count == 0, manager.stats()
+            assert "gate" not in pipeline.streams
+            assert manager.closed_reasons == {"peer hung up": 1, "stream ended": 1}
+        finally:
+            await viewer.close()
+            await cam.close()
+            await manager.close()
