@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# How the bundled default model was trained on a lent GPU machine (Keras 3 on JAX).
+# Expects .gpu/data (made by scripts/pack_for_gpu.py), .gpu/weights (the ImageNet
+# MobileNetV2 file) and .whl (keras, namex, optree wheels for that machine's Python).
+# Writes the run to $OUT. Budget: TRAIN_SECONDS of training. INIT=weights.h5 continues
+# from an earlier run's weights instead of ImageNet.
+set -uo pipefail
+OUT=${OUT:-runs/gpu}
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD KERAS_BACKEND=jax PYTHONUNBUFFERED=1
+nvidia-smi -L
+python3 -m training train \
+    --data mall=generic:.gpu/data/mall:1-720@2 \
+    --data shb=generic:.gpu/data/shb_train \
+    --val mall=generic:.gpu/data/mall:721-800 \
+    ${INIT:+--init-model "$INIT"} \
+    --backbone-weights .gpu/weights/mobilenet_v2_1.0_no_top_imagenet.weights.h5 \
+    --run-dir /tmp/run --epochs 400 --steps-per-epoch 100 --batch-size 16 \
+    --learning-rate "${LR:-5e-4}" --count-weight 0.01 --patience 40 \
+    --time-budget "${TRAIN_SECONDS:-400}" --workers 14 --verbose 2 2>&1 | tee "$OUT/train.log"
+cp /tmp/run/best.keras /tmp/run/last.keras /tmp/run/history.csv /tmp/run/result.json \
+    /tmp/run/config.json "$OUT/" 2>/dev/null
+ls -la "$OUT"

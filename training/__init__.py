@@ -1,0 +1,1 @@
+"""Training, evaluation and export of counting networks (imports Keras/TensorFlow freely)."""

@@ -1,0 +1,122 @@
+"""``crowdcount train | evaluate | export``: argument parsing only; the work is in
+``training.train``, ``training.evaluate`` and ``training.export``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import fields
+
+
+def _size(text: str) -> tuple[int, int]:
+    h, _, w = text.lower().partition("x")
+    try:
+        return int(h), int(w)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must be HEIGHTxWIDTH, not {text!r}") from None
+
+
+def add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a counting network on annotated crowd images")
+    p.add_argument("--data", action="append", required=True, metavar="[NAME=]FMT:PATH[:RANGE][@W]",
+                   help="training set (repeatable): mall:, shanghaitech:, kaggle:, generic:")
+    p.add_argument("--val", action="append", default=[], metavar="[NAME=]FMT:PATH[:RANGE]",
+                   help="validation set (repeatable); default: every --val-every-th item held out")
+    p.add_argument("--val-every", type=int, default=10)
+    p.add_argument("--run-dir", default="runs/default")
+    p.add_argument("--preset", choices=["fast", "seed"], default="fast")
+    p.add_argument("--backbone-weights", default="auto",
+                   help="MobileNetV2 ImageNet weights (.h5); 'auto' = ../shared; 'none' = random")
+    p.add_argument("--freeze-backbone", dest="frozen_backbone", action="store_true", default=None)
+    p.add_argument("--fine-tune-backbone", dest="frozen_backbone", action="store_false")
+    p.add_argument("--output-stride", type=int, choices=[4, 8, 16])
+    p.add_argument("--crop", type=_size, help="training crop HEIGHTxWIDTH")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--steps-per-epoch", type=int, default=100)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--learning-rate", type=float)
+    p.add_argument("--count-weight", type=float, default=0.0)
+    p.add_argument("--density-scale", type=float, default=100.0)
+    p.add_argument("--patience", type=int, default=12)
+    p.add_argument("--time-budget", type=float, help="stop after this many seconds")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    p.add_argument("--init-model", help="start from this .keras model (fine-tuning)")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--no-cache", dest="cache", action="store_false")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--verbose", type=lambda v: v if v == "auto" else int(v), default="auto",
+                   help="Keras progress: auto, 0 (quiet), 1 (bar), 2 (a line per epoch)")
+    p.set_defaults(run=run_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from training.train import TrainConfig, train
+
+    names = {f.name for f in fields(TrainConfig)}
+    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
+    if cfg.backbone_weights == "none":
+        cfg.backbone_weights = None
+    result = train(cfg)
+    logs = result["logs"]
+    print(" ".join(f"{k}={v:.4g}" for k, v in logs.items() if isinstance(v, int | float)))
+    print(f"best model: {result['best']}")
+    return 0
+
+
+def add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="count MAE/RMSE of a model on a dataset")
+    p.add_argument("dataset", metavar="FMT:PATH[:RANGE]")
+    p.add_argument("--model", help="model file (.onnx/.tflite/.keras); default: bundled")
+    p.add_argument("--backend", choices=["onnx", "tflite", "keras"])
+    p.add_argument("--max-side", type=int, help="shrink images so the longer side is at most this")
+    p.add_argument("--csv", help="write per-image results here")
+    p.add_argument("--plot", help="write a predicted-vs-true scatter plot (PNG) here")
+    p.set_defaults(run=run_evaluate)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from training.evaluate import evaluate
+
+    report = evaluate(args.dataset, args.model, args.backend, args.max_side, args.csv, args.plot)
+    print(f"images={report.n} MAE={report.mae:.3f} RMSE={report.rmse:.3f} "
+          f"bias={report.bias:+.3f} mean_true={report.mean_true:.2f}")
+    return 0
+
+
+def add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a .keras model to ONNX or TFLite")
+    p.add_argument("model", help=".keras model")
+    p.add_argument("--format", choices=["onnx", "tflite"], default="onnx")
+    p.add_argument("--quantize", choices=["fp32", "fp16", "int8"], default="fp32",
+                   help="TFLite only")
+    p.add_argument("--input-size", type=_size, default=(480, 640),
+                   help="fixed input HEIGHTxWIDTH (TFLite; ONNX stays dynamic)")
+    p.add_argument("--representative", metavar="FMT:PATH[:RANGE]",
+                   help="images for int8 calibration")
+    p.add_argument("-o", "--output", required=True)
+    p.set_defaults(run=run_export)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from training.export import export_onnx, export_tflite
+
+    if args.format == "onnx":
+        path = export_onnx(args.model, args.output)
+    else:
+        path = export_tflite(args.model, args.output, args.input_size, args.quantize,
+                             args.representative)
+    print(path)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m training``: the same sub-commands without the server's dependencies
+    (used on GPU machines that have Keras and JAX but not aiortc)."""
+    from streamer.cli import run_parser
+
+    parser = argparse.ArgumentParser(prog="python -m training")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (add_train, add_evaluate, add_export):
+        add(sub)
+    logging.basicConfig(level=logging.WARNING)
+    return run_parser(parser, argv)

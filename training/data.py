@@ -1,0 +1,83 @@
+"""The input pipeline: a ``keras.utils.PyDataset`` so it runs the same on TensorFlow (CPU)
+and JAX (GPU). Batches have one fixed shape (JAX compiles once per shape)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+
+from model.types import Sample
+from training.readers.base import Kernel, Reader
+from training.targets import Augment, make_example
+
+
+@dataclass
+class Source:
+    """A reader with its sampling weight and augmentation."""
+
+    reader: Reader
+    weight: float = 1.0
+    augment: Augment | None = None
+    cache: bool = False
+
+
+class Cached:
+    """Keeps decoded samples in memory: small datasets (Mall is 0.7 GB decoded) are read from
+    disk once instead of once per epoch."""
+
+    def __init__(self, reader: Reader) -> None:
+        self.reader, self.name, self.kernel = reader, reader.name, reader.kernel
+        self._items: dict[int, Sample] = {}
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    def __getitem__(self, index: int) -> Sample:
+        item = self._items.get(index)
+        if item is None:
+            item = self._items[index] = self.reader[index]
+        return item
+
+
+class DensityDataset(keras.utils.PyDataset):
+    """Random augmented crops drawn from several sources in proportion to their weights."""
+
+    def __init__(
+        self,
+        sources: Sequence[Source],
+        crop: tuple[int, int],
+        stride: int,
+        batch_size: int,
+        steps: int,
+        seed: int = 0,
+        **kwargs: object,
+    ) -> None:
+        super().__init__(**kwargs)  # workers, use_multiprocessing, max_queue_size
+        self.sources = [
+            Source(Cached(s.reader) if s.cache else s.reader, s.weight, s.augment) for s in sources
+        ]
+        self.crop, self.stride, self.batch_size, self.steps = crop, stride, batch_size, steps
+        weights = np.array([s.weight * len(s.reader) for s in self.sources], np.float64)
+        self.p = weights / weights.sum()
+        self.seed, self.epoch = seed, 0
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def on_epoch_end(self) -> None:
+        self.epoch += 1
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        xs, ys = [], []
+        for _ in range(self.batch_size):
+            src = self.sources[int(rng.choice(len(self.sources), p=self.p))]
+            sample = src.reader[int(rng.integers(len(src.reader)))]
+            kernel: Kernel = src.reader.kernel
+            x, y = make_example(sample, self.crop, kernel, self.stride, rng, src.augment)
+            xs.append(x)
+            ys.append(y)
+        return np.stack(xs), np.stack(ys)

@@ -1,0 +1,181 @@
+"""The training loop: build (or resume) a network, feed it augmented crops, validate whole
+images, keep the best and the last model, and stop on time, patience or epochs.
+
+Two recipes: ``seed`` reproduces the seed project (frozen MobileNetV2 at 160x160, Adam 1e-3,
+MSE, batch 32, 20 epochs) with the one fix it needs to learn at all (scaled densities);
+``fast`` is the streaming model (trainable backbone, 384x512 crops, head-point targets).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import keras
+
+from model.architecture import ModelSpec, build, default_backbone_weights
+from training.callbacks import CountValidation, MemoryCleanup, TimeBudget
+from training.data import DensityDataset, Source
+from training.losses import DensityLoss, count_abs_error
+from training.readers import DatasetError, Reader, Subset, open_dataset
+from training.targets import Augment
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of a run; saved as ``config.json`` in the run folder."""
+
+    data: list[str] = field(default_factory=list)  # [NAME=]FORMAT:PATH[:RANGE][@WEIGHT]
+    val: list[str] = field(default_factory=list)  # [NAME=]FORMAT:PATH[:RANGE]
+    val_every: int = 10  # without --val: hold out every K-th item of each data set
+    run_dir: str = "runs/default"
+    preset: str = "fast"
+    backbone_weights: str | None = "auto"  # "auto" = ../shared when present; None = random
+    frozen_backbone: bool | None = None
+    output_stride: int | None = None
+    crop: tuple[int, int] | None = None
+    epochs: int | None = None
+    steps_per_epoch: int = 100
+    batch_size: int | None = None
+    learning_rate: float | None = None
+    count_weight: float = 0.0
+    density_scale: float = 100.0
+    patience: int = 12
+    time_budget: float | None = None  # seconds
+    resume: bool = False
+    init_model: str | None = None  # start from these weights (fine-tuning)
+    workers: int = 1
+    cache: bool = True
+    seed: int = 0
+    verbose: Any = "auto"
+
+
+#: Per-preset defaults for the None fields above.
+RECIPES: dict[str, dict[str, Any]] = {
+    "seed": dict(frozen_backbone=True, output_stride=1, crop=(160, 160), epochs=20,
+                 batch_size=32, learning_rate=1e-3),
+    "fast": dict(frozen_backbone=False, output_stride=8, crop=(384, 512), epochs=60,
+                 batch_size=16, learning_rate=3e-4),
+}
+
+
+def resolved(cfg: TrainConfig) -> TrainConfig:
+    if cfg.preset not in RECIPES:
+        raise ValueError(f"unknown preset {cfg.preset!r}; choose {', '.join(RECIPES)}")
+    fills = {k: v for k, v in RECIPES[cfg.preset].items() if getattr(cfg, k) is None}
+    return replace(cfg, **fills)
+
+
+def parse_data(spec: str) -> tuple[str, Reader, float]:
+    """``[NAME=]FORMAT:PATH[:RANGE][@WEIGHT]`` -> (name, reader, weight)."""
+    weight = 1.0
+    if "@" in spec:
+        spec, _, w = spec.rpartition("@")
+        try:
+            weight = float(w)
+        except ValueError:
+            raise DatasetError(f"bad weight {w!r} in {spec!r}") from None
+    name = None
+    if "=" in spec.split(":", 1)[0]:
+        name, _, spec = spec.partition("=")
+    reader = open_dataset(spec)
+    return name or reader.name, reader, weight
+
+
+def _split(cfg: TrainConfig) -> tuple[list[Source], dict[str, list[Any]]]:
+    augment = None if cfg.preset == "seed" else Augment()
+    sources, val_sets = [], {}
+    explicit = [parse_data(v) for v in cfg.val]
+    for name, reader, weight in (parse_data(d) for d in cfg.data):
+        if not explicit and cfg.val_every > 1 and len(reader) >= cfg.val_every:
+            k = cfg.val_every
+            held = [i for i in range(len(reader)) if i % k == k - 1]
+            kept = [i for i in range(len(reader)) if i % k != k - 1]
+            val_sets[name] = Subset(reader, held)
+            reader = Subset(reader, kept)
+        sources.append(Source(reader, weight, augment, cfg.cache))
+    for name, reader, _ in explicit:
+        val_sets[name] = reader
+    if not sources:
+        raise DatasetError("no training data: give at least one --data FORMAT:PATH")
+    return sources, {n: [r[i] for i in range(len(r))] for n, r in val_sets.items()}
+
+
+def _weights_path(cfg: TrainConfig) -> str | None:
+    if cfg.backbone_weights == "auto":
+        found = default_backbone_weights()
+        if found is None:
+            raise FileNotFoundError(
+                "ImageNet backbone weights not found in ../shared/weights; pass "
+                "--backbone-weights PATH, or --backbone-weights none for a random backbone"
+            )
+        return str(found)
+    return cfg.backbone_weights
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Run training; returns the final logs and where the models are."""
+    cfg = resolved(cfg)
+    run = Path(cfg.run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    assert cfg.crop and cfg.output_stride and cfg.batch_size and cfg.epochs
+    spec = ModelSpec(
+        preset=cfg.preset,
+        output_stride=cfg.output_stride if cfg.preset == "fast" else 1,
+        input_size=cfg.crop if cfg.preset == "seed" else None,
+        frozen_backbone=bool(cfg.frozen_backbone),
+        density_scale=cfg.density_scale,
+    )
+    keras.utils.set_random_seed(cfg.seed)
+    sources, val_sets = _split(cfg)
+    if cfg.init_model and cfg.init_model.endswith(".weights.h5"):
+        model = build(spec, None)  # same architecture, weights from the file
+        model.load_weights(cfg.init_model)
+    elif cfg.init_model:
+        model = keras.saving.load_model(cfg.init_model, compile=False)
+    else:
+        model = build(spec, _weights_path(cfg))
+    model.compile(
+        optimizer=keras.optimizers.Adam(cfg.learning_rate),
+        loss=DensityLoss(cfg.density_scale, cfg.count_weight),
+        metrics=[keras.metrics.MeanMetricWrapper(count_abs_error, name="count_mae")],
+    )
+    (run / "config.json").write_text(json.dumps(asdict(cfg), indent=1, default=list))
+    (run / "spec.json").write_text(json.dumps(spec.to_dict(), indent=1))
+    data = DensityDataset(
+        sources, cfg.crop, spec.output_stride, cfg.batch_size, cfg.steps_per_epoch,
+        seed=cfg.seed, workers=cfg.workers, use_multiprocessing=False, max_queue_size=8,
+    )
+    monitor = "val_score" if val_sets else "loss"
+    callbacks: list[keras.callbacks.Callback] = []
+    if val_sets:
+        callbacks.append(CountValidation(val_sets))
+    callbacks += [
+        keras.callbacks.ModelCheckpoint(run / "best.keras", monitor=monitor, mode="min",
+                                        save_best_only=True),
+        keras.callbacks.ModelCheckpoint(run / "last.keras"),
+        keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode="min", factor=0.5,
+                                          patience=max(2, cfg.patience // 3), min_lr=1e-6),
+        keras.callbacks.EarlyStopping(monitor=monitor, mode="min", patience=cfg.patience),
+        keras.callbacks.CSVLogger(str(run / "history.csv"), append=True),
+        MemoryCleanup(),
+    ]
+    if cfg.time_budget:
+        callbacks.append(TimeBudget(cfg.time_budget))
+    if (run / "backup").exists() and not cfg.resume:
+        raise FileExistsError(f"{run} holds an interrupted run: pass --resume or a new --run-dir")
+    # Restores weights, optimizer state and epoch counter when an interrupted run resumes.
+    callbacks.append(keras.callbacks.BackupAndRestore(str(run / "backup")))
+    t0 = time.monotonic()
+    history = model.fit(data, epochs=cfg.epochs, callbacks=callbacks, verbose=cfg.verbose)
+    logs = {k: v[-1] for k, v in history.history.items()}
+    logs["seconds"] = time.monotonic() - t0
+    logs["epochs_run"] = len(history.history.get("loss", []))
+    (run / "result.json").write_text(json.dumps(logs, indent=1))
+    return {"logs": logs, "best": str(run / "best.keras"), "last": str(run / "last.keras")}
