@@ -1,0 +1,105 @@
+"""Export a trained ``.keras`` model for serving (ONNX) and edge devices (TFLite).
+
+ONNX keeps a dynamic batch and input size (the runtime feeds any multiple of 32). TFLite is
+exported from a copy of the network rebuilt with a FIXED batch of 1 and a fixed input size:
+with a dynamic batch the transposed convolutions fall off XNNPACK (see NOTES.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def _load(path: str | Path):  # noqa: ANN202 - keras.Model, imported lazily
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    import keras
+
+    import training.losses  # noqa: F401  (registers the custom objects)
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model not found: {path}")
+    return keras.saving.load_model(path, compile=False)
+
+
+def export_onnx(model_path: str | Path, output: str | Path, opset: int = 17) -> Path:
+    """Write an ONNX model with input ``image`` (N, H, W, 3) float32 RGB 0..255."""
+    import tensorflow as tf
+    import tf2onnx
+
+    model = _load(model_path)
+    spec = (tf.TensorSpec((None, None, None, 3), tf.float32, name="image"),)
+
+    @tf.function(input_signature=spec)
+    def serve(image: tf.Tensor) -> tf.Tensor:
+        return model(image, training=False)
+
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tf2onnx.convert.from_function(serve, input_signature=spec, opset=opset,
+                                  output_path=str(output))
+    log.info("exported %s", output)
+    return output
+
+
+def fixed_copy(model_path: str | Path, size: tuple[int, int]):  # noqa: ANN201
+    """The same network with batch 1 and input ``size`` (h, w), weights copied."""
+    import keras
+
+    model = _load(model_path)
+    shape = model.input_shape
+    if shape[1] is not None and tuple(shape[1:3]) != tuple(size):
+        raise ValueError(f"model takes {shape[1]}x{shape[2]} only, not {size[0]}x{size[1]}")
+    if size[0] % 32 or size[1] % 32:
+        raise ValueError(f"input size {size[0]}x{size[1]} must be multiples of 32")
+    inp = keras.Input(shape=(*size, 3), batch_size=1, name="image")
+    clone = keras.models.clone_model(model, input_tensors=inp)
+    clone.set_weights(model.get_weights())
+    return clone
+
+
+def export_tflite(
+    model_path: str | Path,
+    output: str | Path,
+    size: tuple[int, int] = (480, 640),
+    quantize: str = "fp32",
+    representative: str | None = None,
+    calibration_images: int = 64,
+) -> Path:
+    """TFLite at a fixed size: fp32, fp16 weights, or int8 (dynamic-range, or full integer
+    calibrated on ``representative`` images, a dataset spec such as ``mall:PATH:1-800``)."""
+    import tensorflow as tf
+
+    from model.preprocess import prepare
+
+    model = fixed_copy(model_path, size)
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    if quantize == "fp16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif quantize == "int8":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if representative:
+            from training.readers import open_dataset
+
+            reader = open_dataset(representative)
+            picks = np.linspace(0, len(reader) - 1, min(calibration_images, len(reader)))
+
+            def samples():  # noqa: ANN202 - generator of calibration inputs
+                for i in picks.astype(int):
+                    yield [prepare(reader[int(i)].image, size)[None]]
+
+            converter.representative_dataset = samples
+    elif quantize != "fp32":
+        raise ValueError(f"unknown quantization {quantize!r}: fp32, fp16 or int8")
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_bytes(converter.convert())
+    log.info("exported %s", output)
+    return output
