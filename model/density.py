@@ -26,9 +26,10 @@ def _splat(points: NDArray[np.float64], sigma: float, shape: tuple[int, int]) ->
     map are kept at the nearest border pixel (an annotation a pixel outside is still a
     person)."""
     h, w = shape
+    sigma = round(sigma, 3)  # the kept-mass map and the filter must use the same radius
     rows = np.clip(np.floor(points[:, 1]).astype(np.intp), 0, h - 1)
     cols = np.clip(np.floor(points[:, 0]).astype(np.intp), 0, w - 1)
-    kept = _kept_mass(shape, round(sigma, 3))
+    kept = _kept_mass(shape, sigma)
     deltas = np.zeros(shape, np.float32)
     np.add.at(deltas, (rows, cols), 1.0 / kept[rows, cols])
     return ndimage.gaussian_filter(deltas, sigma, mode="constant", truncate=TRUNCATE)

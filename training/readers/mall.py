@@ -19,11 +19,11 @@ class MallReader:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         gt_path = self.root / "mall_gt.mat"
+        if not gt_path.is_file():
+            raise DatasetError(f"{gt_path}: ground truth file missing")
         try:
             gt = scipy.io.loadmat(gt_path)
             frames = gt["frame"][0]
-        except FileNotFoundError:
-            raise DatasetError(f"{gt_path}: ground truth file missing") from None
         except (ValueError, KeyError, IndexError, TypeError, OSError) as exc:
             raise DatasetError(f"{gt_path}: not a Mall ground truth file ({exc})") from None
         self._points = []

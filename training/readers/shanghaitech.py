@@ -40,11 +40,11 @@ class ShanghaiTechReader:
         image = self._images[index]
         gt = self.root / "ground-truth" / f"GT_{image.stem}.mat"
         where = f"{gt} (item {index})"
+        if not gt.is_file():
+            raise DatasetError(f"{where}: ground truth file missing")
         try:
             info = scipy.io.loadmat(gt)["image_info"]
             return check_points(info[0, 0]["location"][0, 0], where)
-        except FileNotFoundError:
-            raise DatasetError(f"{where}: ground truth file missing") from None
         except DatasetError:
             raise
         except Exception as exc:  # scipy raises many kinds for truncated/odd files
