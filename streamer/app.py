@@ -1,0 +1,122 @@
+"""The aiohttp application: ``build_app(config)`` wires the ``Service`` to the routes.
+
+Routes live in ``streamer.routes.*``; this module holds what spans them: the refusal to
+serve beyond loopback without a token, the token middleware, the middleware that turns
+every error into ``{"error": "..."}`` JSON, and the two-phase shutdown (``on_shutdown``
+ends SSE feeds and WebRTC peers so ``run_app`` is not kept waiting on long-lived
+responses; ``on_cleanup`` stops sources and inference, then flushes and closes the store).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from pathlib import Path
+
+from aiohttp import web
+
+from model.bundled import DEFAULT_ONNX
+from model.runtime import Runtime
+from streamer.auth import Handler, token_middleware
+from streamer.config import Config
+from streamer.ratelimit import RateLimiter
+from streamer.routes import count, rtc, streams, system
+from streamer.routes.common import MAX_JSON_BYTES, SERVICE, ApiError, json_error
+from streamer.service import Service
+from streamer.upload import UploadCounter
+
+log = logging.getLogger(__name__)
+
+WEB_DIR = Path(__file__).resolve().parents[1] / "web"
+TOKEN_ENV = "CROWDCOUNT_TOKEN"
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure as one-line JSON with its status; unexpected ones as a logged 500."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return json_error(exc.status, exc.message, exc.headers)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        if exc.status == 404:
+            message = f"not found: {request.method} {request.path}"
+        elif exc.status == 405:
+            allowed = exc.headers.get("Allow", "")
+            message = f"method {request.method} not allowed on {request.path}; allowed: {allowed}"
+        else:
+            message = exc.text or exc.reason
+        headers = {k: v for k, v in exc.headers.items() if k in ("Allow", "Retry-After")}
+        return json_error(exc.status, message, headers)
+    except (asyncio.CancelledError, ConnectionError):
+        raise
+    except Exception:
+        log.exception("event=handler_error method=%s path=%s", request.method, request.path)
+        return json_error(500, "internal server error (logged)")
+
+
+def resolve_token(config: Config) -> str | None:
+    """The configured token, else ``$CROWDCOUNT_TOKEN``, else ``None``."""
+    return config.server.token or os.environ.get(TOKEN_ENV) or None
+
+
+def build_app(
+    config: Config,
+    runtime: Runtime | None = None,
+    *,
+    upload_counter: UploadCounter | None = None,
+    store_rate: float | None = None,
+    web_dir: Path = WEB_DIR,
+) -> web.Application:
+    """The application for ``config``. Raises ``ValueError`` when the server would be
+    reachable from other machines without a token, and whatever opening the model or the
+    database raises (one-line messages the CLI prints).
+
+    ``runtime`` (tests, benchmarks) replaces the one opened from ``config.model``; uploads
+    always get their own (see ``streamer.upload``).
+    """
+    token = resolve_token(config)
+    problem = config.server.model_copy(update={"token": token}).exposure_problem()
+    if problem:
+        raise ValueError(problem)
+    model_path = str(config.model.path or DEFAULT_ONNX)
+    if runtime is None:
+        runtime = Runtime.open(config.model.path, config.model.backend,
+                               threads=config.model.threads)
+    service = Service(config, runtime, model_path=model_path, store_rate=store_rate,
+                      upload_counter=upload_counter)
+
+    middlewares = [json_errors]
+    if token:
+        middlewares.append(token_middleware(token))
+    app = web.Application(
+        middlewares=middlewares,
+        client_max_size=max(config.server.max_upload_bytes, MAX_JSON_BYTES) + 64 * 1024,
+    )
+    app[SERVICE] = service
+    app[count.LIMITER] = RateLimiter(config.server.upload_rate_per_minute)
+    system.add_routes(app, web_dir)
+    streams.add_routes(app)
+    count.add_routes(app)
+    rtc.add_routes(app)
+    app.on_startup.append(_startup)
+    app.on_shutdown.append(_shutdown)
+    app.on_cleanup.append(_cleanup)
+    return app
+
+
+async def _startup(app: web.Application) -> None:
+    await app[SERVICE].start()
+    log.info("event=started streams=%d", len(app[SERVICE].streams))
+
+
+async def _shutdown(app: web.Application) -> None:
+    await app[SERVICE].shutdown()
+
+
+async def _cleanup(app: web.Application) -> None:
+    await app[SERVICE].close()
+    log.info("event=stopped")

@@ -1,0 +1,145 @@
+"""What every route shares: the app keys, JSON errors and strict parameter parsing.
+
+Why strict: a client that sends ``"limit": "10"`` or ``?step=abc`` has a bug it should
+hear about, with the name of the field, rather than a default silently applied or a 500.
+Every error leaves the server as ``{"error": "<one line>"}`` with a 4xx status.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from aiohttp import web
+
+from streamer.service import Service
+
+SERVICE = web.AppKey("service", Service)
+#: JSON bodies (stream definitions, SDP offers of at most 64 KiB) stay well below this.
+MAX_JSON_BYTES = 256 * 1024
+
+
+class ApiError(Exception):
+    """Raised by handlers; the error middleware turns it into a JSON response."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = " ".join(message.split())
+        self.headers = headers or {}
+
+
+def json_error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": " ".join(message.split())}, status=status,
+                             headers=headers)
+
+
+def service_of(request: web.Request) -> Service:
+    return request.app[SERVICE]
+
+
+async def read_body(request: web.Request, limit: int, what: str = "body") -> bytes:
+    """The raw body, refusing (413) anything over ``limit`` bytes before or while reading."""
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise ApiError(413, f"{what} is {declared} bytes; the limit is {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await request.content.read(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"{what} is larger than the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_json_object(request: web.Request, allowed: set[str]) -> dict[str, Any]:
+    """A JSON object body whose keys are all in ``allowed`` (400 otherwise, 413 if big)."""
+    raw = await read_body(request, MAX_JSON_BYTES, "JSON body")
+    if not raw.strip():
+        raise ApiError(400, "request body is empty; expected a JSON object")
+    try:
+        data = json.loads(raw)
+    except UnicodeDecodeError:
+        raise ApiError(400, "request body is not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise ApiError(400, f"malformed JSON: {exc.msg} at line {exc.lineno} column "
+                            f"{exc.colno}") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, f"expected a JSON object, got {_json_type(data)}")
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise ApiError(400, f"unknown field {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}")
+    return data
+
+
+def _json_type(value: Any) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
+            type(None): "null", int: "a number", float: "a number"}.get(type(value), "a value")
+
+
+def field_str(data: dict[str, Any], key: str, *, required: bool = True) -> str | None:
+    value = data.get(key)
+    if value is None:
+        if required:
+            raise ApiError(400, f"field {key!r} is required")
+        return None
+    if not isinstance(value, str):
+        raise ApiError(400, f"field {key!r} must be a string, got {_json_type(value)}")
+    return value
+
+
+def field_number(
+    data: dict[str, Any], key: str, *, lo: float, hi: float, integer: bool = False
+) -> float | int | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    ok = isinstance(value, int) if integer else isinstance(value, int | float)
+    if isinstance(value, bool) or not ok:
+        kind = "an integer" if integer else "a number"
+        raise ApiError(400, f"field {key!r} must be {kind}, got {_json_type(value)}")
+    if not (math.isfinite(value) and lo <= value <= hi):
+        raise ApiError(400, f"field {key!r} must be between {lo:g} and {hi:g}, got {value!r}")
+    return value
+
+
+def query_float(request: web.Request, name: str, *, positive: bool = False) -> float | None:
+    text = request.query.get(name)
+    if text is None or text == "":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise ApiError(400, f"parameter {name!r} must be a number, got {text[:40]!r}") from None
+    if not math.isfinite(value):
+        raise ApiError(400, f"parameter {name!r} must be finite, got {text[:40]!r}")
+    if positive and value <= 0:
+        raise ApiError(400, f"parameter {name!r} must be > 0, got {text[:40]!r}")
+    return value
+
+
+def query_int(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+    text = request.query.get(name)
+    if text is None or text == "":
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise ApiError(400, f"parameter {name!r} must be an integer, got {text[:40]!r}") from None
+    if not lo <= value <= hi:
+        raise ApiError(400, f"parameter {name!r} must be between {lo} and {hi}, got {value}")
+    return value
+
+
+def query_flag(request: web.Request, name: str) -> bool:
+    text = request.query.get(name)
+    if text is None:
+        return False
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "on", ""):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ApiError(400, f"parameter {name!r} must be 1 or 0, got {text[:40]!r}")

@@ -1,0 +1,149 @@
+"""``/api/streams``: the stream list, counts history, CSV export and live feeds.
+
+History outlives streams (see ``streamer.store``): ``/counts`` and ``/counts.csv`` answer
+for a live stream or for any id that has recorded counts (a removed camera's report still
+works); 404 only when neither. Live feeds need a live stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from streamer.config import StreamConfig
+from streamer.feed import sse_response
+from streamer.routes.common import (
+    ApiError,
+    field_number,
+    field_str,
+    query_flag,
+    query_float,
+    query_int,
+    read_json_object,
+    service_of,
+)
+from streamer.rtc import STREAM_ID_RE
+from streamer.service import StreamConflict, StreamNotFound
+from streamer.urls import validate_api_url
+
+MAX_LIMIT = 100_000
+
+
+async def list_streams(request: web.Request) -> web.Response:
+    svc = service_of(request)
+    return web.json_response({"streams": [e.to_dict() for e in svc.streams.values()]})
+
+
+async def add_stream(request: web.Request) -> web.Response:
+    """Body ``{"name", "url", "fps_limit"?, "max_side"?}``; rtsp/rtsps only."""
+    svc = service_of(request)
+    data = await read_json_object(request, {"name", "url", "fps_limit", "max_side"})
+    name = field_str(data, "name")
+    assert name is not None
+    if STREAM_ID_RE.fullmatch(name) is None:
+        raise ApiError(400, f"field 'name' must be 1-64 letters, digits, '_', '.' or '-' "
+                            f"starting with a letter or digit, got {name[:70]!r}")
+    raw_url = field_str(data, "url")
+    try:
+        url = validate_api_url(raw_url)
+    except ValueError as exc:
+        raise ApiError(400, str(exc)) from None
+    fps_limit = field_number(data, "fps_limit", lo=0.1, hi=240)
+    max_side = field_number(data, "max_side", lo=32, hi=8192, integer=True)
+    options = {k: v for k, v in (("fps_limit", fps_limit), ("max_side", max_side))
+               if v is not None}
+    stream = StreamConfig.model_validate(
+        {"name": name, "url": url, **{k: (float(v) if k == "fps_limit" else v)
+                                      for k, v in options.items()}}
+    )
+    try:
+        entry = await svc.add_stream(stream, origin="api", persist=True)
+    except StreamConflict as exc:
+        raise ApiError(409, str(exc)) from None
+    return web.json_response(entry.to_dict(), status=201,
+                             headers={"Location": f"/api/streams/{entry.id}"})
+
+
+async def get_stream(request: web.Request) -> web.Response:
+    try:
+        entry = service_of(request).get(request.match_info["id"])
+    except StreamNotFound as exc:
+        raise ApiError(404, str(exc)) from None
+    return web.json_response(entry.to_dict())
+
+
+async def delete_stream(request: web.Request) -> web.Response:
+    try:
+        await service_of(request).remove_stream(request.match_info["id"])
+    except StreamNotFound as exc:
+        raise ApiError(404, str(exc)) from None
+    except StreamConflict as exc:
+        raise ApiError(409, str(exc)) from None
+    return web.Response(status=204)
+
+
+async def _known(request: web.Request) -> str:
+    """The stream id if it is live or has history; 404 otherwise."""
+    svc = service_of(request)
+    sid = request.match_info["id"]
+    if sid not in svc.streams and not await svc.has_history(sid):
+        raise ApiError(404, f"no stream {sid!r} and no recorded counts for it")
+    return sid
+
+
+def _range(request: web.Request) -> tuple[float | None, float | None]:
+    since, until = query_float(request, "since"), query_float(request, "until")
+    if since is not None and until is not None and since >= until:
+        raise ApiError(400, f"parameter 'since' ({since:g}) must be before 'until' ({until:g})")
+    return since, until
+
+
+async def counts(request: web.Request) -> web.Response:
+    """``?since=&until=`` (unix seconds, [since, until)), ``step`` (seconds per bucket),
+    ``limit`` (newest rows kept), ``zones=1`` (per-zone sums on raw rows)."""
+    since, until = _range(request)
+    step = query_float(request, "step", positive=True)
+    limit = query_int(request, "limit", 10_000, 1, MAX_LIMIT)
+    with_zones = query_flag(request, "zones")
+    sid = await _known(request)
+    svc = service_of(request)
+    rows = await asyncio.to_thread(
+        svc.store.counts, sid, since, until, step, limit, with_zones=with_zones
+    )
+    return web.json_response({"stream": sid, "counts": rows})
+
+
+async def counts_csv(request: web.Request) -> web.Response:
+    since, until = _range(request)
+    sid = await _known(request)
+    text = await asyncio.to_thread(service_of(request).store.export_csv, sid, since, until)
+    return web.Response(
+        text=text,
+        content_type="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="{sid}-counts.csv"'},
+    )
+
+
+async def feed_all(request: web.Request) -> web.StreamResponse:
+    return await sse_response(request, service_of(request).feed, None)
+
+
+async def feed_stream(request: web.Request) -> web.StreamResponse:
+    svc = service_of(request)
+    sid = request.match_info["id"]
+    if sid not in svc.streams:
+        raise ApiError(404, f"no stream {sid!r}")
+    return await sse_response(request, svc.feed, sid)
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_get("/api/streams", list_streams)
+    r.add_post("/api/streams", add_stream)
+    r.add_get("/api/streams/{id}", get_stream)
+    r.add_delete("/api/streams/{id}", delete_stream)
+    r.add_get("/api/streams/{id}/counts", counts)
+    r.add_get("/api/streams/{id}/counts.csv", counts_csv)
+    r.add_get("/api/streams/{id}/feed", feed_stream)
+    r.add_get("/api/feed", feed_all)

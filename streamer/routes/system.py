@@ -1,0 +1,43 @@
+"""The page, health and metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aiohttp import web
+
+from streamer.metrics import CONTENT_TYPE
+from streamer.routes.common import ApiError, service_of
+
+WEB_DIR_KEY = web.AppKey("web_dir", Path)
+
+
+async def health(request: web.Request) -> web.Response:
+    svc = service_of(request)
+    return web.json_response({
+        "status": "ok",
+        "streams": len(svc.streams),
+        "model": {"backend": svc.runtime.name, "path": svc.model_path},
+        "uptime_s": round(svc.uptime_s, 3),
+    })
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = service_of(request).metrics.render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
+async def index(request: web.Request) -> web.StreamResponse:
+    page = request.app[WEB_DIR_KEY] / "index.html"
+    if not page.is_file():
+        raise ApiError(404, f"web page not installed ({page.name} missing)")
+    return web.FileResponse(page, headers={"Cache-Control": "no-cache"})
+
+
+def add_routes(app: web.Application, web_dir: Path) -> None:
+    app[WEB_DIR_KEY] = web_dir
+    app.router.add_get("/", index)
+    app.router.add_get("/api/health", health)
+    app.router.add_get("/metrics", metrics)
+    if web_dir.is_dir():
+        app.router.add_static("/static/", web_dir, show_index=False, follow_symlinks=False)

@@ -1,0 +1,347 @@
+"""The running service: every long-lived object of one server, and the stream lifecycle.
+
+Why a separate object from the aiohttp application: routes, startup/shutdown hooks and tests
+all need the same operations (add a stream, remove it, resume the saved ones, shut down in
+order) and they must keep the pipeline, the viewer sinks, the store and the metrics in step.
+Doing them here, once, keeps the HTTP layer to parsing and status codes.
+
+Stream ids are the stream names (letters, digits, ``_ . -``), as in the config file: they
+appear in API paths, metric labels and the database, so one plain identifier is simpler
+than a name plus a generated id. Streams have an *origin*:
+
+* ``config``: from the config file or ``--stream``; any kind (rtsp, file, device, webcam);
+  not persisted (the config is their record) and not removable through the API.
+* ``api``: added with ``POST /api/streams``; rtsp/rtsps only; persisted in the store, so
+  they are resumed after a restart, and forgotten by ``DELETE`` (their history is kept).
+* ``webrtc``: a browser camera published through ``/api/rtc/offer``; lives as long as its
+  peer connection; never persisted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from model.runtime import Runtime
+from streamer.config import Config, StreamConfig
+from streamer.feed import CountFeed
+from streamer.metrics import Metrics
+from streamer.pipeline import Pipeline
+from streamer.rtc import STREAM_ID_RE, PeerManager
+from streamer.sinks.counts import CountSink
+from streamer.sinks.viewer import ViewerRegistry
+from streamer.smoothing import Ema
+from streamer.sources.base import Source
+from streamer.sources.webrtc import WebRtcSource
+from streamer.status import StreamStatus
+from streamer.store import CountStore
+from streamer.upload import UploadCounter
+from streamer.urls import mask_url, validate_api_url
+
+log = logging.getLogger(__name__)
+
+Origin = Literal["config", "api", "webrtc"]
+
+
+class StreamError(Exception):
+    """Base of the stream lifecycle errors; ``str()`` is a one-line message for the API."""
+
+
+class StreamNotFound(StreamError, LookupError):
+    """No live stream with that id (HTTP 404)."""
+
+
+class StreamConflict(StreamError):
+    """The name is taken, the limit is reached, or the stream may not be removed (HTTP 409)."""
+
+
+@dataclass(eq=False)
+class StreamEntry:
+    """One live stream. ``url`` is the raw URL (it may hold credentials): never return it,
+    ``to_dict`` masks it."""
+
+    id: str
+    url: str
+    kind: str
+    origin: Origin
+    source: Source
+    options: dict[str, Any] = field(default_factory=dict)
+    added_at: float = field(default_factory=time.time)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.id,
+            "url": mask_url(self.url),
+            "kind": self.kind,
+            "origin": self.origin,
+            "options": dict(self.options),
+            "status": self.source.status.to_dict(),
+        }
+
+
+def make_source(stream: StreamConfig) -> Source:
+    """The source for one configured stream (imports only the module it needs)."""
+    kind = stream.kind
+    if kind == "rtsp":
+        from streamer.sources.rtsp import RtspSource
+
+        return RtspSource(stream.name, stream.url, stall_timeout=stream.stall_timeout)
+    if kind == "file":
+        from streamer.sources.file import FileSource
+
+        return FileSource(stream.name, stream.url, loop=stream.loop)
+    from streamer.sources.webcam import WebcamSource
+
+    device = stream.url if kind == "device" else f"/dev/video{stream.url.partition(':')[2]}"
+    return WebcamSource(stream.name, device)
+
+
+class Service:
+    """Owns the pipeline, the count store, the live feed, the viewer registry, the WebRTC
+    peers, the metrics and the upload counter of one server.
+
+    Construction opens the database (so a bad path fails before the server listens);
+    ``start()`` must run on the serving loop and ``close()`` releases everything.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        runtime: Runtime,
+        *,
+        model_path: str,
+        store_rate: float | None = None,
+        upload_counter: UploadCounter | None = None,
+    ) -> None:
+        self.config = config
+        self.runtime = runtime
+        self.model_path = model_path
+        self.max_streams = config.server.max_streams
+        try:
+            self.store = CountStore(config.server.database)
+        except (sqlite3.Error, OSError) as exc:
+            raise ValueError(f"cannot open database {config.server.database}: {exc}") from None
+        self.feed = CountFeed()
+        self.viewers = ViewerRegistry()
+        self.pipeline = Pipeline(runtime, max_batch=config.model.max_batch)
+        self.counts = CountSink(self.store, self.feed, Ema(), store_rate)
+        self.metrics = Metrics(self.statuses, self._service_gauges)
+        self.peers = PeerManager(
+            self.viewers, self._on_rtc_source, on_source_closed=self._on_rtc_closed
+        )
+        self.uploads = upload_counter or UploadCounter.from_config(config.model)
+        self.streams: dict[str, StreamEntry] = {}
+        self.started_at = time.monotonic()
+        self._closed = False
+
+    # -- views -------------------------------------------------------------------------------
+
+    def statuses(self) -> dict[str, StreamStatus]:
+        return {sid: e.source.status for sid, e in self.streams.items()}
+
+    def _service_gauges(self) -> dict[str, float]:
+        store = self.store.stats()
+        stats = self.pipeline.stats()
+        return {
+            "streams": float(len(self.streams)),
+            "rtc_peers": float(self.peers.peer_count),
+            "store_pending_rows": float(store["pending"]),
+            "store_dropped_rows": float(store["dropped"]),
+            "feed_dropped_items": float(self.feed.dropped),
+            "inference_errors": float(stats.inference_errors),
+            "sink_errors": float(stats.sink_errors),
+        }
+
+    def get(self, stream_id: str) -> StreamEntry:
+        entry = self.streams.get(stream_id)
+        if entry is None:
+            raise StreamNotFound(f"no stream {stream_id!r}")
+        return entry
+
+    @property
+    def uptime_s(self) -> float:
+        return time.monotonic() - self.started_at
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start inference, then resume the config streams and the saved API streams.
+
+        A stream that cannot be resumed is logged and skipped: one bad camera must not keep
+        the others (and the API) down.
+        """
+        self.started_at = time.monotonic()
+        await self.pipeline.start()
+        self.pipeline.add_sink(self.counts)
+        self.pipeline.add_sink(self.metrics)
+        for stream in self.config.streams:
+            try:
+                await self.add_stream(stream, origin="config")
+            except Exception as exc:
+                log.error("event=resume_failed stream=%s error=%r", stream.name, str(exc))
+        for saved in await asyncio.to_thread(self.store.list_streams):
+            try:
+                url = validate_api_url(saved["url"])
+                options = saved.get("options") or {}
+                stream = StreamConfig.model_validate(
+                    {"name": saved["id"], "url": url, **_stream_options(options)}
+                )
+                await self.add_stream(stream, origin="api")
+            except Exception as exc:
+                log.error("event=resume_failed stream=%s error=%r", saved.get("id"), str(exc))
+
+    async def add_stream(
+        self, stream: StreamConfig, *, origin: Origin, persist: bool = False
+    ) -> StreamEntry:
+        """Start ``stream`` and wire it to the sinks; with ``persist`` save it first, so an
+        accepted API stream is never lost to a crash. Raises ``StreamConflict``."""
+        self._reserve(stream.name)
+        return await self.add_source(
+            make_source(stream), url=stream.url, kind=stream.kind, origin=origin,
+            fps_limit=stream.fps_limit, max_side=stream.max_side, persist=persist,
+        )
+
+    async def add_source(
+        self,
+        source: Source,
+        *,
+        url: str,
+        kind: str,
+        origin: Origin = "config",
+        fps_limit: float | None = None,
+        max_side: int | None = None,
+        persist: bool = False,
+    ) -> StreamEntry:
+        """Add an already built source (any kind: tests and benchmarks use synthetic ones).
+        Raises ``StreamConflict``; on any failure nothing is left registered."""
+        sid = source.stream_id
+        self._reserve(sid)
+        options: dict[str, Any] = {
+            k: v for k, v in (("fps_limit", fps_limit), ("max_side", max_side)) if v is not None
+        }
+        entry = StreamEntry(sid, url, kind, origin, source, options)
+        self.streams[sid] = entry  # reserved before the first await: no duplicate can race in
+        try:
+            if persist:
+                await asyncio.to_thread(self.store.save_stream, sid, sid, url, kind, options)
+            await self.pipeline.add_stream(source, fps_limit, max_side)
+            self.pipeline.subscribe(sid, self.viewers.sink(sid))
+        except BaseException:
+            self.streams.pop(sid, None)
+            self.viewers.remove(sid)
+            with contextlib.suppress(Exception):
+                await source.stop()
+            if persist:
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(self.store.delete_stream, sid)
+            raise
+        log.info("event=stream_added stream=%s kind=%s origin=%s url=%s",
+                 sid, kind, origin, mask_url(url))
+        return entry
+
+    def _reserve(self, sid: str) -> None:
+        if self._closed:
+            raise StreamConflict("server is shutting down")
+        if STREAM_ID_RE.fullmatch(sid) is None:
+            raise StreamConflict(f"invalid stream name {sid!r}")
+        if sid in self.streams or sid in self.viewers:
+            raise StreamConflict(f"a stream named {sid!r} already exists")
+        if len(self.streams) >= self.max_streams:
+            raise StreamConflict(
+                f"stream limit reached: {self.max_streams} streams (server.max_streams)"
+            )
+
+    async def remove_stream(self, stream_id: str) -> None:
+        """Stop a stream and release its threads. API streams are also forgotten by the
+        store (history kept); config streams are refused; a WebRTC stream hangs up its peer.
+        """
+        entry = self.get(stream_id)
+        if entry.origin == "config":
+            raise StreamConflict(
+                f"stream {stream_id!r} comes from the config file; remove it there and restart"
+            )
+        if entry.origin == "webrtc":
+            for peer in self.peers.peers():
+                if peer.mode == "publish" and peer.stream_id == stream_id:
+                    await self.peers.close_peer(peer.id, "removed via API")
+            await self._drop(stream_id, entry)  # no-op if the hang-up already dropped it
+            return
+        await asyncio.to_thread(self.store.delete_stream, stream_id)
+        await self._drop(stream_id, entry)
+
+    async def _drop(self, stream_id: str, entry: StreamEntry) -> None:
+        if self.streams.get(stream_id) is not entry:
+            return
+        del self.streams[stream_id]
+        with contextlib.suppress(KeyError):
+            await self.pipeline.remove_stream(stream_id)
+        self.viewers.remove(stream_id)
+        self.counts.forget(stream_id)
+        self.metrics.forget(stream_id)
+        # Make its last counts queryable at once (the history outlives the stream).
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(self.store.flush)
+        log.info("event=stream_removed stream=%s", stream_id)
+
+    async def has_history(self, stream_id: str) -> bool:
+        """Whether the store holds counts for ``stream_id`` (live or removed)."""
+        rows = await asyncio.to_thread(self.store.counts, stream_id, None, None, None, 1)
+        return bool(rows)
+
+    # -- WebRTC publishers -------------------------------------------------------------------
+
+    async def _on_rtc_source(self, source: WebRtcSource) -> None:
+        """A browser camera becomes a stream; raising rejects the offer (PeerManager closes
+        the peer)."""
+        sid = source.stream_id
+        if len(self.streams) >= self.max_streams:
+            raise StreamConflict(
+                f"stream limit reached: {self.max_streams} streams (server.max_streams)"
+            )
+        if sid in self.streams:
+            raise StreamConflict(f"a stream named {sid!r} already exists")
+        entry = StreamEntry(sid, "webrtc", "webrtc", "webrtc", source)
+        self.streams[sid] = entry
+        try:
+            await self.pipeline.add_stream(source)
+            self.pipeline.subscribe(sid, self.viewers.sink(sid))
+        except BaseException:
+            self.streams.pop(sid, None)
+            raise
+        log.info("event=stream_added stream=%s kind=webrtc origin=webrtc", sid)
+
+    async def _on_rtc_closed(self, source: WebRtcSource) -> None:
+        entry = self.streams.get(source.stream_id)
+        if entry is not None and entry.source is source:
+            await self._drop(source.stream_id, entry)
+
+    # -- shutdown ----------------------------------------------------------------------------
+
+    async def shutdown(self) -> None:
+        """First phase (aiohttp on_shutdown): end live pushes and peers so open SSE
+        responses and WebRTC connections do not hold the server's graceful exit."""
+        self._closed = True
+        self.feed.close()
+        await self.peers.close()
+
+    async def close(self) -> None:
+        """Second phase (on_cleanup): stop every source and the inference thread, commit the
+        queued counts and close the database. Idempotent."""
+        await self.shutdown()
+        for sid in list(self.streams):
+            self.viewers.remove(sid)
+        await self.pipeline.close()
+        self.streams.clear()
+        await asyncio.to_thread(self.store.close)
+        await self.uploads.close()
+
+
+def _stream_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The saved options that ``StreamConfig`` knows (older rows may hold others)."""
+    return {k: options[k] for k in ("fps_limit", "max_side") if k in options}

@@ -1,0 +1,144 @@
+"""Counting uploaded images, off the event loop, on a runtime of their own.
+
+Why a separate runtime and one dedicated thread: a ``Runtime`` is not thread-safe and the
+pipeline's belongs to its inference thread, so uploads get their own instance, opened
+lazily on the first upload (serving streams only never pays for it) and used by exactly
+one thread, which also serialises uploads without a lock. Routing uploads through the
+pipeline was rejected: its batcher keeps only the newest frame per stream and would drop
+concurrent uploads by design.
+
+Decoding (with the decompression-bomb check of ``decode_image``), inference, the overlay
+and PNG encoding all run on that thread. ``max_pending`` bounds how many uploads may wait
+for it, so a burst from many clients is refused (HTTP 503) instead of queueing without end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from model.imageio import MAX_PIXELS
+from model.runtime import Runtime
+from streamer.config import ModelConfig
+
+#: Uploads are shrunk so their longer side is at most this before inference: a 40-megapixel
+#: photo run at full size would need gigabytes of activations for no better count.
+UPLOAD_MAX_SIDE = 2048
+
+
+class UploadBusy(RuntimeError):
+    """Too many uploads waiting (HTTP 503)."""
+
+
+class ModelUnavailable(RuntimeError):
+    """The upload runtime cannot be opened (HTTP 503); the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class UploadResult:
+    count: float
+    width: int
+    height: int
+    density_shape: tuple[int, int]
+    density_max: float
+    overlay_png: bytes | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "count": self.count,
+            "width": self.width,
+            "height": self.height,
+            "density": {"shape": list(self.density_shape), "max": self.density_max},
+        }
+        if self.overlay_png is not None:
+            out["overlay_png"] = base64.b64encode(self.overlay_png).decode("ascii")
+        return out
+
+
+class UploadCounter:
+    """Counts encoded images; ``count`` raises ``ImageError`` (bad image), ``UploadBusy``
+    or ``ModelUnavailable``."""
+
+    def __init__(
+        self,
+        open_runtime: Callable[[], Runtime],
+        *,
+        max_pixels: int = MAX_PIXELS,
+        max_pending: int = 8,
+    ) -> None:
+        self._open_runtime = open_runtime
+        self.max_pixels = max_pixels
+        self.max_pending = max_pending
+        self._runtime: Runtime | None = None
+        self._open_error: str | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._pending = 0
+        self.counted = 0
+
+    @classmethod
+    def from_config(cls, model: ModelConfig) -> UploadCounter:
+        def open_runtime() -> Runtime:
+            return Runtime.open(model.path, model.backend, threads=model.threads,
+                                max_side=UPLOAD_MAX_SIDE)
+
+        return cls(open_runtime)
+
+    async def count(self, data: bytes, name: str, *, overlay: bool) -> UploadResult:
+        if self._pending >= self.max_pending:
+            raise UploadBusy(f"{self._pending} uploads already waiting; retry shortly")
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="upload-count")
+        self._pending += 1
+        try:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._executor, self._count, data, name, overlay)
+        finally:
+            self._pending -= 1
+
+    def _runtime_here(self) -> Runtime:
+        if self._runtime is None:
+            if self._open_error is not None:
+                raise ModelUnavailable(self._open_error)
+            try:
+                self._runtime = self._open_runtime()
+            except (OSError, ValueError, RuntimeError) as exc:
+                self._open_error = f"upload model unavailable: {exc}"
+                raise ModelUnavailable(self._open_error) from None
+        return self._runtime
+
+    def _count(self, data: bytes, name: str, overlay: bool) -> UploadResult:
+        import cv2
+
+        from model.imageio import decode_image
+        from model.render import draw_label
+        from model.render import overlay as blend
+
+        image = decode_image(data, name, self.max_pixels)  # before the model: cheap refusal
+        runtime = self._runtime_here()
+        (density,) = runtime.predict([image])
+        count = float(density.sum())
+        png: bytes | None = None
+        if overlay:
+            picture = draw_label(blend(image, density), [f"count {count:.1f}"])
+            ok, buf = cv2.imencode(".png", cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+            if not ok:
+                raise RuntimeError("PNG encoding of the overlay failed")
+            png = buf.tobytes()
+        self.counted += 1
+        return UploadResult(
+            count=count,
+            width=int(image.shape[1]),
+            height=int(image.shape[0]),
+            density_shape=(int(density.shape[0]), int(density.shape[1])),
+            density_max=float(density.max()) if density.size else 0.0,
+            overlay_png=png,
+        )
+
+    async def close(self) -> None:
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            await asyncio.to_thread(executor.shutdown, True, cancel_futures=True)
