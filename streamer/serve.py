@@ -1,0 +1,135 @@
+"""``crowdcount serve``: run the HTTP service.
+
+Only ``argparse`` is imported when the command line is built; aiohttp, the pipeline and the
+model are imported when ``serve`` actually runs, so other sub-commands pay nothing and
+``serve`` itself never imports TensorFlow.
+
+Logging is quiet by default (WARNING) and structured as one ``key=value`` line per event,
+which both people and log shippers read without a parser of ours. ``web.run_app`` handles
+SIGINT and SIGTERM: the server stops accepting, ends feeds and peers, stops the sources
+and the inference thread, commits the queued counts, and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+LEVELS = ("debug", "info", "warning", "error")
+
+
+class KeyValueFormatter(logging.Formatter):
+    """``ts=... level=... logger=... msg="..."``; messages already in key=value form are
+    appended as they are."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        msg = record.getMessage()
+        if "=" not in msg.split(" ", 1)[0]:
+            msg = "msg=" + _quote(msg)
+        line = f"ts={ts}.{int(record.msecs):03d}Z level={record.levelname.lower()} " \
+               f"logger={record.name} {msg}"
+        if record.exc_info:
+            line += " exc=" + _quote(self.formatException(record.exc_info))
+        return line
+
+
+def _quote(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(KeyValueFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    if level != "debug":  # aiortc/aioice are chatty at INFO
+        for name in ("aiortc", "aioice", "aiohttp.access"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _stream_arg(text: str) -> tuple[str, str]:
+    name, sep, url = text.partition("=")
+    if not sep or not name or not url:
+        raise argparse.ArgumentTypeError(f"expected NAME=URL, got {text!r}")
+    return name.strip(), url.strip()
+
+
+def add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="run the counting service (HTTP API, page, streams)")
+    p.add_argument("--config", type=Path, help="TOML config file (see streamer/config.py)")
+    p.add_argument("--host", help="listen address (default 127.0.0.1, or the config's)")
+    p.add_argument("--port", type=int, help="listen port (default 8080, or the config's)")
+    p.add_argument("--model", type=Path, help="model file (default: the bundled model)")
+    p.add_argument("--backend", choices=["onnx", "tflite", "keras"])
+    p.add_argument("--database", type=Path, help="SQLite file for counts and streams")
+    p.add_argument("--token", help="bearer token required by the API, page and /metrics "
+                                   "(default: $CROWDCOUNT_TOKEN)")
+    p.add_argument("--stream", action="append", default=[], type=_stream_arg,
+                   metavar="NAME=URL",
+                   help="add a stream (repeatable): rtsp://..., a video file, /dev/videoN or "
+                        "webcam:N")
+    p.add_argument("--store-rate", type=float,
+                   help="store at most this many counts per second per stream "
+                        "(default: every processed frame)")
+    p.add_argument("--log-level", choices=LEVELS, default="warning")
+    p.set_defaults(run=run_serve)
+
+
+def load(args: argparse.Namespace) -> Any:
+    """The config file (or defaults) with the command-line overrides applied and validated
+    again, so a ``--host 0.0.0.0`` without a token is refused like a config file's."""
+    from streamer.config import Config, load_config, parse_config
+
+    config = load_config(args.config) if args.config else Config.default()
+    data = config.model_dump(mode="python", exclude_none=True)
+    server, model = data["server"], data["model"]
+    for key, value in (("host", args.host), ("port", args.port), ("database", args.database),
+                       ("token", args.token)):
+        if value is not None:
+            server[key] = value
+    if args.model is not None:
+        model["path"] = args.model
+    if args.backend is not None:
+        model["backend"] = args.backend
+    streams = list(data.get("streams", ()))
+    for name, url in args.stream:
+        streams.append({"name": name, "url": url})
+    data["streams"] = streams
+    return parse_config(_as_strict(data), "command line")
+
+
+def _as_strict(value: Any) -> Any:
+    """model_dump gives tuples and Paths; the strict models want lists and strings."""
+    if isinstance(value, dict):
+        return {k: _as_strict(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_as_strict(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    setup_logging(args.log_level)
+    config = load(args)
+    from aiohttp import web
+
+    from streamer.app import build_app
+
+    app = build_app(config, store_rate=args.store_rate)
+    host, port = config.server.host, config.server.port
+    log = logging.getLogger("streamer.serve")
+
+    async def announce(_app: web.Application) -> None:
+        log.info("event=listening url=http://%s:%d/", host, port)
+
+    app.on_startup.append(announce)
+    web.run_app(app, host=host, port=port, print=None, access_log=None,
+                shutdown_timeout=5.0, handle_signals=True)
+    return 0
