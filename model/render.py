@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import cv2
 import numpy as np
 from numpy.typing import NDArray
 
 from model.types import Result
+from model.zones import Zone, draw_zones
 
 
 def colorize(density: NDArray[np.float32], size: tuple[int, int], peak: float | None = None) -> (
@@ -40,7 +43,7 @@ def draw_label(image: NDArray[np.uint8], lines: list[str]) -> NDArray[np.uint8]:
     """Text lines on a dark band at the top-left, scaled to the frame's height."""
     out = image.copy()
     scale = max(0.45, image.shape[0] / 720)
-    thickness = max(1, int(round(scale * 2)))
+    thickness = max(1, round(scale * 2))
     y = 0
     for line in lines:
         (tw, th), base = cv2.getTextSize(line, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
@@ -53,13 +56,20 @@ def draw_label(image: NDArray[np.uint8], lines: list[str]) -> NDArray[np.uint8]:
     return out
 
 
-def annotate(result: Result, title: str | None = None, clock: str | None = None) -> (
-    NDArray[np.uint8]
-):
-    """The annotated frame viewers see: heatmap, count, stream name and time."""
+def annotate(
+    result: Result,
+    title: str | None = None,
+    clock: str | None = None,
+    zones: Sequence[Zone] | None = None,
+) -> NDArray[np.uint8]:
+    """The annotated frame viewers see: heatmap, count, stream name and time, and when
+    ``zones`` are given their outlines labelled with ``result.zones`` counts."""
     lines = [f"count {result.count:.1f}"]
     if title:
         lines.insert(0, title)
     if clock:
         lines.append(clock)
-    return draw_label(overlay(result.frame.image, result.density), lines)
+    image = overlay(result.frame.image, result.density)
+    if zones:
+        image = draw_zones(image, zones, result.zones)
+    return draw_label(image, lines)
