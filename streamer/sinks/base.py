@@ -9,9 +9,13 @@ thread of its own. An exception from a sink is logged and does not reach other s
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from model.types import Result
+
+if TYPE_CHECKING:
+    from streamer.alerts import AlertEvent
 
 
 @runtime_checkable
@@ -19,3 +23,30 @@ class Sink(Protocol):
     def on_result(self, result: Result) -> None:
         """Take one result; never block, never await."""
         ...
+
+
+@runtime_checkable
+class Notifier(Protocol):
+    """An outside system told about counts and alerts (webhook, MQTT).
+
+    Why a second interface next to ``Sink``: notifiers want zone counts and alert events,
+    which are derived once per result by ``streamer.integrations.Integrations`` rather than
+    recomputed by every notifier. The same rule holds: ``notify_*`` are called on the event
+    loop and must return at once (queue, rate-limit or drop; never wait on the network).
+    ``start`` is awaited once on the running loop before the first notification and
+    ``close`` once at shutdown (it may wait briefly to deliver what is queued).
+    """
+
+    async def start(self) -> None: ...
+
+    def notify_counts(
+        self, stream: str, t: float, total: float, zones: Mapping[str, float]
+    ) -> None:
+        """The latest counts of ``stream`` at ``t`` (unix seconds); may be rate-limited."""
+        ...
+
+    def notify_alert(self, event: AlertEvent) -> None:
+        """An alert was raised or cleared; must not be rate-limited away."""
+        ...
+
+    async def close(self) -> None: ...
