@@ -32,6 +32,21 @@ Example::
     [[streams.zones]]
     name = "door"
     points = [[100, 200], [400, 200], [400, 600], [100, 600]]
+
+    [[thresholds]]
+    name = "door-crowded"
+    stream = "entrance"
+    zone = "door"            # omit for the stream's total
+    above = 25
+    below = 15
+    for_seconds = 10
+
+    [sinks.webhook]
+    url = "https://hooks.example.com/crowdcount"
+    secret = "a-long-random-string"
+
+    [sinks.mqtt]
+    host = "127.0.0.1"
 """
 
 from __future__ import annotations
@@ -61,8 +76,12 @@ __all__ = [
     "Config",
     "ConfigError",
     "ModelConfig",
+    "MqttConfig",
     "ServerConfig",
+    "SinksConfig",
     "StreamConfig",
+    "ThresholdConfig",
+    "WebhookConfig",
     "ZoneConfig",
     "load_config",
     "parse_config",
@@ -260,6 +279,103 @@ class ModelConfig(_Strict):
         return None if path is None else _relative_to_file(path, info)
 
 
+class ThresholdConfig(_Strict):
+    """An alert rule: over ``above`` for ``for_seconds`` raises, under ``below`` clears.
+
+    ``below`` must be strictly less than ``above``: the gap is what keeps an alert from
+    flapping while the count hovers around one level (see ``streamer.alerts``).
+    """
+
+    name: Annotated[str, Field(pattern=_NAME_RE)]
+    stream: Annotated[str, Field(pattern=_NAME_RE)]
+    zone: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    above: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    below: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    for_seconds: Annotated[float, Field(ge=0, le=86400, allow_inf_nan=False)] = 0.0
+
+    @model_validator(mode="after")
+    def _check_levels(self) -> Self:
+        if not self.below < self.above:
+            raise ValueError(
+                f"below ({self.below:g}) must be less than above ({self.above:g}) so the "
+                "alert cannot flap"
+            )
+        return self
+
+
+_HTTP_URL_RE = re.compile(r"^https?://[^\s/?#]+[^\s]*$", re.IGNORECASE)
+# MQTT topic levels: no wildcards, no empty levels, no NUL.
+_TOPIC_PREFIX_RE = r"^[^/+#\x00\s]+(/[^/+#\x00\s]+)*$"
+
+
+class WebhookConfig(_Strict):
+    """JSON POSTs of alerts (and optionally counts), signed with HMAC-SHA256 of ``secret``.
+
+    ``retries`` more attempts follow a failed one (connection error, timeout, 5xx, 408 or
+    429), ``backoff`` seconds after the first failure and doubling up to ``max_backoff``.
+    ``counts_interval`` unset: alerts only; set: each stream's counts at most once per that
+    many seconds.
+    """
+
+    url: Annotated[str, Field(min_length=1)]
+    secret: Annotated[str, Field(min_length=1)]
+    timeout: Annotated[float, Field(gt=0, le=300)] = 5.0
+    retries: Annotated[int, Field(ge=0, le=20)] = 3
+    backoff: Annotated[float, Field(gt=0, le=60)] = 0.5
+    max_backoff: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    queue_size: Annotated[int, Field(ge=1, le=100_000)] = 1000
+    counts_interval: Annotated[float, Field(gt=0, le=86400)] | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, url: str) -> str:
+        url = url.strip()
+        if not _HTTP_URL_RE.match(url):
+            raise ValueError(f"{url!r} is not an http:// or https:// url")
+        return url
+
+
+class MqttConfig(_Strict):
+    """An MQTT broker to publish counts, alerts and retained per-stream state to.
+
+    ``max_rate`` bounds count messages per topic per second (the newest value wins and is
+    sent when the interval allows); alerts are never rate-limited.
+    """
+
+    host: Annotated[str, Field(min_length=1)]
+    port: Annotated[int, Field(ge=1, le=65535)] = 1883
+    username: Annotated[str, Field(min_length=1)] | None = None
+    password: str | None = None
+    topic_prefix: Annotated[str, Field(min_length=1, max_length=200)] = "crowdcount"
+    qos: Literal[0, 1, 2] = 0
+    max_rate: Annotated[float, Field(gt=0, le=100)] = 2.0
+    keepalive: Annotated[int, Field(ge=5, le=3600)] = 30
+    client_id: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _check_prefix(cls, prefix: str) -> str:
+        if not re.match(_TOPIC_PREFIX_RE, prefix):
+            raise ValueError(
+                f"{prefix!r} is not a topic prefix: levels separated by '/', none empty, "
+                "no '+', '#' or spaces"
+            )
+        return prefix
+
+    @model_validator(mode="after")
+    def _password_needs_user(self) -> Self:
+        if self.password is not None and self.username is None:
+            raise ValueError("password is set but username is not")
+        return self
+
+
+class SinksConfig(_Strict):
+    """Outside systems told about counts and alerts; each is off unless its table exists."""
+
+    webhook: WebhookConfig | None = None
+    mqtt: MqttConfig | None = None
+
+
 class Config(_Strict):
     """The whole file. New sections are added as new fields here; unknown ones are errors."""
 
@@ -268,6 +384,8 @@ class Config(_Strict):
     server: ServerConfig = Field(default_factory=dict, validate_default=True)  # type: ignore[arg-type]
     model: ModelConfig = Field(default_factory=dict, validate_default=True)  # type: ignore[arg-type]
     streams: Annotated[tuple[StreamConfig, ...], BeforeValidator(_as_tuple)] = ()
+    thresholds: Annotated[tuple[ThresholdConfig, ...], BeforeValidator(_as_tuple)] = ()
+    sinks: SinksConfig = Field(default_factory=dict, validate_default=True)  # type: ignore[arg-type]
 
     @field_validator("streams")
     @classmethod
@@ -284,10 +402,36 @@ class Config(_Strict):
         server = info.data.get("server")
         if isinstance(server, ServerConfig) and len(streams) > server.max_streams:
             raise ValueError(
-                f"{len(streams)} streams configured but server.max_streams is "
-                f"{server.max_streams}"
+                f"{len(streams)} streams configured but server.max_streams is {server.max_streams}"
             )
         return streams
+
+    @field_validator("thresholds")
+    @classmethod
+    def _check_thresholds(
+        cls, rules: tuple[ThresholdConfig, ...], info: ValidationInfo
+    ) -> tuple[ThresholdConfig, ...]:
+        seen: dict[str, int] = {}
+        for i, r in enumerate(rules):
+            if r.name in seen:
+                raise ValueError(
+                    f"thresholds[{i}] repeats the name {r.name!r} of thresholds[{seen[r.name]}]"
+                )
+            seen[r.name] = i
+        # A rule on a stream of this file must name one of its zones: a typo would otherwise
+        # be a rule that silently never fires. Streams added through the API are not known
+        # here, so rules on other streams are accepted as they are.
+        streams = {s.name: s for s in info.data.get("streams") or ()}
+        for i, r in enumerate(rules):
+            stream = streams.get(r.stream)
+            if stream is not None and r.zone is not None:
+                zones = [z.name for z in stream.zones]
+                if r.zone not in zones:
+                    raise ValueError(
+                        f"thresholds[{i}]: stream {r.stream!r} has no zone {r.zone!r} "
+                        f"(zones: {', '.join(map(repr, zones)) or 'none'})"
+                    )
+        return rules
 
     @classmethod
     def default(cls) -> Config:

@@ -137,7 +137,19 @@ def test_defaults(tmp_path: Path) -> None:
     [
         ("colour = 1\n", "colour", None),
         ("[stream]\n", "stream", "streams"),
-        ("[thresholds]\n", "thresholds", None),
+        ("[alerts]\n", "alerts", None),
+        ("[sinks.email]\n", "sinks.email", None),
+        ("[sinks.mqtt]\nhost = 'h'\nprot = 1\n", "sinks.mqtt.prot", "port"),
+        (
+            "[sinks.webhook]\nurl = 'http://h'\nsecret = 's'\nretry = 1\n",
+            "sinks.webhook.retry",
+            "retries",
+        ),
+        (
+            "[[thresholds]]\nname = 'r'\nstream = 'a'\nabove = 2\nbelow = 1\nfor = 1\n",
+            "thresholds[0].for",
+            None,
+        ),
         ("[server]\nprot = 1\n", "server.prot", "port"),
         ("[model]\nbackends = 'onnx'\n", "model.backends", "backend"),
         (
@@ -297,3 +309,144 @@ def test_models_usable_directly() -> None:
     s = StreamConfig(name="cam", url="webcam:0")
     assert s.kind == "webcam"
     assert ServerConfig(port=0).port == 0  # 0: pick a free port (tests)
+
+
+INTEGRATIONS = """
+[[streams]]
+name = "entrance"
+url = "rtsp://10.0.0.12/stream1"
+
+[[streams.zones]]
+name = "door"
+points = [[0, 0], [100, 0], [100, 100]]
+
+[[thresholds]]
+name = "door-crowded"
+stream = "entrance"
+zone = "door"
+above = 25
+below = 15.5
+for_seconds = 10
+
+[[thresholds]]
+name = "api-stream-busy"
+stream = "added-later"
+above = 100
+below = 80
+
+[sinks.webhook]
+url = "https://hooks.example.com/crowd?x=1"
+secret = "s3cret"
+timeout = 2
+retries = 5
+counts_interval = 60
+
+[sinks.mqtt]
+host = "broker.lan"
+port = 8883
+username = "cc"
+password = "pw"
+topic_prefix = "site/a/crowd"
+qos = 1
+max_rate = 0.5
+"""
+
+
+def test_thresholds_and_sinks_parse(tmp_path: Path) -> None:
+    cfg = load_config(_write(tmp_path, INTEGRATIONS))
+    door, busy = cfg.thresholds
+    assert (door.name, door.stream, door.zone, door.above, door.below, door.for_seconds) == (
+        "door-crowded", "entrance", "door", 25.0, 15.5, 10.0,
+    )  # fmt: skip
+    assert (busy.zone, busy.for_seconds) == (None, 0.0)  # a stream the API may add
+    hook = cfg.sinks.webhook
+    assert hook is not None
+    assert (hook.url, hook.secret, hook.timeout, hook.retries, hook.counts_interval) == (
+        "https://hooks.example.com/crowd?x=1", "s3cret", 2.0, 5, 60.0,
+    )  # fmt: skip
+    assert (hook.backoff, hook.max_backoff, hook.queue_size) == (0.5, 30.0, 1000)
+    mqtt = cfg.sinks.mqtt
+    assert mqtt is not None
+    assert (mqtt.host, mqtt.port, mqtt.username, mqtt.password) == ("broker.lan", 8883, "cc", "pw")
+    assert (mqtt.topic_prefix, mqtt.qos, mqtt.max_rate, mqtt.keepalive) == (
+        "site/a/crowd", 1, 0.5, 30,
+    )  # fmt: skip
+
+
+def test_integration_defaults(tmp_path: Path) -> None:
+    cfg = load_config(_write(tmp_path, ""))
+    assert cfg.thresholds == () and cfg.sinks.webhook is None and cfg.sinks.mqtt is None
+    cfg = load_config(_write(tmp_path, "[sinks.mqtt]\nhost = '127.0.0.1'\n"))
+    assert cfg.sinks.mqtt is not None
+    assert (cfg.sinks.mqtt.port, cfg.sinks.mqtt.topic_prefix, cfg.sinks.mqtt.qos) == (
+        1883, "crowdcount", 0,
+    )  # fmt: skip
+    assert cfg.sinks.mqtt.max_rate == 2.0 and cfg.sinks.mqtt.username is None
+
+
+_RULE = "[[thresholds]]\nname = 'r'\nstream = 'a'\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "path", "fragment"),
+    [
+        (
+            _RULE + "above = 5\nbelow = 5\n",
+            "thresholds[0]",
+            "below (5) must be less than above (5)",
+        ),
+        (_RULE + "above = 5\nbelow = 7\n", "thresholds[0]", "cannot flap"),
+        (_RULE + "below = 1\n", "thresholds[0].above", "required key is missing"),
+        (_RULE + "above = '5'\nbelow = 1\n", "thresholds[0].above", "valid number"),
+        (_RULE + "above = 5\nbelow = -1\n", "thresholds[0].below", "greater than or equal to 0"),
+        (_RULE + "above = inf\nbelow = 1\n", "thresholds[0].above", "finite"),
+        (_RULE + "above = 5\nbelow = 1\nfor_seconds = -1\n", "thresholds[0].for_seconds", "0"),
+        (
+            "[[thresholds]]\nname = 'bad name'\nstream = 'a'\nabove = 2\nbelow = 1\n",
+            "thresholds[0].name",
+            "pattern",
+        ),
+        ("[thresholds]\nname = 'r'\n", "thresholds", "tuple"),
+        (
+            _RULE + "above = 2\nbelow = 1\n" + _RULE + "above = 3\nbelow = 1\n",
+            "thresholds",
+            "thresholds[1] repeats the name 'r' of thresholds[0]",
+        ),
+        (
+            "[[streams]]\nname = 'a'\nurl = 'x.mp4'\n"
+            "[[streams.zones]]\nname = 'door'\npoints = [[0, 0], [1, 0], [0, 1]]\n"
+            + _RULE
+            + "zone = 'dor'\nabove = 2\nbelow = 1\n",
+            "thresholds",
+            "stream 'a' has no zone 'dor' (zones: 'door')",
+        ),
+        ("[sinks.webhook]\nsecret = 's'\n", "sinks.webhook.url", "required key is missing"),
+        ("[sinks.webhook]\nurl = 'http://h'\n", "sinks.webhook.secret", "required"),
+        ("[sinks.webhook]\nurl = 'ftp://h'\nsecret = 's'\n", "sinks.webhook.url", "http"),
+        ("[sinks.webhook]\nurl = 'http://'\nsecret = 's'\n", "sinks.webhook.url", "http"),
+        (
+            "[sinks.webhook]\nurl = 'http://h'\nsecret = 's'\nretries = -1\n",
+            "sinks.webhook.retries",
+            "greater than or equal to 0",
+        ),
+        (
+            "[sinks.webhook]\nurl = 'http://h'\nsecret = 's'\ntimeout = 0\n",
+            "sinks.webhook.timeout",
+            "greater than 0",
+        ),
+        ("[sinks.mqtt]\nport = 1883\n", "sinks.mqtt.host", "required key is missing"),
+        ("[sinks.mqtt]\nhost = 'h'\nport = '1883'\n", "sinks.mqtt.port", "valid integer"),
+        ("[sinks.mqtt]\nhost = 'h'\nqos = 3\n", "sinks.mqtt.qos", "0, 1 or 2"),
+        ("[sinks.mqtt]\nhost = 'h'\npassword = 'p'\n", "sinks.mqtt", "username is not"),
+        ("[sinks.mqtt]\nhost = 'h'\ntopic_prefix = 'a/#'\n", "sinks.mqtt.topic_prefix", "'#'"),
+        ("[sinks.mqtt]\nhost = 'h'\ntopic_prefix = 'a//b'\n", "sinks.mqtt.topic_prefix", "empty"),
+        ("[sinks.mqtt]\nhost = 'h'\nmax_rate = 0\n", "sinks.mqtt.max_rate", "greater than 0"),
+        ("sinks = 1\n", "sinks", "expected a table"),
+    ],
+)
+def test_bad_integration_values_rejected(
+    tmp_path: Path, text: str, path: str, fragment: str
+) -> None:
+    err = _error(tmp_path, text)
+    assert err.path == path, str(err)
+    assert fragment in err.problem, str(err)
