@@ -37,6 +37,9 @@ from model.types import Result
 
 log = logging.getLogger(__name__)
 
+# Not bumped for the alerts table: it is additive (CREATE TABLE IF NOT EXISTS adds it to
+# older files on open, and an older build simply never reads it), and a bump would make
+# older builds refuse files they can still use safely.
 SCHEMA_VERSION = 1
 
 _SCHEMA = """
@@ -56,10 +59,32 @@ CREATE TABLE IF NOT EXISTS counts (
     zones TEXT
 );
 CREATE INDEX IF NOT EXISTS counts_stream_t ON counts (stream_id, t);
+CREATE TABLE IF NOT EXISTS alerts (
+    id INTEGER PRIMARY KEY,
+    stream TEXT NOT NULL,
+    zone TEXT,
+    rule TEXT NOT NULL,
+    raised_at REAL NOT NULL,
+    cleared_at REAL,
+    peak REAL NOT NULL,
+    UNIQUE (stream, rule, raised_at)
+);
+CREATE INDEX IF NOT EXISTS alerts_raised ON alerts (raised_at);
 """
 
 # One pending row: (stream_id, t, count, smoothed, zones JSON or None).
 _Row = tuple[str, float, float, float, str | None]
+# One pending alert change: (sql, args), applied in order in the counts' transaction.
+_AlertOp = tuple[str, tuple[Any, ...]]
+
+_RAISE_SQL = (
+    "INSERT INTO alerts (stream, zone, rule, raised_at, cleared_at, peak) "
+    "VALUES (?, ?, ?, ?, NULL, ?) ON CONFLICT (stream, rule, raised_at) DO NOTHING"
+)
+_CLEAR_SQL = (
+    "UPDATE alerts SET cleared_at = ?, peak = MAX(peak, ?) "
+    "WHERE stream = ? AND rule = ? AND raised_at = ?"
+)
 
 
 class CountStore:
@@ -95,6 +120,7 @@ class CountStore:
         self._busy_ms = int(busy_timeout * 1000)
 
         self._pending: list[_Row] = []
+        self._pending_alerts: list[_AlertOp] = []
         self._pending_lock = threading.Lock()
         # Serialises commits of pending rows so that a flush() from the caller and the
         # writer thread never interleave (which would reorder rows).
@@ -197,7 +223,8 @@ class CountStore:
             self._wake.set()
 
     def flush(self) -> int:
-        """Commit everything queued so far, in the caller's thread; returns rows committed.
+        """Commit everything queued so far, in the caller's thread; returns the number of
+        count rows and alert changes committed.
 
         Blocks on disk I/O: call it via ``asyncio.to_thread`` or at shutdown. Raises the
         SQLite error if the commit fails (the rows stay queued for a retry).
@@ -208,7 +235,8 @@ class CountStore:
         with self._write_lock:
             with self._pending_lock:
                 rows, self._pending = self._pending, []
-            if not rows:
+                alert_ops, self._pending_alerts = self._pending_alerts, []
+            if not rows and not alert_ops:
                 return 0
             try:
                 self._wconn.execute("BEGIN IMMEDIATE")
@@ -217,6 +245,8 @@ class CountStore:
                     "VALUES (?, ?, ?, ?, ?)",
                     rows,
                 )
+                for sql, args in alert_ops:
+                    self._wconn.execute(sql, args)
                 self._wconn.execute("COMMIT")
             except BaseException as exc:
                 if self._wconn.in_transaction:
@@ -224,6 +254,7 @@ class CountStore:
                 with self._pending_lock:
                     # Put the rows back in front so order is kept, then re-apply the bound.
                     self._pending[:0] = rows
+                    self._pending_alerts[:0] = alert_ops
                     excess = len(self._pending) - self.max_pending
                     if excess > 0:
                         del self._pending[:excess]
@@ -231,7 +262,7 @@ class CountStore:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 raise
             self.written += len(rows)
-            return len(rows)
+            return len(rows) + len(alert_ops)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -389,6 +420,91 @@ class CountStore:
         where = " AND ".join(clauses) or "1"
         with self._reader() as conn:
             cur = conn.execute(f"DELETE FROM counts WHERE {where}", args)
+            return cur.rowcount
+
+    # ------------------------------------------------------------------ alerts
+    #
+    # Alerts are written through the same queue and transaction as counts (so raise and
+    # clear are never reordered, and the loop never waits on the disk), but the writer is
+    # woken at once: they are rare and someone may be looking at the alert list. An alert
+    # is identified by (stream, rule, raised_at), which the alert engine keeps stable from
+    # raise to clear. Alert changes are not subject to ``max_pending``: there are few.
+
+    def add_alert(
+        self, stream: str, zone: str | None, rule: str, raised_at: float, peak: float
+    ) -> None:
+        """Queue an alert raised at ``raised_at`` (open until ``clear_alert``); non-blocking."""
+        if self._closed:
+            raise RuntimeError("CountStore is closed")
+        args = (stream, zone, rule, float(raised_at), float(peak))
+        with self._pending_lock:
+            self._pending_alerts.append((_RAISE_SQL, args))
+        self._wake.set()
+
+    def clear_alert(
+        self, stream: str, rule: str, raised_at: float, cleared_at: float, peak: float
+    ) -> None:
+        """Queue the end of the alert raised at ``raised_at``; ``peak`` is its highest
+        value (the stored peak only grows). Non-blocking."""
+        if self._closed:
+            raise RuntimeError("CountStore is closed")
+        args = (float(cleared_at), float(peak), stream, rule, float(raised_at))
+        with self._pending_lock:
+            self._pending_alerts.append((_CLEAR_SQL, args))
+        self._wake.set()
+
+    def alerts(
+        self,
+        stream: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        active: bool | None = None,
+        limit: int = 1000,
+    ) -> list[dict[str, Any]]:
+        """Alerts newest first: ``{id, stream, zone, rule, raised_at, cleared_at, peak}``.
+
+        ``since``/``until`` select alerts that overlap ``[since, until)`` (an alert still
+        open overlaps everything after it was raised); ``active`` True/False keeps only
+        open/closed ones. Queued changes are visible after the next commit (they wake the
+        writer, so within milliseconds).
+        """
+        if limit < 1:
+            raise ValueError("limit must be >= 1")
+        clauses, args = [], []
+        if stream is not None:
+            clauses.append("stream = ?")
+            args.append(stream)
+        if since is not None:
+            clauses.append("(cleared_at IS NULL OR cleared_at >= ?)")
+            args.append(float(since))
+        if until is not None:
+            clauses.append("raised_at < ?")
+            args.append(float(until))
+        if active is not None:
+            clauses.append("cleared_at IS NULL" if active else "cleared_at IS NOT NULL")
+        where = " AND ".join(clauses) or "1"
+        sql = (
+            "SELECT id, stream, zone, rule, raised_at, cleared_at, peak FROM alerts "
+            f"WHERE {where} ORDER BY raised_at DESC, id DESC LIMIT ?"
+        )
+        with self._reader() as conn:
+            rows = conn.execute(sql, (*args, int(limit))).fetchall()
+        keys = ("id", "stream", "zone", "rule", "raised_at", "cleared_at", "peak")
+        return [dict(zip(keys, r, strict=True)) for r in rows]
+
+    def close_open_alerts(self, at: float) -> int:
+        """Mark every open alert as cleared at ``at``; returns how many.
+
+        Call once at startup, before the alert engine runs: the process that raised them
+        is gone with their state, so nothing would ever clear them, and the fresh engine
+        raises again if the crowd is still there.
+        """
+        self.flush()
+        with self._reader() as conn:
+            cur = conn.execute(
+                "UPDATE alerts SET cleared_at = MAX(raised_at, ?) WHERE cleared_at IS NULL",
+                (float(at),),
+            )
             return cur.rowcount
 
     # ------------------------------------------------------------------ streams

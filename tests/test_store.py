@@ -289,3 +289,68 @@ def test_survives_sigkill(tmp_path: Path, reports: int) -> None:
         s.add_count("cam", 1e9, 1.0, 1.0)
         s.flush()
         assert s.counts("cam", limit=1)[0]["t"] == 1e9
+
+
+def test_alerts_table_raise_clear_and_queries(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite3"
+    store = CountStore(path, flush_interval=10)  # only the wake-up can commit in time
+    store.add_alert("cam", "door", "door-busy", 100.0, 30.0)
+    store.add_alert("cam", None, "busy", 105.0, 50.0)
+    store.add_alert("hall", None, "hall-busy", 90.0, 12.0)
+    deadline = time.monotonic() + 5
+    while len(store.alerts()) < 3:  # alerts wake the writer at once
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    store.clear_alert("cam", "door-busy", 100.0, 120.0, 42.0)
+    store.clear_alert("hall", "hall-busy", 90.0, 95.0, 5.0)  # peak never shrinks
+    store.flush()
+    rows = store.alerts()
+    assert [r["rule"] for r in rows] == ["busy", "door-busy", "hall-busy"]  # newest first
+    assert rows[1] == {
+        "id": rows[1]["id"],
+        "stream": "cam",
+        "zone": "door",
+        "rule": "door-busy",
+        "raised_at": 100.0,
+        "cleared_at": 120.0,
+        "peak": 42.0,
+    }
+    assert rows[2]["peak"] == 12.0 and rows[0]["cleared_at"] is None
+    assert [r["rule"] for r in store.alerts(stream="cam")] == ["busy", "door-busy"]
+    assert [r["rule"] for r in store.alerts(active=True)] == ["busy"]
+    assert [r["rule"] for r in store.alerts(active=False)] == ["door-busy", "hall-busy"]
+    # Overlap with [since, until): open alerts overlap everything after their raise.
+    assert [r["rule"] for r in store.alerts(since=110)] == ["busy", "door-busy"]
+    assert [r["rule"] for r in store.alerts(since=121)] == ["busy"]
+    assert [r["rule"] for r in store.alerts(until=100)] == ["hall-busy"]
+    assert len(store.alerts(limit=1)) == 1
+    # A repeated raise (same stream, rule and time) is one alert.
+    store.add_alert("cam", None, "busy", 105.0, 50.0)
+    store.flush()
+    assert len(store.alerts()) == 3
+    store.close()
+    # Durable, and a restarted service closes what the old process left open.
+    store = CountStore(path)
+    assert store.close_open_alerts(200.0) == 1
+    assert store.alerts(active=True) == []
+    assert store.alerts(stream="cam")[0]["cleared_at"] == 200.0
+    store.close()
+
+
+def test_alert_ops_and_counts_keep_order_across_a_failed_commit(tmp_path: Path) -> None:
+    store = CountStore(tmp_path / "c.sqlite3", flush_interval=10)
+    blocker = sqlite3.connect(tmp_path / "c.sqlite3", timeout=0)
+    blocker.execute("BEGIN IMMEDIATE")  # holds the write lock: commits fail
+    store._busy_ms = 0
+    store._wconn.execute("PRAGMA busy_timeout = 0")
+    store.add_alert("cam", None, "r", 1.0, 5.0)
+    store.clear_alert("cam", "r", 1.0, 2.0, 6.0)
+    store.add_count("cam", 1.0, 5.0, 5.0)
+    with pytest.raises(sqlite3.OperationalError):
+        store.flush()
+    blocker.rollback()
+    blocker.close()
+    store.flush()  # (or the writer thread did it already)
+    assert store.alerts()[0]["cleared_at"] == 2.0  # the raise was applied before its clear
+    assert store.stats()["pending"] == 0 and len(store.counts("cam")) == 1
+    store.close()
