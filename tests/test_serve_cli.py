@@ -1,0 +1,105 @@
+"""``crowdcount serve`` as a real process: it answers, stops cleanly on SIGTERM with its
+counts committed, and refuses a bad config with one line and exit code 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.rtsp import free_port
+
+pytestmark = pytest.mark.slow
+
+
+def _cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "streamer.cli", "serve", *args]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("CROWDCOUNT_TOKEN", None)
+    return env
+
+
+def _get(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=2) as r:
+        return json.loads(r.read())
+
+
+def test_serve_answers_and_stops_on_sigterm_with_counts_flushed(
+    brightness_model: Path, h264_clip: Path, tmp_path: Path
+) -> None:
+    port = free_port()
+    db = tmp_path / "counts.sqlite3"
+    proc = subprocess.Popen(
+        _cmd("--port", str(port), "--model", str(brightness_model), "--database", str(db),
+             "--stream", f"clip={h264_clip}"),
+        stderr=subprocess.PIPE, text=True, env=_env(), cwd=tmp_path,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        started = time.monotonic()
+        while True:
+            try:
+                health = _get(f"{base}/api/health")
+                break
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                assert time.monotonic() - started < 20, "server did not answer"
+                time.sleep(0.05)
+        print(f"\nserve answered /api/health after {time.monotonic() - started:.2f} s")
+        assert health["status"] == "ok" and health["streams"] == 1
+        while _get(f"{base}/api/streams/clip")["status"]["frames_out"] < 10:
+            assert time.monotonic() - started < 30
+            time.sleep(0.05)
+        processed = _get(f"{base}/api/streams/clip")["status"]["frames_out"]
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+        print(f"exited {time.monotonic() - t0:.2f} s after SIGTERM")
+        assert time.monotonic() - t0 < 5
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT COUNT(*) FROM counts WHERE stream_id = 'clip'").fetchone()[0]
+    assert rows >= processed
+
+
+def test_bad_config_exits_2_with_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text("[server]\nport = \"8080\"\n")
+    proc = subprocess.run(_cmd("--config", str(config)), capture_output=True, text=True,
+                          timeout=30, env=_env())
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "bad.toml" in lines[0] and "server.port" in lines[0]
+
+
+def test_public_host_without_token_exits_2(brightness_model: Path, tmp_path: Path) -> None:
+    proc = subprocess.run(
+        _cmd("--host", "0.0.0.0", "--model", str(brightness_model),
+             "--database", str(tmp_path / "db.sqlite3")),
+        capture_output=True, text=True, timeout=30, env=_env(),
+    )
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert "token" in proc.stderr
+
+
+def test_serve_does_not_import_tensorflow() -> None:
+    code = ("import sys; from streamer.cli import build_parser; build_parser(); "
+            "import streamer.app; "
+            "assert not any(m.split('.')[0] in ('tensorflow', 'keras') for m in sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
