@@ -291,6 +291,35 @@ async def test_bad_rtsp_url_shows_the_api_error(browser_page, live_server) -> No
     assert_clean(log, live_server)
 
 
+async def test_unreachable_rtsp_camera_shows_reconnecting_with_its_error(
+    browser_page, live_server, artifacts
+) -> None:
+    """Added through the form: the card appears at once and shows the source's retries."""
+    import socket
+
+    page, log = browser_page
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    await open_page(page, live_server)
+    await page.get_by_label("Camera name").fill("door")
+    await page.get_by_label("RTSP URL").fill(f"rtsp://127.0.0.1:{port}/cam")
+    await page.get_by_role("button", name="Add RTSP camera").click()
+    card = await wait_card(
+        page, lambda c: c["id"] == "door" and c["badge"] in ("reconnecting", "failed")
+        and c["error"] != "", 20, "the reconnecting badge with the last error")
+    assert await page.locator('[data-testid="add-error"]').is_hidden()
+    assert await page.get_by_label("RTSP URL").input_value() == ""  # the form was reset
+    status = live_server.service.streams["door"].source.status
+    assert card["error"] == status.last_error
+    await page.locator(f'{CARD}[data-stream-id="door"]').screenshot(
+        path=str(artifacts / "web-reconnecting.png"))
+    await page.locator(f'{CARD}[data-stream-id="door"]').get_by_role(
+        "button", name="Remove").click()
+    await wait_until(lambda: "door" not in live_server.service.streams, 10, "the removal")
+    assert_clean(log, live_server)
+
+
 async def test_token_protected_server(browser_page, tmp_path, brightness_model) -> None:
     """With a token, /?token= sets the session cookie; polling and the SSE feed work."""
     from model.runtime import Runtime
