@@ -16,6 +16,7 @@ pytest_plugins = [
     "tests.fixtures.rtc",
     "tests.fixtures.media",
     "tests.fixtures.rtsp",
+    "tests.fixtures.mqtt",
     "tests.fixtures.browser",
 ]
 

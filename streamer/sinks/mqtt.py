@@ -1,0 +1,302 @@
+"""Counts, alerts and retained per-stream state over MQTT (paho-mqtt 2).
+
+Topics, under ``topic_prefix`` (default ``crowdcount``)::
+
+    <prefix>/<stream>/count           {"stream", "t", "count"}              rate-limited
+    <prefix>/<stream>/<zone>/count    {"stream", "zone", "t", "count"}      rate-limited
+    <prefix>/<stream>/state           {"stream", "t", "count", "zones",     retained,
+                                       "alert", "alerts": {rule: {...}}}    rate-limited
+                                                                            (not on alerts)
+    <prefix>/alerts                   AlertEvent.to_dict()                  every event
+    <prefix>/status                   "online" / "offline" (last will)      retained
+
+Why a rate limit: the pipeline can produce a count per frame per stream, far more than a
+dashboard or a home-automation rule needs, and every message costs the broker and every
+subscriber. Each topic sends at most ``max_rate`` messages a second; a value arriving sooner
+replaces any waiting one and is sent when the interval is up, so the last value always gets
+out (latest wins, nothing is queued up). Alerts bypass the limit, and push the state topic
+at once so a retained state never says "no alert" while one is raised.
+
+Why retained state: a subscriber connecting later (a dashboard, a restarted automation)
+gets each stream's last count and alert status immediately instead of waiting for the next
+change. The last will turns ``status`` to ``offline`` if the service dies without a word.
+
+paho runs its network loop on its own thread (``loop_start``), reconnecting by itself with
+backoff; ``publish`` from the event loop only appends to paho's outgoing queue, so nothing
+here waits on the network. On (re)connect the retained state is published again, in case
+the broker lost it. Zone names may contain characters that are special in topics
+(``/``, ``+``, ``#``): those become ``_`` in the topic (the payload keeps the real name).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+import uuid
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+
+from streamer.alerts import AlertEvent
+from streamer.sinks.webhook import dumps
+
+if TYPE_CHECKING:
+    from streamer.config import MqttConfig
+
+__all__ = ["MqttNotifier", "topic_level"]
+
+log = logging.getLogger(__name__)
+
+_SPECIAL = str.maketrans({"/": "_", "+": "_", "#": "_", "\x00": "_"})
+
+
+def topic_level(name: str) -> str:
+    """``name`` made safe as one topic level (no separators or wildcards)."""
+    return name.translate(_SPECIAL) or "_"
+
+
+class MqttNotifier:
+    """Publishes to one broker; construct, ``await start()``, ``await close()``."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int = 1883,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        topic_prefix: str = "crowdcount",
+        qos: int = 0,
+        max_rate: float = 2.0,
+        keepalive: int = 30,
+        client_id: str | None = None,
+        reconnect_delay: tuple[float, float] = (1.0, 30.0),
+    ) -> None:
+        if max_rate <= 0:
+            raise ValueError("max_rate must be > 0")
+        if qos not in (0, 1, 2):
+            raise ValueError("qos must be 0, 1 or 2")
+        self.host, self.port = host, int(port)
+        self.prefix = topic_prefix.rstrip("/")
+        self.qos = qos
+        self.interval = 1.0 / max_rate
+        self.keepalive = int(keepalive)
+        self.status_topic = f"{self.prefix}/status"
+        self.alerts_topic = f"{self.prefix}/alerts"
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id or f"crowdcount-{uuid.uuid4().hex[:12]}",
+            protocol=mqtt.MQTTv311,
+        )
+        if username is not None:
+            self.client.username_pw_set(username, password)
+        self.client.reconnect_delay_set(*reconnect_delay)  # type: ignore[arg-type]
+        self.client.will_set(self.status_topic, "offline", qos=1, retain=True)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._last_sent: dict[str, float] = {}  # topic -> monotonic time of last publish
+        self._waiting: dict[str, tuple[dict[str, Any], bool]] = {}  # topic -> newest payload
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        # stream -> retained state (count, zones, active alerts); only touched on the loop.
+        self._state: dict[str, dict[str, Any]] = {}
+        self._started = self._closed = False
+        self.connected = False
+        self.connects = 0  # successful (re)connections
+        self.published = 0  # messages handed to paho
+        self.suppressed = 0  # count messages replaced by a newer one before sending
+        self.dropped = 0  # publishes paho refused (e.g. not connected with qos 0)
+        self.last_error: str | None = None
+
+    @classmethod
+    def from_config(cls, cfg: MqttConfig) -> MqttNotifier:
+        return cls(
+            cfg.host,
+            cfg.port,
+            username=cfg.username,
+            password=cfg.password,
+            topic_prefix=cfg.topic_prefix,
+            qos=cfg.qos,
+            max_rate=cfg.max_rate,
+            keepalive=cfg.keepalive,
+            client_id=cfg.client_id,
+        )
+
+    # ------------------------------------------------------------------ Notifier
+
+    async def start(self) -> None:
+        """Start paho's network thread; connecting (and reconnecting) happens there."""
+        if self._closed:
+            raise RuntimeError("MQTT notifier is closed")
+        if self._started:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._started = True
+        # connect_async does no I/O here: an unreachable broker is retried by the thread.
+        self.client.connect_async(self.host, self.port, self.keepalive)
+        self.client.loop_start()
+
+    def notify_counts(
+        self, stream: str, t: float, total: float, zones: Mapping[str, float]
+    ) -> None:
+        if self._closed:
+            return
+        base = f"{self.prefix}/{topic_level(stream)}"
+        self._limited(f"{base}/count", {"stream": stream, "t": t, "count": float(total)})
+        for zone, value in zones.items():
+            self._limited(
+                f"{base}/{topic_level(zone)}/count",
+                {"stream": stream, "zone": zone, "t": t, "count": float(value)},
+            )
+        state = self._state.setdefault(stream, {"stream": stream, "alerts": {}})
+        state.update(t=t, count=float(total), zones={k: float(v) for k, v in zones.items()})
+        self._limited(f"{base}/state", self._state_payload(stream), retain=True)
+
+    def notify_alert(self, event: AlertEvent) -> None:
+        if self._closed:
+            return
+        self._publish(self.alerts_topic, event.to_dict())
+        state = self._state.setdefault(event.stream, {"stream": event.stream, "alerts": {}})
+        if event.kind == "raised":
+            state["alerts"][event.rule.name] = {
+                "zone": event.zone,
+                "raised_at": event.raised_at,
+                "value": event.value,
+            }
+        else:
+            state["alerts"].pop(event.rule.name, None)
+        topic = f"{self.prefix}/{topic_level(event.stream)}/state"
+        self._cancel(topic)
+        self._publish(topic, self._state_payload(event.stream), retain=True)
+        self._last_sent[topic] = time.monotonic()
+
+    async def close(self, timeout: float = 2.0) -> None:
+        """Say ``offline``, disconnect and stop paho's thread (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        for topic in list(self._timers):
+            self._cancel(topic)
+        if not self._started:
+            return
+        if self.connected:
+            info = self.client.publish(self.status_topic, "offline", qos=1, retain=True)
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(info.wait_for_publish, timeout)
+        self.client.disconnect()
+        await asyncio.to_thread(self.client.loop_stop)
+
+    # ------------------------------------------------------------------ publishing
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "connected": self.connected,
+            "connects": self.connects,
+            "published": self.published,
+            "suppressed": self.suppressed,
+            "dropped": self.dropped,
+            "last_error": self.last_error,
+        }
+
+    def _state_payload(self, stream: str) -> dict[str, Any]:
+        state = self._state[stream]
+        alerts = dict(state["alerts"])
+        return {
+            "stream": stream,
+            "t": state.get("t"),
+            "count": state.get("count"),
+            "zones": state.get("zones", {}),
+            "alert": bool(alerts),
+            "alerts": alerts,
+        }
+
+    def _publish(self, topic: str, payload: Mapping[str, Any], retain: bool = False) -> None:
+        info = self.client.publish(topic, dumps(payload), qos=self.qos, retain=retain)
+        if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self.published += 1
+        else:
+            self.dropped += 1
+            self.last_error = mqtt.error_string(info.rc)
+
+    def _limited(self, topic: str, payload: dict[str, Any], retain: bool = False) -> None:
+        """Publish now if ``topic`` has been quiet for the interval, else keep only the
+        newest payload and publish it when the interval is up."""
+        if topic in self._timers:
+            self.suppressed += topic in self._waiting
+            self._waiting[topic] = (payload, retain)
+            return
+        now = time.monotonic()
+        wait = self._last_sent.get(topic, -math.inf) + self.interval - now
+        if wait <= 0:
+            self._publish(topic, payload, retain)
+            self._last_sent[topic] = now
+            return
+        assert self._loop is not None, "start() first"
+        self._waiting[topic] = (payload, retain)
+        self._timers[topic] = self._loop.call_later(wait, self._flush, topic)
+
+    def _flush(self, topic: str) -> None:
+        self._timers.pop(topic, None)
+        item = self._waiting.pop(topic, None)
+        if item is not None and not self._closed:
+            self._publish(topic, item[0], item[1])
+            self._last_sent[topic] = time.monotonic()
+
+    def _cancel(self, topic: str) -> None:
+        timer = self._timers.pop(topic, None)
+        if timer is not None:
+            timer.cancel()
+        self._waiting.pop(topic, None)
+
+    def _republish_state(self) -> None:
+        """After a (re)connect: the broker may have restarted without our retained state."""
+        if self._closed:
+            return
+        for stream in self._state:
+            topic = f"{self.prefix}/{topic_level(stream)}/state"
+            self._cancel(topic)
+            self._publish(topic, self._state_payload(stream), retain=True)
+            self._last_sent[topic] = time.monotonic()
+
+    # ------------------------------------------------------------------ paho thread
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.ConnectFlags,
+        reason: Any,
+        properties: Any,
+    ) -> None:
+        if reason.is_failure:
+            self.last_error = f"connect refused: {reason}"
+            log.warning("mqtt: %s:%d refused the connection: %s", self.host, self.port, reason)
+            return
+        self.connected = True
+        self.connects += 1
+        client.publish(self.status_topic, "online", qos=1, retain=True)
+        log.info("mqtt: connected to %s:%d", self.host, self.port)
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # loop closing under us
+                loop.call_soon_threadsafe(self._republish_state)
+
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.DisconnectFlags,
+        reason: Any,
+        properties: Any,
+    ) -> None:
+        was = self.connected
+        self.connected = False
+        if was and not self._closed:
+            self.last_error = f"disconnected: {reason}"
+            log.warning("mqtt: lost %s:%d (%s); reconnecting", self.host, self.port, reason)
