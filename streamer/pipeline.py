@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from types import TracebackType
 from typing import Any
@@ -66,10 +67,22 @@ class Pipeline:
 
     The worker starts with the first stream (or ``start()``), on the running loop, since
     results must be handed to that loop.
+
+    ``result_hook``, if set, is called on the loop with each result before any sink and
+    returns the result the sinks get (``Integrations.process`` fills in zone counts there,
+    once, and runs the alerts). Like a sink it must not block; if it raises, the error is
+    counted in ``sink_errors`` and the sinks get the original result.
     """
 
-    def __init__(self, runtime: Runtime, max_batch: int = 8, max_in_flight: int = 2) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        max_batch: int = 8,
+        max_in_flight: int = 2,
+        result_hook: Callable[[Result], Result] | None = None,
+    ) -> None:
         self.runtime = runtime
+        self.result_hook = result_hook
         self.max_batch = max_batch
         self.max_in_flight = max_in_flight
         self.batcher = Batcher()
@@ -198,8 +211,20 @@ class Pipeline:
                 status.fps_out = entry.rate_n / (now - entry.rate_t0)
                 entry.rate_t0, entry.rate_n = now, 0
             self.latency.add(now_wall - result.frame.captured_at)
+            if self.result_hook is not None:
+                result = self._hook(self.result_hook, result)
             for sink in (*self._sinks, *entry.sinks):
                 self._call(sink, result)
+
+    def _hook(self, hook: Callable[[Result], Result], result: Result) -> Result:
+        try:
+            return hook(result)
+        except Exception:
+            self.sink_errors += 1
+            n = self._sink_failures[id(hook)] = self._sink_failures.get(id(hook), 0) + 1
+            if n == 1 or n % 1000 == 0:
+                log.exception("result hook %r failed (%d times)", hook, n)
+            return result
 
     def _call(self, sink: Sink, result: Result) -> None:
         try:
