@@ -116,10 +116,11 @@ def _build_seed(
     convolutions back to full resolution, one non-negative density channel."""
     h, w = spec.input_size or (160, 160)
     net = _backbone((h, w, 3), spec.alpha, weights, batch_size)
-    net.trainable = not spec.frozen_backbone
-    image = net.input
+    backbone = keras.Model(net.input, net.output, name="mobilenetv2")
+    backbone.trainable = not spec.frozen_backbone
+    image = keras.Input(shape=(h, w, 3), batch_size=batch_size, name="image")
     x = layers.Rescaling(1 / 127.5, offset=-1.0, name="normalise")(image)
-    x = keras.Model(net.input, net.output, name="mobilenetv2")(x)
+    x = backbone(x)
     for i, filters in enumerate((256, 128, 64, 32, 16)):
         x = layers.Conv2DTranspose(
             filters, 3, strides=2, padding="same", activation="relu", name=f"up{i}"

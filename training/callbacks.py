@@ -11,7 +11,8 @@ from typing import Any
 import keras
 import numpy as np
 
-from model.preprocess import input_size, prepare
+from model.backends.keras import KerasBackend
+from model.runtime import Runtime
 from model.types import Sample
 
 
@@ -43,12 +44,8 @@ def count_errors(
     model: keras.Model, samples: Sequence[Sample], max_side: int | None = None
 ) -> np.ndarray:
     """Predicted minus true count for each sample, images at their own (snapped) size."""
-    errors = []
-    for s in samples:
-        size = input_size(s.image.shape[1], s.image.shape[0], max_side)
-        pred = model.predict_on_batch(prepare(s.image, size)[None])
-        errors.append(float(np.asarray(pred).sum()) - s.count)
-    return np.array(errors)
+    runtime = Runtime(KerasBackend(model=model), max_side=max_side)
+    return np.array([runtime.count(s.image) - s.count for s in samples])
 
 
 class CountValidation(keras.callbacks.Callback):

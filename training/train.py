@@ -153,10 +153,16 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         seed=cfg.seed, workers=cfg.workers, use_multiprocessing=False, max_queue_size=8,
     )
     monitor = "val_score" if val_sets else "loss"
+    if (run / "backup").exists() and not cfg.resume:
+        raise FileExistsError(f"{run} holds an interrupted run: pass --resume or a new --run-dir")
     callbacks: list[keras.callbacks.Callback] = []
     if val_sets:
         callbacks.append(CountValidation(val_sets))
     callbacks += [
+        # Restores weights, optimizer state and epoch counter when an interrupted run
+        # resumes; it runs before the checkpoints and the CSV log so that an epoch logged
+        # is an epoch backed up.
+        keras.callbacks.BackupAndRestore(str(run / "backup")),
         keras.callbacks.ModelCheckpoint(run / "best.keras", monitor=monitor, mode="min",
                                         save_best_only=True),
         keras.callbacks.ModelCheckpoint(run / "last.keras"),
@@ -168,10 +174,6 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     ]
     if cfg.time_budget:
         callbacks.append(TimeBudget(cfg.time_budget))
-    if (run / "backup").exists() and not cfg.resume:
-        raise FileExistsError(f"{run} holds an interrupted run: pass --resume or a new --run-dir")
-    # Restores weights, optimizer state and epoch counter when an interrupted run resumes.
-    callbacks.append(keras.callbacks.BackupAndRestore(str(run / "backup")))
     t0 = time.monotonic()
     history = model.fit(data, epochs=cfg.epochs, callbacks=callbacks, verbose=cfg.verbose)
     logs = {k: v[-1] for k, v in history.history.items()}

@@ -4,6 +4,7 @@ needs no export; used for fine-tuning checks and as the reference the exports mu
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -13,10 +14,13 @@ class KerasBackend:
     name = "keras"
     fixed_batch = None
 
-    def __init__(self, path: Path) -> None:
-        import keras
+    def __init__(self, path: Path | None = None, model: Any = None) -> None:
+        """Load ``path``, or wrap an in-memory ``model`` (validation during training)."""
+        if model is None:
+            import keras
 
-        self._model = keras.saving.load_model(str(path), compile=False)
+            model = keras.saving.load_model(str(path), compile=False)
+        self._model = model
         shape = self._model.input_shape
         fixed = shape[1] is not None and shape[2] is not None
         self.fixed_size = (int(shape[1]), int(shape[2])) if fixed else None

@@ -1,0 +1,58 @@
+"""All backends agree on the bundled model, and exports round-trip to the Keras counts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from model.backends import load_backend
+from model.bundled import DEFAULT_KERAS, DEFAULT_ONNX
+from model.preprocess import prepare
+from model.runtime import Runtime
+from tests.fixtures.datasets import crowd_picture
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def crowd_image() -> np.ndarray:
+    return crowd_picture(40)
+
+
+@pytest.fixture(scope="module")
+def keras_count(crowd_image) -> float:
+    return Runtime.open(DEFAULT_KERAS, "keras").count(crowd_image)
+
+
+def test_onnx_matches_keras(crowd_image, keras_count):
+    onnx_count = Runtime.open(DEFAULT_ONNX).count(crowd_image)
+    assert keras_count > 5
+    assert onnx_count == pytest.approx(keras_count, rel=1e-3)
+
+
+def test_tflite_exports_match_keras(tmp_path, crowd_image, keras_count, generic_dataset):
+    from training.export import export_tflite
+
+    fp32 = export_tflite(DEFAULT_KERAS, tmp_path / "m.tflite", (480, 640))
+    runtime = Runtime.open(fp32)
+    assert runtime.backend.fixed_size == (480, 640) and runtime.backend.fixed_batch == 1
+    assert runtime.count(crowd_image) == pytest.approx(keras_count, rel=1e-3)
+    # Batched calls through a batch-1 backend still answer per image.
+    maps = runtime.predict([crowd_image, crowd_image[:, ::-1].copy()])
+    assert maps[0].shape == (60, 80) and len(maps) == 2
+    fp16 = export_tflite(DEFAULT_KERAS, tmp_path / "m16.tflite", (480, 640), "fp16")
+    assert Runtime.open(fp16).count(crowd_image) == pytest.approx(keras_count, rel=0.02)
+    int8 = export_tflite(DEFAULT_KERAS, tmp_path / "m8.tflite", (480, 640), "int8",
+                         representative=f"generic:{generic_dataset}")
+    assert int8.stat().st_size < fp32.stat().st_size / 2
+    assert Runtime.open(int8).count(crowd_image) == pytest.approx(keras_count, rel=0.25)
+
+
+def test_onnx_export_round_trip(tmp_path, crowd_image, keras_count):
+    from training.export import export_onnx
+
+    path = export_onnx(DEFAULT_KERAS, tmp_path / "m.onnx")
+    backend = load_backend(path)
+    assert backend.fixed_size is None  # any multiple of 32
+    out = backend.predict(prepare(crowd_image, (480, 640))[None])
+    assert float(out.sum()) == pytest.approx(keras_count, rel=1e-3)

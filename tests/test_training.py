@@ -1,0 +1,93 @@
+"""Training runs on the CPU on generated data: the seed preset trains and exports, the fast
+preset learns, and an interrupted run resumes where it stopped."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from training.train import TrainConfig, train
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_seed_preset_trains_an_epoch_and_exports(tmp_path, generic_dataset):
+    from model.runtime import Runtime
+    from training.export import export_onnx
+
+    result = train(TrainConfig(
+        data=[f"generic:{generic_dataset}"], run_dir=str(tmp_path / "run"), preset="seed",
+        backbone_weights=None, epochs=1, steps_per_epoch=2, batch_size=4, val_every=4,
+        verbose=0,
+    ))
+    import keras
+
+    model = keras.saving.load_model(result["last"], compile=False)
+    assert model.input_shape == (None, 160, 160, 3)
+    assert model.output_shape == (None, 160, 160, 1)
+    assert not model.get_layer("mobilenetv2").trainable  # frozen, as the seed had it
+    assert "val_generic_mae" in result["logs"]
+    onnx = export_onnx(result["last"], tmp_path / "seed.onnx")
+    image = np.full((160, 160, 3), 128, np.uint8)
+    keras_count = float(model.predict_on_batch(image[None].astype(np.float32)).sum())
+    assert Runtime.open(onnx).count(image) == pytest.approx(keras_count, rel=1e-3, abs=1e-6)
+
+
+def test_fast_preset_learns_counts(tmp_path, generic_dataset):
+    """A few steps on dots: the predicted count must move towards the truth."""
+    cfg = TrainConfig(
+        data=[f"generic:{generic_dataset}"], run_dir=str(tmp_path / "run"), preset="fast",
+        backbone_weights=None, epochs=4, steps_per_epoch=4, batch_size=4, crop=(64, 96),
+        learning_rate=3e-3, val_every=4, verbose=0,
+    )
+    result = train(cfg)
+    rows = list(csv.DictReader(open(tmp_path / "run" / "history.csv")))
+    assert len(rows) == 4
+    first, last = float(rows[0]["count_mae"]), float(rows[-1]["count_mae"])
+    assert last < first
+    assert Path(result["best"]).is_file()
+
+
+def test_missing_backbone_weights_is_clear(tmp_path, generic_dataset):
+    from model.architecture import BackboneWeightsError
+
+    with pytest.raises(BackboneWeightsError, match="backbone weights file not found"):
+        train(TrainConfig(data=[f"generic:{generic_dataset}"], run_dir=str(tmp_path / "r"),
+                          backbone_weights=str(tmp_path / "nope.h5"), epochs=1, verbose=0))
+
+
+def test_interrupted_run_resumes(tmp_path, generic_dataset):
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "training", "train", "--data", f"generic:{generic_dataset}",
+            "--run-dir", str(run), "--backbone-weights", "none", "--epochs", "4",
+            "--steps-per-epoch", "2", "--batch-size", "2", "--crop", "64x64", "--verbose", "0"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
+    history = run / "history.csv"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        if history.exists() and len(history.read_text().strip().splitlines()) >= 2:
+            break  # at least one epoch done and backed up
+        assert proc.poll() is None, "training ended before it could be interrupted"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(history.read_text().strip().splitlines()) - 1
+    assert 1 <= done < 4
+    again = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert again.returncode == 2 and "pass --resume" in again.stderr
+    resumed = subprocess.run([*args, "--resume"], cwd=ROOT, env=env, capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    epochs = [int(r["epoch"]) for r in csv.DictReader(open(history))]
+    assert epochs[-1] == 3  # finished the 4 epochs without starting over
+    assert len(epochs) - done <= 4 - done + 1  # at most the interrupted epoch ran twice
