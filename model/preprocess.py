@@ -15,7 +15,7 @@ MULTIPLE = 32
 
 def snap(value: float, multiple: int = MULTIPLE) -> int:
     """Nearest positive multiple of ``multiple``."""
-    return max(multiple, int(round(value / multiple)) * multiple)
+    return max(multiple, round(value / multiple) * multiple)
 
 
 def input_size(width: int, height: int, max_side: int | None = None) -> tuple[int, int]:

@@ -66,7 +66,7 @@ def test_count_bad_input_exits_2_with_one_line(tmp_path, make, message):
 
 
 def test_truncated_jpeg_exits_2(tmp_path, pictures):
-    ok, data = cv2.imencode(".jpg", cv2.imread(str(pictures[1])))
+    _, data = cv2.imencode(".jpg", cv2.imread(str(pictures[1])))
     path = tmp_path / "cut.jpg"
     path.write_bytes(data.tobytes()[:2000])
     result = crowdcount("count", str(path))
@@ -110,8 +110,8 @@ def test_usage_errors_exit_2():
 
 
 def test_count_does_not_import_tensorflow(pictures):
-    code = ("import sys; from streamer.cli import main; main(['count', %r]); "
-            "print('tensorflow' in sys.modules, 'keras' in sys.modules)" % str(pictures[0]))
+    code = (f"import sys; from streamer.cli import main; main(['count', {str(pictures[0])!r}]); "
+            "print('tensorflow' in sys.modules, 'keras' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                             text=True, timeout=60)
     assert result.stdout.strip().splitlines()[-1] == "False False"

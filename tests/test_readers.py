@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
+from tests.fixtures.datasets import make_generic, make_kaggle, make_mall, make_shanghaitech
 from training.readers import DatasetError, open_dataset, parse_range
 from training.readers.generic import write_generic
-from tests.fixtures.datasets import make_generic, make_kaggle, make_mall, make_shanghaitech
 
 COUNTS = [4, 0, 9, 2]
 
@@ -89,7 +89,7 @@ def test_missing_image_is_named(tmp_path):
 def test_corrupt_mat_files(tmp_path):
     root = make_mall(tmp_path / "mall", COUNTS)
     (root / "mall_gt.mat").write_bytes(b"MATLAB 5.0 MAT-file garbage" * 3)
-    with pytest.raises(DatasetError, match="mall_gt.mat: not a Mall ground truth file"):
+    with pytest.raises(DatasetError, match=r"mall_gt\.mat: not a Mall ground truth file"):
         open_dataset(f"mall:{root}")
     sh = make_shanghaitech(tmp_path / "sh", COUNTS)
     gt = sh / "ground-truth" / "GT_IMG_3.mat"
@@ -101,7 +101,7 @@ def test_corrupt_mat_files(tmp_path):
 def test_kaggle_inconsistent_and_truncated(tmp_path):
     root = make_kaggle(tmp_path / "k", COUNTS)
     np.save(root / "labels.npy", np.array([1, 2]))
-    with pytest.raises(DatasetError, match="images.npy has 4 items but labels.npy has 2"):
+    with pytest.raises(DatasetError, match=r"images\.npy has 4 items but labels\.npy has 2"):
         open_dataset(f"kaggle:{root}")
     data = (root / "images.npy").read_bytes()
     (root / "images.npy").write_bytes(data[: len(data) // 2])

@@ -50,7 +50,8 @@ def test_fast_preset_learns_counts(tmp_path, generic_dataset):
         learning_rate=3e-3, val_every=4, verbose=0,
     )
     result = train(cfg)
-    rows = list(csv.DictReader(open(tmp_path / "run" / "history.csv")))
+    with open(tmp_path / "run" / "history.csv") as fh:
+        rows = list(csv.DictReader(fh))
     assert len(rows) == 4
     first, last = float(rows[0]["count_mae"]), float(rows[-1]["count_mae"])
     assert last < first
@@ -88,6 +89,7 @@ def test_interrupted_run_resumes(tmp_path, generic_dataset):
     resumed = subprocess.run([*args, "--resume"], cwd=ROOT, env=env, capture_output=True,
                              text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    epochs = [int(r["epoch"]) for r in csv.DictReader(open(history))]
+    with open(history) as fh:
+        epochs = [int(r["epoch"]) for r in csv.DictReader(fh)]
     assert epochs[-1] == 3  # finished the 4 epochs without starting over
     assert len(epochs) - done <= 4 - done + 1  # at most the interrupted epoch ran twice

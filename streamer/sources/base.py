@@ -9,6 +9,7 @@ each dropped frame is counted in ``status.dropped``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -80,10 +81,8 @@ class Source(ABC):
         loop, ready = self._loop, self._ready
         if loop is None or ready is None or loop.is_closed():
             return
-        try:
+        with contextlib.suppress(RuntimeError):  # loop closed between check and call
             loop.call_soon_threadsafe(ready.set)
-        except RuntimeError:  # loop closed between the check and the call
-            pass
 
     async def recv(self) -> Frame:
         """The newest frame not returned before."""

@@ -3,8 +3,8 @@
 A dataset is named on the command line as ``FORMAT:PATH[:RANGE]``, e.g.
 ``mall:../shared/data/mall:1-800``, ``shanghaitech:../shared/data/shanghaitech_b/train_data``,
 ``kaggle:data/`` (images.npy + labels.npy), ``generic:my_camera/`` (see
-:mod:`training.readers.generic`). RANGE selects 1-based items, inclusive (``801-2000``), optionally every K-th
-(``10-400/10``).
+:mod:`training.readers.generic`). RANGE selects 1-based items, inclusive
+(``801-2000``), optionally every K-th (``10-400/10``).
 """
 
 from __future__ import annotations
