@@ -39,7 +39,12 @@ def load_backend(path: str | Path, name: str | None = None, threads: int | None 
 
         return OnnxBackend(path, threads=threads)
     if name == "tflite":
-        from model.backends.tflite import TFLiteBackend
+        try:
+            from model.backends.tflite import TFLiteBackend
+        except ImportError:
+            raise ValueError(
+                "the tflite backend needs ai-edge-litert: pip install 'crowdcount[edge]'"
+            ) from None
 
         return TFLiteBackend(path, threads=threads)
     if name == "keras":
