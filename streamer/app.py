@@ -21,7 +21,7 @@ from model.runtime import Runtime
 from streamer.auth import Handler, token_middleware
 from streamer.config import Config
 from streamer.ratelimit import RateLimiter
-from streamer.routes import count, rtc, streams, system
+from streamer.routes import count, rtc, streams, system, zones
 from streamer.routes.common import MAX_JSON_BYTES, SERVICE, ApiError, json_error
 from streamer.service import Service
 from streamer.upload import UploadCounter
@@ -102,6 +102,7 @@ def build_app(
     streams.add_routes(app)
     count.add_routes(app)
     rtc.add_routes(app)
+    zones.add_routes(app)
     app.on_startup.append(_startup)
     app.on_shutdown.append(_shutdown)
     app.on_cleanup.append(_cleanup)

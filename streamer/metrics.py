@@ -10,6 +10,11 @@ Two kinds of series:
   second copy to keep in step, and a removed stream's series disappear with it.
 * Latency distributions need every observation, so a sink feeds two histograms; their label
   sets are removed explicitly by ``forget`` when a stream is removed.
+* Zone counts (``crowdcount_zone_count{stream,zone}``) are the last result's, kept by the
+  sink but reported only for the zones a live stream has at scrape time, so editing a
+  stream's zones or removing it drops the old label sets. Active alerts
+  (``crowdcount_alerts_active{stream,rule,zone}``, 1 each) are read from the alert engine at
+  scrape time; ``crowdcount_alerts_raised_total{stream,rule}`` counts raises.
 
 ``crowdcount_inference_latency_seconds`` runs from a frame's capture to the end of its
 inference (so it includes the wait for the model, which is what a crowded model looks
@@ -20,29 +25,44 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from model.types import Result
 from streamer.status import StreamState, StreamStatus
 
+if TYPE_CHECKING:
+    from streamer.alerts import AlertEvent
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0)
 
 StatusSource = Callable[[], Mapping[str, StreamStatus]]
 GaugeSource = Callable[[], Mapping[str, float]]
+ZoneSource = Callable[[str], Iterable[str]]  # stream id -> names of its zones now
+AlertSource = Callable[[], Iterable[Mapping[str, Any]]]  # the active alerts
 
 
 class _StatusCollector(Collector):
     """Reads every live stream's status when Prometheus scrapes."""
 
-    def __init__(self, statuses: StatusSource, service_gauges: GaugeSource | None) -> None:
+    def __init__(
+        self,
+        statuses: StatusSource,
+        service_gauges: GaugeSource | None,
+        zone_counts: Mapping[str, Mapping[str, float]] | None = None,
+        zones: ZoneSource | None = None,
+        alerts: AlertSource | None = None,
+    ) -> None:
         self._statuses = statuses
         self._service_gauges = service_gauges
+        self._zone_counts = zone_counts if zone_counts is not None else {}
+        self._zones = zones
+        self._alerts = alerts
 
     def collect(self) -> Iterator[Metric]:
         statuses = dict(self._statuses())
@@ -79,6 +99,25 @@ class _StatusCollector(Collector):
             frames_out.add_metric([sid], st.frames_out)
             up.add_metric([sid], 1.0 if st.state == StreamState.RUNNING else 0.0)
         yield from (count, fps_in, fps_out, dropped, reconnects, frames_out, up)
+        if self._zones is not None:
+            zone = GaugeMetricFamily(
+                "crowdcount_zone_count", "Latest per-frame count inside a zone",
+                labels=["stream", "zone"],
+            )
+            for sid in sorted(statuses):
+                last = self._zone_counts.get(sid) or {}
+                for name in self._zones(sid):
+                    if name in last:
+                        zone.add_metric([sid, name], last[name])
+            yield zone
+        if self._alerts is not None:
+            active = GaugeMetricFamily(
+                "crowdcount_alerts_active", "1 for each alert raised and not yet cleared",
+                labels=["stream", "rule", "zone"],
+            )
+            for a in sorted(self._alerts(), key=lambda a: (a["stream"], a["name"])):
+                active.add_metric([a["stream"], a["name"], a.get("zone") or ""], 1.0)
+            yield active
         if self._service_gauges is not None:
             for name, value in sorted(self._service_gauges().items()):
                 gauge = GaugeMetricFamily(f"crowdcount_{name}", f"Service gauge {name}")
@@ -94,7 +133,12 @@ class Metrics:
     """
 
     def __init__(
-        self, statuses: StatusSource, service_gauges: GaugeSource | None = None
+        self,
+        statuses: StatusSource,
+        service_gauges: GaugeSource | None = None,
+        *,
+        zones: ZoneSource | None = None,
+        alerts: AlertSource | None = None,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.inference_latency = Histogram(
@@ -111,7 +155,17 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
-        self.registry.register(_StatusCollector(statuses, service_gauges))
+        self.alerts_raised = Counter(
+            "crowdcount_alerts_raised",
+            "Alerts raised (a rule's count went over 'above' for its hold time)",
+            ["stream", "rule"],
+            registry=self.registry,
+        )
+        self._raised_labels: set[tuple[str, str]] = set()
+        self._zone_counts: dict[str, dict[str, float]] = {}
+        self.registry.register(
+            _StatusCollector(statuses, service_gauges, self._zone_counts, zones, alerts)
+        )
         self._children: dict[str, tuple[Any, Any]] = {}
 
     def on_result(self, result: Result) -> None:
@@ -126,13 +180,29 @@ class Metrics:
         captured = result.frame.captured_at
         children[0].observe(max(0.0, result.inferred_at - captured))
         children[1].observe(max(0.0, time.time() - captured))
+        if result.zones:
+            self._zone_counts[sid] = result.zones
+        else:
+            self._zone_counts.pop(sid, None)
+
+    def on_alert(self, event: AlertEvent) -> None:
+        """Count raised alerts (the service registers this with ``Integrations``)."""
+        if event.kind == "raised":
+            labels = (event.stream, event.rule.name)
+            self._raised_labels.add(labels)
+            self.alerts_raised.labels(*labels).inc()
 
     def forget(self, stream_id: str) -> None:
         """Remove a removed stream's histogram series (the collector's vanish by themselves)."""
+        self._zone_counts.pop(stream_id, None)
         if self._children.pop(stream_id, None) is not None:
             for hist in (self.inference_latency, self.e2e_latency):
                 with contextlib.suppress(KeyError):
                     hist.remove(stream_id)
+        for labels in [lb for lb in self._raised_labels if lb[0] == stream_id]:
+            self._raised_labels.discard(labels)
+            with contextlib.suppress(KeyError):
+                self.alerts_raised.remove(*labels)
 
     def render(self) -> bytes:
         """The text exposition format for ``GET /metrics``."""

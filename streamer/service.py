@@ -28,8 +28,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from model.runtime import Runtime
+from model.zones import Zone
+from streamer.alerts import AlertEvent
 from streamer.config import Config, StreamConfig
 from streamer.feed import CountFeed
+from streamer.integrations import Integrations, zones_from_config
 from streamer.metrics import Metrics
 from streamer.pipeline import Pipeline
 from streamer.rtc import STREAM_ID_RE, PeerManager
@@ -127,11 +130,16 @@ class Service:
             self.store = CountStore(config.server.database)
         except (sqlite3.Error, OSError) as exc:
             raise ValueError(f"cannot open database {config.server.database}: {exc}") from None
+        # Zones, alert rules and notifiers; its ``process`` fills ``Result.zones`` before
+        # any sink sees a result, so the store, feed, metrics and viewers agree.
+        self.integrations = Integrations.from_config(config, self.store)
         self.feed = CountFeed()
-        self.viewers = ViewerRegistry()
-        self.pipeline = Pipeline(runtime, max_batch=config.model.max_batch)
+        self.viewers = ViewerRegistry(zones=self.integrations.zones)
+        self.pipeline = Pipeline(runtime, max_batch=config.model.max_batch,
+                                 result_hook=self.integrations.process)
         self.counts = CountSink(self.store, self.feed, Ema(), store_rate)
-        self.metrics = Metrics(self.statuses, self._service_gauges)
+        self.metrics = Metrics(self.statuses, self._service_gauges,
+                               zones=self._zone_names, alerts=self.integrations.active_alerts)
         self.peers = PeerManager(
             self.viewers, self._on_rtc_source, on_source_closed=self._on_rtc_closed
         )
@@ -158,6 +166,28 @@ class Service:
             "sink_errors": float(stats.sink_errors),
         }
 
+    def _zone_names(self, stream_id: str) -> list[str]:
+        """The zones a live stream has now (metrics drop series of zones no longer there)."""
+        if stream_id not in self.streams:
+            return []
+        return [z.name for z in self.integrations.zones(stream_id)]
+
+    def _on_alert(self, event: AlertEvent) -> None:
+        """Push raised/cleared alerts into the live feed (the stream's subscribers and the
+        all-stream ones), marked ``"type": "alert"`` to tell them from count items."""
+        self.metrics.on_alert(event)
+        self.feed.publish(event.stream, {"type": "alert", **event.to_dict()})
+
+    def set_zones(self, stream_id: str, zones: list[Zone]) -> None:
+        """Replace a live stream's zones (in memory; the routes persist API streams').
+        Raises ``StreamNotFound`` and ``ValueError`` (duplicate names)."""
+        entry = self.get(stream_id)
+        self.integrations.set_zones(stream_id, zones)
+        if zones:
+            entry.options["zones"] = [z.to_dict() for z in zones]
+        else:
+            entry.options.pop("zones", None)
+
     def get(self, stream_id: str) -> StreamEntry:
         entry = self.streams.get(stream_id)
         if entry is None:
@@ -177,6 +207,11 @@ class Service:
         the others (and the API) down.
         """
         self.started_at = time.monotonic()
+        # Alerts left open by a previous process can never be cleared by it: close them; the
+        # fresh engine raises again if the crowd is still there.
+        await asyncio.to_thread(self.store.close_open_alerts, time.time())
+        await self.integrations.start()
+        self.integrations.on_alert.append(self._on_alert)
         await self.pipeline.start()
         self.pipeline.add_sink(self.counts)
         self.pipeline.add_sink(self.metrics)
@@ -202,10 +237,14 @@ class Service:
         """Start ``stream`` and wire it to the sinks; with ``persist`` save it first, so an
         accepted API stream is never lost to a crash. Raises ``StreamConflict``."""
         self._reserve(stream.name)
-        return await self.add_source(
+        if origin != "config":  # config streams got theirs from Integrations.from_config
+            self.integrations.set_zones(stream.name, zones_from_config(stream))
+        entry = await self.add_source(
             make_source(stream), url=stream.url, kind=stream.kind, origin=origin,
             fps_limit=stream.fps_limit, max_side=stream.max_side, persist=persist,
+            zones=[z.model_dump() for z in stream.zones],
         )
+        return entry
 
     async def add_source(
         self,
@@ -217,13 +256,17 @@ class Service:
         fps_limit: float | None = None,
         max_side: int | None = None,
         persist: bool = False,
+        zones: list[dict[str, Any]] | None = None,
     ) -> StreamEntry:
         """Add an already built source (any kind: tests and benchmarks use synthetic ones).
-        Raises ``StreamConflict``; on any failure nothing is left registered."""
+        ``zones`` (``{"name", "points"}`` dicts) are recorded in the options (and so saved
+        with ``persist``). Raises ``StreamConflict``; on any failure nothing is left
+        registered."""
         sid = source.stream_id
         self._reserve(sid)
         options: dict[str, Any] = {
-            k: v for k, v in (("fps_limit", fps_limit), ("max_side", max_side)) if v is not None
+            k: v for k, v in (("fps_limit", fps_limit), ("max_side", max_side), ("zones", zones))
+            if v
         }
         entry = StreamEntry(sid, url, kind, origin, source, options)
         self.streams[sid] = entry  # reserved before the first await: no duplicate can race in
@@ -284,6 +327,9 @@ class Service:
         self.viewers.remove(stream_id)
         self.counts.forget(stream_id)
         self.metrics.forget(stream_id)
+        self.integrations.forget_stream(stream_id)  # clears its active alerts
+        if entry.origin != "config":  # API streams get theirs back from the store
+            self.integrations.set_zones(stream_id, ())
         # Make its last counts queryable at once (the history outlives the stream).
         with contextlib.suppress(Exception):
             await asyncio.to_thread(self.store.flush)
@@ -338,10 +384,11 @@ class Service:
             self.viewers.remove(sid)
         await self.pipeline.close()
         self.streams.clear()
+        await self.integrations.close()
         await asyncio.to_thread(self.store.close)
         await self.uploads.close()
 
 
 def _stream_options(options: dict[str, Any]) -> dict[str, Any]:
     """The saved options that ``StreamConfig`` knows (older rows may hold others)."""
-    return {k: options[k] for k in ("fps_limit", "max_side") if k in options}
+    return {k: options[k] for k in ("fps_limit", "max_side", "zones") if k in options}

@@ -19,6 +19,7 @@ import contextlib
 import logging
 import time
 import weakref
+from collections.abc import Callable, Sequence
 from fractions import Fraction
 
 import av
@@ -29,6 +30,7 @@ from numpy.typing import NDArray
 
 from model.render import annotate
 from model.types import Result
+from model.zones import Zone
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,10 @@ DEFAULT_FPS = 20.0
 # to yuv420p once per result here, instead of in every viewer's encoder, keeps the per-viewer
 # cost to one memcpy.
 Picture = tuple[str, NDArray[np.uint8]]
+
+#: stream id -> that stream's zones now (the service passes ``Integrations.zones``); looked
+#: up at every render so zones edited while someone watches show up on the next frame.
+ZonesLookup = Callable[[str], Sequence[Zone]]
 
 _live_tracks: weakref.WeakSet[AnnotatedTrack] = weakref.WeakSet()
 
@@ -90,10 +96,12 @@ class ViewerSink:
         fps: float = DEFAULT_FPS,
         size: tuple[int, int] | None = None,
         show_clock: bool = True,
+        zones: ZonesLookup | None = None,
     ) -> None:
         if fps <= 0:
             raise ValueError(f"fps must be positive, got {fps}")
         self.stream_id = stream_id
+        self.zones = zones
         self.title = title if title is not None else stream_id
         self.fps = fps
         self.show_clock = show_clock
@@ -187,7 +195,8 @@ class ViewerSink:
             else None
         )
         try:
-            rgb = annotate(result, self.title, clock)
+            zones = self.zones(self.stream_id) if self.zones is not None else None
+            rgb = annotate(result, self.title, clock, zones=zones)
         except Exception:  # a bad density map must not kill every viewer's track
             log.exception("annotating %s failed; sending the bare frame", self.stream_id)
             rgb = result.frame.image
@@ -223,15 +232,18 @@ class ViewerSink:
 class ViewerRegistry:
     """Stream id -> ViewerSink, shared by the app, the pipeline and the PeerManager."""
 
-    def __init__(self, fps: float = DEFAULT_FPS) -> None:
+    def __init__(self, fps: float = DEFAULT_FPS, zones: ZonesLookup | None = None) -> None:
         self.fps = fps
+        self.zones = zones
         self._sinks: dict[str, ViewerSink] = {}
 
     def sink(self, stream_id: str, title: str | None = None) -> ViewerSink:
         """The stream's sink, created on first use."""
         sink = self._sinks.get(stream_id)
         if sink is None or sink.closed:
-            sink = self._sinks[stream_id] = ViewerSink(stream_id, title=title, fps=self.fps)
+            sink = self._sinks[stream_id] = ViewerSink(
+                stream_id, title=title, fps=self.fps, zones=self.zones
+            )
         return sink
 
     def get(self, stream_id: str) -> ViewerSink | None:

@@ -1,0 +1,152 @@
+"""Zones of a live stream and the alert list.
+
+``GET /api/streams/{id}/zones`` -> ``{"stream", "zones": [{"name", "points"}], "persisted"}``
+
+``PUT /api/streams/{id}/zones`` with ``{"zones": [{"name", "points": [[x, y], ...]}, ...]}``
+replaces the stream's zones (``[]`` removes them) and answers like ``GET``. Points are the
+stream's frame pixels. Each zone is validated like a ``[[streams.zones]]`` table of the config
+file, so the 400 names the zone and the problem. API streams keep their zones in the store
+(they come back after a restart); config streams keep them until the server stops (the
+config file is their record), as do browser cameras.
+
+``GET /api/alerts?stream=&since=&until=&active=&limit=`` -> ``{"alerts": [...]}``, newest
+first: the stored alerts, with the live peak and value of those still active (the store is
+written behind, so an alert raised a moment ago is included from the engine).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from model.zones import Zone
+from streamer.config import ZoneConfig, _to_config_error
+from streamer.routes.common import (
+    ApiError,
+    query_flag,
+    query_float,
+    query_int,
+    read_json_object,
+    service_of,
+)
+from streamer.service import Service, StreamEntry, StreamNotFound
+
+MAX_ZONES = 32
+MAX_ALERTS = 10_000
+
+
+def _entry(svc: Service, request: web.Request) -> StreamEntry:
+    try:
+        return svc.get(request.match_info["id"])
+    except StreamNotFound as exc:
+        raise ApiError(404, str(exc)) from None
+
+
+def _zones_body(svc: Service, entry: StreamEntry) -> dict[str, Any]:
+    return {
+        "stream": entry.id,
+        "zones": [z.to_dict() for z in svc.integrations.zones(entry.id)],
+        "persisted": entry.origin == "api",
+    }
+
+
+def parse_zones(value: Any) -> list[Zone]:
+    """``[{"name", "points"}, ...]`` from a request, or ``ApiError(400)`` naming the problem."""
+    if not isinstance(value, list):
+        raise ApiError(400, "field 'zones' must be a list of {\"name\", \"points\"} objects")
+    if len(value) > MAX_ZONES:
+        raise ApiError(400, f"at most {MAX_ZONES} zones per stream, got {len(value)}")
+    zones: list[Zone] = []
+    seen: set[str] = set()
+    for i, raw in enumerate(value):
+        try:
+            cfg = ZoneConfig.model_validate(raw)
+        except ValidationError as exc:
+            raise ApiError(400, _zone_error(exc, i)) from None
+        if cfg.name in seen:
+            raise ApiError(400, f"zones[{i}]: duplicate zone name {cfg.name!r}")
+        seen.add(cfg.name)
+        zones.append(Zone(cfg.name, cfg.points))
+    return zones
+
+
+def _zone_error(exc: ValidationError, index: int) -> str:
+    """One line such as ``zones[1].points: needs at least 3 items, has 2``."""
+    err = _to_config_error(exc, "request")
+    path = f"zones[{index}]" + (f".{err.path}" if err.path else "")
+    return f"{path}: {err.problem}"
+
+
+async def get_zones(request: web.Request) -> web.Response:
+    svc = service_of(request)
+    return web.json_response(_zones_body(svc, _entry(svc, request)))
+
+
+async def put_zones(request: web.Request) -> web.Response:
+    svc = service_of(request)
+    entry = _entry(svc, request)
+    data = await read_json_object(request, {"zones"})
+    if "zones" not in data:
+        raise ApiError(400, "field 'zones' is required (use [] to remove every zone)")
+    zones = parse_zones(data["zones"])
+    if svc.streams.get(entry.id) is not entry:  # removed while the body was read
+        raise ApiError(404, f"no stream {entry.id!r}")
+    svc.set_zones(entry.id, zones)
+    if entry.origin == "api":
+        await asyncio.to_thread(
+            svc.store.save_stream, entry.id, entry.id, entry.url, entry.kind, dict(entry.options)
+        )
+    return web.json_response(_zones_body(svc, entry))
+
+
+def _merge_live(
+    rows: list[dict[str, Any]], live: list[dict[str, Any]],
+    stream: str | None, until: float | None, active: bool | None,
+) -> list[dict[str, Any]]:
+    """Stored alerts with the engine's active ones folded in (live peak and value)."""
+    by_key = {(a["stream"], a["name"], a["raised_at"]): a for a in live}
+    out = []
+    for row in rows:
+        item = {**row, "active": row["cleared_at"] is None}
+        a = by_key.pop((row["stream"], row["rule"], row["raised_at"]), None)
+        if a is not None and row["cleared_at"] is None:  # still open: the live numbers
+            item["peak"] = max(row["peak"], a["peak"])
+            item["value"] = a["value"]
+        out.append(item)
+    if active is not False:
+        # Raised but not committed to the store yet (an open alert overlaps any 'since').
+        for a in by_key.values():
+            if stream is not None and a["stream"] != stream:
+                continue
+            if until is not None and a["raised_at"] >= until:
+                continue
+            out.append({
+                "id": None, "stream": a["stream"], "zone": a["zone"], "rule": a["name"],
+                "raised_at": a["raised_at"], "cleared_at": None, "peak": a["peak"],
+                "active": True, "value": a["value"],
+            })
+    out.sort(key=lambda r: r["raised_at"], reverse=True)
+    return out
+
+
+async def list_alerts(request: web.Request) -> web.Response:
+    svc = service_of(request)
+    stream = request.query.get("stream") or None
+    since, until = query_float(request, "since"), query_float(request, "until")
+    if since is not None and until is not None and since >= until:
+        raise ApiError(400, f"parameter 'since' ({since:g}) must be before 'until' ({until:g})")
+    active = query_flag(request, "active") if "active" in request.query else None
+    limit = query_int(request, "limit", 100, 1, MAX_ALERTS)
+    rows = await asyncio.to_thread(svc.store.alerts, stream, since, until, active, limit)
+    alerts = _merge_live(rows, svc.integrations.active_alerts(), stream, until, active)
+    return web.json_response({"alerts": alerts[:limit]})
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_get("/api/streams/{id}/zones", get_zones)
+    r.add_put("/api/streams/{id}/zones", put_zones)
+    r.add_get("/api/alerts", list_alerts)
