@@ -43,6 +43,7 @@ MODES: tuple[Mode, ...] = ("publish", "view")
 MAX_SDP_BYTES = 64 * 1024
 STREAM_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _MLINE_RE = re.compile(r"^m=(\w+) (\d+) ", re.MULTILINE)
+_FINGERPRINT_RE = re.compile(r"^a=fingerprint:\S+ \S", re.MULTILINE)
 _DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
 
 OnSource = Callable[[WebRtcSource], Awaitable[None] | None]
@@ -151,6 +152,8 @@ class PeerManager:
     returned; raising there rejects the offer. ``on_source_closed`` is called after such a
     source was stopped, so the app can unregister the stream.
 
+    ``max_viewers_per_stream``: view offers beyond this many live viewers of one stream are
+    refused with ``PeerLimitReached`` (``None``: only ``max_peers`` applies).
     ``idle_timeout``: a connected peer that sent no camera frame and no RTCP receiver report
     for this long is closed (aiortc alone waits ~30 s for ICE consent to expire).
     ``connect_timeout``: a peer that never reaches "connected" is closed after this long.
@@ -164,6 +167,7 @@ class PeerManager:
         on_source_closed: OnSource | None = None,
         fps: float | None = None,
         max_peers: int = 64,
+        max_viewers_per_stream: int | None = None,
         connect_timeout: float = 30.0,
         idle_timeout: float = 15.0,
         check_interval: float = 1.0,
@@ -175,6 +179,7 @@ class PeerManager:
         self.on_source_closed = on_source_closed
         self.fps = fps or viewers.fps
         self.max_peers = max_peers
+        self.max_viewers_per_stream = max_viewers_per_stream
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
         self.check_interval = check_interval
@@ -233,6 +238,14 @@ class PeerManager:
             assert isinstance(stream_id, str)
             if self.viewers.get(stream_id) is None:
                 raise UnknownStream(f"no stream {stream_id!r}")
+            limit = self.max_viewers_per_stream
+            viewing = sum(1 for p in self._peers.values()
+                          if p.mode == "view" and p.stream_id == stream_id)
+            if limit is not None and viewing >= limit:
+                raise PeerLimitReached(
+                    f"stream {stream_id!r} already has {viewing} viewers "
+                    "(server.max_viewers_per_stream)"
+                )
             sid = stream_id
         else:
             sid = stream_id if isinstance(stream_id, str) else f"webrtc-{secrets.token_hex(4)}"
@@ -273,6 +286,10 @@ class PeerManager:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         except Exception as exc:
             raise OfferError(f"sdp rejected: {exc}") from exc
+        # aiortc accepts an offer without a DTLS fingerprint, then fails an assertion in a
+        # background task; the peer would hold its sockets until the connect timeout.
+        if _FINGERPRINT_RE.search(sdp) is None:
+            raise OfferError("sdp rejected: no a=fingerprint line (DTLS fingerprint)")
 
         chosen = self._choose_transceiver(peer)
         if peer.mode == "publish":

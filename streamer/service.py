@@ -141,7 +141,8 @@ class Service:
         self.metrics = Metrics(self.statuses, self._service_gauges,
                                zones=self._zone_names, alerts=self.integrations.active_alerts)
         self.peers = PeerManager(
-            self.viewers, self._on_rtc_source, on_source_closed=self._on_rtc_closed
+            self.viewers, self._on_rtc_source, on_source_closed=self._on_rtc_closed,
+            max_viewers_per_stream=config.server.max_viewers_per_stream,
         )
         self.uploads = upload_counter or UploadCounter.from_config(config.model)
         self.streams: dict[str, StreamEntry] = {}
