@@ -350,7 +350,85 @@ def _still_clip(folder: Path) -> Path:
 async def test_page_assets_make_no_external_requests() -> None:
     """No CDN, no fonts, no analytics: every URL in the page's files is same-origin."""
     root = Path(__file__).resolve().parents[1] / "web"
-    for name in ("index.html", "app.js", "style.css"):
+    for name in ("index.html", "app.js", "zones.js", "style.css"):
         text = (root / name).read_text()
         assert "http://" not in text and "https://" not in text, name
         assert "//cdn" not in text and "@import" not in text, name
+
+
+async def test_user_draws_a_zone_and_sees_its_count_and_alert(
+    browser_page, tmp_path, brightness_model, artifacts, h264_clip
+) -> None:
+    """Zones button, four clicks on the live video, a name, Save: the server has the zone
+    (in video pixels), the card shows its live count, and a threshold on it raises an
+    alert that appears in the alert list."""
+    from model.runtime import Runtime
+    from streamer.config import parse_config
+
+    page, log = browser_page
+    config = parse_config({
+        "server": {"database": str(tmp_path / "counts.sqlite3")},
+        "model": {"path": str(brightness_model), "backend": "onnx", "threads": 1},
+        # The clip's dark background alone counts ~40 in the zone drawn below.
+        "thresholds": [{"name": "middle-busy", "stream": "clip", "zone": "middle",
+                        "above": 20, "below": 5}],
+    })
+    async with serve_app(config, Runtime.open(brightness_model, threads=1)) as server:
+        svc = server.service
+        await svc.add_stream(StreamConfig(name="clip", url=str(h264_clip), loop=True),
+                             origin="api")
+        await open_page(page, server)
+        await wait_card(page, lambda c: c["id"] == "clip" and c["width"] > 0
+                        and c["time"] > 0.5, 20, "the clip's annotated video")
+        card = page.locator(f'{CARD}[data-stream-id="clip"]')
+        await card.get_by_role("button", name="Draw zones on clip").click()
+        overlay = card.locator('[data-testid="zone-overlay"]')
+        await overlay.wait_for(state="visible")
+
+        # Video pixels -> page pixels, through the card's own letterbox maths.
+        rect = await page.evaluate(
+            "() => window.crowdcount.cards.get('clip').videoRect()")
+        box = await overlay.bounding_box()
+        corners = [(40, 30), (280, 30), (280, 210), (40, 210)]
+        for x, y in corners:
+            await page.mouse.click(box["x"] + rect["x"] + x * rect["scale"],
+                                   box["y"] + rect["y"] + y * rect["scale"])
+        assert await overlay.get_attribute("data-points") == "4"
+        await card.get_by_role("button", name="Finish zone").click()
+        await card.get_by_label("Zone name").fill("middle")
+        await page.screenshot(path=str(artifacts / "web-zones-drawing.png"), full_page=True)
+        await card.get_by_role("button", name="Save zone").click()
+
+        # The server has it, in the video's pixels (one CSS px is 1/scale video px).
+        await wait_until(lambda: bool(svc.integrations.zones("clip")), 5, "the zone saved")
+        (zone,) = svc.integrations.zones("clip")
+        assert zone.name == "middle"
+        tolerance = 1.5 / rect["scale"] + 0.2
+        for (x, y), (zx, zy) in zip(corners, zone.points, strict=True):
+            assert abs(zx - x) <= tolerance and abs(zy - y) <= tolerance, zone.points
+        async with aiohttp.ClientSession() as http, http.get(
+            f"{server.url}/api/streams/clip/zones"
+        ) as r:
+            body = await r.json()
+        assert [z["name"] for z in body["zones"]] == ["middle"]
+        assert svc.store.get_stream("clip")["options"]["zones"][0]["name"] == "middle"
+
+        # Its live count next to the card, from the feed, matching the server's last one.
+        item = card.locator('[data-testid="zone-item"][data-zone="middle"]')
+        count = item.locator('[data-testid="zone-count"]')
+        deadline = time.monotonic() + 15
+        while await count.get_attribute("data-value") is None:
+            assert time.monotonic() < deadline, "no zone count on the page"
+            await asyncio.sleep(0.2)
+        value = float(await count.get_attribute("data-value"))
+        assert 20 < value < 200, value
+
+        # The threshold on the new zone raises; the alert list shows it live.
+        alert = page.locator('[data-testid="alert-item"][data-rule="middle-busy"]')
+        await alert.wait_for(state="visible", timeout=10_000)
+        assert await alert.get_attribute("data-active") == "1"
+        assert await card.get_attribute("data-alert") == "1"
+        await page.wait_for_timeout(1500)  # a few annotated frames with the zone drawn
+        await page.screenshot(path=str(artifacts / "web-zones.png"), full_page=True)
+        assert_clean(log, server)
+        await page.goto("about:blank")

@@ -692,6 +692,10 @@ function openFeed() {
     } catch {
       return;
     }
+    // Every item also goes out as an event (zones.js shows zone counts and alerts from it);
+    // alert items ({type: "alert", event: "raised"|"cleared", ...}) carry no count.
+    document.dispatchEvent(new CustomEvent("crowdcount:feed", { detail: item }));
+    if (item.type === "alert") return;
     const id = item.stream ?? item.stream_id;
     const card = cards.get(id);
     if (card) card.onFeed(item);
