@@ -84,16 +84,19 @@ class ZoneEditor {
     });
     this.resizeObserver = new ResizeObserver(() => this.redraw());
     this.resizeObserver.observe(card.media);
-    this.load();
+    // A browser camera is no stream until its offer is answered (a GET would be a 404,
+    // which the console reports): its zones are loaded with its first feed item instead.
+    this.loaded = false;
+    if (!card.local) this.load();
   }
 
   async load() {
+    this.loaded = true;
     try {
       const data = await api(zonesPath(this.card.id));
       this.zones = data.zones || [];
       this.renderList();
     } catch (err) {
-      // A browser camera is not a stream until its offer is answered: nothing to load yet.
       if (err.status !== 404) console.warn(`zones of ${this.card.id}:`, err.message);
     }
   }
@@ -382,7 +385,9 @@ document.addEventListener("crowdcount:feed", (event) => {
     return;
   }
   const editor = editorOf(item.stream ?? item.stream_id);
-  if (editor && (item.zones || editor.zones.length)) editor.onCounts(item.zones || {});
+  if (!editor) return;
+  if (!editor.loaded) editor.load();
+  else if (item.zones || editor.zones.length) editor.onCounts(item.zones || {});
 });
 
 loadAlerts();
