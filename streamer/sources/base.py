@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 
 from model.types import Frame
 from streamer.status import StreamState, StreamStatus
+
+log = logging.getLogger(__name__)
 
 
 class SourceEnded(Exception):
@@ -98,3 +102,62 @@ class Source(ABC):
             if self._ended:
                 raise SourceEnded(self.stream_id)
             await self._ready.wait()
+
+
+class ThreadedSource(Source):
+    """A source whose frames come from threads of its own (decoders, generators).
+
+    Subclasses implement ``_run`` (and may list more thread bodies in ``_workers``); they
+    watch ``self._stop`` and call ``_publish``/``_finish``. ``stop()`` waits by polling, not
+    ``join()``, so a thread stuck in a native call never blocks the event loop, and gives up
+    after ``_stop_timeout()`` seconds with a warning.
+    """
+
+    kind = "source"
+    first_state = StreamState.CONNECTING
+
+    def __init__(self, stream_id: str) -> None:
+        super().__init__(stream_id)
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    @abstractmethod
+    def _run(self) -> None:
+        """The main thread body: produce frames until ``self._stop`` is set."""
+
+    def _workers(self) -> dict[str, Callable[[], None]]:
+        """Thread name suffix -> body; one decode thread unless a subclass adds more."""
+        return {"": self._run}
+
+    def _interrupt(self) -> None:
+        """Unblock threads waiting in native calls when stopping (default: nothing)."""
+
+    def _stop_timeout(self) -> float:
+        return 5.0
+
+    async def start(self) -> None:
+        """Start the threads; returns at once."""
+        if self._threads:
+            return
+        self._bind_loop()
+        self.status.state = self.first_state
+        self._threads = [
+            threading.Thread(target=body, name=f"{self.kind}{suffix}-{self.stream_id}",
+                             daemon=True)
+            for suffix, body in self._workers().items()
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    async def stop(self) -> None:
+        """Stop the threads (bounded wait) and end in STOPPED unless already ended."""
+        self._stop.set()
+        self._interrupt()
+        deadline = time.monotonic() + self._stop_timeout()
+        while any(t.is_alive() for t in self._threads) and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        alive = [t.name for t in self._threads if t.is_alive()]
+        if alive:
+            log.warning("source %s: threads still running after stop: %s", self.stream_id, alive)
+        if not self._ended:
+            self._finish(StreamState.STOPPED)

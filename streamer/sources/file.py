@@ -8,15 +8,13 @@ restarts, which is where aiortc's ``MediaPlayer(loop=True)`` lost it (NOTES.md).
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import threading
 import time
 from pathlib import Path
 
 import av
 
-from streamer.sources.base import Source
+from streamer.sources.base import ThreadedSource
 from streamer.status import StreamState
 from streamer.urls import mask_url
 
@@ -34,7 +32,7 @@ def describe(exc: BaseException) -> str:
     return " ".join(f"{type(exc).__name__}: {exc}".split())
 
 
-class FileSource(Source):
+class FileSource(ThreadedSource):
     """Frames from a video file, paced at the file's frame rate.
 
     At the end it restarts (``loop=True``) or finishes in ENDED, after which ``recv()``
@@ -42,36 +40,13 @@ class FileSource(Source):
     ``status.last_error`` saying why.
     """
 
+    kind = "file"
+
     def __init__(self, stream_id: str, path: str | Path, *, loop: bool = False) -> None:
         super().__init__(stream_id)
         self.path = str(path)
         self.loop = loop
         self.loops = 0  # completed passes through the file
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    async def start(self) -> None:
-        """Start the decode thread; returns at once."""
-        if self._thread is not None:
-            return
-        self._bind_loop()
-        self.status.state = StreamState.CONNECTING
-        self._thread = threading.Thread(
-            target=self._run, name=f"file-{self.stream_id}", daemon=True
-        )
-        self._thread.start()
-
-    async def stop(self) -> None:
-        """Stop the thread (bounded wait) and end in STOPPED unless already ended."""
-        self._stop.set()
-        deadline = time.monotonic() + 5.0
-        while self._thread is not None and self._thread.is_alive():
-            if time.monotonic() > deadline:
-                log.warning("file source %s: decode thread did not stop", self.stream_id)
-                break
-            await asyncio.sleep(0.01)
-        if not self._ended:
-            self._finish(StreamState.STOPPED)
 
     def _run(self) -> None:
         name = mask_url(self.path)

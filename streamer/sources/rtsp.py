@@ -19,7 +19,6 @@ it without an operator. What this module relies on (measured, see NOTES.md):
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ipaddress
 import logging
@@ -28,11 +27,12 @@ import re
 import socket
 import threading
 import time
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import av
 
-from streamer.sources.base import Source
+from streamer.sources.base import ThreadedSource
 from streamer.status import StreamState
 from streamer.urls import mask_url
 
@@ -44,7 +44,7 @@ DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322}
 _URL_WITH_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://)[^/\s@]*@")
 
 
-class RtspSource(Source):
+class RtspSource(ThreadedSource):
     """Frames from an RTSP (or RTSPS) URL, decoded to RGB on a daemon thread.
 
     States: CONNECTING (first attempt) -> RUNNING (a frame arrived) -> RECONNECTING (error,
@@ -57,6 +57,8 @@ class RtspSource(Source):
     ``status.reconnects`` counts connection attempts after the first one; ``attempts``
     counts all of them; ``status.last_error`` is one line naming the masked URL.
     """
+
+    kind = "rtsp"
 
     def __init__(
         self,
@@ -88,8 +90,6 @@ class RtspSource(Source):
         self.backoff_max = backoff_max
         self.max_retries = max_retries
         self.attempts = 0
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
         self._conn_lock = threading.Lock()
         self._sockets_before: set[int] | None = None  # set while a connection may be open
         self._last_frame = 0.0
@@ -98,33 +98,14 @@ class RtspSource(Source):
 
     # -- lifecycle ---------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Start the decode and watchdog threads; returns at once."""
-        if self._threads:
-            return
-        self._bind_loop()
-        self.status.state = StreamState.CONNECTING
-        self._threads = [
-            threading.Thread(target=self._run, name=f"rtsp-{self.stream_id}", daemon=True),
-            threading.Thread(
-                target=self._watch, name=f"rtsp-watchdog-{self.stream_id}", daemon=True
-            ),
-        ]
-        for thread in self._threads:
-            thread.start()
+    def _workers(self) -> dict[str, Callable[[], None]]:
+        return {"": self._run, "-watchdog": self._watch}
 
-    async def stop(self) -> None:
-        """Stop both threads (bounded wait), drop the connection, end in STOPPED."""
-        self._stop.set()
+    def _interrupt(self) -> None:
         self._drop_connection()
-        deadline = time.monotonic() + self.open_timeout + 2.0
-        while any(t.is_alive() for t in self._threads) and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)  # polling: no executor thread left behind
-        alive = [t.name for t in self._threads if t.is_alive()]
-        if alive:
-            log.warning("%s: threads still running after stop: %s", self.masked_url, alive)
-        if not self._ended:
-            self._finish(StreamState.STOPPED)
+
+    def _stop_timeout(self) -> float:
+        return self.open_timeout + 2.0
 
     # -- decode thread -----------------------------------------------------------------
 

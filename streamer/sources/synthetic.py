@@ -7,27 +7,28 @@ and no decoder, file or network is involved.
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import time
 from collections.abc import Callable
 
 import numpy as np
 from numpy.typing import NDArray
 
-from streamer.sources.base import Source
+from streamer.sources.base import ThreadedSource
 from streamer.status import StreamState
 
 Render = Callable[[int], NDArray[np.uint8]]
 
 
-class SyntheticSource(Source):
+class SyntheticSource(ThreadedSource):
     """A bright square moving over black at ``fps``, or whatever ``render(index)`` draws.
 
     ``brightness`` and ``square`` are plain attributes read on every frame, so a test can
     change the expected count while the stream runs. ``frames`` ends the stream (state
     ``ENDED``) after that many frames, which is how a file source's end is imitated.
     """
+
+    kind = "synthetic"
+    first_state = StreamState.RUNNING
 
     def __init__(
         self,
@@ -48,8 +49,6 @@ class SyntheticSource(Source):
         self.square = square if square is not None else min(width, height) // 4
         self.render = render
         self.frames = frames
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def draw(self, index: int) -> NDArray[np.uint8]:
         """A fresh array per frame: consumers keep references, so frames are never reused."""
@@ -63,16 +62,6 @@ class SyntheticSource(Source):
         y = (self.height - side) // 2
         image[y : y + side, x : x + side] = self.brightness
         return image
-
-    async def start(self) -> None:
-        if self._thread is not None:
-            return
-        self._bind_loop()
-        self.status.state = StreamState.RUNNING
-        self._thread = threading.Thread(
-            target=self._run, name=f"synthetic-{self.stream_id}", daemon=True
-        )
-        self._thread.start()
 
     def _run(self) -> None:
         # Pace against an absolute schedule so generation time does not slow the rate;
@@ -94,13 +83,3 @@ class SyntheticSource(Source):
                 self._stop.wait(max(0.0, due - now))
         except Exception as exc:  # a broken render callable must not vanish silently
             self._finish(StreamState.FAILED, f"{type(exc).__name__}: {exc}")
-
-    async def stop(self) -> None:
-        self._stop.set()
-        thread = self._thread
-        if thread is not None:
-            # Poll instead of join() so a slow render never blocks the event loop.
-            while thread.is_alive():
-                await asyncio.sleep(0.002)
-        if self.status.state in (StreamState.RUNNING, StreamState.STARTING):
-            self.status.state = StreamState.STOPPED

@@ -8,27 +8,26 @@ Devices are only ever opened from the config file, never from the HTTP API.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-import threading
-import time
 
 import av
 
-from streamer.sources.base import Source
+from streamer.sources.base import ThreadedSource
 from streamer.sources.file import describe
 from streamer.status import StreamState
 
 log = logging.getLogger(__name__)
 
 
-class WebcamSource(Source):
+class WebcamSource(ThreadedSource):
     """Frames from a V4L2 device, decoded to RGB on a daemon thread.
 
     ``width``/``height``/``fps``/``input_format`` (e.g. ``"mjpeg"``) are requested from the
     driver when given; otherwise the device's default mode is used.
     """
+
+    kind = "webcam"
 
     def __init__(
         self,
@@ -51,31 +50,9 @@ class WebcamSource(Source):
         if input_format:
             self.options["input_format"] = input_format
         self.open_timeout = open_timeout
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
-    async def start(self) -> None:
-        """Start the capture thread; returns at once."""
-        if self._thread is not None:
-            return
-        self._bind_loop()
-        self.status.state = StreamState.CONNECTING
-        self._thread = threading.Thread(
-            target=self._run, name=f"webcam-{self.stream_id}", daemon=True
-        )
-        self._thread.start()
-
-    async def stop(self) -> None:
-        """Stop the thread (bounded wait; a frame is at most one frame interval away)."""
-        self._stop.set()
-        deadline = time.monotonic() + self.open_timeout + 2.0
-        while self._thread is not None and self._thread.is_alive():
-            if time.monotonic() > deadline:
-                log.warning("webcam %s: capture thread did not stop", self.device)
-                break
-            await asyncio.sleep(0.01)
-        if not self._ended:
-            self._finish(StreamState.STOPPED)
+    def _stop_timeout(self) -> float:
+        return self.open_timeout + 2.0  # a frame is at most one frame interval away
 
     def _run(self) -> None:
         container = None
