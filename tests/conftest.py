@@ -12,6 +12,7 @@ SHARED = Path(os.environ.get("CROWD_SHARED") or ROOT.parent / "shared")
 
 pytest_plugins = [
     "tests.fixtures.models",
+    "tests.fixtures.app",
     "tests.fixtures.datasets",
     "tests.fixtures.rtc",
     "tests.fixtures.media",

@@ -9,61 +9,28 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from urllib.parse import quote
 
 import numpy as np
 import pytest
 from aiohttp import ClientResponse
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
-from streamer.app import build_app
-from streamer.config import parse_config
-from streamer.routes.common import SERVICE
 from streamer.rtc import MAX_SDP_BYTES
-from streamer.service import Service
 from streamer.sources.synthetic import SyntheticSource
+from tests.fixtures.app import Serve, service
 from tests.fixtures.rtc import RtcClient, make_client
 
 USER, PASSWORD = "camadmin", "Sup3r-s3cret-pw"
 TOKEN = "t0ken-for-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
-Serve = Callable[..., Awaitable[TestClient]]
-
-
-@pytest.fixture(autouse=True)
-def _no_env_token(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("CROWDCOUNT_TOKEN", raising=False)
-
-
-@pytest.fixture
-async def serve(brightness_model: Path, tmp_path: Path) -> AsyncIterator[Serve]:
-    clients: list[TestClient] = []
-
-    async def start(**server: object) -> TestClient:
-        server.setdefault("database", str(tmp_path / "counts.sqlite3"))
-        config = parse_config({"server": server,
-                               "model": {"path": str(brightness_model), "threads": 1}})
-        client = TestClient(TestServer(build_app(config)))
-        await client.start_server()
-        clients.append(client)
-        return client
-
-    yield start
-    for client in clients:
-        await client.close()
-
-
-def svc(client: TestClient) -> Service:
-    return client.server.app[SERVICE]
 
 
 async def add_synthetic(client: TestClient, sid: str, fps: float = 15.0) -> SyntheticSource:
     source = SyntheticSource(sid, 320, 256, fps=fps,
                              render=lambda _i: np.full((256, 320, 3), 120, np.uint8))
-    await svc(client).add_source(source, url="synthetic", kind="synthetic")
+    await service(client).add_source(source, url="synthetic", kind="synthetic")
     return source
 
 
@@ -135,8 +102,8 @@ async def test_malformed_and_oversized_rtc_offers(serve: Serve) -> None:
             r = await client.post("/api/rtc/offer", json=body)
         message = await error_of(r, status)
         assert needle in message, (body if isinstance(body, bytes) else str(body)[:80], message)
-        assert svc(client).peers.peer_count == 0, message  # nothing left half-open
-    assert list(svc(client).streams) == ["cam"]
+        assert service(client).peers.peer_count == 0, message  # nothing left half-open
+    assert list(service(client).streams) == ["cam"]
     await healthy(client)
 
 
@@ -162,7 +129,7 @@ async def test_max_viewers_per_stream_is_enforced(serve: Serve) -> None:
                                                       "stream_id": "cam"})
         message = await error_of(r, 503)
         assert "max_viewers_per_stream" in message and "2 viewers" in message
-        assert svc(client).peers.peer_count == 2
+        assert service(client).peers.peer_count == 2
         # The limit is per stream: another stream can still be viewed.
         other = await make_client("view")
         clients.append(other)
@@ -189,7 +156,7 @@ async def test_publish_counts_against_max_streams(serve: Serve) -> None:
     try:
         r = await client.post("/api/rtc/offer", json={**cam.offer, "mode": "publish"})
         assert "stream limit reached" in await error_of(r, 409)
-        assert svc(client).peers.peer_count == 0 and list(svc(client).streams) == ["only"]
+        assert service(client).peers.peer_count == 0 and list(service(client).streams) == ["only"]
     finally:
         await cam.close()
 
@@ -217,7 +184,7 @@ async def test_unknown_stream_ids_on_every_route(serve: Serve, sid: str) -> None
         await error_of(r, 404 if sid == "ghost" else 400)
     finally:
         await viewer.close()
-    assert list(svc(client).streams) == ["real"]  # the DELETEs touched nothing
+    assert list(service(client).streams) == ["real"]  # the DELETEs touched nothing
     await healthy(client)
 
 
@@ -261,8 +228,8 @@ async def test_api_refuses_non_rtsp_urls(serve: Serve, url: str) -> None:
     client = await serve()
     r = await client.post("/api/streams", json={"name": "cam", "url": url})
     await error_of(r, 400)
-    assert svc(client).streams == {}
-    assert await asyncio.to_thread(svc(client).store.list_streams) == []
+    assert service(client).streams == {}
+    assert await asyncio.to_thread(service(client).store.list_streams) == []
 
 
 # -- credentials never returned ------------------------------------------------------------------
@@ -291,7 +258,7 @@ async def test_credentials_absent_from_every_response_and_log(
     url = f"rtsp://{creds}127.0.0.1:9/cam"
     assert (await keep(await client.post("/api/streams",
                                          json={"name": "door", "url": url}))).status == 201
-    source = svc(client).get("door").source
+    source = service(client).get("door").source
     deadline = time.monotonic() + 10
     while source.status.reconnects < 2:
         assert time.monotonic() < deadline, source.status
@@ -336,7 +303,7 @@ async def test_token_on_feeds_signalling_and_every_api_route(serve: Serve) -> No
     # ?token= only works on the page, never on the API.
     r = await client.get(f"/api/feed?token={TOKEN}")
     await error_of(r, 401)
-    assert svc(client).peers.peer_count == 0 and list(svc(client).streams) == ["cam"]
+    assert service(client).peers.peer_count == 0 and list(service(client).streams) == ["cam"]
     # With the token, the SSE feed really streams.
     async with client.get("/api/streams/cam/feed", headers=AUTH) as r:
         assert r.status == 200 and r.content_type == "text/event-stream"

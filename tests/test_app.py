@@ -7,9 +7,7 @@ import asyncio
 import base64
 import json
 import struct
-import time
 import zlib
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -18,66 +16,12 @@ from aiohttp import FormData
 from aiohttp.test_utils import TestClient, TestServer
 
 from streamer.app import build_app
-from streamer.config import Config, parse_config
-from streamer.routes.common import SERVICE
-from streamer.service import Service
 from streamer.sources.synthetic import SyntheticSource
 from streamer.store import CountStore
+from tests.fixtures.app import service, wait_until
 from tests.fixtures.models import expected_count
 
 SECRET_USER, SECRET_PASS = "operator", "hunter2-pass"
-
-
-@pytest.fixture(autouse=True)
-def _no_env_token(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("CROWDCOUNT_TOKEN", raising=False)
-
-
-@pytest.fixture
-def make_config(brightness_model: Path, tmp_path: Path):
-    def make(**server) -> Config:
-        server.setdefault("database", str(tmp_path / "counts.sqlite3"))
-        return parse_config(
-            {"server": server, "model": {"path": str(brightness_model), "threads": 1}}
-        )
-
-    return make
-
-
-@pytest.fixture
-def web_dir(tmp_path: Path) -> Path:
-    folder = tmp_path / "web"
-    folder.mkdir()
-    (folder / "index.html").write_text("<!doctype html><title>CrowdCount</title>")
-    (folder / "app.js").write_text("console.log('hi')")
-    return folder
-
-
-@pytest.fixture
-async def serve(make_config, web_dir):
-    """``await serve(**server_options)`` -> a TestClient on a freshly built app."""
-    clients: list[TestClient] = []
-
-    async def start(**server) -> TestClient:
-        client = TestClient(TestServer(build_app(make_config(**server), web_dir=web_dir)))
-        await client.start_server()
-        clients.append(client)
-        return client
-
-    yield start
-    for client in clients:
-        await client.close()
-
-
-def service(client: TestClient) -> Service:
-    return client.server.app[SERVICE]
-
-
-async def wait_until(predicate, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 async def add_synthetic(client: TestClient, sid: str, level: int = 200, fps: float = 20.0,
@@ -168,13 +112,13 @@ async def test_add_list_get_delete_never_leak_credentials(serve, tmp_path) -> No
     assert (await (await client.get("/api/streams")).json())["streams"] == []
 
 
-async def test_api_streams_are_persisted_and_resumed(serve, make_config, web_dir) -> None:
+async def test_api_streams_are_persisted_and_resumed(serve, make_config) -> None:
     client = await serve()
     r = await client.post("/api/streams", json={"name": "gate", "url": "rtsp://127.0.0.1:9/x",
                                                 "max_side": 640})
     assert r.status == 201
     await client.close()  # graceful shutdown: sources stopped, store closed
-    again = TestClient(TestServer(build_app(make_config(), web_dir=web_dir)))
+    again = TestClient(TestServer(build_app(make_config())))
     await again.start_server()
     try:
         r = await again.get("/api/streams/gate")

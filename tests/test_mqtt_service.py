@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 
 from tests.test_mqtt import Subscriber, _until
-from tests.test_zones_api import RIGHT, add_source, put_zones, serve  # noqa: F401 (fixture)
+from tests.test_zones_api import RIGHT, add_source, put_zones
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.slow]
 
 
-async def test_service_publishes_counts_zone_counts_and_alerts(serve, mosquitto) -> None:  # noqa: F811
+async def test_service_publishes_counts_zone_counts_and_alerts(serve, mosquitto) -> None:
     sub = Subscriber(mosquitto)
     try:
         client = await serve(

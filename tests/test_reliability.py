@@ -23,7 +23,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,52 +31,21 @@ import aiohttp
 import numpy as np
 import psutil
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
-from streamer.app import build_app
-from streamer.config import parse_config
-from streamer.routes.common import SERVICE
-from streamer.service import Service
 from streamer.sinks.viewer import live_track_count
 from streamer.sources.synthetic import SyntheticSource
 from streamer.sources.webrtc import live_source_count
+from tests.fixtures.app import Serve, service
 from tests.fixtures.rtc import RtcClient, make_client
 from tests.fixtures.rtsp import free_port
 
 pytestmark = pytest.mark.slow
 
+
 USER, PASSWORD = "camuser", "Pa55-w0rd-xyz"
 FLUSH_INTERVAL = 0.5  # CountStore's default: rows older than this are committed
 
-Serve = Callable[..., Awaitable[TestClient]]
-
-
-@pytest.fixture(autouse=True)
-def _no_env_token(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("CROWDCOUNT_TOKEN", raising=False)
-
-
-@pytest.fixture
-async def serve(brightness_model: Path, tmp_path: Path) -> AsyncIterator[Serve]:
-    """``await serve(streams=[...], **server)`` -> a TestClient on a freshly built app."""
-    clients: list[TestClient] = []
-
-    async def start(streams: list[dict[str, Any]] | None = None, **server: Any) -> TestClient:
-        server.setdefault("database", str(tmp_path / "counts.sqlite3"))
-        config = parse_config({"server": server, "streams": streams or [],
-                               "model": {"path": str(brightness_model), "threads": 1}})
-        client = TestClient(TestServer(build_app(config)))
-        await client.start_server()
-        clients.append(client)
-        return client
-
-    yield start
-    for client in clients:
-        await client.close()
-
-
-def svc(client: TestClient) -> Service:
-    return client.server.app[SERVICE]
 
 
 async def api_status(client: TestClient, sid: str) -> dict[str, Any]:
@@ -128,7 +97,7 @@ async def test_camera_killed_and_restarted_recovers_while_other_stream_runs(
     assert r.status == 201, texts[-1]
     await wait_state(client, "cam", {"running"}, 30, min_frames=10)
     await wait_state(client, "loop", {"running"}, 10, min_frames=5)
-    store = svc(client).store
+    store = service(client).store
     await asyncio.to_thread(store.flush)
     before = await asyncio.to_thread(store.counts, "cam", None, None, None, 100_000)
     assert len(before) >= 10
@@ -285,7 +254,7 @@ async def test_unusable_sources_report_state_and_back_off(
         window = 9.0
         while time.monotonic() - t0 < window:
             for name in cams:
-                n = svc(client).get(name).source.attempts  # type: ignore[attr-defined]
+                n = service(client).get(name).source.attempts  # type: ignore[attr-defined]
                 if n > seen[name]:
                     attempts[name].extend([time.monotonic() - t0] * (n - seen[name]))
                     seen[name] = n
@@ -334,7 +303,7 @@ def _cut_network(client: RtcClient) -> None:
 async def _synthetic(client: TestClient, sid: str) -> None:
     source = SyntheticSource(sid, 320, 256, fps=15,
                              render=lambda i: np.full((256, 320, 3), 40 + i % 100, np.uint8))
-    await svc(client).add_source(source, url="synthetic", kind="synthetic")
+    await service(client).add_source(source, url="synthetic", kind="synthetic")
 
 
 async def _offer(client: TestClient, rtc: RtcClient, mode: str,
@@ -360,7 +329,7 @@ async def _until(predicate: Callable[[], bool], timeout: float) -> float:
 async def test_vanished_peers_release_everything(serve: Serve) -> None:
     client = await serve()
     await _synthetic(client, "cam")
-    peers = svc(client).peers
+    peers = service(client).peers
     peers.idle_timeout, peers.check_interval = 2.0, 0.5
     publisher = await make_client("publish", size=(320, 240))
     viewer = await make_client("view")
@@ -380,7 +349,7 @@ async def test_vanished_peers_release_everything(serve: Serve) -> None:
         listed = [s["id"] for s in (await (await client.get("/api/streams")).json())["streams"]]
         print(f"\nvanished publish + view peers released {took:.1f} s after the cut "
               f"(idle timeout 2 s): {peers.closed_reasons}")
-        assert listed == ["cam"] and webrtc_id not in svc(client).pipeline.streams
+        assert listed == ["cam"] and webrtc_id not in service(client).pipeline.streams
         assert peers.track_count == 0 and live_track_count() == 0
         assert live_source_count() == 0
         assert peers.closed_reasons.get("idle timeout", 0) + \
@@ -402,7 +371,7 @@ async def test_fifty_connect_disconnect_cycles_leave_memory_and_threads_flat(
 ) -> None:
     client = await serve()
     await _synthetic(client, "cam")
-    svc_peers = svc(client).peers
+    svc_peers = service(client).peers
     proc = psutil.Process()
     cycles, warmup = 50, 4
     base: tuple[int, int] | None = None
@@ -423,7 +392,7 @@ async def test_fifty_connect_disconnect_cycles_leave_memory_and_threads_flat(
             assert r.status == 204
             await rtc.close()
         await _until(lambda: svc_peers.peer_count == 0, 10)
-        await _until(lambda: list(svc(client).streams) == ["cam"], 10)
+        await _until(lambda: list(service(client).streams) == ["cam"], 10)
         del rtc
     await asyncio.sleep(0.5)
     assert base is not None
@@ -437,7 +406,7 @@ async def test_fifty_connect_disconnect_cycles_leave_memory_and_threads_flat(
     assert threads <= base[0] + 2
     assert rss - base[1] < 40 * 2**20
     assert live_track_count() == 0 and live_source_count() == 0
-    assert svc_peers.peer_count == 0 and len(svc(client).viewers) == 1
+    assert svc_peers.peer_count == 0 and len(service(client).viewers) == 1
 
 
 # -- the server process killed or stopped ---------------------------------------------------------

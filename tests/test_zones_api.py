@@ -5,20 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
-from streamer.app import build_app
-from streamer.config import parse_config
 from streamer.sinks.webhook import SIGNATURE_HEADER, verify
 from streamer.sources.synthetic import SyntheticSource
+from tests.fixtures.app import service, wait_until
 from tests.fixtures.models import expected_count
-from tests.test_app import service, wait_until
 
 W, H = 320, 256
 LEFT = [[0, 0], [160, 0], [160, 256], [0, 256]]
@@ -32,32 +29,6 @@ def gradient(level: int) -> np.ndarray:
     """A left-to-right ramp up to ``level``: the two halves count differently."""
     ramp = np.linspace(0, level, W, dtype=np.float32)[None, :, None]
     return np.broadcast_to(ramp, (H, W, 3)).astype(np.uint8).copy()
-
-
-@pytest.fixture(autouse=True)
-def _no_env_token(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("CROWDCOUNT_TOKEN", raising=False)
-
-
-@pytest.fixture
-async def serve(brightness_model: Path, tmp_path: Path):
-    """``await serve(**config_tables)`` -> a TestClient on a freshly built app."""
-    clients: list[TestClient] = []
-
-    async def start(**tables: Any) -> TestClient:
-        config = parse_config({
-            "server": {"database": str(tmp_path / "counts.sqlite3")},
-            "model": {"path": str(brightness_model), "threads": 1},
-            **tables,
-        })
-        client = TestClient(TestServer(build_app(config, web_dir=tmp_path)))
-        await client.start_server()
-        clients.append(client)
-        return client
-
-    yield start
-    for client in clients:
-        await client.close()
 
 
 async def add_source(client: TestClient, sid: str, level: list[int], origin: str = "api",
