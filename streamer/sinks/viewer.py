@@ -114,6 +114,8 @@ class ViewerSink:
         self._result: Result | None = None
         self._version = 0
         self._rendered: tuple[int, Picture] | None = None
+        #: capture time of the frame behind the newest rendered picture (for latency)
+        self.rendered_captured_at: float | None = None
         self._render_task: asyncio.Task[None] | None = None
         self._placeholders: dict[tuple[int, int], Picture] = {}
         self._tracks: set[AnnotatedTrack] = set()
@@ -208,6 +210,7 @@ class ViewerSink:
             self.renders += 1
             if self._rendered is None or version > self._rendered[0]:
                 self._rendered = (version, picture)
+                self.rendered_captured_at = result.frame.captured_at
         finally:
             self._render_task = None
 
