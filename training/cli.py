@@ -25,6 +25,8 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val-every", type=int, default=10)
     p.add_argument("--run-dir", default="runs/default")
     p.add_argument("--preset", choices=["fast", "seed"], default="fast")
+    p.add_argument("--alpha", type=float, default=1.0,
+                   help="MobileNetV2 width (ImageNet weights exist for 1.0 only)")
     p.add_argument("--backbone-weights", default="auto",
                    help="MobileNetV2 ImageNet weights (.h5); 'auto' = ../shared; 'none' = random")
     p.add_argument("--freeze-backbone", dest="frozen_backbone", action="store_true", default=None)

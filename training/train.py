@@ -36,6 +36,7 @@ class TrainConfig:
     val_every: int = 10  # without --val: hold out every K-th item of each data set
     run_dir: str = "runs/default"
     preset: str = "fast"
+    alpha: float = 1.0  # MobileNetV2 width; the ImageNet file is for 1.0 only
     backbone_weights: str | None = "auto"  # "auto" = ../shared when present; None = random
     frozen_backbone: bool | None = None
     output_stride: int | None = None
@@ -127,6 +128,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     assert cfg.crop and cfg.output_stride and cfg.batch_size and cfg.epochs
     spec = ModelSpec(
         preset=cfg.preset,
+        alpha=cfg.alpha,
         output_stride=cfg.output_stride if cfg.preset == "fast" else 1,
         input_size=cfg.crop if cfg.preset == "seed" else None,
         frozen_backbone=bool(cfg.frozen_backbone),
