@@ -167,6 +167,9 @@ class StreamConfig(_Strict):
     max_side: Annotated[int, Field(ge=32, le=8192)] | None = None
     fps_limit: Annotated[float, Field(gt=0, le=240)] | None = None
     stall_timeout: Annotated[float, Field(gt=0, le=3600)] = 5.0
+    #: consecutive failed connections before an RTSP stream gives up (state ``failed``);
+    #: unset = keep retrying (backoff 0.5 s doubling to 10 s), as cameras do come back
+    max_retries: Annotated[int, Field(ge=0, le=1_000_000)] | None = None
     zones: Annotated[tuple[ZoneConfig, ...], BeforeValidator(_as_tuple)] = ()
 
     @field_validator("url")

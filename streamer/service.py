@@ -94,7 +94,8 @@ def make_source(stream: StreamConfig) -> Source:
     if kind == "rtsp":
         from streamer.sources.rtsp import RtspSource
 
-        return RtspSource(stream.name, stream.url, stall_timeout=stream.stall_timeout)
+        return RtspSource(stream.name, stream.url, stall_timeout=stream.stall_timeout,
+                          max_retries=stream.max_retries)
     if kind == "file":
         from streamer.sources.file import FileSource
 

@@ -450,3 +450,15 @@ def test_bad_integration_values_rejected(
     err = _error(tmp_path, text)
     assert err.path == path, str(err)
     assert fragment in err.problem, str(err)
+
+
+def test_stream_max_retries_bounds_rtsp_reconnects() -> None:
+    from streamer.service import make_source
+
+    cfg = parse_config({"streams": [{"name": "cam", "url": "rtsp://10.0.0.1/s", "max_retries": 3}]})
+    assert cfg.streams[0].max_retries == 3
+    assert make_source(cfg.streams[0]).max_retries == 3
+    default = parse_config({"streams": [{"name": "c", "url": "rtsp://h/s"}]})
+    assert default.streams[0].max_retries is None
+    with pytest.raises(ConfigError, match="max_retries"):
+        parse_config({"streams": [{"name": "c", "url": "rtsp://h/s", "max_retries": -1}]})
