@@ -18,8 +18,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from streamer.app import build_app
 from streamer.sources.synthetic import SyntheticSource
 from streamer.store import CountStore
-from tests.fixtures.app import service, wait_until
+from tests.fixtures.app import service
 from tests.fixtures.models import expected_count
+from tests.fixtures.waiting import wait_until
 
 SECRET_USER, SECRET_PASS = "operator", "hunter2-pass"
 

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from model.runtime import Runtime
 from model.types import Frame, Result
 from model.zones import Zone
 from streamer.alerts import AlertEvent, ThresholdRule
@@ -22,6 +19,7 @@ from streamer.sinks.mqtt import MqttNotifier
 from streamer.sinks.webhook import WebhookNotifier
 from streamer.sources.synthetic import SyntheticSource
 from streamer.store import CountStore
+from tests.fixtures.waiting import wait_until
 
 W, H = 320, 256
 LEFT = Zone("left", ((0, 0), (W / 2, 0), (W / 2, H), (0, H)))
@@ -63,18 +61,6 @@ class Recorder:
         self.by_stream[result.frame.stream_id].append(result)
 
 
-async def _until(predicate, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
-
-
-@pytest.fixture
-def runtime(brightness_model) -> Runtime:
-    return Runtime.open(brightness_model, threads=1)
-
-
 async def test_pipeline_hook_fills_zones_raises_and_clears_alerts(runtime, tmp_path: Path):
     store = CountStore(tmp_path / "c.sqlite3", flush_interval=0.05)
     notifier = RecordingNotifier()
@@ -99,7 +85,7 @@ async def test_pipeline_hook_fills_zones_raises_and_clears_alerts(runtime, tmp_p
                 "cam", W, H, fps=20, render=lambda i: np.full((H, W, 3), level["v"], np.uint8)
             )
             await pipe.add_stream(src)
-            await _until(lambda: [e.kind for e in seen] == ["raised"])
+            await wait_until(lambda: [e.kind for e in seen] == ["raised"])
             results = rec.by_stream["cam"]
             # Every sink sees the zone counts; halves of a uniform frame split the count.
             for r in results:
@@ -109,14 +95,14 @@ async def test_pipeline_hook_fills_zones_raises_and_clears_alerts(runtime, tmp_p
             assert results[-1].count == pytest.approx(W * H / 64, rel=1e-4)
             assert notifier.counts[0][3] == results[0].zones
             level["v"] = 20  # the crowd leaves
-            await _until(lambda: [e.kind for e in seen] == ["raised", "cleared"])
+            await wait_until(lambda: [e.kind for e in seen] == ["raised", "cleared"])
             assert pipe.stats().sink_errors == 0
         raised, cleared = seen
         assert raised.t - raised.over_since >= 0.2 - 1e-9
         assert cleared.value < 100 and cleared.raised_at == raised.t
         assert notifier.alerts == seen
         assert integ.errors > 0  # the broken notifier, isolated
-        await _until(lambda: bool(store.alerts(active=False)))
+        await wait_until(lambda: bool(store.alerts(active=False)))
         (row,) = store.alerts()
         assert (row["stream"], row["zone"], row["rule"]) == ("cam", "left", "left-busy")
         assert (row["raised_at"], row["cleared_at"]) == (raised.t, cleared.t)
@@ -135,7 +121,7 @@ async def test_failing_hook_passes_the_original_result(runtime):
     async with Pipeline(runtime, result_hook=hook) as pipe:
         pipe.add_sink(rec)
         await pipe.add_stream(SyntheticSource("cam", 64, 64, fps=30))
-        await _until(lambda: len(rec.by_stream["cam"]) >= 3)
+        await wait_until(lambda: len(rec.by_stream["cam"]) >= 3)
         assert pipe.stats().sink_errors >= 3
         assert rec.by_stream["cam"][0].zones == {}
 

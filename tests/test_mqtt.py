@@ -6,7 +6,6 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -15,6 +14,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from streamer.alerts import AlertEvent, ThresholdRule
 from streamer.sinks.base import Notifier
 from streamer.sinks.mqtt import MqttNotifier, topic_level
+from tests.fixtures.waiting import wait_until
 
 pytestmark = pytest.mark.mqtt
 
@@ -53,13 +53,6 @@ class Subscriber:
         self.client.loop_stop()
 
 
-async def _until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
-
-
 def _event(kind: str, t: float) -> AlertEvent:
     return AlertEvent(kind, RULE, t, 12.0, 1.0, 1.0, 12.0)  # type: ignore[arg-type]
 
@@ -69,26 +62,26 @@ async def test_counts_zones_alerts_and_retained_state(mosquitto) -> None:
     pub = MqttNotifier(mosquitto.host, mosquitto.port, qos=1, max_rate=100)
     assert isinstance(pub, Notifier)
     await pub.start()
-    await _until(lambda: pub.connected)
+    await wait_until(lambda: pub.connected)
     pub.notify_counts("cam", 1.0, 12.5, {"door": 4.25, "a/b+c": 1.0})
-    await _until(lambda: sub.on("crowdcount/cam/a_b_c/count"))
+    await wait_until(lambda: sub.on("crowdcount/cam/a_b_c/count"))
     assert sub.on("crowdcount/cam/count") == [{"stream": "cam", "t": 1.0, "count": 12.5}]
     assert sub.on("crowdcount/cam/door/count") == [
         {"stream": "cam", "zone": "door", "t": 1.0, "count": 4.25}
     ]
     assert sub.on("crowdcount/cam/a_b_c/count")[0]["zone"] == "a/b+c"
     pub.notify_alert(_event("raised", 2.0))
-    await _until(lambda: sub.on("crowdcount/alerts"))
+    await wait_until(lambda: sub.on("crowdcount/alerts"))
     alert = sub.on("crowdcount/alerts")[0]
     assert (alert["event"], alert["rule"], alert["stream"], alert["value"]) == (
         "raised", "busy", "cam", 12.0,
     )  # fmt: skip
-    await _until(lambda: any(s["alert"] for s in sub.on("crowdcount/cam/state")))
+    await wait_until(lambda: any(s["alert"] for s in sub.on("crowdcount/cam/state")))
     sub.close()
 
     # A subscriber connecting later gets the retained state and status at once.
     late = Subscriber(mosquitto)
-    await _until(lambda: late.retained("crowdcount/cam/state"))
+    await wait_until(lambda: late.retained("crowdcount/cam/state"))
     state = json.loads(late.retained("crowdcount/cam/state")[-1])
     assert state["count"] == 12.5 and state["zones"] == {"door": 4.25, "a/b+c": 1.0}
     assert state["alert"] is True and state["alerts"]["busy"]["raised_at"] == 1.0
@@ -96,9 +89,9 @@ async def test_counts_zones_alerts_and_retained_state(mosquitto) -> None:
     assert not late.on("crowdcount/cam/count")  # counts are not retained
 
     pub.notify_alert(_event("cleared", 3.0))
-    await _until(lambda: any(not s["alert"] for s in late.on("crowdcount/cam/state")))
+    await wait_until(lambda: any(not s["alert"] for s in late.on("crowdcount/cam/state")))
     await pub.close()
-    await _until(lambda: b"offline" in [p for t, p, _ in late.messages if t.endswith("status")])
+    await wait_until(lambda: b"offline" in [p for t, p, _ in late.messages if t.endswith("status")])
     late.close()
     assert pub.dropped == 0 and pub.published >= 6
 
@@ -107,7 +100,7 @@ async def test_count_publishing_is_rate_limited_latest_wins(mosquitto) -> None:
     sub = Subscriber(mosquitto)
     pub = MqttNotifier(mosquitto.host, mosquitto.port, max_rate=2.0)
     await pub.start()
-    await _until(lambda: pub.connected)
+    await wait_until(lambda: pub.connected)
     t0 = time.monotonic()
     i = 0
     while time.monotonic() - t0 < 1.6:  # 1.6 s at ~50 fps
@@ -130,15 +123,15 @@ async def test_count_publishing_is_rate_limited_latest_wins(mosquitto) -> None:
 async def test_reconnects_after_broker_restart(mosquitto) -> None:
     pub = MqttNotifier(mosquitto.host, mosquitto.port, max_rate=100, reconnect_delay=(0.1, 0.5))
     await pub.start()
-    await _until(lambda: pub.connected)
+    await wait_until(lambda: pub.connected)
     pub.notify_counts("cam", 1.0, 5.0, {})
     await asyncio.to_thread(mosquitto.restart)  # no persistence: retained state is gone
-    await _until(lambda: pub.connects >= 2, timeout=15)
+    await wait_until(lambda: pub.connects >= 2, timeout=15)
     # The state is published again on reconnect, and new counts flow.
     sub = Subscriber(mosquitto)
-    await _until(lambda: sub.retained("crowdcount/cam/state"))
+    await wait_until(lambda: sub.retained("crowdcount/cam/state"))
     pub.notify_counts("cam", 2.0, 6.0, {})
-    await _until(lambda: sub.on("crowdcount/cam/count"))
+    await wait_until(lambda: sub.on("crowdcount/cam/count"))
     assert sub.on("crowdcount/cam/count")[-1]["count"] == 6.0
     await pub.close()
     sub.close()

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.test_mqtt import Subscriber, _until
+from tests.fixtures.waiting import wait_until
+from tests.test_mqtt import Subscriber
 from tests.test_zones_api import RIGHT, add_source, put_zones
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.slow]
@@ -21,7 +22,7 @@ async def test_service_publishes_counts_zone_counts_and_alerts(serve, mosquitto)
         await add_source(client, "cam", [200])
         status, _ = await put_zones(client, "cam", [{"name": "right side", "points": RIGHT}])
         assert status == 200
-        await _until(lambda: sub.on("crowdcount/alerts")
+        await wait_until(lambda: sub.on("crowdcount/alerts")
                      and sub.on("crowdcount/cam/right side/count"), timeout=10)
         counts = sub.on("crowdcount/cam/count")
         assert counts and counts[-1]["count"] > 1

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections import defaultdict
 
 import pytest
 
-from model.runtime import Runtime
 from model.types import Result
 from streamer.pipeline import Pipeline
 from streamer.sinks import Sink
 from streamer.sources.synthetic import SyntheticSource
 from streamer.status import StreamState
 from tests.fixtures.models import expected_count
+from tests.fixtures.waiting import wait_until
 
 
 class Recorder:
@@ -38,18 +37,6 @@ class Exploding:
     def on_result(self, result: Result) -> None:
         self.calls += 1
         raise RuntimeError("sink broke")
-
-
-async def wait_until(predicate, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
-
-
-@pytest.fixture
-def runtime(brightness_model) -> Runtime:
-    return Runtime.open(brightness_model, threads=1)
 
 
 async def test_three_streams_of_different_sizes_get_exact_counts(runtime):

@@ -23,7 +23,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +38,7 @@ from streamer.sources.webrtc import live_source_count
 from tests.fixtures.app import Serve, service
 from tests.fixtures.rtc import RtcClient, make_client
 from tests.fixtures.rtsp import free_port
+from tests.fixtures.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -318,14 +318,6 @@ async def _offer(client: TestClient, rtc: RtcClient, mode: str,
     return answer
 
 
-async def _until(predicate: Callable[[], bool], timeout: float) -> float:
-    t0 = time.monotonic()
-    while not predicate():
-        assert time.monotonic() - t0 < timeout, "condition not met in time"
-        await asyncio.sleep(0.05)
-    return time.monotonic() - t0
-
-
 async def test_vanished_peers_release_everything(serve: Serve) -> None:
     client = await serve()
     await _synthetic(client, "cam")
@@ -345,7 +337,7 @@ async def test_vanished_peers_release_everything(serve: Serve) -> None:
         assert peers.peer_count == 2
         _cut_network(publisher)
         _cut_network(viewer)
-        took = await _until(lambda: peers.peer_count == 0, 20)
+        took = await wait_until(lambda: peers.peer_count == 0, 20)
         listed = [s["id"] for s in (await (await client.get("/api/streams")).json())["streams"]]
         print(f"\nvanished publish + view peers released {took:.1f} s after the cut "
               f"(idle timeout 2 s): {peers.closed_reasons}")
@@ -391,8 +383,8 @@ async def test_fifty_connect_disconnect_cycles_leave_memory_and_threads_flat(
             r = await client.delete(f"/api/rtc/peers/{answer['peer_id']}")
             assert r.status == 204
             await rtc.close()
-        await _until(lambda: svc_peers.peer_count == 0, 10)
-        await _until(lambda: list(service(client).streams) == ["cam"], 10)
+        await wait_until(lambda: svc_peers.peer_count == 0, 10)
+        await wait_until(lambda: list(service(client).streams) == ["cam"], 10)
         del rtc
     await asyncio.sleep(0.5)
     assert base is not None
@@ -597,7 +589,7 @@ async def test_sigterm_closes_everything_and_flushes_the_last_counts(
         exit_s = time.time() - t_term
         rest = await asyncio.wait_for(feed.content.read(), 5)  # the feed ended cleanly
         assert feed.content.at_eof()
-        await _until(lambda: viewer.pc.connectionState in ("closed", "failed"), 10)
+        await wait_until(lambda: viewer.pc.connectionState in ("closed", "failed"), 10)
         log = serving.log()
         assert rc == 0, log[-3000:]
         leftover = [line for line in log.splitlines() if line.startswith("LEFTOVER_THREADS=")]

@@ -79,11 +79,6 @@ class Harness:
 
 
 @pytest.fixture
-def runtime(brightness_model) -> Runtime:
-    return Runtime.open(brightness_model, threads=1)
-
-
-@pytest.fixture
 async def harness(runtime):
     h = Harness(runtime)
     yield h

@@ -24,6 +24,7 @@ from PIL import Image
 
 from streamer.config import StreamConfig
 from tests.fixtures.browser import LiveServer, PageLog, serve_app, server_config
+from tests.fixtures.waiting import wait_until
 
 pytestmark = [
     pytest.mark.browser,
@@ -79,17 +80,6 @@ def assert_clean(log: PageLog, server: LiveServer) -> None:
     foreign = [u for u in log.requests
                if not u.startswith(server.url) and not u.startswith(("data:", "blob:"))]
     assert foreign == [], foreign
-
-
-async def wait_until(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.1)
-
-
-# ------------------------------------------------------------------------------------ tests
 
 
 async def test_page_loads_without_console_errors(browser_page, live_server, artifacts) -> None:

@@ -13,6 +13,7 @@ from aiohttp import web
 from streamer.alerts import AlertEvent, ThresholdRule
 from streamer.sinks.base import Notifier
 from streamer.sinks.webhook import SIGNATURE_HEADER, WebhookNotifier, sign, verify
+from tests.fixtures.waiting import wait_until
 
 SECRET = "test-secret"
 RULE = ThresholdRule("busy", "cam", "door", 10, 5, 1)
@@ -63,13 +64,6 @@ async def serve() -> AsyncIterator[Callable[[Receiver], object]]:
         await runner.cleanup()
 
 
-async def _until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
-
-
 async def test_signed_json_alert_is_delivered(serve) -> None:
     rx = await serve(Receiver())
     hook = WebhookNotifier(rx.url, SECRET, timeout=2, retries=0)
@@ -77,7 +71,7 @@ async def test_signed_json_alert_is_delivered(serve) -> None:
     await hook.start()
     hook.notify_alert(_event())
     hook.notify_counts("cam", 1.0, 3.0, {"door": 1.0})  # counts are off by default
-    await _until(lambda: hook.sent == 1)
+    await wait_until(lambda: hook.sent == 1)
     await hook.close()
     ((_, headers, body),) = rx.requests
     assert headers["Content-Type"] == "application/json"
@@ -102,7 +96,7 @@ async def test_500_then_200_is_retried_with_the_same_signed_body(serve) -> None:
     hook = WebhookNotifier(rx.url, SECRET, timeout=2, retries=3, backoff=0.2)
     await hook.start()
     hook.notify_alert(_event())
-    await _until(lambda: hook.sent == 1)
+    await wait_until(lambda: hook.sent == 1)
     await hook.close()
     assert len(rx.requests) == 2
     (t1, h1, b1), (t2, h2, b2) = rx.requests
@@ -117,7 +111,7 @@ async def test_bounded_retries_give_up_and_count_the_failure(serve) -> None:
     await hook.start()
     hook.notify_alert(_event("raised"))
     hook.notify_alert(_event("cleared", 200.0))  # delivered after the first gives up
-    await _until(lambda: hook.failed == 2)
+    await wait_until(lambda: hook.failed == 2)
     await hook.close()
     assert len(rx.requests) == 6  # 1 + 2 retries, for each message, in order
     events = [m["event"] for m in rx.bodies()]
@@ -132,7 +126,7 @@ async def test_client_errors_are_not_retried(serve) -> None:
     hook = WebhookNotifier(rx.url, SECRET, retries=5, backoff=0.01)
     await hook.start()
     hook.notify_alert(_event())
-    await _until(lambda: hook.failed == 1)
+    await wait_until(lambda: hook.failed == 1)
     await hook.close()
     assert len(rx.requests) == 1 and hook.last_error == "HTTP 401"
 
@@ -145,7 +139,7 @@ async def test_timeouts_and_unreachable_receivers_fail_without_blocking(serve) -
     for i in range(50):
         hook.notify_alert(_event(t=float(i)))
     assert time.monotonic() - t0 < 0.05  # queueing only
-    await _until(lambda: hook.failed >= 1)
+    await wait_until(lambda: hook.failed >= 1)
     assert "Timeout" in (hook.last_error or "")
     await hook.close(timeout=0.1)
     assert hook.failed + hook.sent + hook.dropped == 50
@@ -154,7 +148,7 @@ async def test_timeouts_and_unreachable_receivers_fail_without_blocking(serve) -
     dead = WebhookNotifier("http://127.0.0.1:9/hook", SECRET, timeout=1, retries=1, backoff=0.01)
     await dead.start()
     dead.notify_alert(_event())
-    await _until(lambda: dead.failed == 1)
+    await wait_until(lambda: dead.failed == 1)
     await dead.close()
     assert dead.retried == 1 and dead.last_error
 
@@ -167,12 +161,12 @@ async def test_queue_is_bounded_drops_oldest_and_counts_are_throttled(serve) -> 
         hook.notify_alert(_event(t=float(i)))
     assert hook.dropped == 2 and hook.stats()["queued"] == 3
     await hook.start()
-    await _until(lambda: hook.sent == 3)
+    await wait_until(lambda: hook.sent == 3)
     assert [m["t"] for m in rx.bodies()] == [2.0, 3.0, 4.0]  # the newest kept, in order
     for i in range(10):
         hook.notify_counts("cam", float(i), 7.0, {"door": 2.5})
     hook.notify_counts("hall", 0.0, 1.0, {})
-    await _until(lambda: hook.sent == 5)
+    await wait_until(lambda: hook.sent == 5)
     await hook.close()
     counts = rx.bodies()[3:]
     assert [(m["type"], m["stream"], m["t"]) for m in counts] == [
@@ -189,6 +183,6 @@ async def test_non_finite_values_are_sent_as_null(serve) -> None:
     hook = WebhookNotifier(rx.url, SECRET)
     await hook.start()
     hook.send("alert", {"value": float("nan"), "peak": float("inf"), "ok": 1.5})
-    await _until(lambda: hook.sent == 1)
+    await wait_until(lambda: hook.sent == 1)
     await hook.close()
     assert rx.bodies()[0]["value"] is None and rx.bodies()[0]["peak"] is None

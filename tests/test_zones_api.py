@@ -14,8 +14,9 @@ from aiohttp.test_utils import TestClient
 
 from streamer.sinks.webhook import SIGNATURE_HEADER, verify
 from streamer.sources.synthetic import SyntheticSource
-from tests.fixtures.app import service, wait_until
+from tests.fixtures.app import service
 from tests.fixtures.models import expected_count
+from tests.fixtures.waiting import wait_until
 
 W, H = 320, 256
 LEFT = [[0, 0], [160, 0], [160, 256], [0, 256]]
