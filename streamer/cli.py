@@ -8,6 +8,7 @@ and one line on stderr; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 #: Exceptions that are the user's input, not our bug.
@@ -26,6 +27,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def run_parser(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
+    # TensorFlow (train/evaluate/export) logs pages of C++ INFO lines; keep warnings only.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = parser.parse_args(argv)
     try:
         return int(args.run(args) or 0)

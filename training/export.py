@@ -7,13 +7,16 @@ with a dynamic batch the transposed convolutions fall off XNNPACK (see NOTES.md)
 
 from __future__ import annotations
 
-import logging
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 
-log = logging.getLogger(__name__)
+
+def _progress(message: str) -> None:
+    """Export takes tens of seconds with little to show: say which stage it is in."""
+    print(f"export: {message}", file=sys.stderr, flush=True)
 
 
 def _load(path: str | Path):  # noqa: ANN202 - keras.Model, imported lazily
@@ -33,6 +36,7 @@ def export_onnx(model_path: str | Path, output: str | Path, opset: int = 17) -> 
     import tensorflow as tf
     import tf2onnx
 
+    _progress(f"loading {model_path}")
     model = _load(model_path)
     spec = (tf.TensorSpec((None, None, None, 3), tf.float32, name="image"),)
 
@@ -42,9 +46,10 @@ def export_onnx(model_path: str | Path, output: str | Path, opset: int = 17) -> 
 
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
+    _progress(f"converting to ONNX (opset {opset})")
     tf2onnx.convert.from_function(serve, input_signature=spec, opset=opset,
                                   output_path=str(output))
-    log.info("exported %s", output)
+    _progress(f"wrote {output} ({output.stat().st_size / 2**20:.1f} MiB)")
     return output
 
 
@@ -78,6 +83,7 @@ def export_tflite(
 
     from model.preprocess import prepare
 
+    _progress(f"loading {model_path} at a fixed 1x{size[0]}x{size[1]} input")
     model = fixed_copy(model_path, size)
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     if quantize == "fp16":
@@ -100,6 +106,8 @@ def export_tflite(
         raise ValueError(f"unknown quantization {quantize!r}: fp32, fp16 or int8")
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
+    _progress(f"converting to TFLite ({quantize}"
+              + (f", calibrating on {representative}" if representative else "") + ")")
     output.write_bytes(converter.convert())
-    log.info("exported %s", output)
+    _progress(f"wrote {output} ({output.stat().st_size / 2**20:.1f} MiB)")
     return output
