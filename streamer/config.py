@@ -241,6 +241,8 @@ class ServerConfig(_Strict):
     max_streams: Annotated[int, Field(ge=1)] = 16
     max_viewers_per_stream: Annotated[int, Field(ge=1)] = 8
     upload_rate_per_minute: Annotated[int, Field(ge=1)] = 60
+    #: delete count rows older than this many days (checked hourly); unset = keep all
+    retention_days: Annotated[float, Field(gt=0)] | None = None
 
     @field_validator("database")
     @classmethod

@@ -149,6 +149,7 @@ class Service:
         self.streams: dict[str, StreamEntry] = {}
         self.started_at = time.monotonic()
         self._closed = False
+        self._retention: asyncio.Task[None] | None = None
 
     # -- views -------------------------------------------------------------------------------
 
@@ -214,6 +215,8 @@ class Service:
         await asyncio.to_thread(self.store.close_open_alerts, time.time())
         await self.integrations.start()
         self.integrations.on_alert.append(self._on_alert)
+        if self.config.server.retention_days is not None:
+            self._retention = asyncio.create_task(self._enforce_retention())
         await self.pipeline.start()
         self.pipeline.add_sink(self.counts)
         self.pipeline.add_sink(self.metrics)
@@ -245,6 +248,9 @@ class Service:
             make_source(stream), url=stream.url, kind=stream.kind, origin=origin,
             fps_limit=stream.fps_limit, max_side=stream.max_side, persist=persist,
             zones=[z.model_dump() for z in stream.zones],
+            # non-default source settings, recorded so that a resumed stream keeps them
+            settings=stream.model_dump(include={"stall_timeout", "max_retries"},
+                                       exclude_defaults=True),
         )
         return entry
 
@@ -259,6 +265,7 @@ class Service:
         max_side: int | None = None,
         persist: bool = False,
         zones: list[dict[str, Any]] | None = None,
+        settings: dict[str, Any] | None = None,
     ) -> StreamEntry:
         """Add an already built source (any kind: tests and benchmarks use synthetic ones).
         ``zones`` (``{"name", "points"}`` dicts) are recorded in the options (and so saved
@@ -269,7 +276,7 @@ class Service:
         options: dict[str, Any] = {
             k: v for k, v in (("fps_limit", fps_limit), ("max_side", max_side), ("zones", zones))
             if v
-        }
+        } | (settings or {})
         entry = StreamEntry(sid, url, kind, origin, source, options)
         self.streams[sid] = entry  # reserved before the first await: no duplicate can race in
         try:
@@ -371,10 +378,28 @@ class Service:
 
     # -- shutdown ----------------------------------------------------------------------------
 
+    async def _enforce_retention(self, every: float = 3600.0) -> None:
+        """Delete count rows older than ``server.retention_days``, now and then hourly: every
+        processed frame is stored, which at 30 fps is ~2.6 million rows a day per stream."""
+        days = self.config.server.retention_days
+        assert days is not None
+        while True:
+            cutoff = time.time() - days * 86400
+            try:
+                deleted = await asyncio.to_thread(self.store.delete_counts, None, cutoff)
+                log.info("event=retention deleted=%d before=%.0f", deleted, cutoff)
+            except sqlite3.Error as exc:
+                log.error("event=retention_failed error=%r", str(exc))
+            await asyncio.sleep(every)
+
     async def shutdown(self) -> None:
         """First phase (aiohttp on_shutdown): end live pushes and peers so open SSE
         responses and WebRTC connections do not hold the server's graceful exit."""
         self._closed = True
+        if self._retention is not None:
+            self._retention.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._retention
         self.feed.close()
         await self.peers.close()
 
@@ -393,4 +418,5 @@ class Service:
 
 def _stream_options(options: dict[str, Any]) -> dict[str, Any]:
     """The saved options that ``StreamConfig`` knows (older rows may hold others)."""
-    return {k: options[k] for k in ("fps_limit", "max_side", "zones") if k in options}
+    known = ("fps_limit", "max_side", "stall_timeout", "max_retries", "zones")
+    return {k: options[k] for k in known if k in options}

@@ -7,6 +7,7 @@ import asyncio
 import base64
 import json
 import struct
+import time
 import zlib
 
 import cv2
@@ -465,3 +466,34 @@ async def test_store_flushed_on_shutdown(serve, tmp_path) -> None:
     processed = source.status.frames_out
     with CountStore(tmp_path / "counts.sqlite3") as store:
         assert len(store.counts("late")) == processed
+
+
+async def test_retention_deletes_old_counts_at_start(serve, tmp_path) -> None:
+    from streamer.store import CountStore
+
+    now = time.time()
+    with CountStore(tmp_path / "counts.sqlite3") as store:
+        for age_days in (10, 3, 0.5, 0):
+            store.add_count("cam", now - age_days * 86400, 5.0, 5.0)
+        store.flush()
+    client = await serve(retention_days=2)
+    await wait_until(lambda: len(service(client).store.counts("cam")) == 2, timeout=10)
+    kept = [row["t"] for row in service(client).store.counts("cam")]
+    assert min(kept) > now - 2 * 86400
+
+
+async def test_api_stream_source_settings_are_applied_and_resumed(serve, make_config) -> None:
+    client = await serve()
+    body = {"name": "cam", "url": "rtsp://127.0.0.1:9/none", "stall_timeout": 2.5,
+            "max_retries": 4}
+    r = await client.post("/api/streams", json=body)
+    assert r.status == 201, await r.text()
+    assert (await r.json())["options"] == {"stall_timeout": 2.5, "max_retries": 4}
+    source = service(client).get("cam").source
+    assert (source.stall_timeout, source.max_retries) == (2.5, 4)
+    r = await client.post("/api/streams", json={**body, "name": "bad", "max_retries": 1.5})
+    assert r.status == 400 and "max_retries" in (await r.json())["error"]
+    await client.close()
+    again = await serve()
+    source = service(again).get("cam").source
+    assert (source.stall_timeout, source.max_retries) == (2.5, 4)

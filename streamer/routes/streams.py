@@ -35,10 +35,20 @@ async def list_streams(request: web.Request) -> web.Response:
     return web.json_response({"streams": [e.to_dict() for e in svc.streams.values()]})
 
 
+#: Per-stream options the API accepts: (lowest, highest, integer only).
+OPTION_LIMITS: dict[str, tuple[float, float, bool]] = {
+    "fps_limit": (0.1, 240, False),
+    "max_side": (32, 8192, True),
+    "stall_timeout": (0.1, 3600, False),
+    "max_retries": (0, 1_000_000, True),
+}
+
+
 async def add_stream(request: web.Request) -> web.Response:
-    """Body ``{"name", "url", "fps_limit"?, "max_side"?}``; rtsp/rtsps only."""
+    """Body ``{"name", "url", "fps_limit"?, "max_side"?, "stall_timeout"?, "max_retries"?}``;
+    rtsp/rtsps only."""
     svc = service_of(request)
-    data = await read_json_object(request, {"name", "url", "fps_limit", "max_side"})
+    data = await read_json_object(request, {"name", "url", *OPTION_LIMITS})
     name = field_str(data, "name")
     assert name is not None
     if STREAM_ID_RE.fullmatch(name) is None:
@@ -49,14 +59,12 @@ async def add_stream(request: web.Request) -> web.Response:
         url = validate_api_url(raw_url)
     except ValueError as exc:
         raise ApiError(400, str(exc)) from None
-    fps_limit = field_number(data, "fps_limit", lo=0.1, hi=240)
-    max_side = field_number(data, "max_side", lo=32, hi=8192, integer=True)
-    options = {k: v for k, v in (("fps_limit", fps_limit), ("max_side", max_side))
-               if v is not None}
-    stream = StreamConfig.model_validate(
-        {"name": name, "url": url, **{k: (float(v) if k == "fps_limit" else v)
-                                      for k, v in options.items()}}
-    )
+    options = {}
+    for key, (lo, hi, integer) in OPTION_LIMITS.items():
+        value = field_number(data, key, lo=lo, hi=hi, integer=integer)
+        if value is not None:
+            options[key] = value if integer else float(value)
+    stream = StreamConfig.model_validate({"name": name, "url": url, **options})
     try:
         entry = await svc.add_stream(stream, origin="api", persist=True)
     except StreamConflict as exc:
