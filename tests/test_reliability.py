@@ -277,6 +277,8 @@ async def test_unusable_sources_report_state_and_back_off(
             assert status["last_error"] and f"rtsp://***@127.0.0.1:{cams[name]}/live" in \
                 status["last_error"], status
         assert "refused" in statuses["closed"]["last_error"].lower()
+        if statuses["silent"]["state"] == "reconnecting":  # at least one attempt timed out
+            assert "no answer within 5 s" in statuses["silent"]["last_error"]
         assert "401" in statuses["badauth"]["last_error"] or \
             "unauthorized" in statuses["badauth"]["last_error"].lower()
         for name in cams:

@@ -143,6 +143,7 @@ class RtspSource(ThreadedSource):
         with self._conn_lock:
             self._sockets_before = _socket_inodes(self._remote)
             self._last_frame = 0.0  # the watchdog waits for the open to finish
+        opening = time.monotonic()
         try:
             container = av.open(
                 self.url, options=AV_OPTIONS, timeout=(self.open_timeout, self.read_timeout)
@@ -163,6 +164,10 @@ class RtspSource(ThreadedSource):
             reason = "server closed the connection (stream ended)"
         except av.FFmpegError as exc:
             reason = f"{type(exc).__name__}: {exc.strerror or 'FFmpeg error'}"
+            if container is None and time.monotonic() - opening >= 0.9 * self.open_timeout:
+                # FFmpeg reports a server that accepts the connection but never answers as
+                # "invalid data"; the elapsed time tells what really happened.
+                reason = f"no answer within {self.open_timeout:g} s ({reason})"
         except Exception as exc:  # a camera must never kill the thread silently
             reason = f"{type(exc).__name__}: {exc}"
         finally:
