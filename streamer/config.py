@@ -454,7 +454,7 @@ def parse_config(
     try:
         return Config.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as exc:
-        raise _to_config_error(exc, source) from None
+        raise to_config_error(exc, source) from None
 
 
 def load_config(path: str | Path) -> Config:
@@ -514,7 +514,7 @@ def _describe(value: Any) -> str:
     return f"{type(value).__name__} {text}"
 
 
-def _to_config_error(exc: ValidationError, source: str) -> ConfigError:
+def to_config_error(exc: ValidationError, source: str) -> ConfigError:
     errors = exc.errors(include_url=False)
     err = errors[0]
     loc = tuple(err["loc"])

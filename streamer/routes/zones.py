@@ -23,7 +23,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from model.zones import Zone
-from streamer.config import ZoneConfig, _to_config_error
+from streamer.config import ZoneConfig, to_config_error
 from streamer.routes.common import (
     ApiError,
     query_flag,
@@ -75,7 +75,7 @@ def parse_zones(value: Any) -> list[Zone]:
 
 def _zone_error(exc: ValidationError, index: int) -> str:
     """One line such as ``zones[1].points: needs at least 3 items, has 2``."""
-    err = _to_config_error(exc, "request")
+    err = to_config_error(exc, "request")
     path = f"zones[{index}]" + (f".{err.path}" if err.path else "")
     return f"{path}: {err.problem}"
 
