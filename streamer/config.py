@@ -515,6 +515,8 @@ def _describe(value: Any) -> str:
 
 
 def to_config_error(exc: ValidationError, source: str) -> ConfigError:
+    """One precise line from pydantic's first error (key path, problem, a suggestion for a
+    misspelt key); the zones route words its request errors with it too."""
     errors = exc.errors(include_url=False)
     err = errors[0]
     loc = tuple(err["loc"])
