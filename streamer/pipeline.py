@@ -22,7 +22,7 @@ from model.types import Frame, Result
 from streamer.batcher import Batcher
 from streamer.sinks.base import Sink
 from streamer.sources.base import Source, SourceEnded
-from streamer.status import StreamState
+from streamer.status import RateMeter, StreamState
 from streamer.worker import InferenceWorker, RollingStats
 
 log = logging.getLogger(__name__)
@@ -54,8 +54,7 @@ class _Stream:
     pump: asyncio.Task[None] | None = None
     sinks: list[Sink] = field(default_factory=list)
     reported_drops: int = 0  # batcher drops already added to status.dropped
-    rate_t0: float = field(default_factory=time.monotonic)
-    rate_n: int = 0
+    fps_out: RateMeter = field(default_factory=RateMeter)
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -206,10 +205,7 @@ class Pipeline:
             status = entry.source.status
             status.frames_out += 1
             status.last_count = result.count
-            entry.rate_n += 1
-            if now - entry.rate_t0 >= 1.0:
-                status.fps_out = entry.rate_n / (now - entry.rate_t0)
-                entry.rate_t0, entry.rate_n = now, 0
+            status.fps_out = entry.fps_out.tick(now)
             self.latency.add(now_wall - result.frame.captured_at)
             if self.result_hook is not None:
                 result = self._hook(self.result_hook, result)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import time
+from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -35,3 +36,21 @@ class StreamStatus:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(slots=True)
+class RateMeter:
+    """Events per second over windows of at least one second (fps in and out)."""
+
+    rate: float = 0.0
+    _t0: float = field(default_factory=time.monotonic)
+    _n: int = 0
+
+    def tick(self, now: float | None = None) -> float:
+        """Count one event; returns the rate of the last complete window."""
+        now = time.monotonic() if now is None else now
+        self._n += 1
+        if now - self._t0 >= 1.0:
+            self.rate = self._n / (now - self._t0)
+            self._t0, self._n = now, 0
+        return self.rate

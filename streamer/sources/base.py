@@ -16,8 +16,10 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 
+import numpy as np
+
 from model.types import Frame
-from streamer.status import StreamState, StreamStatus
+from streamer.status import RateMeter, StreamState, StreamStatus
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +41,7 @@ class Source(ABC):
         self._seq = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready: asyncio.Event | None = None
-        self._rate_t0 = time.monotonic()
-        self._rate_n = 0
+        self._fps_in = RateMeter()
 
     @abstractmethod
     async def start(self) -> None:
@@ -57,8 +58,6 @@ class Source(ABC):
 
     def _publish(self, image: object, captured_at: float | None = None) -> None:
         """Thread-safe: replace the pending frame by a newer one (counting the drop)."""
-        import numpy as np
-
         frame = Frame(self.stream_id, self._seq, captured_at or time.time(), np.asarray(image))
         self._seq += 1
         with self._lock:
@@ -66,11 +65,7 @@ class Source(ABC):
                 self.status.dropped += 1
             self._latest = frame
         self.status.frames_in += 1
-        self._rate_n += 1
-        now = time.monotonic()
-        if now - self._rate_t0 >= 1.0:
-            self.status.fps_in = self._rate_n / (now - self._rate_t0)
-            self._rate_t0, self._rate_n = now, 0
+        self.status.fps_in = self._fps_in.tick()
         self._wake()
 
     def _finish(self, state: StreamState = StreamState.ENDED, error: str | None = None) -> None:
