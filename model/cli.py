@@ -23,7 +23,7 @@ def run_count(args: argparse.Namespace) -> int:
     import cv2
 
     from model.imageio import read_image
-    from model.render import draw_label, overlay
+    from model.render import counted_overlay
     from model.runtime import Runtime
 
     images = [(path, read_image(path)) for path in args.images]  # fail before loading a model
@@ -40,7 +40,7 @@ def run_count(args: argparse.Namespace) -> int:
             print(f"{path}\t{count:.1f}")
         if args.overlay:
             out = args.overlay / f"{path.stem}_overlay.png" if many else args.overlay
-            picture = draw_label(overlay(image, density), [f"count {count:.1f}"])
+            picture = counted_overlay(image, density)
             if not cv2.imwrite(str(out), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR)):
                 raise ValueError(f"cannot write overlay to {out}")
     return 0

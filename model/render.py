@@ -56,6 +56,13 @@ def draw_label(image: NDArray[np.uint8], lines: list[str]) -> NDArray[np.uint8]:
     return out
 
 
+def counted_overlay(image: NDArray[np.uint8], density: NDArray[np.float32]) -> (
+    NDArray[np.uint8]
+):
+    """A single picture's result (``crowdcount count --overlay``, uploads): heatmap and count."""
+    return draw_label(overlay(image, density), [f"count {float(density.sum()):.1f}"])
+
+
 def annotate(
     result: Result,
     title: str | None = None,

@@ -114,8 +114,7 @@ class UploadCounter:
         import cv2
 
         from model.imageio import decode_image
-        from model.render import draw_label
-        from model.render import overlay as blend
+        from model.render import counted_overlay
 
         image = decode_image(data, name, self.max_pixels)  # before the model: cheap refusal
         runtime = self._runtime_here()
@@ -123,7 +122,7 @@ class UploadCounter:
         count = float(density.sum())
         png: bytes | None = None
         if overlay:
-            picture = draw_label(blend(image, density), [f"count {count:.1f}"])
+            picture = counted_overlay(image, density)
             ok, buf = cv2.imencode(".png", cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
             if not ok:
                 raise RuntimeError("PNG encoding of the overlay failed")
