@@ -272,7 +272,7 @@ class Service:
         with ``persist``). Raises ``StreamConflict``; on any failure nothing is left
         registered."""
         sid = source.stream_id
-        self._reserve(sid)
+        self._reserve(sid, origin)
         options: dict[str, Any] = {
             k: v for k, v in (("fps_limit", fps_limit), ("max_side", max_side), ("zones", zones))
             if v
@@ -297,12 +297,15 @@ class Service:
                  sid, kind, origin, mask_url(url))
         return entry
 
-    def _reserve(self, sid: str) -> None:
+    def _reserve(self, sid: str, origin: Origin = "config") -> None:
+        """Refuse a stream that may not be added now (HTTP 409). A browser camera's viewer
+        sink exists before its stream (its answer track is negotiated first): for it, that
+        sink is its own, not a name clash."""
         if self._closed:
             raise StreamConflict("server is shutting down")
         if STREAM_ID_RE.fullmatch(sid) is None:
             raise StreamConflict(f"invalid stream name {sid!r}")
-        if sid in self.streams or sid in self.viewers:
+        if sid in self.streams or (sid in self.viewers and origin != "webrtc"):
             raise StreamConflict(f"a stream named {sid!r} already exists")
         if len(self.streams) >= self.max_streams:
             raise StreamConflict(
@@ -354,22 +357,7 @@ class Service:
     async def _on_rtc_source(self, source: WebRtcSource) -> None:
         """A browser camera becomes a stream; raising rejects the offer (PeerManager closes
         the peer)."""
-        sid = source.stream_id
-        if len(self.streams) >= self.max_streams:
-            raise StreamConflict(
-                f"stream limit reached: {self.max_streams} streams (server.max_streams)"
-            )
-        if sid in self.streams:
-            raise StreamConflict(f"a stream named {sid!r} already exists")
-        entry = StreamEntry(sid, "webrtc", "webrtc", "webrtc", source)
-        self.streams[sid] = entry
-        try:
-            await self.pipeline.add_stream(source)
-            self.pipeline.subscribe(sid, self.viewers.sink(sid))
-        except BaseException:
-            self.streams.pop(sid, None)
-            raise
-        log.info("event=stream_added stream=%s kind=webrtc origin=webrtc", sid)
+        await self.add_source(source, url="webrtc", kind="webrtc", origin="webrtc")
 
     async def _on_rtc_closed(self, source: WebRtcSource) -> None:
         entry = self.streams.get(source.stream_id)
