@@ -16,7 +16,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from model.bundled import DEFAULT_ONNX
+from model.bundled import default_model
 from model.runtime import Runtime
 from streamer.auth import Handler, token_middleware
 from streamer.config import Config
@@ -82,7 +82,7 @@ def build_app(
     problem = config.server.model_copy(update={"token": token}).exposure_problem()
     if problem:
         raise ValueError(problem)
-    model_path = str(config.model.path or DEFAULT_ONNX)
+    model_path = str(config.model.path or default_model(config.model.backend))
     if runtime is None:
         runtime = Runtime.open(config.model.path, config.model.backend,
                                threads=config.model.threads)
