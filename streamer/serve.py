@@ -87,32 +87,22 @@ def load(args: argparse.Namespace) -> Any:
     from streamer.config import Config, load_config, parse_config
 
     config = load_config(args.config) if args.config else Config.default()
-    data = config.model_dump(mode="python", exclude_none=True)
+    # JSON mode gives the lists and strings the strict models want back (not tuples, Paths).
+    data = config.model_dump(mode="json", exclude_none=True)
     server, model = data["server"], data["model"]
     for key, value in (("host", args.host), ("port", args.port), ("database", args.database),
                        ("token", args.token)):
         if value is not None:
-            server[key] = value
+            server[key] = str(value) if isinstance(value, Path) else value
     if args.model is not None:
-        model["path"] = args.model
+        model["path"] = str(args.model)
     if args.backend is not None:
         model["backend"] = args.backend
     streams = list(data.get("streams", ()))
     for name, url in args.stream:
         streams.append({"name": name, "url": url})
     data["streams"] = streams
-    return parse_config(_as_strict(data), "command line")
-
-
-def _as_strict(value: Any) -> Any:
-    """model_dump gives tuples and Paths; the strict models want lists and strings."""
-    if isinstance(value, dict):
-        return {k: _as_strict(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_as_strict(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value
+    return parse_config(data, "command line")
 
 
 def run_serve(args: argparse.Namespace) -> int:
