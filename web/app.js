@@ -823,4 +823,4 @@ openFeed();
 poll();
 
 // For the zone editor and for tests: the live cards, and the chart/count state inside them.
-window.crowdcount = { cards, api, Card, CountChart };
+window.crowdcount = { cards, api, formatCount, Card, CountChart };

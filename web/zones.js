@@ -4,15 +4,10 @@
 // window.crowdcount and its events (crowdcount:card-added / card-removed / feed).
 // Plain ES module, no dependencies.
 
-const { api, cards } = window.crowdcount;
+const { api, cards, formatCount } = window.crowdcount;
 
 const MIN_POINT_GAP_PX = 4; // a click this close to the previous point adds nothing
 const ALERTS_SHOWN = 20;
-
-function formatCount(value) {
-  if (!Number.isFinite(value)) return "–";
-  return value >= 100 ? Math.round(value).toString() : value.toFixed(1);
-}
 
 function el(tag, attrs = {}, text = "") {
   const node = document.createElement(tag);
