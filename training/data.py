@@ -15,8 +15,8 @@ from training.targets import Augment, make_example
 
 
 @dataclass
-class Source:
-    """A reader with its sampling weight and augmentation."""
+class WeightedReader:
+    """A dataset reader with its sampling weight and augmentation (not a video source)."""
 
     reader: Reader
     weight: float = 1.0
@@ -47,7 +47,7 @@ class DensityDataset(keras.utils.PyDataset):
 
     def __init__(
         self,
-        sources: Sequence[Source],
+        sources: Sequence[WeightedReader],
         crop: tuple[int, int],
         stride: int,
         batch_size: int,
@@ -57,7 +57,7 @@ class DensityDataset(keras.utils.PyDataset):
     ) -> None:
         super().__init__(**kwargs)  # workers, use_multiprocessing, max_queue_size
         self.sources = [
-            Source(Cached(s.reader) if s.cache else s.reader, s.weight, s.augment) for s in sources
+            WeightedReader(Cached(s.reader) if s.cache else s.reader, s.weight, s.augment) for s in sources
         ]
         self.crop, self.stride, self.batch_size, self.steps = crop, stride, batch_size, steps
         weights = np.array([s.weight * len(s.reader) for s in self.sources], np.float64)

@@ -19,7 +19,7 @@ import keras
 
 from model.architecture import ModelSpec, build, default_backbone_weights
 from training.callbacks import CountValidation, MemoryCleanup, TimeBudget
-from training.data import DensityDataset, Source
+from training.data import DensityDataset, WeightedReader
 from training.losses import DensityLoss, count_abs_error
 from training.readers import DatasetError, Reader, Subset, open_dataset
 from training.targets import Augment
@@ -89,7 +89,7 @@ def parse_data(spec: str) -> tuple[str, Reader, float]:
     return name or reader.name, reader, weight
 
 
-def _split(cfg: TrainConfig) -> tuple[list[Source], dict[str, list[Any]]]:
+def _split(cfg: TrainConfig) -> tuple[list[WeightedReader], dict[str, list[Any]]]:
     augment = None if cfg.preset == "seed" else Augment()
     sources, val_sets = [], {}
     explicit = [parse_data(v) for v in cfg.val]
@@ -100,7 +100,7 @@ def _split(cfg: TrainConfig) -> tuple[list[Source], dict[str, list[Any]]]:
             kept = [i for i in range(len(reader)) if i % k != k - 1]
             val_sets[name] = Subset(reader, held)
             reader = Subset(reader, kept)
-        sources.append(Source(reader, weight, augment, cfg.cache))
+        sources.append(WeightedReader(reader, weight, augment, cfg.cache))
     for name, reader, _ in explicit:
         val_sets[name] = reader
     if not sources:
