@@ -57,7 +57,8 @@ class DensityDataset(keras.utils.PyDataset):
     ) -> None:
         super().__init__(**kwargs)  # workers, use_multiprocessing, max_queue_size
         self.sources = [
-            WeightedReader(Cached(s.reader) if s.cache else s.reader, s.weight, s.augment) for s in sources
+            WeightedReader(Cached(s.reader) if s.cache else s.reader, s.weight, s.augment)
+            for s in sources
         ]
         self.crop, self.stride, self.batch_size, self.steps = crop, stride, batch_size, steps
         weights = np.array([s.weight * len(s.reader) for s in self.sources], np.float64)
