@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from model.backends import Backend, load_backend
-from model.bundled import DEFAULT_KERAS, DEFAULT_ONNX
+from crowdcount.model.backends import Backend, load_backend
+from crowdcount.model.bundled import DEFAULT_KERAS, DEFAULT_ONNX
 
 
 def timeit(backend: Backend, batch: np.ndarray, repeats: int) -> float:
@@ -64,7 +64,7 @@ def main() -> None:
             run("onnx", onnx, size, batches)
     if "tflite" not in skip or "keras" not in skip:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-        from training.export import export_tflite
+        from crowdcount.training.export import export_tflite
 
         with tempfile.TemporaryDirectory() as tmp:
             for size in sizes:

@@ -25,12 +25,12 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from model.bundled import DEFAULT_ONNX
-from model.runtime import Runtime
-from model.types import Result
-from streamer.pipeline import Pipeline
-from streamer.sinks.viewer import ViewerSink
-from streamer.sources.synthetic import SyntheticSource
+from crowdcount.model.bundled import DEFAULT_ONNX
+from crowdcount.model.runtime import Runtime
+from crowdcount.model.types import Result
+from crowdcount.streamer.pipeline import Pipeline
+from crowdcount.streamer.sinks.viewer import ViewerSink
+from crowdcount.streamer.sources.synthetic import SyntheticSource
 
 
 class LatencySink:

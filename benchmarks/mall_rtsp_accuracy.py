@@ -63,12 +63,12 @@ import numpy as np
 from aiohttp import web
 from numpy.typing import NDArray
 
-from model.runtime import Runtime
-from model.types import Result
-from streamer.app import build_app
-from streamer.config import parse_config
-from streamer.routes.common import SERVICE
-from streamer.smoothing import Ema
+from crowdcount.model.runtime import Runtime
+from crowdcount.model.types import Result
+from crowdcount.streamer.app import build_app
+from crowdcount.streamer.config import parse_config
+from crowdcount.streamer.routes.common import SERVICE
+from crowdcount.streamer.smoothing import Ema
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("CROWD_SHARED") or ROOT.parent / "shared")

@@ -5,6 +5,6 @@ the bundled default model and heatmap rendering. Network building and training c
 (``model.architecture``) imports Keras only when it is imported itself.
 """
 
-from model.types import Frame, Result, Sample
+from crowdcount.model.types import Frame, Result, Sample
 
 __all__ = ["Frame", "Result", "Sample"]

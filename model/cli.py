@@ -22,9 +22,9 @@ def add_count(sub: argparse._SubParsersAction) -> None:
 def run_count(args: argparse.Namespace) -> int:
     import cv2
 
-    from model.imageio import read_image
-    from model.render import counted_overlay
-    from model.runtime import Runtime
+    from crowdcount.model.imageio import read_image
+    from crowdcount.model.render import counted_overlay
+    from crowdcount.model.runtime import Runtime
 
     images = [(path, read_image(path)) for path in args.images]  # fail before loading a model
     runtime = Runtime.open(args.model, args.backend, max_side=args.max_side)

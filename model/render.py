@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from model.types import Result
-from model.zones import Zone, draw_zones
+from crowdcount.model.types import Result
+from crowdcount.model.zones import Zone, draw_zones
 
 
 def colorize(density: NDArray[np.float32], size: tuple[int, int], peak: float | None = None) -> (

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from model.backends import Backend, load_backend
-from model.bundled import default_model
-from model.preprocess import input_size, prepare_batch
+from crowdcount.model.backends import Backend, load_backend
+from crowdcount.model.bundled import default_model
+from crowdcount.model.preprocess import input_size, prepare_batch
 
 
 class Runtime:

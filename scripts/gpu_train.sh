@@ -8,9 +8,12 @@ set -uo pipefail
 OUT=${OUT:-runs/gpu}
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD KERAS_BACKEND=jax PYTHONUNBUFFERED=1
+# The checkout's folders under the crowdcount namespace, as an install would lay them out.
+mkdir -p /tmp/ns/crowdcount
+for pkg in model streamer training web; do ln -sfn "$PWD/$pkg" "/tmp/ns/crowdcount/$pkg"; done
+export PYTHONPATH=/tmp/site:/tmp/ns KERAS_BACKEND=jax PYTHONUNBUFFERED=1
 nvidia-smi -L
-python3 -m training train \
+python3 -m crowdcount.training train \
     --data mall=generic:.gpu/data/mall:1-720@2 \
     --data shb=generic:.gpu/data/shb_train \
     --val mall=generic:.gpu/data/mall:721-800 \

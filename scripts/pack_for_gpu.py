@@ -6,8 +6,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from training.readers import open_dataset
-from training.readers.generic import write_generic
+from crowdcount.training.readers import open_dataset
+from crowdcount.training.readers.generic import write_generic
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 OUT = Path(__file__).resolve().parents[1] / ".gpu" / "data"
@@ -22,7 +22,7 @@ if __name__ == "__main__":
     for name, (spec, scale, quality) in SETS.items():
         reader = open_dataset(spec)
         if name == "shb_train":  # every 10th image is the validation hold-out, kept apart
-            from training.readers import Subset
+            from crowdcount.training.readers import Subset
 
             write_generic(OUT / "shb_val", (reader[i] for i in range(9, len(reader), 10)),
                           reader.kernel, scale, quality)

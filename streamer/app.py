@@ -16,19 +16,20 @@ from pathlib import Path
 
 from aiohttp import web
 
-from model.bundled import default_model
-from model.runtime import Runtime
-from streamer.auth import Handler, token_middleware
-from streamer.config import Config
-from streamer.ratelimit import RateLimiter
-from streamer.routes import count, rtc, streams, system, zones
-from streamer.routes.common import MAX_JSON_BYTES, SERVICE, ApiError, json_error
-from streamer.service import Service
-from streamer.upload import UploadCounter
+from crowdcount.model.bundled import default_model
+from crowdcount.model.runtime import Runtime
+from crowdcount.streamer.auth import Handler, token_middleware
+from crowdcount.streamer.config import Config
+from crowdcount.streamer.ratelimit import RateLimiter
+from crowdcount.streamer.routes import count, rtc, streams, system, zones
+from crowdcount.streamer.routes.common import MAX_JSON_BYTES, SERVICE, ApiError, json_error
+from crowdcount.streamer.service import Service
+from crowdcount.streamer.upload import UploadCounter
+from crowdcount.web import ASSETS_DIR
 
 log = logging.getLogger(__name__)
 
-WEB_DIR = Path(__file__).resolve().parents[1] / "web"
+WEB_DIR = ASSETS_DIR
 TOKEN_ENV = "CROWDCOUNT_TOKEN"
 
 

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from streamer.routes.common import json_error
+from crowdcount.streamer.routes.common import json_error
 
 COOKIE = "crowdcount_session"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

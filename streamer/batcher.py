@@ -13,7 +13,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from model.types import Frame
+from crowdcount.model.types import Frame
 
 
 @dataclass(slots=True)

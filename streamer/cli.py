@@ -18,8 +18,8 @@ USER_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, FileExistsErr
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     extra: list[type[BaseException]] = []
-    for module, name in (("training.readers.base", "DatasetError"),
-                         ("streamer.config", "ConfigError")):
+    for module, name in (("crowdcount.training.readers.base", "DatasetError"),
+                         ("crowdcount.streamer.config", "ConfigError")):
         mod = sys.modules.get(module)
         if mod is not None and hasattr(mod, name):
             extra.append(getattr(mod, name))
@@ -42,15 +42,15 @@ def run_parser(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from model.cli import add_count
-    from training.cli import add_evaluate, add_export, add_train
+    from crowdcount.model.cli import add_count
+    from crowdcount.training.cli import add_evaluate, add_export, add_train
 
     parser = argparse.ArgumentParser(
         prog="crowdcount", description="Real-time density-map crowd counting."
     )
     sub = parser.add_subparsers(dest="command", required=True)
     try:
-        from streamer.serve import add_serve
+        from crowdcount.streamer.serve import add_serve
     except ImportError:  # the server's dependencies are optional on training machines
         pass
     else:

@@ -21,14 +21,14 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from model.types import Result
-from model.zones import Zone, ZoneCounter
-from streamer.alerts import AlertEngine, AlertEvent, ThresholdRule
-from streamer.sinks.base import Notifier
+from crowdcount.model.types import Result
+from crowdcount.model.zones import Zone, ZoneCounter
+from crowdcount.streamer.alerts import AlertEngine, AlertEvent, ThresholdRule
+from crowdcount.streamer.sinks.base import Notifier
 
 if TYPE_CHECKING:
-    from streamer.config import Config, SinksConfig, StreamConfig, ThresholdConfig
-    from streamer.store import CountStore
+    from crowdcount.streamer.config import Config, SinksConfig, StreamConfig, ThresholdConfig
+    from crowdcount.streamer.store import CountStore
 
 __all__ = [
     "Integrations",
@@ -55,11 +55,11 @@ def notifiers_from_config(sinks: SinksConfig) -> list[Notifier]:
     paho-mqtt (an optional dependency) is needed only by those who use MQTT."""
     out: list[Notifier] = []
     if sinks.webhook is not None:
-        from streamer.sinks.webhook import WebhookNotifier
+        from crowdcount.streamer.sinks.webhook import WebhookNotifier
 
         out.append(WebhookNotifier.from_config(sinks.webhook))
     if sinks.mqtt is not None:
-        from streamer.sinks.mqtt import MqttNotifier
+        from crowdcount.streamer.sinks.mqtt import MqttNotifier
 
         out.append(MqttNotifier.from_config(sinks.mqtt))
     return out

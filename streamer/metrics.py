@@ -32,11 +32,11 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from model.types import Result
-from streamer.status import StreamState, StreamStatus
+from crowdcount.model.types import Result
+from crowdcount.streamer.status import StreamState, StreamStatus
 
 if TYPE_CHECKING:
-    from streamer.alerts import AlertEvent
+    from crowdcount.streamer.alerts import AlertEvent
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0)

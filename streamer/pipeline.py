@@ -17,13 +17,13 @@ from dataclasses import asdict, dataclass, field
 from types import TracebackType
 from typing import Any
 
-from model.runtime import Runtime
-from model.types import Frame, Result
-from streamer.batcher import Batcher
-from streamer.sinks.base import Sink
-from streamer.sources.base import Source, SourceEnded
-from streamer.status import RateMeter, StreamState
-from streamer.worker import InferenceWorker, RollingStats
+from crowdcount.model.runtime import Runtime
+from crowdcount.model.types import Frame, Result
+from crowdcount.streamer.batcher import Batcher
+from crowdcount.streamer.sinks.base import Sink
+from crowdcount.streamer.sources.base import Source, SourceEnded
+from crowdcount.streamer.status import RateMeter, StreamState
+from crowdcount.streamer.worker import InferenceWorker, RollingStats
 
 log = logging.getLogger(__name__)
 

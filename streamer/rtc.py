@@ -33,8 +33,8 @@ from typing import Any, Literal
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.rtcrtptransceiver import RTCRtpTransceiver
 
-from streamer.sinks.viewer import AnnotatedTrack, ViewerRegistry, ViewerSink
-from streamer.sources.webrtc import WebRtcSource
+from crowdcount.streamer.sinks.viewer import AnnotatedTrack, ViewerRegistry, ViewerSink
+from crowdcount.streamer.sources.webrtc import WebRtcSource
 
 log = logging.getLogger(__name__)
 

@@ -84,7 +84,7 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
 def load(args: argparse.Namespace) -> Any:
     """The config file (or defaults) with the command-line overrides applied and validated
     again, so a ``--host 0.0.0.0`` without a token is refused like a config file's."""
-    from streamer.config import Config, load_config, parse_config
+    from crowdcount.streamer.config import Config, load_config, parse_config
 
     config = load_config(args.config) if args.config else Config.default()
     # JSON mode gives the lists and strings the strict models want back (not tuples, Paths).
@@ -110,11 +110,11 @@ def run_serve(args: argparse.Namespace) -> int:
     config = load(args)
     from aiohttp import web
 
-    from streamer.app import build_app
+    from crowdcount.streamer.app import build_app
 
     app = build_app(config, store_rate=args.store_rate)
     host, port = config.server.host, config.server.port
-    log = logging.getLogger("streamer.serve")
+    log = logging.getLogger(__name__)
 
     async def announce(_app: web.Application) -> None:
         log.info("event=listening url=http://%s:%d/", host, port)

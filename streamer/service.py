@@ -27,24 +27,24 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from model.runtime import Runtime
-from model.zones import Zone
-from streamer.alerts import AlertEvent
-from streamer.config import Config, StreamConfig
-from streamer.feed import CountFeed
-from streamer.integrations import Integrations, zones_from_config
-from streamer.metrics import Metrics
-from streamer.pipeline import Pipeline
-from streamer.rtc import STREAM_ID_RE, PeerManager
-from streamer.sinks.counts import CountSink
-from streamer.sinks.viewer import ViewerRegistry
-from streamer.smoothing import Ema
-from streamer.sources.base import Source
-from streamer.sources.webrtc import WebRtcSource
-from streamer.status import StreamStatus
-from streamer.store import CountStore
-from streamer.upload import UploadCounter
-from streamer.urls import mask_url, validate_api_url
+from crowdcount.model.runtime import Runtime
+from crowdcount.model.zones import Zone
+from crowdcount.streamer.alerts import AlertEvent
+from crowdcount.streamer.config import Config, StreamConfig
+from crowdcount.streamer.feed import CountFeed
+from crowdcount.streamer.integrations import Integrations, zones_from_config
+from crowdcount.streamer.metrics import Metrics
+from crowdcount.streamer.pipeline import Pipeline
+from crowdcount.streamer.rtc import STREAM_ID_RE, PeerManager
+from crowdcount.streamer.sinks.counts import CountSink
+from crowdcount.streamer.sinks.viewer import ViewerRegistry
+from crowdcount.streamer.smoothing import Ema
+from crowdcount.streamer.sources.base import Source
+from crowdcount.streamer.sources.webrtc import WebRtcSource
+from crowdcount.streamer.status import StreamStatus
+from crowdcount.streamer.store import CountStore
+from crowdcount.streamer.upload import UploadCounter
+from crowdcount.streamer.urls import mask_url, validate_api_url
 
 log = logging.getLogger(__name__)
 
@@ -92,15 +92,15 @@ def make_source(stream: StreamConfig) -> Source:
     """The source for one configured stream (imports only the module it needs)."""
     kind = stream.kind
     if kind == "rtsp":
-        from streamer.sources.rtsp import RtspSource
+        from crowdcount.streamer.sources.rtsp import RtspSource
 
         return RtspSource(stream.name, stream.url, stall_timeout=stream.stall_timeout,
                           max_retries=stream.max_retries)
     if kind == "file":
-        from streamer.sources.file import FileSource
+        from crowdcount.streamer.sources.file import FileSource
 
         return FileSource(stream.name, stream.url, loop=stream.loop)
-    from streamer.sources.webcam import WebcamSource
+    from crowdcount.streamer.sources.webcam import WebcamSource
 
     device = stream.url if kind == "device" else f"/dev/video{stream.url.partition(':')[2]}"
     return WebcamSource(stream.name, device)

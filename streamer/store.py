@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from model.types import Result
+from crowdcount.model.types import Result
 
 log = logging.getLogger(__name__)
 

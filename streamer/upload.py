@@ -21,9 +21,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from model.imageio import MAX_PIXELS
-from model.runtime import Runtime
-from streamer.config import ModelConfig
+from crowdcount.model.imageio import MAX_PIXELS
+from crowdcount.model.runtime import Runtime
+from crowdcount.streamer.config import ModelConfig
 
 #: Uploads are shrunk so their longer side is at most this before inference: a 40-megapixel
 #: photo run at full size would need gigabytes of activations for no better count.
@@ -113,8 +113,8 @@ class UploadCounter:
     def _count(self, data: bytes, name: str, overlay: bool) -> UploadResult:
         import cv2
 
-        from model.imageio import decode_image
-        from model.render import counted_overlay
+        from crowdcount.model.imageio import decode_image
+        from crowdcount.model.render import counted_overlay
 
         image = decode_image(data, name, self.max_pixels)  # before the model: cheap refusal
         runtime = self._runtime_here()

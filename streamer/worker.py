@@ -19,9 +19,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from model.runtime import Runtime
-from model.types import Frame, Result
-from streamer.batcher import Batcher
+from crowdcount.model.runtime import Runtime
+from crowdcount.model.types import Frame, Result
+from crowdcount.streamer.batcher import Batcher
 
 log = logging.getLogger(__name__)
 

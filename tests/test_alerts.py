@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamer.alerts import AlertEngine, AlertEvent, ThresholdRule
+from crowdcount.streamer.alerts import AlertEngine, AlertEvent, ThresholdRule
 
 RULE = ThresholdRule("busy", "cam", None, above=10, below=5, for_seconds=2)
 

@@ -16,8 +16,8 @@ import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 
-from streamer.rtc import MAX_SDP_BYTES
-from streamer.sources.synthetic import SyntheticSource
+from crowdcount.streamer.rtc import MAX_SDP_BYTES
+from crowdcount.streamer.sources.synthetic import SyntheticSource
 from tests.fixtures.app import Serve, service
 from tests.fixtures.rtc import RtcClient, make_client
 

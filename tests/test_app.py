@@ -16,9 +16,9 @@ import pytest
 from aiohttp import FormData
 from aiohttp.test_utils import TestClient, TestServer
 
-from streamer.app import build_app
-from streamer.sources.synthetic import SyntheticSource
-from streamer.store import CountStore
+from crowdcount.streamer.app import build_app
+from crowdcount.streamer.sources.synthetic import SyntheticSource
+from crowdcount.streamer.store import CountStore
 from tests.fixtures.app import service
 from tests.fixtures.models import expected_count
 from tests.fixtures.waiting import wait_until
@@ -469,7 +469,7 @@ async def test_store_flushed_on_shutdown(serve, tmp_path) -> None:
 
 
 async def test_retention_deletes_old_counts_at_start(serve, tmp_path) -> None:
-    from streamer.store import CountStore
+    from crowdcount.streamer.store import CountStore
 
     now = time.time()
     with CountStore(tmp_path / "counts.sqlite3") as store:

@@ -7,8 +7,8 @@ import time
 
 import numpy as np
 
-from model.types import Frame
-from streamer.batcher import Batcher
+from crowdcount.model.types import Frame
+from crowdcount.streamer.batcher import Batcher
 
 IMAGE = np.zeros((32, 32, 3), np.uint8)
 

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def crowdcount(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "streamer.cli", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "crowdcount.streamer.cli", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -110,7 +110,8 @@ def test_usage_errors_exit_2():
 
 
 def test_count_does_not_import_tensorflow(pictures):
-    code = (f"import sys; from streamer.cli import main; main(['count', {str(pictures[0])!r}]); "
+    code = ("import sys; from crowdcount.streamer.cli import main; "
+            f"main(['count', {str(pictures[0])!r}]); "
             "print('tensorflow' in sys.modules, 'keras' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                             text=True, timeout=60)

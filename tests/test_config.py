@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from streamer.config import (
+from crowdcount.streamer.config import (
     Config,
     ConfigError,
     ServerConfig,
@@ -453,7 +453,7 @@ def test_bad_integration_values_rejected(
 
 
 def test_stream_max_retries_bounds_rtsp_reconnects() -> None:
-    from streamer.service import make_source
+    from crowdcount.streamer.service import make_source
 
     cfg = parse_config({"streams": [{"name": "cam", "url": "rtsp://10.0.0.1/s", "max_retries": 3}]})
     assert cfg.streams[0].max_retries == 3

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model.density import (
+from crowdcount.model.density import (
     adaptive_density,
     adaptive_sigmas,
     centered_density,

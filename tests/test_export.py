@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model.backends import load_backend
-from model.bundled import DEFAULT_KERAS, DEFAULT_ONNX
-from model.preprocess import prepare
-from model.runtime import Runtime
+from crowdcount.model.backends import load_backend
+from crowdcount.model.bundled import DEFAULT_KERAS, DEFAULT_ONNX
+from crowdcount.model.preprocess import prepare
+from crowdcount.model.runtime import Runtime
 from tests.fixtures.datasets import crowd_picture
 
 pytestmark = pytest.mark.slow
@@ -31,7 +31,7 @@ def test_onnx_matches_keras(crowd_image, keras_count):
 
 
 def test_tflite_exports_match_keras(tmp_path, crowd_image, keras_count, generic_dataset):
-    from training.export import export_tflite
+    from crowdcount.training.export import export_tflite
 
     fp32 = export_tflite(DEFAULT_KERAS, tmp_path / "m.tflite", (480, 640))
     runtime = Runtime.open(fp32)
@@ -49,7 +49,7 @@ def test_tflite_exports_match_keras(tmp_path, crowd_image, keras_count, generic_
 
 
 def test_onnx_export_round_trip(tmp_path, crowd_image, keras_count):
-    from training.export import export_onnx
+    from crowdcount.training.export import export_onnx
 
     path = export_onnx(DEFAULT_KERAS, tmp_path / "m.onnx")
     backend = load_backend(path)

@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from streamer.feed import CountFeed, sse_response
+from crowdcount.streamer.feed import CountFeed, sse_response
 
 
 async def _take(sub: Any, n: int) -> list[dict[str, Any]]:

@@ -10,10 +10,10 @@ import time
 
 import pytest
 
-from streamer.sources.base import SourceEnded
-from streamer.sources.file import FileSource
-from streamer.sources.webcam import WebcamSource
-from streamer.status import StreamState
+from crowdcount.streamer.sources.base import SourceEnded
+from crowdcount.streamer.sources.file import FileSource
+from crowdcount.streamer.sources.webcam import WebcamSource
+from crowdcount.streamer.status import StreamState
 
 
 async def collect(source, seconds: float) -> list:

@@ -27,12 +27,12 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 
-from streamer.app import build_app
-from streamer.config import parse_config
-from streamer.routes.common import SERVICE
-from streamer.service import Service
-from streamer.sources.synthetic import SyntheticSource
-from streamer.urls import validate_api_url
+from crowdcount.streamer.app import build_app
+from crowdcount.streamer.config import parse_config
+from crowdcount.streamer.routes.common import SERVICE
+from crowdcount.streamer.service import Service
+from crowdcount.streamer.sources.synthetic import SyntheticSource
+from crowdcount.streamer.urls import validate_api_url
 from tests.fixtures.rtc import make_client
 
 T = TypeVar("T")

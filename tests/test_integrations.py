@@ -8,17 +8,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.types import Frame, Result
-from model.zones import Zone
-from streamer.alerts import AlertEvent, ThresholdRule
-from streamer.config import parse_config
-from streamer.integrations import Integrations
-from streamer.pipeline import Pipeline
-from streamer.sinks.base import Notifier
-from streamer.sinks.mqtt import MqttNotifier
-from streamer.sinks.webhook import WebhookNotifier
-from streamer.sources.synthetic import SyntheticSource
-from streamer.store import CountStore
+from crowdcount.model.types import Frame, Result
+from crowdcount.model.zones import Zone
+from crowdcount.streamer.alerts import AlertEvent, ThresholdRule
+from crowdcount.streamer.config import parse_config
+from crowdcount.streamer.integrations import Integrations
+from crowdcount.streamer.pipeline import Pipeline
+from crowdcount.streamer.sinks.base import Notifier
+from crowdcount.streamer.sinks.mqtt import MqttNotifier
+from crowdcount.streamer.sinks.webhook import WebhookNotifier
+from crowdcount.streamer.sources.synthetic import SyntheticSource
+from crowdcount.streamer.store import CountStore
 from tests.fixtures.waiting import wait_until
 
 W, H = 320, 256

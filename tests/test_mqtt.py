@@ -11,9 +11,9 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from streamer.alerts import AlertEvent, ThresholdRule
-from streamer.sinks.base import Notifier
-from streamer.sinks.mqtt import MqttNotifier, topic_level
+from crowdcount.streamer.alerts import AlertEvent, ThresholdRule
+from crowdcount.streamer.sinks.base import Notifier
+from crowdcount.streamer.sinks.mqtt import MqttNotifier, topic_level
 from tests.fixtures.waiting import wait_until
 
 pytestmark = pytest.mark.mqtt

@@ -8,11 +8,11 @@ from collections import defaultdict
 
 import pytest
 
-from model.types import Result
-from streamer.pipeline import Pipeline
-from streamer.sinks import Sink
-from streamer.sources.synthetic import SyntheticSource
-from streamer.status import StreamState
+from crowdcount.model.types import Result
+from crowdcount.streamer.pipeline import Pipeline
+from crowdcount.streamer.sinks import Sink
+from crowdcount.streamer.sources.synthetic import SyntheticSource
+from crowdcount.streamer.status import StreamState
 from tests.fixtures.models import expected_count
 from tests.fixtures.waiting import wait_until
 

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
+from crowdcount.training.readers import DatasetError, open_dataset, parse_range
+from crowdcount.training.readers.generic import write_generic
 from tests.fixtures.datasets import make_generic, make_kaggle, make_mall, make_shanghaitech
-from training.readers import DatasetError, open_dataset, parse_range
-from training.readers.generic import write_generic
 
 COUNTS = [4, 0, 9, 2]
 

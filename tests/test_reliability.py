@@ -32,9 +32,9 @@ import psutil
 import pytest
 from aiohttp.test_utils import TestClient
 
-from streamer.sinks.viewer import live_track_count
-from streamer.sources.synthetic import SyntheticSource
-from streamer.sources.webrtc import live_source_count
+from crowdcount.streamer.sinks.viewer import live_track_count
+from crowdcount.streamer.sources.synthetic import SyntheticSource
+from crowdcount.streamer.sources.webrtc import live_source_count
 from tests.fixtures.app import Serve, service
 from tests.fixtures.rtc import RtcClient, make_client
 from tests.fixtures.rtsp import free_port
@@ -416,7 +416,7 @@ def _threads():
     print("LEFTOVER_THREADS=" + ",".join(names), file=sys.stderr, flush=True)
 
 atexit.register(_threads)
-from streamer.cli import main
+from crowdcount.streamer.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 

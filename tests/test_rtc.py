@@ -19,12 +19,12 @@ import psutil
 import pytest
 from aiortc import RTCPeerConnection
 
-from model.runtime import Runtime
-from model.types import Frame, Result
-from streamer.rtc import MAX_SDP_BYTES, OfferError, PeerManager, UnknownStream
-from streamer.sinks.viewer import ViewerRegistry, ViewerSink, live_track_count
-from streamer.sources.base import SourceEnded
-from streamer.sources.webrtc import WebRtcSource, live_source_count
+from crowdcount.model.runtime import Runtime
+from crowdcount.model.types import Frame, Result
+from crowdcount.streamer.rtc import MAX_SDP_BYTES, OfferError, PeerManager, UnknownStream
+from crowdcount.streamer.sinks.viewer import ViewerRegistry, ViewerSink, live_track_count
+from crowdcount.streamer.sources.base import SourceEnded
+from crowdcount.streamer.sources.webrtc import WebRtcSource, live_source_count
 from tests.fixtures.rtc import RtcClient, make_client
 
 FPS = 20.0
@@ -503,7 +503,7 @@ async def test_peer_that_never_connects_is_closed() -> None:
 async def test_wiring_with_pipeline(runtime) -> None:
     """The app's wiring: published cameras become pipeline streams whose viewer sink is
     subscribed; a viewer of that stream sees it; hanging up removes the stream."""
-    from streamer.pipeline import Pipeline
+    from crowdcount.streamer.pipeline import Pipeline
 
     viewers = ViewerRegistry(fps=FPS)
     async with Pipeline(runtime) as pipeline:

@@ -12,9 +12,9 @@ import time
 
 import pytest
 
-from streamer.sources.base import SourceEnded
-from streamer.sources.rtsp import RtspSource
-from streamer.status import StreamState
+from crowdcount.streamer.sources.base import SourceEnded
+from crowdcount.streamer.sources.rtsp import RtspSource
+from crowdcount.streamer.status import StreamState
 from tests.fixtures.rtsp import free_port
 
 pytestmark = pytest.mark.rtsp

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model.runtime import Runtime
+from crowdcount.model.runtime import Runtime
 from tests.fixtures.models import expected_count
 
 

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 
 def _cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "streamer.cli", "serve", *args]
+    return [sys.executable, "-m", "crowdcount.streamer.cli", "serve", *args]
 
 
 def _env() -> dict[str, str]:
@@ -99,7 +99,7 @@ def test_public_host_without_token_exits_2(brightness_model: Path, tmp_path: Pat
 
 
 def test_serve_does_not_import_tensorflow() -> None:
-    code = ("import sys; from streamer.cli import build_parser; build_parser(); "
-            "import streamer.app; "
+    code = ("import sys; from crowdcount.streamer.cli import build_parser; build_parser(); "
+            "import crowdcount.streamer.app; "
             "assert not any(m.split('.')[0] in ('tensorflow', 'keras') for m in sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -12,9 +12,9 @@ import cv2
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from streamer.app import build_app
-from streamer.config import parse_config
-from streamer.routes.common import SERVICE
+from crowdcount.streamer.app import build_app
+from crowdcount.streamer.config import parse_config
+from crowdcount.streamer.routes.common import SERVICE
 from tests.fixtures.media import frame_image
 from tests.fixtures.models import expected_count
 

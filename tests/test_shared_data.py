@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.runtime import Runtime
-from training.readers import open_dataset
+from crowdcount.model.runtime import Runtime
+from crowdcount.training.readers import open_dataset
 
 pytestmark = pytest.mark.shared
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,8 +36,8 @@ def test_cli_count_on_a_mall_frame_is_within_3(shared, tmp_path):
 
     truth = scipy.io.loadmat(shared / "data/mall/mall_gt.mat")["count"].ravel()
     frame = shared / "data/mall/frames/seq_001500.jpg"
-    result = subprocess.run([sys.executable, "-m", "streamer.cli", "count", str(frame), "--json",
-                             "--overlay", str(tmp_path / "o.png")], cwd=ROOT,
+    result = subprocess.run([sys.executable, "-m", "crowdcount.streamer.cli", "count", str(frame),
+                             "--json", "--overlay", str(tmp_path / "o.png")], cwd=ROOT,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     import json
@@ -56,7 +56,7 @@ def test_default_model_on_mall_test_sample(shared):
 
 
 def test_imagenet_backbone_loads(shared):
-    from model.architecture import ModelSpec, build, default_backbone_weights
+    from crowdcount.model.architecture import ModelSpec, build, default_backbone_weights
 
     path = default_backbone_weights()
     assert path is not None and path.is_file()

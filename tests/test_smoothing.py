@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streamer.smoothing import Ema
+from crowdcount.streamer.smoothing import Ema
 
 
 def test_first_sample_passes_through() -> None:

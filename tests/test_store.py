@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.types import Frame, Result
-from streamer.store import CountStore
+from crowdcount.model.types import Frame, Result
+from crowdcount.streamer.store import CountStore
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -238,7 +238,7 @@ def test_delete_counts_before(store: CountStore) -> None:
 _CHILD = textwrap.dedent(
     """
     import sys
-    from streamer.store import CountStore
+    from crowdcount.streamer.store import CountStore
 
     s = CountStore(sys.argv[1], flush_interval=0.002, batch_rows=64)
     s.save_stream("cam", "Camera", "rtsp://host/cam", "rtsp", {"zones": 2})

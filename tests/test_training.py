@@ -14,15 +14,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.train import TrainConfig, train
+from crowdcount.training.train import TrainConfig, train
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_seed_preset_trains_an_epoch_and_exports(tmp_path, generic_dataset):
-    from model.runtime import Runtime
-    from training.export import export_onnx
+    from crowdcount.model.runtime import Runtime
+    from crowdcount.training.export import export_onnx
 
     result = train(TrainConfig(
         data=[f"generic:{generic_dataset}"], run_dir=str(tmp_path / "run"), preset="seed",
@@ -59,7 +59,7 @@ def test_fast_preset_learns_counts(tmp_path, generic_dataset):
 
 
 def test_missing_backbone_weights_is_clear(tmp_path, generic_dataset):
-    from model.architecture import BackboneWeightsError
+    from crowdcount.model.architecture import BackboneWeightsError
 
     with pytest.raises(BackboneWeightsError, match="backbone weights file not found"):
         train(TrainConfig(data=[f"generic:{generic_dataset}"], run_dir=str(tmp_path / "r"),

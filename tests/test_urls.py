@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from streamer.urls import mask_url, validate_api_url
+from crowdcount.streamer.urls import mask_url, validate_api_url
 
 
 @pytest.mark.parametrize(

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from streamer.config import StreamConfig
+from crowdcount.streamer.config import StreamConfig
 from tests.fixtures.browser import LiveServer, PageLog, serve_app, server_config
 from tests.fixtures.waiting import wait_until
 
@@ -312,7 +312,7 @@ async def test_unreachable_rtsp_camera_shows_reconnecting_with_its_error(
 
 async def test_token_protected_server(browser_page, tmp_path, brightness_model) -> None:
     """With a token, /?token= sets the session cookie; polling and the SSE feed work."""
-    from model.runtime import Runtime
+    from crowdcount.model.runtime import Runtime
 
     page, log = browser_page
     config = server_config(tmp_path, brightness_model, token="s3cret-token")
@@ -352,8 +352,8 @@ async def test_user_draws_a_zone_and_sees_its_count_and_alert(
     """Zones button, four clicks on the live video, a name, Save: the server has the zone
     (in video pixels), the card shows its live count, and a threshold on it raises an
     alert that appears in the alert list."""
-    from model.runtime import Runtime
-    from streamer.config import parse_config
+    from crowdcount.model.runtime import Runtime
+    from crowdcount.streamer.config import parse_config
 
     page, log = browser_page
     config = parse_config({

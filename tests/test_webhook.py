@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 from aiohttp import web
 
-from streamer.alerts import AlertEvent, ThresholdRule
-from streamer.sinks.base import Notifier
-from streamer.sinks.webhook import SIGNATURE_HEADER, WebhookNotifier, sign, verify
+from crowdcount.streamer.alerts import AlertEvent, ThresholdRule
+from crowdcount.streamer.sinks.base import Notifier
+from crowdcount.streamer.sinks.webhook import SIGNATURE_HEADER, WebhookNotifier, sign, verify
 from tests.fixtures.waiting import wait_until
 
 SECRET = "test-secret"

@@ -10,12 +10,12 @@ import time
 import numpy as np
 import pytest
 
-from model.runtime import Runtime
-from model.types import Frame, Result
-from streamer.batcher import Batcher
-from streamer.sources.base import Source, SourceEnded
-from streamer.sources.synthetic import SyntheticSource
-from streamer.worker import InferenceWorker, RollingStats
+from crowdcount.model.runtime import Runtime
+from crowdcount.model.types import Frame, Result
+from crowdcount.streamer.batcher import Batcher
+from crowdcount.streamer.sources.base import Source, SourceEnded
+from crowdcount.streamer.sources.synthetic import SyntheticSource
+from crowdcount.streamer.worker import InferenceWorker, RollingStats
 from tests.fixtures.models import expected_count
 
 

@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from model.render import annotate
-from model.types import Frame, Result
-from model.zones import Zone, ZoneCounter, draw_zones, zone_mask
+from crowdcount.model.render import annotate
+from crowdcount.model.types import Frame, Result
+from crowdcount.model.zones import Zone, ZoneCounter, draw_zones, zone_mask
 
 W, H = 640, 480
 SHAPE = (60, 80)  # the model's stride-8 output for a 640x480 frame

@@ -12,8 +12,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from streamer.sinks.webhook import SIGNATURE_HEADER, verify
-from streamer.sources.synthetic import SyntheticSource
+from crowdcount.streamer.sinks.webhook import SIGNATURE_HEADER, verify
+from crowdcount.streamer.sources.synthetic import SyntheticSource
 from tests.fixtures.app import service
 from tests.fixtures.models import expected_count
 from tests.fixtures.waiting import wait_until

@@ -11,9 +11,9 @@ from typing import Any
 import keras
 import numpy as np
 
-from model.backends.keras import KerasBackend
-from model.runtime import Runtime
-from model.types import Sample
+from crowdcount.model.backends.keras import KerasBackend
+from crowdcount.model.runtime import Runtime
+from crowdcount.model.types import Sample
 
 
 class MemoryCleanup(keras.callbacks.Callback):

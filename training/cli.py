@@ -52,7 +52,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from training.train import TrainConfig, train
+    from crowdcount.training.train import TrainConfig, train
 
     names = {f.name for f in fields(TrainConfig)}
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
@@ -77,7 +77,7 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from training.evaluate import evaluate
+    from crowdcount.training.evaluate import evaluate
 
     report = evaluate(args.dataset, args.model, args.backend, args.max_side, args.csv, args.plot)
     print(f"images={report.n} MAE={report.mae:.3f} RMSE={report.rmse:.3f} "
@@ -100,7 +100,7 @@ def add_export(sub: argparse._SubParsersAction) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from training.export import export_onnx, export_tflite
+    from crowdcount.training.export import export_onnx, export_tflite
 
     if args.format == "onnx":
         path = export_onnx(args.model, args.output)
@@ -114,7 +114,7 @@ def run_export(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """``python -m training``: the same sub-commands without the server's dependencies
     (used on GPU machines that have Keras and JAX but not aiortc)."""
-    from streamer.cli import run_parser
+    from crowdcount.streamer.cli import run_parser
 
     parser = argparse.ArgumentParser(prog="python -m training")
     sub = parser.add_subparsers(dest="command", required=True)

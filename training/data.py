@@ -9,9 +9,9 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
-from model.types import Sample
-from training.readers.base import Kernel, Reader
-from training.targets import Augment, make_example
+from crowdcount.model.types import Sample
+from crowdcount.training.readers.base import Kernel, Reader
+from crowdcount.training.targets import Augment, make_example
 
 
 @dataclass

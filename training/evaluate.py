@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from model.runtime import Runtime
-from training.readers import open_dataset
+from crowdcount.model.runtime import Runtime
+from crowdcount.training.readers import open_dataset
 
 
 @dataclass(frozen=True)

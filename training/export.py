@@ -23,7 +23,7 @@ def _load(path: str | Path):  # noqa: ANN202 - keras.Model, imported lazily
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     import keras
 
-    import training.losses  # noqa: F401  (registers the custom objects)
+    import crowdcount.training.losses  # noqa: F401  (registers the custom objects)
 
     path = Path(path)
     if not path.is_file():
@@ -81,7 +81,7 @@ def export_tflite(
     calibrated on ``representative`` images, a dataset spec such as ``mall:PATH:1-800``)."""
     import tensorflow as tf
 
-    from model.preprocess import prepare
+    from crowdcount.model.preprocess import prepare
 
     _progress(f"loading {model_path} at a fixed 1x{size[0]}x{size[1]} input")
     model = fixed_copy(model_path, size)
@@ -92,7 +92,7 @@ def export_tflite(
     elif quantize == "int8":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         if representative:
-            from training.readers import open_dataset
+            from crowdcount.training.readers import open_dataset
 
             reader = open_dataset(representative)
             picks = np.linspace(0, len(reader) - 1, min(calibration_images, len(reader)))

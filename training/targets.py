@@ -13,9 +13,9 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from model.density import adaptive_density, centered_density, downsample, fixed_density
-from model.types import Sample
-from training.readers.base import Kernel
+from crowdcount.model.density import adaptive_density, centered_density, downsample, fixed_density
+from crowdcount.model.types import Sample
+from crowdcount.training.readers.base import Kernel
 
 
 @dataclass(frozen=True)

@@ -17,12 +17,12 @@ from typing import Any
 
 import keras
 
-from model.architecture import ModelSpec, build, default_backbone_weights
-from training.callbacks import CountValidation, MemoryCleanup, TimeBudget
-from training.data import DensityDataset, WeightedReader
-from training.losses import DensityLoss, count_abs_error
-from training.readers import DatasetError, Reader, Subset, open_dataset
-from training.targets import Augment
+from crowdcount.model.architecture import ModelSpec, build, default_backbone_weights
+from crowdcount.training.callbacks import CountValidation, MemoryCleanup, TimeBudget
+from crowdcount.training.data import DensityDataset, WeightedReader
+from crowdcount.training.losses import DensityLoss, count_abs_error
+from crowdcount.training.readers import DatasetError, Reader, Subset, open_dataset
+from crowdcount.training.targets import Augment
 
 log = logging.getLogger(__name__)
 

@@ -35,12 +35,12 @@ def load_backend(path: str | Path, name: str | None = None, threads: int | None 
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")
     if name == "onnx":
-        from model.backends.onnx import OnnxBackend
+        from crowdcount.model.backends.onnx import OnnxBackend
 
         return OnnxBackend(path, threads=threads)
     if name == "tflite":
         try:
-            from model.backends.tflite import TFLiteBackend
+            from crowdcount.model.backends.tflite import TFLiteBackend
         except ImportError:
             raise ValueError(
                 "the tflite backend needs ai-edge-litert: pip install 'crowdcount[edge]'"
@@ -48,7 +48,7 @@ def load_backend(path: str | Path, name: str | None = None, threads: int | None 
 
         return TFLiteBackend(path, threads=threads)
     if name == "keras":
-        from model.backends.keras import KerasBackend
+        from crowdcount.model.backends.keras import KerasBackend
 
         return KerasBackend(path)
     raise ValueError(f"unknown backend {name!r}; choose onnx, tflite or keras")

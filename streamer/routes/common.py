@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from streamer.service import Service
+from crowdcount.streamer.service import Service
 
 SERVICE = web.AppKey("service", Service)
 #: JSON bodies (stream definitions, SDP offers of at most 64 KiB) stay well below this.

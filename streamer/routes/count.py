@@ -12,10 +12,10 @@ import math
 
 from aiohttp import BodyPartReader, web
 
-from model.imageio import ImageError
-from streamer.ratelimit import RateLimiter
-from streamer.routes.common import ApiError, query_flag, read_body, service_of
-from streamer.upload import ModelUnavailable, UploadBusy
+from crowdcount.model.imageio import ImageError
+from crowdcount.streamer.ratelimit import RateLimiter
+from crowdcount.streamer.routes.common import ApiError, query_flag, read_body, service_of
+from crowdcount.streamer.upload import ModelUnavailable, UploadBusy
 
 LIMITER = web.AppKey("upload_limiter", RateLimiter)
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from streamer.routes.common import ApiError, read_json_object, service_of
-from streamer.rtc import OfferError, PeerLimitReached, UnknownStream
-from streamer.service import StreamConflict
+from crowdcount.streamer.routes.common import ApiError, read_json_object, service_of
+from crowdcount.streamer.rtc import OfferError, PeerLimitReached, UnknownStream
+from crowdcount.streamer.service import StreamConflict
 
 
 async def offer(request: web.Request) -> web.Response:

@@ -11,9 +11,9 @@ import asyncio
 
 from aiohttp import web
 
-from streamer.config import StreamConfig
-from streamer.feed import sse_response
-from streamer.routes.common import (
+from crowdcount.streamer.config import StreamConfig
+from crowdcount.streamer.feed import sse_response
+from crowdcount.streamer.routes.common import (
     ApiError,
     field_number,
     field_str,
@@ -23,9 +23,9 @@ from streamer.routes.common import (
     read_json_object,
     service_of,
 )
-from streamer.rtc import STREAM_ID_RE
-from streamer.service import StreamConflict, StreamNotFound
-from streamer.urls import validate_api_url
+from crowdcount.streamer.rtc import STREAM_ID_RE
+from crowdcount.streamer.service import StreamConflict, StreamNotFound
+from crowdcount.streamer.urls import validate_api_url
 
 MAX_LIMIT = 100_000
 

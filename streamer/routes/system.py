@@ -6,8 +6,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from streamer.metrics import CONTENT_TYPE
-from streamer.routes.common import ApiError, service_of
+from crowdcount.streamer.metrics import CONTENT_TYPE
+from crowdcount.streamer.routes.common import ApiError, service_of
 
 WEB_DIR_KEY = web.AppKey("web_dir", Path)
 

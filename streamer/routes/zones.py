@@ -22,9 +22,9 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from model.zones import Zone
-from streamer.config import ZoneConfig, to_config_error
-from streamer.routes.common import (
+from crowdcount.model.zones import Zone
+from crowdcount.streamer.config import ZoneConfig, to_config_error
+from crowdcount.streamer.routes.common import (
     ApiError,
     query_flag,
     query_float,
@@ -32,7 +32,7 @@ from streamer.routes.common import (
     read_json_object,
     service_of,
 )
-from streamer.service import Service, StreamEntry, StreamNotFound
+from crowdcount.streamer.service import Service, StreamEntry, StreamNotFound
 
 MAX_ZONES = 32
 MAX_ALERTS = 10_000

@@ -1,5 +1,5 @@
 """Where results go: one module per sink, all behind :class:`streamer.sinks.base.Sink`."""
 
-from streamer.sinks.base import Sink
+from crowdcount.streamer.sinks.base import Sink
 
 __all__ = ["Sink"]

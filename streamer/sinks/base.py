@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from model.types import Result
+from crowdcount.model.types import Result
 
 if TYPE_CHECKING:
-    from streamer.alerts import AlertEvent
+    from crowdcount.streamer.alerts import AlertEvent
 
 
 @runtime_checkable

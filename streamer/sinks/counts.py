@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import logging
 
-from model.types import Result
-from streamer.feed import CountFeed
-from streamer.smoothing import Ema
-from streamer.store import CountStore
+from crowdcount.model.types import Result
+from crowdcount.streamer.feed import CountFeed
+from crowdcount.streamer.smoothing import Ema
+from crowdcount.streamer.store import CountStore
 
 log = logging.getLogger(__name__)
 

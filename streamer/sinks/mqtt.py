@@ -42,11 +42,11 @@ from typing import TYPE_CHECKING, Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
-from streamer.alerts import AlertEvent
-from streamer.sinks.webhook import dumps
+from crowdcount.streamer.alerts import AlertEvent
+from crowdcount.streamer.sinks.webhook import dumps
 
 if TYPE_CHECKING:
-    from streamer.config import MqttConfig
+    from crowdcount.streamer.config import MqttConfig
 
 __all__ = ["MqttNotifier", "topic_level"]
 

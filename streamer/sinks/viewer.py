@@ -28,9 +28,9 @@ import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from numpy.typing import NDArray
 
-from model.render import annotate
-from model.types import Result
-from model.zones import Zone
+from crowdcount.model.render import annotate
+from crowdcount.model.types import Result
+from crowdcount.model.zones import Zone
 
 log = logging.getLogger(__name__)
 

@@ -31,10 +31,10 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from streamer.alerts import AlertEvent
+from crowdcount.streamer.alerts import AlertEvent
 
 if TYPE_CHECKING:
-    from streamer.config import WebhookConfig
+    from crowdcount.streamer.config import WebhookConfig
 
 __all__ = ["SIGNATURE_HEADER", "WebhookNotifier", "dumps", "sign", "verify"]
 

@@ -18,8 +18,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from model.types import Frame
-from streamer.status import RateMeter, StreamState, StreamStatus
+from crowdcount.model.types import Frame
+from crowdcount.streamer.status import RateMeter, StreamState, StreamStatus
 
 log = logging.getLogger(__name__)
 

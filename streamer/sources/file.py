@@ -14,9 +14,9 @@ from pathlib import Path
 
 import av
 
-from streamer.sources.base import ThreadedSource
-from streamer.status import StreamState
-from streamer.urls import mask_url
+from crowdcount.streamer.sources.base import ThreadedSource
+from crowdcount.streamer.status import StreamState
+from crowdcount.streamer.urls import mask_url
 
 log = logging.getLogger(__name__)
 

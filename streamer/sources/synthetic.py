@@ -13,8 +13,8 @@ from collections.abc import Callable
 import numpy as np
 from numpy.typing import NDArray
 
-from streamer.sources.base import ThreadedSource
-from streamer.status import StreamState
+from crowdcount.streamer.sources.base import ThreadedSource
+from crowdcount.streamer.status import StreamState
 
 Render = Callable[[int], NDArray[np.uint8]]
 

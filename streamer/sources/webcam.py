@@ -13,9 +13,9 @@ import logging
 
 import av
 
-from streamer.sources.base import ThreadedSource
-from streamer.sources.file import describe
-from streamer.status import StreamState
+from crowdcount.streamer.sources.base import ThreadedSource
+from crowdcount.streamer.sources.file import describe
+from crowdcount.streamer.status import StreamState
 
 log = logging.getLogger(__name__)
 

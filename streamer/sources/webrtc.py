@@ -21,8 +21,8 @@ import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from numpy.typing import NDArray
 
-from streamer.sources.base import Source
-from streamer.status import StreamState
+from crowdcount.streamer.sources.base import Source
+from crowdcount.streamer.status import StreamState
 
 log = logging.getLogger(__name__)
 

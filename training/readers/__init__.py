@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from training.readers.base import DatasetError, Kernel, Reader, Subset
+from crowdcount.training.readers.base import DatasetError, Kernel, Reader, Subset
 
 
 def parse_range(text: str, length: int) -> list[int]:
@@ -38,19 +38,19 @@ def open_dataset(spec: str) -> Reader:
         path, rng = head, tail
     root = Path(path)
     if fmt == "mall":
-        from training.readers.mall import MallReader
+        from crowdcount.training.readers.mall import MallReader
 
         reader: Reader = MallReader(root)
     elif fmt == "shanghaitech":
-        from training.readers.shanghaitech import ShanghaiTechReader
+        from crowdcount.training.readers.shanghaitech import ShanghaiTechReader
 
         reader = ShanghaiTechReader(root)
     elif fmt == "kaggle":
-        from training.readers.kaggle import KaggleReader
+        from crowdcount.training.readers.kaggle import KaggleReader
 
         reader = KaggleReader(root)
     elif fmt == "generic":
-        from training.readers.generic import GenericReader
+        from crowdcount.training.readers.generic import GenericReader
 
         reader = GenericReader(root)
     else:

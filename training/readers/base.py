@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from model.types import Sample
+from crowdcount.model.types import Sample
 
 
 class DatasetError(Exception):

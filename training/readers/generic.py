@@ -23,8 +23,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from model.types import Sample
-from training.readers.base import DatasetError, Kernel, check_points, load_image
+from crowdcount.model.types import Sample
+from crowdcount.training.readers.base import DatasetError, Kernel, check_points, load_image
 
 
 class GenericReader:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from model.types import Sample
-from training.readers.base import DatasetError, Kernel
+from crowdcount.model.types import Sample
+from crowdcount.training.readers.base import DatasetError, Kernel
 
 
 class KaggleReader:

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import scipy.io
 
-from model.types import Sample
-from training.readers.base import DatasetError, Kernel, check_points, load_image
+from crowdcount.model.types import Sample
+from crowdcount.training.readers.base import DatasetError, Kernel, check_points, load_image
 
 
 class MallReader:

@@ -10,8 +10,8 @@ import numpy as np
 import scipy.io
 from numpy.typing import NDArray
 
-from model.types import Sample
-from training.readers.base import DatasetError, Kernel, check_points, load_image
+from crowdcount.model.types import Sample
+from crowdcount.training.readers.base import DatasetError, Kernel, check_points, load_image
 
 
 def _number(path: Path) -> int:
