@@ -356,8 +356,11 @@ class MqttConfig(_Strict):
     max_rate: Annotated[float, Field(gt=0, le=100)] = 2.0
     keepalive: Annotated[int, Field(ge=5, le=3600)] = 30
     client_id: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    #: publish Home Assistant MQTT discovery configs (entities appear in HA by themselves)
+    home_assistant: bool = False
+    discovery_prefix: Annotated[str, Field(min_length=1, max_length=200)] = "homeassistant"
 
-    @field_validator("topic_prefix")
+    @field_validator("topic_prefix", "discovery_prefix")
     @classmethod
     def _check_prefix(cls, prefix: str) -> str:
         if not re.match(_TOPIC_PREFIX_RE, prefix):

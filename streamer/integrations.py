@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from crowdcount.model.types import Result
 from crowdcount.model.zones import Zone, ZoneCounter
 from crowdcount.streamer.alerts import AlertEngine, AlertEvent, ThresholdRule
-from crowdcount.streamer.sinks.base import Notifier
+from crowdcount.streamer.sinks.base import Notifier, StreamAware
 
 if TYPE_CHECKING:
     from crowdcount.streamer.config import Config, SinksConfig, StreamConfig, ThresholdConfig
@@ -90,6 +90,7 @@ class Integrations:
         self.errors = 0
         self._failures: dict[int, int] = {}
         self._started = False
+        self._tell_rules()
 
     @classmethod
     def from_config(cls, config: Config, store: CountStore | None = None) -> Integrations:
@@ -144,6 +145,14 @@ class Integrations:
         """Replace the alert rules; alerts of removed or changed rules are cleared now."""
         for ev in self.engine.set_rules(rules, t=time.time()):
             self._emit(ev)
+        self._tell_rules()
+
+    def _tell_rules(self) -> None:
+        """Notifiers that describe rules to their subscribers (Home Assistant entities)
+        hear about every change of the rule set."""
+        for n in self.notifiers:
+            if isinstance(n, StreamAware):
+                self._guard(n, n.set_rules, self.engine.rules)
 
     def forget_stream(self, stream: str) -> None:
         """A stream was removed: clear its active alerts now (its zones are kept, so a
@@ -151,6 +160,9 @@ class Integrations:
         them)."""
         for ev in self.engine.forget_stream(stream, t=time.time()):
             self._emit(ev)
+        for n in self.notifiers:
+            if isinstance(n, StreamAware):
+                self._guard(n, n.forget_stream, stream)
 
     def active_alerts(self) -> list[dict[str, Any]]:
         return self.engine.active()
