@@ -243,11 +243,21 @@ class ServerConfig(_Strict):
     upload_rate_per_minute: Annotated[int, Field(ge=1)] = 60
     #: delete count rows older than this many days (checked hourly); unset = keep all
     retention_days: Annotated[float, Field(gt=0)] | None = None
+    #: PEM certificate (chain) and private key: serve https (needed for "Use my camera"
+    #: anywhere but localhost)
+    tls_cert: PathStr | None = None
+    tls_key: PathStr | None = None
 
-    @field_validator("database")
+    @field_validator("database", "tls_cert", "tls_key")
     @classmethod
-    def _resolve_database(cls, path: Path, info: ValidationInfo) -> Path:
-        return _relative_to_file(path, info)
+    def _resolve_database(cls, path: Path | None, info: ValidationInfo) -> Path | None:
+        return None if path is None else _relative_to_file(path, info)
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Self:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: set both or neither")
+        return self
 
     @model_validator(mode="after")
     def _check_exposure(self) -> Self:
