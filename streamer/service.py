@@ -32,10 +32,12 @@ from crowdcount.model.zones import Zone
 from crowdcount.streamer.alerts import AlertEvent
 from crowdcount.streamer.config import Config, StreamConfig
 from crowdcount.streamer.feed import CountFeed
-from crowdcount.streamer.integrations import Integrations, zones_from_config
+from crowdcount.streamer.integrations import Integrations, rules_from_config, zones_from_config
 from crowdcount.streamer.metrics import Metrics
 from crowdcount.streamer.pipeline import Pipeline
 from crowdcount.streamer.rtc import STREAM_ID_RE, PeerManager
+from crowdcount.streamer.rules import RuleBook
+from crowdcount.streamer.saved import SavedSettings
 from crowdcount.streamer.sinks.counts import CountSink
 from crowdcount.streamer.sinks.viewer import ViewerRegistry
 from crowdcount.streamer.smoothing import Ema
@@ -134,6 +136,11 @@ class Service:
         # Zones, alert rules and notifiers; its ``process`` fills ``Result.zones`` before
         # any sink sees a result, so the store, feed, metrics and viewers agree.
         self.integrations = Integrations.from_config(config, self.store)
+        # Rules and zones made through the API (own tables in the same file).
+        self.saved = SavedSettings(config.server.database)
+        self.saved_zones: dict[str, list[dict[str, Any]]] = {}
+        self.rules = RuleBook(rules_from_config(config.thresholds), self.saved,
+                              self.integrations, self._live_zone_names)
         self.feed = CountFeed()
         self.viewers = ViewerRegistry(zones=self.integrations.zones)
         self.pipeline = Pipeline(runtime, max_batch=config.model.max_batch,
@@ -175,21 +182,33 @@ class Service:
             return []
         return [z.name for z in self.integrations.zones(stream_id)]
 
+    def _live_zone_names(self, stream_id: str) -> list[str] | None:
+        """A live stream's zone names; ``None`` for a stream that is not live (rules may
+        name zones of streams added later)."""
+        return self._zone_names(stream_id) if stream_id in self.streams else None
+
     def _on_alert(self, event: AlertEvent) -> None:
         """Push raised/cleared alerts into the live feed (the stream's subscribers and the
         all-stream ones), marked ``"type": "alert"`` to tell them from count items."""
         self.metrics.on_alert(event)
         self.feed.publish(event.stream, {"type": "alert", **event.to_dict()})
 
-    def set_zones(self, stream_id: str, zones: list[Zone]) -> None:
-        """Replace a live stream's zones (in memory; the routes persist API streams').
+    async def set_zones(self, stream_id: str, zones: list[Zone]) -> None:
+        """Replace a live stream's zones and save them (any kind of stream: they come back
+        when a stream of that id is added again, even over its config-file zones).
         Raises ``StreamNotFound`` and ``ValueError`` (duplicate names)."""
         entry = self.get(stream_id)
         self.integrations.set_zones(stream_id, zones)
+        dicts = [z.to_dict() for z in zones]
         if zones:
-            entry.options["zones"] = [z.to_dict() for z in zones]
+            entry.options["zones"] = dicts
         else:
             entry.options.pop("zones", None)
+        self.saved_zones[stream_id] = dicts
+        await asyncio.to_thread(self.saved.save_zones, stream_id, dicts)
+        if entry.origin == "api":  # its saved definition lists its options, zones included
+            await asyncio.to_thread(self.store.save_stream, entry.id, entry.id, entry.url,
+                                    entry.kind, dict(entry.options))
 
     def get(self, stream_id: str) -> StreamEntry:
         entry = self.streams.get(stream_id)
@@ -213,6 +232,10 @@ class Service:
         # Alerts left open by a previous process can never be cleared by it: close them; the
         # fresh engine raises again if the crowd is still there.
         await asyncio.to_thread(self.store.close_open_alerts, time.time())
+        self.saved_zones = await asyncio.to_thread(self.saved.zones)
+        for name in await self.rules.load():
+            log.warning("event=saved_rule_shadowed rule=%s (the config file has one of that "
+                        "name)", name)
         await self.integrations.start()
         self.integrations.on_alert.append(self._on_alert)
         if self.config.server.retention_days is not None:
@@ -273,6 +296,10 @@ class Service:
         registered."""
         sid = source.stream_id
         self._reserve(sid, origin)
+        saved = self.saved_zones.get(sid)
+        if saved is not None:  # zones set through the API win over the config's
+            zones = saved
+            self.integrations.set_zones(sid, [Zone.from_dict(z) for z in saved])
         options: dict[str, Any] = {
             k: v for k, v in (("fps_limit", fps_limit), ("max_side", max_side), ("zones", zones))
             if v
@@ -328,6 +355,10 @@ class Service:
             await self._drop(stream_id, entry)  # no-op if the hang-up already dropped it
             return
         await asyncio.to_thread(self.store.delete_stream, stream_id)
+        # A removed API camera is forgotten with its zones (a new one of that name starts
+        # clean); a browser camera's or a config stream's zones stay for its return.
+        self.saved_zones.pop(stream_id, None)
+        await asyncio.to_thread(self.saved.delete_zones, stream_id)
         await self._drop(stream_id, entry)
 
     async def _drop(self, stream_id: str, entry: StreamEntry) -> None:
@@ -401,6 +432,7 @@ class Service:
         self.streams.clear()
         await self.integrations.close()
         await asyncio.to_thread(self.store.close)
+        await asyncio.to_thread(self.saved.close)
         await self.uploads.close()
 
 
