@@ -32,6 +32,7 @@ from crowdcount.model.zones import Zone
 from crowdcount.streamer.alerts import AlertEvent
 from crowdcount.streamer.config import Config, StreamConfig
 from crowdcount.streamer.feed import CountFeed
+from crowdcount.streamer.gathering import GatheringMap
 from crowdcount.streamer.integrations import Integrations, rules_from_config, zones_from_config
 from crowdcount.streamer.metrics import Metrics
 from crowdcount.streamer.pipeline import Pipeline
@@ -146,6 +147,8 @@ class Service:
         self.pipeline = Pipeline(runtime, max_batch=config.model.max_batch,
                                  result_hook=self.integrations.process)
         self.counts = CountSink(self.store, self.feed, Ema(), store_rate)
+        # Where people gather: per-minute density grids (own table, own writer thread).
+        self.gathering = GatheringMap(config.server.database)
         self.metrics = Metrics(self.statuses, self._service_gauges,
                                zones=self._zone_names, alerts=self.integrations.active_alerts)
         self.peers = PeerManager(
@@ -243,6 +246,7 @@ class Service:
         await self.pipeline.start()
         self.pipeline.add_sink(self.counts)
         self.pipeline.add_sink(self.metrics)
+        self.pipeline.add_sink(self.gathering)
         for stream in self.config.streams:
             try:
                 await self.add_stream(stream, origin="config")
@@ -370,6 +374,7 @@ class Service:
         self.viewers.remove(stream_id)
         self.counts.forget(stream_id)
         self.metrics.forget(stream_id)
+        self.gathering.forget(stream_id)
         self.integrations.forget_stream(stream_id)  # clears its active alerts
         if entry.origin != "config":  # API streams get theirs back from the store
             self.integrations.set_zones(stream_id, ())
@@ -406,6 +411,7 @@ class Service:
             cutoff = time.time() - days * 86400
             try:
                 deleted = await asyncio.to_thread(self.store.delete_counts, None, cutoff)
+                deleted += await asyncio.to_thread(self.gathering.delete_before, cutoff)
                 log.info("event=retention deleted=%d before=%.0f", deleted, cutoff)
             except sqlite3.Error as exc:
                 log.error("event=retention_failed error=%r", str(exc))
@@ -430,6 +436,7 @@ class Service:
             self.viewers.remove(sid)
         await self.pipeline.close()
         self.streams.clear()
+        await asyncio.to_thread(self.gathering.close)
         await self.integrations.close()
         await asyncio.to_thread(self.store.close)
         await asyncio.to_thread(self.saved.close)
