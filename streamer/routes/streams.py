@@ -133,8 +133,23 @@ async def counts_csv(request: web.Request) -> web.Response:
     )
 
 
+MAX_FEED_STREAMS = 64
+
+
 async def feed_all(request: web.Request) -> web.StreamResponse:
-    return await sse_response(request, service_of(request).feed, None)
+    """``?streams=a,b``: only those streams' counts (a page sends the ones it shows), and
+    every alert; without it, every stream's."""
+    only = None
+    if "streams" in request.query:
+        names = [n for n in request.query["streams"].split(",") if n]
+        if len(names) > MAX_FEED_STREAMS:
+            raise ApiError(400, f"parameter 'streams' names {len(names)} streams; "
+                                f"at most {MAX_FEED_STREAMS}")
+        bad = [n for n in names if STREAM_ID_RE.fullmatch(n) is None]
+        if bad:
+            raise ApiError(400, f"parameter 'streams': invalid stream id {bad[0][:70]!r}")
+        only = frozenset(names)
+    return await sse_response(request, service_of(request).feed, None, only=only)
 
 
 async def feed_stream(request: web.Request) -> web.StreamResponse:
