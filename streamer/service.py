@@ -365,6 +365,22 @@ class Service:
         await asyncio.to_thread(self.saved.delete_zones, stream_id)
         await self._drop(stream_id, entry)
 
+    async def replace_stream(self, stream: StreamConfig) -> StreamEntry:
+        """Edit an API stream (its url or options): the old source is stopped and the new
+        one started under the same id, so its history, zones, rules and gathering map carry
+        on. Config-file and browser streams are refused (``StreamConflict``)."""
+        entry = self.get(stream.name)
+        if entry.origin != "api":
+            where = ("comes from the config file; edit it there and restart"
+                     if entry.origin == "config" else "is a browser camera")
+            raise StreamConflict(f"stream {stream.name!r} {where}")
+        zones = [z.to_dict() for z in self.integrations.zones(stream.name)]
+        stream = StreamConfig.model_validate({**stream.model_dump(exclude={"zones"},
+                                                                  exclude_defaults=True),
+                                              "zones": zones})
+        await self._drop(stream.name, entry)
+        return await self.add_stream(stream, origin="api", persist=True)
+
     async def _drop(self, stream_id: str, entry: StreamEntry) -> None:
         if self.streams.get(stream_id) is not entry:
             return

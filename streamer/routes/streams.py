@@ -73,6 +73,41 @@ async def add_stream(request: web.Request) -> web.Response:
                              headers={"Location": f"/api/streams/{entry.id}"})
 
 
+async def edit_stream(request: web.Request) -> web.Response:
+    """``PATCH`` with ``{"url"?, "fps_limit"?, "max_side"?, "stall_timeout"?,
+    "max_retries"?}``: the fields given replace the stream's (``null`` removes an option);
+    the stream restarts with them. API streams only (409 for the others)."""
+    svc = service_of(request)
+    try:
+        entry = svc.get(request.match_info["id"])
+    except StreamNotFound as exc:
+        raise ApiError(404, str(exc)) from None
+    data = await read_json_object(request, {"url", *OPTION_LIMITS})
+    url = entry.url
+    if data.get("url") is not None:
+        try:
+            url = validate_api_url(field_str(data, "url"))
+        except ValueError as exc:
+            raise ApiError(400, str(exc)) from None
+    options = {k: v for k, v in entry.options.items() if k in OPTION_LIMITS}
+    for key, (lo, hi, integer) in OPTION_LIMITS.items():
+        if key not in data:
+            continue
+        value = field_number(data, key, lo=lo, hi=hi, integer=integer)
+        if value is None:
+            options.pop(key, None)
+        else:
+            options[key] = value if integer else float(value)
+    stream = StreamConfig.model_validate({"name": entry.id, "url": url, **options})
+    try:
+        entry = await svc.replace_stream(stream)
+    except StreamNotFound as exc:
+        raise ApiError(404, str(exc)) from None
+    except StreamConflict as exc:
+        raise ApiError(409, str(exc)) from None
+    return web.json_response(entry.to_dict())
+
+
 async def get_stream(request: web.Request) -> web.Response:
     try:
         entry = service_of(request).get(request.match_info["id"])
@@ -166,6 +201,7 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/api/streams", add_stream)
     r.add_get("/api/streams/{id}", get_stream)
     r.add_delete("/api/streams/{id}", delete_stream)
+    r.add_patch("/api/streams/{id}", edit_stream)
     r.add_get("/api/streams/{id}/counts", counts)
     r.add_get("/api/streams/{id}/counts.csv", counts_csv)
     r.add_get("/api/streams/{id}/feed", feed_stream)
