@@ -11,10 +11,10 @@ identify a rule by its name.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
-from crowdcount.streamer.alerts import ThresholdRule
+from crowdcount.streamer.alerts import AlertEvent, ThresholdRule
 from crowdcount.streamer.integrations import Integrations
 from crowdcount.streamer.saved import SavedSettings
 
@@ -41,12 +41,14 @@ class RuleBook:
         saved: SavedSettings,
         integrations: Integrations,
         zones_of: Callable[[str], list[str] | None],
+        publish: Callable[[Sequence[AlertEvent]], None],
     ) -> None:
         self._config = {r.name: r for r in config_rules}
         self._api: dict[str, ThresholdRule] = {}
         self._saved = saved
         self._integrations = integrations
         self._zones_of = zones_of  # stream id -> its zone names, None if not live
+        self._publish = publish  # delivers the clears a rule change causes (the pipeline's)
         self._lock = asyncio.Lock()
 
     async def load(self) -> list[str]:
@@ -119,4 +121,5 @@ class RuleBook:
             self._apply()
 
     def _apply(self) -> None:
-        self._integrations.set_rules([*self._config.values(), *self._api.values()])
+        self._publish(self._integrations.set_rules([*self._config.values(),
+                                                    *self._api.values()]))

@@ -29,7 +29,6 @@ from typing import Any, Literal
 
 from crowdcount.model.runtime import Runtime
 from crowdcount.model.zones import Zone
-from crowdcount.streamer.alerts import AlertEvent
 from crowdcount.streamer.config import Config, StreamConfig
 from crowdcount.streamer.feed import CountFeed
 from crowdcount.streamer.gathering import GatheringMap
@@ -45,7 +44,7 @@ from crowdcount.streamer.smoothing import Ema
 from crowdcount.streamer.sources.base import Source
 from crowdcount.streamer.sources.webrtc import WebRtcSource
 from crowdcount.streamer.status import StreamStatus
-from crowdcount.streamer.store import CountStore
+from crowdcount.streamer.store import Store, open_store
 from crowdcount.streamer.upload import UploadCounter
 from crowdcount.streamer.urls import mask_url, validate_api_url
 
@@ -131,22 +130,24 @@ class Service:
         self.model_path = model_path
         self.max_streams = config.server.max_streams
         try:
-            self.store = CountStore(config.server.database)
+            self.store: Store = open_store(config.server.database)
         except (sqlite3.Error, OSError) as exc:
             raise ValueError(f"cannot open database {config.server.database}: {exc}") from None
-        # Zones, alert rules and notifiers; its ``process`` fills ``Result.zones`` before
-        # any sink sees a result, so the store, feed, metrics and viewers agree.
-        self.integrations = Integrations.from_config(config, self.store)
+        # Zones, alert rules and notifiers; the pipeline's analysis stage fills
+        # ``Result.zones`` before any sink sees a result, so every sink agrees.
+        self.integrations = Integrations.from_config(config)
+        self.feed = CountFeed()
+        self.viewers = ViewerRegistry(zones=self.integrations.zones)
+        self.pipeline = Pipeline(runtime, max_batch=config.model.max_batch,
+                                 analysis=self.integrations)
+        self.counts = CountSink(self.store.history, self.feed, Ema(), store_rate,
+                                alert_log=self.store.alerts)
         # Rules and zones made through the API (own tables in the same file).
         self.saved = SavedSettings(config.server.database)
         self.saved_zones: dict[str, list[dict[str, Any]]] = {}
         self.rules = RuleBook(rules_from_config(config.thresholds), self.saved,
-                              self.integrations, self._live_zone_names)
-        self.feed = CountFeed()
-        self.viewers = ViewerRegistry(zones=self.integrations.zones)
-        self.pipeline = Pipeline(runtime, max_batch=config.model.max_batch,
-                                 result_hook=self.integrations.process)
-        self.counts = CountSink(self.store, self.feed, Ema(), store_rate)
+                              self.integrations, self._live_zone_names,
+                              self.pipeline.publish_alerts)
         # Where people gather: per-minute density grids (own table, own writer thread).
         self.gathering = GatheringMap(config.server.database)
         self.metrics = Metrics(self.statuses, self._service_gauges,
@@ -190,12 +191,6 @@ class Service:
         name zones of streams added later)."""
         return self._zone_names(stream_id) if stream_id in self.streams else None
 
-    def _on_alert(self, event: AlertEvent) -> None:
-        """Push raised/cleared alerts into the live feed (the stream's subscribers and the
-        all-stream ones), marked ``"type": "alert"`` to tell them from count items."""
-        self.metrics.on_alert(event)
-        self.feed.publish(event.stream, {"type": "alert", **event.to_dict()})
-
     async def set_zones(self, stream_id: str, zones: list[Zone]) -> None:
         """Replace a live stream's zones and save them (any kind of stream: they come back
         when a stream of that id is added again, even over its config-file zones).
@@ -210,7 +205,7 @@ class Service:
         self.saved_zones[stream_id] = dicts
         await asyncio.to_thread(self.saved.save_zones, stream_id, dicts)
         if entry.origin == "api":  # its saved definition lists its options, zones included
-            await asyncio.to_thread(self.store.save_stream, entry.id, entry.id, entry.url,
+            await asyncio.to_thread(self.store.streams.save, entry.id, entry.id, entry.url,
                                     entry.kind, dict(entry.options))
 
     def get(self, stream_id: str) -> StreamEntry:
@@ -234,25 +229,25 @@ class Service:
         self.started_at = time.monotonic()
         # Alerts left open by a previous process can never be cleared by it: close them; the
         # fresh engine raises again if the crowd is still there.
-        await asyncio.to_thread(self.store.close_open_alerts, time.time())
+        await asyncio.to_thread(self.store.alerts.close_open, time.time())
         self.saved_zones = await asyncio.to_thread(self.saved.zones)
         for name in await self.rules.load():
             log.warning("event=saved_rule_shadowed rule=%s (the config file has one of that "
                         "name)", name)
         await self.integrations.start()
-        self.integrations.on_alert.append(self._on_alert)
         if self.config.server.retention_days is not None:
             self._retention = asyncio.create_task(self._enforce_retention())
         await self.pipeline.start()
-        self.pipeline.add_sink(self.counts)
-        self.pipeline.add_sink(self.metrics)
-        self.pipeline.add_sink(self.gathering)
+        # Every consumer of results and alerts is a sink of the pipeline, and only that.
+        for sink in (self.counts, self.metrics, self.viewers, self.gathering,
+                     *self.integrations.notifiers):
+            self.pipeline.add_sink(sink)
         for stream in self.config.streams:
             try:
                 await self.add_stream(stream, origin="config")
             except Exception as exc:
                 log.error("event=resume_failed stream=%s error=%r", stream.name, str(exc))
-        for saved in await asyncio.to_thread(self.store.list_streams):
+        for saved in await asyncio.to_thread(self.store.streams.all):
             try:
                 url = validate_api_url(saved["url"])
                 options = saved.get("options") or {}
@@ -312,9 +307,9 @@ class Service:
         self.streams[sid] = entry  # reserved before the first await: no duplicate can race in
         try:
             if persist:
-                await asyncio.to_thread(self.store.save_stream, sid, sid, url, kind, options)
+                await asyncio.to_thread(self.store.streams.save, sid, sid, url, kind, options)
             await self.pipeline.add_stream(source, fps_limit, max_side)
-            self.pipeline.subscribe(sid, self.viewers.sink(sid))
+            self.viewers.sink(sid)  # viewers of this stream can connect from now on
         except BaseException:
             self.streams.pop(sid, None)
             self.viewers.remove(sid)
@@ -322,7 +317,7 @@ class Service:
                 await source.stop()
             if persist:
                 with contextlib.suppress(Exception):
-                    await asyncio.to_thread(self.store.delete_stream, sid)
+                    await asyncio.to_thread(self.store.streams.delete, sid)
             raise
         log.info("event=stream_added stream=%s kind=%s origin=%s url=%s",
                  sid, kind, origin, mask_url(url))
@@ -358,7 +353,7 @@ class Service:
                     await self.peers.close_peer(peer.id, "removed via API")
             await self._drop(stream_id, entry)  # no-op if the hang-up already dropped it
             return
-        await asyncio.to_thread(self.store.delete_stream, stream_id)
+        await asyncio.to_thread(self.store.streams.delete, stream_id)
         # A removed API camera is forgotten with its zones (a new one of that name starts
         # clean); a browser camera's or a config stream's zones stay for its return.
         self.saved_zones.pop(stream_id, None)
@@ -386,12 +381,11 @@ class Service:
             return
         del self.streams[stream_id]
         with contextlib.suppress(KeyError):
-            await self.pipeline.remove_stream(stream_id)
+            await self.pipeline.remove_stream(stream_id)  # clears its active alerts
         self.viewers.remove(stream_id)
         self.counts.forget(stream_id)
         self.metrics.forget(stream_id)
         self.gathering.forget(stream_id)
-        self.integrations.forget_stream(stream_id)  # clears its active alerts
         if entry.origin != "config":  # API streams get theirs back from the store
             self.integrations.set_zones(stream_id, ())
         # Make its last counts queryable at once (the history outlives the stream).
@@ -401,7 +395,7 @@ class Service:
 
     async def has_history(self, stream_id: str) -> bool:
         """Whether the store holds counts for ``stream_id`` (live or removed)."""
-        rows = await asyncio.to_thread(self.store.counts, stream_id, None, None, None, 1)
+        rows = await asyncio.to_thread(self.store.history.counts, stream_id, None, None, None, 1)
         return bool(rows)
 
     # -- WebRTC publishers -------------------------------------------------------------------
@@ -426,7 +420,7 @@ class Service:
         while True:
             cutoff = time.time() - days * 86400
             try:
-                deleted = await asyncio.to_thread(self.store.delete_counts, None, cutoff)
+                deleted = await asyncio.to_thread(self.store.history.delete, None, cutoff)
                 deleted += await asyncio.to_thread(self.gathering.delete_before, cutoff)
                 log.info("event=retention deleted=%d before=%.0f", deleted, cutoff)
             except sqlite3.Error as exc:

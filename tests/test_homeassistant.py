@@ -14,6 +14,7 @@ from crowdcount.streamer.alerts import AlertEvent, ThresholdRule
 from crowdcount.streamer.config import ConfigError, parse_config
 from crowdcount.streamer.sinks.homeassistant import slug
 from crowdcount.streamer.sinks.mqtt import MqttNotifier
+from tests.fixtures.results import make_result
 from tests.fixtures.waiting import wait_until
 from tests.test_mqtt import Subscriber
 from tests.test_zones_api import RIGHT, add_source, put_zones
@@ -50,7 +51,7 @@ async def test_discovery_configs_and_state_values(mosquitto) -> None:
     await pub.start()
     await wait_until(lambda: pub.connected)
     pub.set_rules((BUSY, DOOR, OTHER))
-    pub.notify_counts("cam", 1.0, 12.5, {"door": 4.25})
+    pub.on_result(make_result("cam", 1.0, 12.5, {"door": 4.25}))
     await wait_until(lambda: {COUNT, ZONE, BUSY_ALERT, DOOR_ALERT} <= set(configs(sub))
                      and sub.on("crowdcount/cam/state"), what="discovery configs")
     seen = configs(sub)
@@ -83,7 +84,7 @@ async def test_discovery_configs_and_state_values(mosquitto) -> None:
     attrs = json.loads(render(alert["json_attributes_template"], state))
     assert attrs == {"rule": "door-full", "on": "zone door", "above": 3, "below": 1}
 
-    pub.notify_alert(AlertEvent("raised", DOOR, 2.0, 4.25, 2.0, 2.0, 4.25))
+    pub.on_alert(AlertEvent("raised", DOOR, 2.0, 4.25, 2.0, 2.0, 4.25))
     await wait_until(lambda: any(s["alert"] for s in sub.on("crowdcount/cam/state")))
     state = sub.on("crowdcount/cam/state")[-1]
     assert render(alert["value_template"], state) == "ON"
@@ -92,11 +93,11 @@ async def test_discovery_configs_and_state_values(mosquitto) -> None:
     # A zone that went away (the counts no longer have it) loses its entity; a new one
     # gains one. Nothing is re-sent while nothing changes.
     before = len(sub.messages)
-    pub.notify_counts("cam", 3.0, 12.0, {"queue": 2.0})
+    pub.on_result(make_result("cam", 3.0, 12.0, {"queue": 2.0}))
     new_zone = "homeassistant/sensor/crowdcount/crowdcount_cam_zone_queue_count/config"
     await wait_until(lambda: configs(sub).get(ZONE) == b"" and new_zone in configs(sub))
     assert json.loads(configs(sub)[new_zone])["name"] == "queue count"
-    pub.notify_counts("cam", 3.5, 12.0, {"queue": 2.5})
+    pub.on_result(make_result("cam", 3.5, 12.0, {"queue": 2.5}))
     await wait_until(lambda: sub.on("crowdcount/cam/queue/count")[-1]["t"] == 3.5)
     resent = [t for t, *_ in sub.messages[before:] if t.endswith("/config")]
     assert sorted(resent) == sorted([ZONE, new_zone]), resent
@@ -132,8 +133,8 @@ async def test_off_by_default_and_prefix_configurable(mosquitto) -> None:
     for n in (plain, custom):
         await n.start()
     await wait_until(lambda: plain.connected and custom.connected)
-    plain.notify_counts("a.b", 1.0, 2.0, {})
-    custom.notify_counts("a.b", 1.0, 2.0, {})
+    plain.on_result(make_result("a.b", 1.0, 2.0, {}))
+    custom.on_result(make_result("a.b", 1.0, 2.0, {}))
     oid = f"crowdcount_{slug('a.b')}_count"
     topic = f"ha/disc/sensor/crowdcount/{oid}/config"
     await wait_until(lambda: topic in configs_any(sub) and sub.on("crowdcount/a.b/count"))

@@ -77,7 +77,7 @@ async def test_create_edit_delete_with_hysteresis(serve) -> None:
     assert r.status == 204
     assert not svc.integrations.engine.is_active("crowded")
     assert await rules(client) == []
-    await wait_until(lambda: svc.store.flush() >= 0 and svc.store.alerts(
+    await wait_until(lambda: svc.store.flush() >= 0 and svc.store.alerts.query(
         "cam", None, None, None, 10)[0]["cleared_at"] is not None, what="the stored clear")
     assert (await client.get(f"{RULES}/crowded")).status == 404
 

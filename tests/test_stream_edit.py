@@ -27,7 +27,7 @@ async def test_edit_options_and_url_keep_zones_and_survive_restart(serve) -> Non
     assert svc.streams["door"].source is not old_source  # restarted with the new settings
     assert svc.streams["door"].url.endswith("/y")
     assert [z.name for z in svc.integrations.zones("door")] == ["mat"]
-    saved = svc.store.get_stream("door")
+    saved = svc.store.streams.get("door")
     assert saved["options"]["max_side"] == 480 and "fps_limit" not in saved["options"]
     await client.close()
 

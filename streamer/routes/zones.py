@@ -136,7 +136,7 @@ async def list_alerts(request: web.Request) -> web.Response:
         raise ApiError(400, f"parameter 'since' ({since:g}) must be before 'until' ({until:g})")
     active = query_flag(request, "active") if "active" in request.query else None
     limit = query_int(request, "limit", 100, 1, MAX_ALERTS)
-    rows = await asyncio.to_thread(svc.store.alerts, stream, since, until, active, limit)
+    rows = await asyncio.to_thread(svc.store.alerts.query, stream, since, until, active, limit)
     alerts = _merge_live(rows, svc.integrations.active_alerts(), stream, until, active)
     return web.json_response({"alerts": alerts[:limit]})
 
