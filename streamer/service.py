@@ -235,7 +235,8 @@ class Service:
             log.warning("event=saved_rule_shadowed rule=%s (the config file has one of that "
                         "name)", name)
         await self.integrations.start()
-        if self.config.server.retention_days is not None:
+        server = self.config.server
+        if server.retention_days is not None or server.raw_history_hours is not None:
             self._retention = asyncio.create_task(self._enforce_retention())
         await self.pipeline.start()
         # Every consumer of results and alerts is a sink of the pipeline, and only that.
@@ -394,8 +395,9 @@ class Service:
         log.info("event=stream_removed stream=%s", stream_id)
 
     async def has_history(self, stream_id: str) -> bool:
-        """Whether the store holds counts for ``stream_id`` (live or removed)."""
-        rows = await asyncio.to_thread(self.store.history.counts, stream_id, None, None, None, 1)
+        """Whether the store holds counts for ``stream_id`` (live or removed); asks the
+        per-minute rollup, which outlives the raw rows."""
+        rows = await asyncio.to_thread(self.store.history.counts, stream_id, None, None, 60, 1)
         return bool(rows)
 
     # -- WebRTC publishers -------------------------------------------------------------------
@@ -413,16 +415,24 @@ class Service:
     # -- shutdown ----------------------------------------------------------------------------
 
     async def _enforce_retention(self, every: float = 3600.0) -> None:
-        """Delete count rows older than ``server.retention_days``, now and then hourly: every
-        processed frame is stored, which at 30 fps is ~2.6 million rows a day per stream."""
+        """Now and then hourly: delete raw count rows older than ``server.raw_history_hours``
+        (their per-second and per-minute rollups stay: every processed frame is stored, ~2.6
+        million rows a day per 30 fps stream), and everything older than
+        ``server.retention_days``."""
         days = self.config.server.retention_days
-        assert days is not None
+        raw_hours = self.config.server.raw_history_hours
         while True:
-            cutoff = time.time() - days * 86400
+            now = time.time()
             try:
-                deleted = await asyncio.to_thread(self.store.history.delete, None, cutoff)
-                deleted += await asyncio.to_thread(self.gathering.delete_before, cutoff)
-                log.info("event=retention deleted=%d before=%.0f", deleted, cutoff)
+                if raw_hours is not None:
+                    cutoff = now - raw_hours * 3600
+                    pruned = await asyncio.to_thread(self.store.history.prune_raw, cutoff)
+                    log.info("event=raw_pruned deleted=%d before=%.0f", pruned, cutoff)
+                if days is not None:
+                    cutoff = now - days * 86400
+                    deleted = await asyncio.to_thread(self.store.history.delete, None, cutoff)
+                    deleted += await asyncio.to_thread(self.gathering.delete_before, cutoff)
+                    log.info("event=retention deleted=%d before=%.0f", deleted, cutoff)
             except sqlite3.Error as exc:
                 log.error("event=retention_failed error=%r", str(exc))
             await asyncio.sleep(every)

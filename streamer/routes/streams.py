@@ -8,6 +8,9 @@ works); 404 only when neither. Live feeds need a live stream.
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
+from typing import Any
 
 from aiohttp import web
 
@@ -145,7 +148,8 @@ def _range(request: web.Request) -> tuple[float | None, float | None]:
 
 async def counts(request: web.Request) -> web.Response:
     """``?since=&until=`` (unix seconds, [since, until)), ``step`` (seconds per bucket),
-    ``limit`` (newest rows kept), ``zones=1`` (per-zone sums on raw rows)."""
+    ``limit`` (newest rows kept), ``zones=1`` (per-zone counts: raw, or with a step their
+    mean, ``zones_min`` and ``zones_max``). Whole-second steps read the rollups."""
     since, until = _range(request)
     step = query_float(request, "step", positive=True)
     limit = query_int(request, "limit", 10_000, 1, MAX_LIMIT)
@@ -162,10 +166,14 @@ async def counts_csv(request: web.Request) -> web.StreamResponse:
     """The raw rows as CSV (``t,count,smoothed``; floats written with ``repr`` so they read
     back exactly), streamed in chunks of ``EXPORT_CHUNK_ROWS``: memory stays flat however
     long the history, and each chunk is its own short query, so no read stays open while a
-    slow client drains the response."""
+    slow client drains the response. With ``?step=``: the aggregated buckets of that range
+    instead (what the page's history chart shows), one column per zone's mean."""
     since, until = _range(request)
+    step = query_float(request, "step", positive=True)
     sid = await _known(request)
     history = service_of(request).store.history
+    if step is not None:
+        return await _aggregated_csv(sid, history, since, until, step)
     response = web.StreamResponse(
         headers={"Content-Disposition": f'attachment; filename="{sid}-counts.csv"'}
     )
@@ -185,6 +193,23 @@ async def counts_csv(request: web.Request) -> web.StreamResponse:
         after = rows[-1][0]
     await response.write_eof()
     return response
+
+
+async def _aggregated_csv(sid: str, history: Any, since: float | None, until: float | None,
+                          step: float) -> web.Response:
+    rows = await asyncio.to_thread(history.counts, sid, since, until, step, MAX_LIMIT,
+                                   with_zones=True)
+    zones = sorted({z for r in rows for z in r.get("zones", {})})
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["t", "count", "min", "max", "smoothed", "n", *zones])
+    for r in rows:
+        writer.writerow([repr(r["t"]), repr(r["count"]), repr(r["min"]), repr(r["max"]),
+                         repr(r["smoothed"]), r["n"],
+                         *(repr(r["zones"][z]) if z in r.get("zones", {}) else "" for z in zones)])
+    name = f"{sid}-counts-{step:g}s.csv"
+    return web.Response(text=out.getvalue(), content_type="text/csv",
+                        headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
 
 MAX_FEED_STREAMS = 64
