@@ -69,6 +69,12 @@ async def wait_card(page: Any, check: Any, timeout: float = 20.0, what: str = ""
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; cards: {seen}")
 
 
+async def remove_card(card: Any) -> None:
+    """Remove, then confirm in the card (removal always asks first)."""
+    await card.locator('[data-testid="stream-remove"]').click()
+    await card.locator('[data-testid="remove-yes"]').click()
+
+
 async def open_page(page: Any, server: LiveServer, path: str = "/") -> None:
     await page.goto(server.url + path)
     await page.wait_for_function("() => window.crowdcount !== undefined")
@@ -150,7 +156,7 @@ async def test_removing_my_camera_closes_the_connection(browser_page, live_serve
     await open_page(page, live_server)
     await page.get_by_role("button", name="Use my camera").click()
     card = await wait_card(page, lambda c: c["width"] > 0, 30, "the annotated video")
-    await page.locator(CARD).get_by_role("button", name="Remove").click()
+    await remove_card(page.locator(CARD))
     await wait_until(lambda: svc.peers.peer_count == 0 and card["id"] not in svc.streams, 10,
                      f"the peer to close (peers: {svc.peers.stats()})")
     assert await page.locator(CARD).count() == 0
@@ -195,8 +201,7 @@ async def test_server_stream_plays_in_view_mode(
     await page.screenshot(path=str(artifacts / "web-view-mode.png"), full_page=True)
 
     # Remove: the API stream goes, the viewer's peer is closed.
-    await page.locator(f'{CARD}[data-stream-id="clip"]').get_by_role(
-        "button", name="Remove").click()
+    await remove_card(page.locator(f'{CARD}[data-stream-id="clip"]'))
     await wait_until(lambda: "clip" not in svc.streams and svc.peers.peer_count == 0, 10,
                      "the stream and its viewer to go")
     assert_clean(log, live_server)
@@ -304,8 +309,7 @@ async def test_unreachable_rtsp_camera_shows_reconnecting_with_its_error(
     assert card["error"] == status.last_error
     await page.locator(f'{CARD}[data-stream-id="door"]').screenshot(
         path=str(artifacts / "web-reconnecting.png"))
-    await page.locator(f'{CARD}[data-stream-id="door"]').get_by_role(
-        "button", name="Remove").click()
+    await remove_card(page.locator(f'{CARD}[data-stream-id="door"]'))
     await wait_until(lambda: "door" not in live_server.service.streams, 10, "the removal")
     assert_clean(log, live_server)
 

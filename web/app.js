@@ -6,6 +6,9 @@
 //   card.js    stream cards and the ``cards`` registry   chart.js   a card's count chart
 //   webrtc.js  a card's WebRTC link (view or publish)    forms.js   add camera, my camera, upload
 //   dom.js     element and banner helpers               zones.js   zone editor and alerts
+//   onscreen.js  pause hidden cards, narrow the feed      range.js   time range picker
+//   history.js, gathering.js, edit.js, rules.js: the history, gathering map, stream edit and
+//   alert rule views (feature modules like zones.js)
 // A feature module imports what it needs from these and follows the document events
 // "crowdcount:card-added", "crowdcount:card-removed" ({detail: {card}}) and
 // "crowdcount:feed" ({detail: item}, every live-feed item, alerts included); index.html
@@ -17,6 +20,7 @@ import { CountChart } from "./chart.js";
 import { bannerIsSticky, showBanner } from "./dom.js";
 import { formatCount } from "./format.js";
 import { setupAddForm, setupCameraButton, setupUpload } from "./forms.js";
+import { onScreenIds, pageVisible } from "./onscreen.js";
 
 const POLL_MS = 2000;
 
@@ -64,10 +68,20 @@ async function poll() {
 // ------------------------------------------------------------------------------- live feed
 
 let feed = null;
+let feedIds = null; // the streams the open feed carries (a comma-joined list)
 function openFeed() {
+  // Only the streams this tab shows (alerts always come): a wall of cameras in a
+  // background tab, or scrolled away, costs the server no pushes. Reopened when that set
+  // changes (onscreen.js); closed while the tab is hidden.
+  const ids = onScreenIds().join(",");
+  if (feed && ids === feedIds && pageVisible()) return;
+  if (feed) feed.close();
+  feed = null;
+  feedIds = ids;
+  if (!pageVisible()) return;
   // No token in this URL: EventSource cannot send headers, and the server's session cookie
   // (set when the page was opened with ?token=) authorises it like every other request.
-  feed = new EventSource("/api/feed");
+  feed = new EventSource(`/api/feed?streams=${encodeURIComponent(ids).replaceAll("%2C", ",")}`);
   feed.onmessage = (event) => {
     let item;
     try {
@@ -84,6 +98,7 @@ function openFeed() {
   };
   // EventSource reconnects by itself; nothing to do on error.
 }
+document.addEventListener("crowdcount:onscreen-changed", openFeed);
 
 // ----------------------------------------------------------------------------------- start
 

@@ -68,9 +68,21 @@ export class Card {
     this.countEl = el.querySelector('[data-testid="stream-count"]');
     this.fpsEl = el.querySelector('[data-testid="stream-fps"]');
     this.canvas = el.querySelector('[data-testid="stream-chart"]');
-    const remove = el.querySelector('[data-testid="stream-remove"]');
-    remove.setAttribute("aria-label", `Remove ${name}`);
-    remove.addEventListener("click", () => this.remove());
+    // Removal asks first, in the card (a stray click must not delete a camera).
+    this.removeButton = el.querySelector('[data-testid="stream-remove"]');
+    this.removeButton.setAttribute("aria-label", `Remove ${name}`);
+    this.confirmBar = el.querySelector('[data-testid="remove-confirm"]');
+    el.querySelector('[data-testid="remove-question"]').textContent =
+      local ? `Stop sharing ${name}?` : `Remove ${name}? Its history is kept.`;
+    this.removeButton.addEventListener("click", () => {
+      this.confirmBar.hidden = false;
+      el.querySelector('[data-testid="remove-no"]').focus();
+    });
+    el.querySelector('[data-testid="remove-yes"]').addEventListener("click", () => this.remove());
+    el.querySelector('[data-testid="remove-no"]').addEventListener("click", () => {
+      this.confirmBar.hidden = true;
+    });
+    this.paused = false; // the view is hung up while the card is off screen or the tab hidden
     this.nameEl.textContent = name;
     this.video.setAttribute("aria-label", `Annotated live video of ${name}`);
     this.canvas.setAttribute("aria-label", `Count of ${name} over the last five minutes`);
@@ -122,6 +134,12 @@ export class Card {
     this.serverState = st.state || this.serverState;
     this.lastError = st.last_error || null;
     this.el.dataset.kind = stream.kind || this.el.dataset.kind;
+    if (stream.origin) {
+      this.origin = stream.origin;
+      this.el.dataset.origin = stream.origin;
+      // Config-file streams are removed in the config file, not here (the API says 409).
+      this.removeButton.hidden = stream.origin === "config";
+    }
     if (Number.isFinite(st.last_count) && !this.liveCount) this.showCount(st.last_count);
     const fps = [];
     if (Number.isFinite(st.fps_in)) fps.push(`${st.fps_in.toFixed(1)} fps in`);
@@ -184,7 +202,9 @@ export class Card {
     this.errorEl.textContent = error || "";
 
     let note = "";
-    if (this.rtcState !== "playing") {
+    if (this.paused) {
+      note = "Video paused while not shown";
+    } else if (this.rtcState !== "playing") {
       if (this.rtcState === "error") note = this.local ? "Camera failed" : "Video unavailable";
       else if (this.rtcState === "retrying") note = "Video lost, reconnecting…";
       else if (this.local && this.rtcState === "new") note = "Starting your camera…";
@@ -196,24 +216,53 @@ export class Card {
     }
     this.note.textContent = note;
     this.note.hidden = !note;
-    this.media.dataset.video = this.rtcState;
+    this.media.dataset.video = this.paused ? "paused" : this.rtcState;
+  }
+
+  // Off screen or in a hidden tab: hang up the view, so the server stops encoding video for
+  // nobody; back in sight, connect again and refill the chart. A camera this page publishes
+  // keeps going (it is the stream's source).
+  pauseView() {
+    if (this.local || this.paused || this.removed) return;
+    this.paused = true;
+    clearTimeout(this.retryTimer);
+    this.retryTimer = null;
+    this.retry = 0;
+    // Mid-offer, closing the RTCPeerConnection would leave its pending promises unsettled
+    // forever (WebRTC spec); connectView hangs up itself once the offer is through.
+    if (!this.connecting) this.link.hangUp();
+    this.video.srcObject = null;
+    this.rtcState = "new";
+    this.render();
+  }
+
+  resumeView() {
+    if (!this.paused || this.removed) return;
+    this.paused = false;
+    this.render();
+    this.loadHistory();
+    if (this.serverState === "running" && this.idle()) this.connectView();
   }
 
   // Whether a view connection should be started (none running, pending or scheduled).
   idle() {
-    return !this.link.pc && !this.connecting && !this.retryTimer && !this.removed;
+    return !this.link.pc && !this.connecting && !this.retryTimer && !this.removed && !this.paused;
   }
 
   async connectView() {
     clearTimeout(this.retryTimer);
     this.retryTimer = null;
-    if (this.connecting || this.removed) return;
+    if (this.connecting || this.removed || this.paused) return;
     this.connecting = true;
     try {
       await this.link.hangUp();
-      if (this.removed) return;
+      if (this.removed || this.paused) return;
       this.setRtc(this.retry ? "retrying" : "connecting");
       await this.link.open("view", this.id);
+      if (this.paused) {
+        await this.link.hangUp(); // paused while the offer was answered
+        return;
+      }
       this.rtcError = null;
     } catch (err) {
       if (this.removed || err.message === "cancelled") return;
@@ -226,7 +275,7 @@ export class Card {
   }
 
   scheduleRetry() {
-    if (this.removed || this.local) return;
+    if (this.removed || this.local || this.paused) return;
     const delay = RTC_RETRY_MS[Math.min(this.retry, RTC_RETRY_MS.length - 1)];
     this.retry++;
     this.setRtc("retrying");
@@ -239,7 +288,7 @@ export class Card {
 
   onPeerLost(reason) {
     this.link.drop();
-    if (this.removed) return;
+    if (this.removed || this.paused) return;
     if (this.local) {
       this.rtcError = `Camera connection lost (${reason})`;
       this.setRtc("error");

@@ -19,9 +19,14 @@ export function setupAddForm() {
       error.hidden = false;
       return;
     }
+    const body = { name, url };
+    for (const key of ["fps_limit", "max_side"]) {
+      const value = form.elements[key].value.trim();
+      if (value !== "") body[key] = Number(value);
+    }
     button.disabled = true;
     try {
-      const stream = await api("/api/streams", { method: "POST", json: { name, url } });
+      const stream = await api("/api/streams", { method: "POST", json: body });
       form.reset();
       if (stream && stream.id && !cards.has(stream.id)) showStream(stream, name);
     } catch (err) {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from aiohttp import web
@@ -19,6 +20,8 @@ async def health(request: web.Request) -> web.Response:
         "streams": len(svc.streams),
         "model": {"backend": svc.runtime.name, "path": svc.model_path},
         "uptime_s": round(svc.uptime_s, 3),
+        # The server's clock: the page draws history on it, not on the browser's.
+        "time": time.time(),
     })
 
 
