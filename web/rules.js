@@ -75,7 +75,8 @@ function fillStreams(selected) {
 async function fillZones(selected) {
   const options = [el("option", { value: "" }, "Total (whole picture)")];
   const id = streamSelect.value;
-  if (id) {
+  const card = cards.get(id);
+  if (id && !(card?.local && !card.peerId)) {
     try {
       const data = await api(streamPath(id, "zones"));
       for (const z of data.zones || []) options.push(el("option", { value: z.name }, z.name));
@@ -167,8 +168,10 @@ streamSelect.addEventListener("focus", () => fillStreams(streamSelect.value));
 
 document.addEventListener("crowdcount:card-added", () => {
   if (!editing) fillStreams(streamSelect.value || null);
-  if (!editing && zoneSelect.options.length <= 1) fillZones("");
 });
+// Zones are asked for when they are needed (not for every card that appears: a browser
+// camera's stream does not exist until its offer is answered).
+zoneSelect.addEventListener("focus", () => fillZones(zoneSelect.value));
 document.addEventListener("crowdcount:feed", (event) => {
   if (event.detail?.type === "alert") refresh();
 });
