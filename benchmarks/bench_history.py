@@ -13,8 +13,8 @@ week at one per ten minutes, zones included, each the median of several runs, pl
 same day answered from raw rows (the path every query took before the rollups) when the
 raw window covers a day.
 
-    python benchmarks/bench_history.py                 # 7 days, 1 h of raw rows
-    python benchmarks/bench_history.py --raw-hours 24  # the default server setting
+    python benchmarks/bench_history.py                 # 7 days, 6 h of raw rows (default)
+    python benchmarks/bench_history.py --raw-hours 24  # a day of raw rows: adds the old path
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from crowdcount.streamer.config import ServerConfig
 from crowdcount.streamer.store.sqlite import SQLiteStore
 
 ZONES = ("door", "queue")
@@ -97,7 +98,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--days", type=float, default=7)
     p.add_argument("--fps", type=int, default=30)
-    p.add_argument("--raw-hours", type=float, default=1.0)
+    p.add_argument("--raw-hours", type=float, default=ServerConfig().raw_history_hours,
+                   help="hours of raw rows (default: the server's raw_history_hours)")
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--db", type=Path, help="database file (default: a temporary one)")
     args = p.parse_args()

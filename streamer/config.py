@@ -244,8 +244,9 @@ class ServerConfig(_Strict):
     #: delete count rows older than this many days (checked hourly); unset = keep all
     retention_days: Annotated[float, Field(gt=0)] | None = None
     #: keep raw per-frame count rows this many hours (checked hourly); older history is
-    #: answered from the per-second and per-minute rollups. Unset: keep raw rows too
-    raw_history_hours: Annotated[float, Field(gt=0)] | None = 24.0
+    #: answered from the per-second and per-minute rollups. 0: keep raw rows as long as
+    #: the rest (retention_days)
+    raw_history_hours: Annotated[float, Field(ge=0)] = 6.0
     #: PEM certificate (chain) and private key: serve https (needed for "Use my camera"
     #: anywhere but localhost)
     tls_cert: PathStr | None = None

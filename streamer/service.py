@@ -236,7 +236,7 @@ class Service:
                         "name)", name)
         await self.integrations.start()
         server = self.config.server
-        if server.retention_days is not None or server.raw_history_hours is not None:
+        if server.retention_days is not None or server.raw_history_hours > 0:
             self._retention = asyncio.create_task(self._enforce_retention())
         await self.pipeline.start()
         # Every consumer of results and alerts is a sink of the pipeline, and only that.
@@ -424,7 +424,7 @@ class Service:
         while True:
             now = time.time()
             try:
-                if raw_hours is not None:
+                if raw_hours > 0:
                     cutoff = now - raw_hours * 3600
                     pruned = await asyncio.to_thread(self.store.history.prune_raw, cutoff)
                     log.info("event=raw_pruned deleted=%d before=%.0f", pruned, cutoff)

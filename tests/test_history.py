@@ -132,3 +132,24 @@ async def test_api_stepped_counts_with_zones_and_csv(serve, tmp_path) -> None:
     assert float(table[0]["max"]) == pytest.approx(data["count"][:600].max())
     assert table[0]["queue"] == "" and float(table[2]["queue"]) == pytest.approx(
         rows[2]["zones"]["queue"])
+
+
+async def test_service_prunes_raw_rows_and_keeps_their_rollups(serve, tmp_path) -> None:
+    """``server.raw_history_hours`` (6 h by default): older raw rows go at start (and
+    hourly); the history the page draws is still there."""
+    import time
+
+    from tests.fixtures.waiting import wait_until
+
+    now = time.time()
+    with SQLiteStore(tmp_path / "counts.sqlite3") as store:
+        for age_h in (72, 12, 0.1):
+            store.history.add("cam", now - age_h * 3600, 5.0, 5.0, {"door": 2.0})
+        store.flush()
+    client = await serve()
+    history = service(client).store.history
+    await wait_until(lambda: len(history.counts("cam")) == 1, what="the raw rows pruned")
+    r = await client.get("/api/streams/cam/counts", params={"step": "60", "zones": "1"})
+    rows = (await r.json())["counts"]
+    assert len(rows) == 3 and all(x["count"] == 5.0 and x["zones"] == {"door": 2.0}
+                                  for x in rows)
