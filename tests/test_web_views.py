@@ -34,9 +34,12 @@ SQUARE = (slice(64, 128), slice(192, 256))
 
 
 def scene() -> np.ndarray:
-    """Black with one bright square: the brightness model's people are exactly there."""
-    image = np.zeros((H, W, 3), np.uint8)
+    """A dim floor, a bright square (a big group) and a fainter patch (a small one): the
+    brightness model's people are exactly there."""
+    floor = np.linspace(0, 14, H, dtype=np.float32)[:, None, None]
+    image = np.broadcast_to(floor, (H, W, 3)).astype(np.uint8).copy()
     image[SQUARE] = 255
+    image[160:210, 40:110] = 120
     return image
 
 
@@ -171,12 +174,14 @@ async def test_gathering_map_shows_where_people_were(
           c.width = img.naturalWidth; c.height = img.naturalHeight;
           const ctx = c.getContext('2d'); ctx.drawImage(img, 0, 0);
           const at = (x, y) => Array.from(ctx.getImageData(x, y, 1, 1).data.slice(0, 3));
-          return {w: img.naturalWidth, h: img.naturalHeight, hot: at(224, 96), cold: at(40, 200)};
+          return {w: img.naturalWidth, h: img.naturalHeight, hot: at(224, 96),
+                  warm: at(75, 185), cold: at(300, 20)};
         }""")
         assert (pixels["w"], pixels["h"]) == (W, H)
         r, g, b = pixels["hot"]
         assert r > g + 40 and r > b + 40, pixels
-        assert pixels["cold"] == [0, 0, 0], pixels
+        assert max(pixels["cold"]) < 30, pixels  # the empty floor stays dark
+        assert pixels["warm"] != [120, 120, 120] and pixels["warm"] != pixels["hot"], pixels
         stats = await panel.locator('[data-testid="gathering-stats"]').text_content()
         assert "frames" in stats and "people" in stats
         await panel.get_by_role("button", name="Last day").click()
