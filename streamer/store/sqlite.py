@@ -126,12 +126,16 @@ _ROLLUP_MINUTE_SQL = (
     "FROM zone_counts_1s WHERE stream_id = ? AND t >= ? AND t < ? GROUP BY zone, m",
 )
 _ROLLUP_TABLES = ("counts_1s", "counts_1m", "zone_counts_1s", "zone_counts_1m")
+_T_LIMIT = 2**62  # range ends beyond this (a client's 1e300) are "unbounded"
+_MAX_ROLLUP_STEP = 10**9  # larger steps (one bucket for all time) take the raw path
 
 
 def _update_rollups(conn: sqlite3.Connection, rows: Sequence[_Row]) -> None:
     """Recompute the seconds and minutes that ``rows`` touch (inside the commit)."""
     spans: dict[str, tuple[float, float]] = {}
     for sid, t, *_ in rows:
+        if not -_T_LIMIT < t < _T_LIMIT:  # NaN, inf, absurd: stored raw, never rolled up
+            continue
         lo, hi = spans.get(sid, (t, t))
         spans[sid] = (min(lo, t), max(hi, t))
     for sid, (lo, hi) in spans.items():
@@ -508,7 +512,7 @@ class SQLiteHistory:
 
         if not step > 0:
             raise ValueError("step must be > 0")
-        if step >= 1 and float(step).is_integer():
+        if 1 <= step <= _MAX_ROLLUP_STEP and float(step).is_integer():
             return self._rolled_up(stream_id, since, until, int(step), int(limit), with_zones)
         # floor(t / step) without relying on SQLite's optional math functions: CAST truncates
         # toward zero, so subtract one for negative non-integral quotients.
@@ -537,8 +541,9 @@ class SQLiteHistory:
         is taken at that unit (``since`` rounded down to it)."""
         unit = 60 if step % 60 == 0 else 1
         suffix = "1m" if unit == 60 else "1s"
-        lo = -(2**62) if since is None else math.floor(since / unit) * unit
-        hi = 2**62 if until is None else math.ceil(until)
+        lo = -_T_LIMIT if since is None else max(-_T_LIMIT, math.floor(
+            max(-_T_LIMIT, since) / unit) * unit)
+        hi = _T_LIMIT if until is None else min(_T_LIMIT, math.ceil(min(_T_LIMIT, until)))
         args = {"sid": stream_id, "lo": lo, "hi": hi, "step": step, "limit": limit}
         # Integer division floors for t >= 0; the rare negative t is shifted to floor too.
         bucket = "((t - (t < 0) * (:step - 1)) / :step)"
