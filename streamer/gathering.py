@@ -12,11 +12,13 @@ area overlap, so no density is lost or counted twice (a model output of 80x60 fo
 
 Storage is small by design: a bucket is one row of float16 cells, zlib-compressed (at most
 2.4 KB for 40x30, much less for an empty scene), so a camera adds at most ~3.5 MB a day,
-whatever its frame rate. Rows live in the service's SQLite file (WAL), in a table of their
-own, written by a thread of this module; the bucket still being filled is kept in memory
-and included in answers, so "the last hour" includes the last minute. The newest frame of
-each stream is the reference picture the overlay is drawn on; it is also saved now and
-then (JPEG), so a removed camera's map still has its picture.
+whatever its frame rate. Rows go to the store (``GatheringStore``; in SQLite a table of the
+service's file, written by the store's one writer), handed over by a thread of this module
+so the event loop never waits; the bucket still being filled is kept in memory and included
+in answers, so "the last hour" includes the last minute. A bucket may reach the store in
+parts (a restart within the minute): parts are weighted by their frames like buckets. The
+newest frame of each stream is the reference picture the overlay is drawn on; it is also
+saved now and then (JPEG), so a removed camera's map still has its picture.
 """
 
 from __future__ import annotations
@@ -24,12 +26,10 @@ from __future__ import annotations
 import logging
 import math
 import queue
-import sqlite3
 import threading
 import zlib
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -37,27 +37,14 @@ from numpy.typing import NDArray
 
 from crowdcount.model.types import Result
 
+if TYPE_CHECKING:
+    from crowdcount.streamer.store import GatheringStore
+
 __all__ = ["GRID_H", "GRID_W", "GatheringMap", "Heatmap", "render_overlay", "resample_weights"]
 
 log = logging.getLogger(__name__)
 
 GRID_W, GRID_H = 40, 30
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS gathering (
-    stream_id TEXT NOT NULL,
-    start REAL NOT NULL,
-    frames INTEGER NOT NULL,
-    grid BLOB NOT NULL,
-    PRIMARY KEY (stream_id, start)
-);
-CREATE TABLE IF NOT EXISTS gathering_reference (
-    stream_id TEXT PRIMARY KEY,
-    t REAL NOT NULL,
-    jpeg BLOB NOT NULL
-);
-"""
-
 
 def resample_weights(n_src: int, n_dst: int) -> NDArray[np.float32]:
     """(n_dst, n_src) area weights: the share of source cell j that lies in target cell i.
@@ -120,24 +107,16 @@ class GatheringMap:
 
     def __init__(
         self,
-        path: str | Path,
+        store: GatheringStore,
         *,
         bucket_seconds: float = 60.0,
         reference_every: float = 600.0,
-        busy_timeout: float = 5.0,
     ) -> None:
         if bucket_seconds <= 0:
             raise ValueError("bucket_seconds must be > 0")
         self.bucket_seconds = float(bucket_seconds)
         self.reference_every = float(reference_every)
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                                     timeout=busy_timeout)
-        self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-        self._conn.execute("PRAGMA synchronous = NORMAL")
-        self._conn.executescript(_SCHEMA)
-        self._db_lock = threading.Lock()
+        self.store = store
         self._lock = threading.Lock()  # guards the open buckets and references
         self._open: dict[str, _Bucket] = {}
         self._latest: dict[str, tuple[float, NDArray[np.uint8]]] = {}
@@ -202,43 +181,21 @@ class GatheringMap:
                 if item is None:
                     return
                 kind, args = item
-                with self._db_lock:
-                    if kind == "bucket":
-                        self._store_bucket(*args)
-                    else:
-                        self._store_reference(*args)
+                if kind == "bucket":
+                    sid, start, frames, mean = args
+                    self.store.add_bucket(sid, start, frames, _pack(mean))
+                else:
+                    sid, t, image = args
+                    ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(_shrink(image),
+                                                                 cv2.COLOR_RGB2BGR),
+                                            [cv2.IMWRITE_JPEG_QUALITY, 85])
+                    if ok:
+                        self.store.save_reference(sid, t, jpeg.tobytes())
             except Exception:
                 self.errors += 1
                 log.exception("gathering: write failed")
             finally:
                 self._queue.task_done()
-
-    def _store_bucket(self, sid: str, start: float, frames: int,
-                      mean: NDArray[np.float32]) -> None:
-        """Insert, or merge with a row of the same bucket (a restart within the minute)."""
-        conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            row = conn.execute("SELECT frames, grid FROM gathering WHERE stream_id = ? AND "
-                               "start = ?", (sid, start)).fetchone()
-            if row is not None:
-                old_frames, blob = row
-                mean = ((_unpack(blob) * old_frames + mean * frames)
-                        / (old_frames + frames)).astype(np.float32)
-                frames += old_frames
-            conn.execute("INSERT OR REPLACE INTO gathering (stream_id, start, frames, grid) "
-                         "VALUES (?, ?, ?, ?)", (sid, start, frames, _pack(mean)))
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-
-    def _store_reference(self, sid: str, t: float, image: NDArray[np.uint8]) -> None:
-        ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(_shrink(image), cv2.COLOR_RGB2BGR),
-                                [cv2.IMWRITE_JPEG_QUALITY, 85])
-        if ok:
-            self._conn.execute("INSERT OR REPLACE INTO gathering_reference (stream_id, t, jpeg) "
-                               "VALUES (?, ?, ?)", (sid, t, jpeg.tobytes()))
 
     def flush(self) -> None:
         """Wait until everything queued so far is committed (tests, queries)."""
@@ -257,10 +214,7 @@ class GatheringMap:
         with self._lock:  # the open bucket, copied, so it is neither lost nor counted twice
             bucket = self._open.get(stream_id)
             live = None if bucket is None else (bucket.start, bucket.frames, bucket.total.copy())
-        with self._db_lock:
-            rows = self._conn.execute(
-                "SELECT start, frames, grid FROM gathering WHERE stream_id = ? AND start >= ? "
-                "AND start < ? ORDER BY start", (stream_id, lo, hi)).fetchall()
+        rows = self.store.buckets(stream_id, lo, hi)
         total = np.zeros((GRID_H, GRID_W))
         frames, starts = 0, []
         for start, n, blob in rows:
@@ -282,38 +236,29 @@ class GatheringMap:
             latest = self._latest.get(stream_id)
         if latest is not None:
             return latest[1]
-        with self._db_lock:
-            row = self._conn.execute("SELECT jpeg FROM gathering_reference WHERE stream_id = ?",
-                                     (stream_id,)).fetchone()
-        if row is None:
+        jpeg = self.store.reference(stream_id)
+        if jpeg is None:
             return None
-        image = cv2.imdecode(np.frombuffer(row[0], np.uint8), cv2.IMREAD_COLOR)
+        image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
         return None if image is None else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
     def has_data(self, stream_id: str) -> bool:
         with self._lock:
             if stream_id in self._open or stream_id in self._latest:
                 return True
-        with self._db_lock:
-            row = self._conn.execute("SELECT 1 FROM gathering WHERE stream_id = ? LIMIT 1",
-                                     (stream_id,)).fetchone()
-        return row is not None
+        return self.store.has(stream_id)
 
     def delete_before(self, cutoff: float) -> int:
         """Retention: drop buckets that started before ``cutoff`` (unix seconds)."""
         self.flush()
-        with self._db_lock:
-            cur = self._conn.execute("DELETE FROM gathering WHERE start < ?", (cutoff,))
-        return cur.rowcount
+        return self.store.delete_before(cutoff)
 
     def stats(self) -> dict[str, Any]:
-        with self._db_lock:
-            rows, size = self._conn.execute(
-                "SELECT COUNT(*), COALESCE(SUM(LENGTH(grid)), 0) FROM gathering").fetchone()
-        return {"rows": rows, "bytes": size, "open": len(self._open), "errors": self.errors}
+        return {**self.store.stats(), "open": len(self._open), "errors": self.errors}
 
     def close(self) -> None:
-        """Write every open bucket and reference, then stop the writer (idempotent)."""
+        """Hand every open bucket and reference to the store, then stop the thread (idempotent;
+        before the store is closed)."""
         if self._closed:
             return
         with self._lock:
@@ -325,8 +270,6 @@ class GatheringMap:
             self._closed = True
         self._queue.put(None)
         self._thread.join(timeout=10)
-        with self._db_lock:
-            self._conn.close()
 
 
 def _shrink(image: NDArray[np.uint8], max_side: int = 960) -> NDArray[np.uint8]:

@@ -1,6 +1,6 @@
 """The alert rules in force: the config file's ``[[thresholds]]`` plus those made through the
-API (``/api/alerts/rules``), which are saved (``streamer.saved``) and come back after a
-restart, like streams added through the API.
+API (``/api/alerts/rules``), which are saved (the store's ``settings``) and come back after
+a restart, like streams added through the API.
 
 Config-file rules are read-only here, for the same reason config-file streams cannot be
 removed through the API: the file is their record and would bring them back at the next
@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from crowdcount.streamer.alerts import AlertEvent, ThresholdRule
 from crowdcount.streamer.integrations import Integrations
-from crowdcount.streamer.saved import SavedSettings
+from crowdcount.streamer.store import SettingsStore
 
 __all__ = ["RuleBook", "RuleConflict", "RuleNotFound"]
 
@@ -38,7 +38,7 @@ class RuleBook:
     def __init__(
         self,
         config_rules: Iterable[ThresholdRule],
-        saved: SavedSettings,
+        saved: SettingsStore,
         integrations: Integrations,
         zones_of: Callable[[str], list[str] | None],
         publish: Callable[[Sequence[AlertEvent]], None],
@@ -55,7 +55,8 @@ class RuleBook:
         """Read the saved rules and put them in force; returns the names skipped because a
         config-file rule now has that name (the file wins)."""
         skipped = []
-        for rule in await asyncio.to_thread(self._saved.rules):
+        for row in await asyncio.to_thread(self._saved.rules):
+            rule = ThresholdRule(**row)
             if rule.name in self._config:
                 skipped.append(rule.name)
             else:
@@ -103,7 +104,7 @@ class RuleBook:
             if rule.zone is not None and zones is not None and rule.zone not in zones:
                 raise ValueError(f"stream {rule.stream!r} has no zone {rule.zone!r} "
                                  f"(zones: {', '.join(map(repr, zones)) or 'none'})")
-            await asyncio.to_thread(self._saved.save_rule, rule)
+            await asyncio.to_thread(self._saved.save_rule, rule.to_dict())
             self._api[rule.name] = rule
             self._apply()
             return self.describe(rule, "api")

@@ -37,7 +37,6 @@ from crowdcount.streamer.metrics import Metrics
 from crowdcount.streamer.pipeline import Pipeline
 from crowdcount.streamer.rtc import STREAM_ID_RE, PeerManager
 from crowdcount.streamer.rules import RuleBook
-from crowdcount.streamer.saved import SavedSettings
 from crowdcount.streamer.sinks.counts import CountSink
 from crowdcount.streamer.sinks.viewer import ViewerRegistry
 from crowdcount.streamer.smoothing import Ema
@@ -142,14 +141,13 @@ class Service:
                                  analysis=self.integrations)
         self.counts = CountSink(self.store.history, self.feed, Ema(), store_rate,
                                 alert_log=self.store.alerts)
-        # Rules and zones made through the API (own tables in the same file).
-        self.saved = SavedSettings(config.server.database)
+        # Rules and zones made through the API, saved in the store's settings.
         self.saved_zones: dict[str, list[dict[str, Any]]] = {}
-        self.rules = RuleBook(rules_from_config(config.thresholds), self.saved,
+        self.rules = RuleBook(rules_from_config(config.thresholds), self.store.settings,
                               self.integrations, self._live_zone_names,
                               self.pipeline.publish_alerts)
-        # Where people gather: per-minute density grids (own table, own writer thread).
-        self.gathering = GatheringMap(config.server.database)
+        # Where people gather: per-minute density grids, kept in the store.
+        self.gathering = GatheringMap(self.store.gathering)
         self.metrics = Metrics(self.statuses, self._service_gauges,
                                zones=self._zone_names, alerts=self.integrations.active_alerts)
         self.peers = PeerManager(
@@ -203,7 +201,7 @@ class Service:
         else:
             entry.options.pop("zones", None)
         self.saved_zones[stream_id] = dicts
-        await asyncio.to_thread(self.saved.save_zones, stream_id, dicts)
+        await asyncio.to_thread(self.store.settings.save_zones, stream_id, dicts)
         if entry.origin == "api":  # its saved definition lists its options, zones included
             await asyncio.to_thread(self.store.streams.save, entry.id, entry.id, entry.url,
                                     entry.kind, dict(entry.options))
@@ -230,7 +228,7 @@ class Service:
         # Alerts left open by a previous process can never be cleared by it: close them; the
         # fresh engine raises again if the crowd is still there.
         await asyncio.to_thread(self.store.alerts.close_open, time.time())
-        self.saved_zones = await asyncio.to_thread(self.saved.zones)
+        self.saved_zones = await asyncio.to_thread(self.store.settings.zones)
         for name in await self.rules.load():
             log.warning("event=saved_rule_shadowed rule=%s (the config file has one of that "
                         "name)", name)
@@ -358,7 +356,7 @@ class Service:
         # A removed API camera is forgotten with its zones (a new one of that name starts
         # clean); a browser camera's or a config stream's zones stay for its return.
         self.saved_zones.pop(stream_id, None)
-        await asyncio.to_thread(self.saved.delete_zones, stream_id)
+        await asyncio.to_thread(self.store.settings.delete_zones, stream_id)
         await self._drop(stream_id, entry)
 
     async def replace_stream(self, stream: StreamConfig) -> StreamEntry:
@@ -459,7 +457,6 @@ class Service:
         await asyncio.to_thread(self.gathering.close)
         await self.integrations.close()
         await asyncio.to_thread(self.store.close)
-        await asyncio.to_thread(self.saved.close)
         await self.uploads.close()
 
 

@@ -12,6 +12,7 @@ from PIL import Image
 from crowdcount.model.types import Frame, Result
 from crowdcount.streamer.gathering import GRID_H, GRID_W, GatheringMap, resample_weights
 from crowdcount.streamer.sources.synthetic import SyntheticSource
+from crowdcount.streamer.store import SQLiteStore
 from tests.fixtures.app import service
 from tests.fixtures.models import expected_count
 from tests.fixtures.waiting import wait_until
@@ -43,7 +44,8 @@ def test_resampling_keeps_every_person() -> None:
 
 def test_people_at_known_places_make_exactly_those_cells_hot(tmp_path) -> None:
     db = tmp_path / "g.sqlite3"
-    g = GatheringMap(db)
+    store = SQLiteStore(db)
+    g = GatheringMap(store.gathering)
     # Minute 0: 5 people at density cell (10, 20) -> grid cell (5, 10) (80x60 -> 40x30).
     for k in range(30):
         g.on_result(result("cam", T0 + k, blob([(10, 20, 5.0)])))
@@ -76,21 +78,26 @@ def test_people_at_known_places_make_exactly_those_cells_hot(tmp_path) -> None:
 
     # Closing writes the open minute; a new process reads the same answer from SQLite.
     g.close()
-    again = GatheringMap(db)
+    store.close()
+    store = SQLiteStore(db)
+    again = GatheringMap(store.gathering)
     reread = again.heatmap("cam", T0 + 60, T0 + 180)
     assert reread.frames == 120 and reread.grid is not None
     assert np.allclose(reread.grid, later.grid, atol=0.005)
-    # A restart within a minute merges with the row already there.
+    # A restart within a minute adds a part to the minute already there.
     for k in range(10):
         again.on_result(result("cam", T0 + 170 + k, blob([(50, 71, 13.0)])))
     again.close()
-    merged = GatheringMap(db).heatmap("cam", T0 + 120, T0 + 180)
+    store.close()
+    store = SQLiteStore(db)
+    merged = GatheringMap(store.gathering).heatmap("cam", T0 + 120, T0 + 180)
     assert merged.frames == 70
     assert merged.grid is not None
     assert abs(merged.grid[25, 35] - (60 * 3.0 + 10 * 13.0) / 70) < 0.02
-    stats = GatheringMap(db).stats()
-    assert stats["rows"] == 4  # cam: 3 minutes, other: 1
-    assert stats["bytes"] < 4 * GRID_W * GRID_H * 2  # float16, compressed
+    stats = GatheringMap(store.gathering).stats()
+    assert stats["rows"] == 5  # cam: 3 minutes (one in two parts), other: 1
+    assert stats["bytes"] < 5 * GRID_W * GRID_H * 2  # float16, compressed
+    store.close()
 
 
 W, H = 320, 256

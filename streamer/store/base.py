@@ -22,7 +22,7 @@ Contract every implementation keeps:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, TypedDict, runtime_checkable
 
 __all__ = [
@@ -30,7 +30,9 @@ __all__ = [
     "AlertRow",
     "CountHistory",
     "CountRow",
+    "GatheringStore",
     "SavedStream",
+    "SettingsStore",
     "Store",
     "StoreStats",
 ]
@@ -203,6 +205,50 @@ class AlertLog(Protocol):
 
 
 @runtime_checkable
+class SettingsStore(Protocol):
+    """Alert rules and zones made through the API, kept so they come back after a restart.
+    Writes are durable when they return; zones are keyed by stream id, for every kind of
+    stream (``[]``: none, on purpose)."""
+
+    def rules(self) -> list[dict[str, Any]]:
+        """``{"name", "stream", "zone", "above", "below", "for_seconds"}``, by name."""
+        ...
+
+    def save_rule(self, rule: Mapping[str, Any]) -> None: ...
+
+    def delete_rule(self, name: str) -> bool: ...
+
+    def zones(self) -> dict[str, list[dict[str, Any]]]: ...
+
+    def save_zones(self, stream_id: str, zones: Sequence[Mapping[str, Any]]) -> None: ...
+
+    def delete_zones(self, stream_id: str) -> None: ...
+
+
+@runtime_checkable
+class GatheringStore(Protocol):
+    """Per-stream time buckets of an encoded density grid (``streamer.gathering`` encodes
+    and averages them; a bucket may be written in several parts, e.g. across a restart) and
+    one reference picture (JPEG) per stream."""
+
+    def add_bucket(self, stream_id: str, start: float, frames: int, grid: bytes) -> None: ...
+
+    def buckets(self, stream_id: str, since: float, until: float) -> list[tuple[float, int, bytes]]:
+        """``(start, frames, grid)`` of the parts starting in ``[since, until)``."""
+        ...
+
+    def has(self, stream_id: str) -> bool: ...
+
+    def save_reference(self, stream_id: str, t: float, jpeg: bytes) -> None: ...
+
+    def reference(self, stream_id: str) -> bytes | None: ...
+
+    def delete_before(self, cutoff: float) -> int: ...
+
+    def stats(self) -> dict[str, int]: ...
+
+
+@runtime_checkable
 class Store(Protocol):
     """One backend's three records plus the writer's lifecycle."""
 
@@ -214,6 +260,12 @@ class Store(Protocol):
 
     @property
     def alerts(self) -> AlertLog: ...
+
+    @property
+    def settings(self) -> SettingsStore: ...
+
+    @property
+    def gathering(self) -> GatheringStore: ...
 
     def flush(self) -> int:
         """Commit everything queued so far; the number of count rows and alert changes

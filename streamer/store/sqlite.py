@@ -96,6 +96,32 @@ CREATE TABLE IF NOT EXISTS zone_counts_1m (
     sum REAL NOT NULL, min REAL NOT NULL, max REAL NOT NULL,
     PRIMARY KEY (stream_id, t, zone)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS alert_rules (
+    name TEXT PRIMARY KEY,
+    stream TEXT NOT NULL,
+    zone TEXT,
+    above REAL NOT NULL,
+    below REAL NOT NULL,
+    for_seconds REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS stream_zones (
+    stream_id TEXT PRIMARY KEY,
+    zones TEXT NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS gathering (
+    stream_id TEXT NOT NULL,
+    start REAL NOT NULL,
+    frames INTEGER NOT NULL,
+    grid BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS gathering_stream_start ON gathering (stream_id, start);
+CREATE TABLE IF NOT EXISTS gathering_reference (
+    stream_id TEXT PRIMARY KEY,
+    t REAL NOT NULL,
+    jpeg BLOB NOT NULL
+);
 """
 
 # Rollups: why. A 30 fps camera stores ~2.6 M raw rows a day; aggregating a day or a week of
@@ -732,9 +758,102 @@ class SQLiteAlerts:
         ).rowcount)
 
 
+class SQLiteSettings:
+    """``SettingsStore`` on the ``alert_rules`` and ``stream_zones`` tables."""
+
+    def __init__(self, writer: _Writer, readers: _Readers) -> None:
+        self._writer = writer
+        self._readers = readers
+
+    def rules(self) -> list[dict[str, Any]]:
+        with self._readers.borrow() as conn:
+            rows = conn.execute("SELECT name, stream, zone, above, below, for_seconds "
+                                "FROM alert_rules ORDER BY name").fetchall()
+        keys = ("name", "stream", "zone", "above", "below", "for_seconds")
+        return [dict(zip(keys, row, strict=True)) for row in rows]
+
+    def save_rule(self, rule: Mapping[str, Any]) -> None:
+        args = (rule["name"], rule["stream"], rule.get("zone"), float(rule["above"]),
+                float(rule["below"]), float(rule.get("for_seconds") or 0.0), time.time())
+        self._writer.call(lambda conn: conn.execute(
+            "INSERT INTO alert_rules (name, stream, zone, above, below, for_seconds, "
+            "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+            "stream = excluded.stream, zone = excluded.zone, above = excluded.above, "
+            "below = excluded.below, for_seconds = excluded.for_seconds, "
+            "updated_at = excluded.updated_at", args))
+
+    def delete_rule(self, name: str) -> bool:
+        return self._writer.call(lambda conn: conn.execute(
+            "DELETE FROM alert_rules WHERE name = ?", (name,)).rowcount > 0)
+
+    def zones(self) -> dict[str, list[dict[str, Any]]]:
+        with self._readers.borrow() as conn:
+            rows = conn.execute("SELECT stream_id, zones FROM stream_zones").fetchall()
+        return {sid: json.loads(text) for sid, text in rows}
+
+    def save_zones(self, stream_id: str, zones: Sequence[Mapping[str, Any]]) -> None:
+        args = (stream_id, json.dumps(list(zones), separators=(",", ":")), time.time())
+        self._writer.call(lambda conn: conn.execute(
+            "INSERT INTO stream_zones (stream_id, zones, updated_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (stream_id) DO UPDATE SET zones = excluded.zones, "
+            "updated_at = excluded.updated_at", args))
+
+    def delete_zones(self, stream_id: str) -> None:
+        self._writer.call(lambda conn: conn.execute(
+            "DELETE FROM stream_zones WHERE stream_id = ?", (stream_id,)))
+
+
+class SQLiteGathering:
+    """``GatheringStore`` on the ``gathering`` and ``gathering_reference`` tables."""
+
+    def __init__(self, writer: _Writer, readers: _Readers) -> None:
+        self._writer = writer
+        self._readers = readers
+
+    def add_bucket(self, stream_id: str, start: float, frames: int, grid: bytes) -> None:
+        args = (stream_id, float(start), int(frames), sqlite3.Binary(grid))
+        self._writer.call(lambda conn: conn.execute(
+            "INSERT INTO gathering (stream_id, start, frames, grid) VALUES (?, ?, ?, ?)", args))
+
+    def buckets(self, stream_id: str, since: float, until: float) -> list[tuple[float, int, bytes]]:
+        lo, hi = max(-_T_LIMIT, since), min(_T_LIMIT, until)
+        with self._readers.borrow() as conn:
+            return conn.execute(
+                "SELECT start, frames, grid FROM gathering WHERE stream_id = ? AND start >= ? "
+                "AND start < ? ORDER BY start", (stream_id, lo, hi)).fetchall()
+
+    def has(self, stream_id: str) -> bool:
+        with self._readers.borrow() as conn:
+            return conn.execute("SELECT 1 FROM gathering WHERE stream_id = ? LIMIT 1",
+                                (stream_id,)).fetchone() is not None
+
+    def save_reference(self, stream_id: str, t: float, jpeg: bytes) -> None:
+        args = (stream_id, float(t), sqlite3.Binary(jpeg))
+        self._writer.call(lambda conn: conn.execute(
+            "INSERT OR REPLACE INTO gathering_reference (stream_id, t, jpeg) VALUES (?, ?, ?)",
+            args))
+
+    def reference(self, stream_id: str) -> bytes | None:
+        with self._readers.borrow() as conn:
+            row = conn.execute("SELECT jpeg FROM gathering_reference WHERE stream_id = ?",
+                               (stream_id,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def delete_before(self, cutoff: float) -> int:
+        return self._writer.call(lambda conn: conn.execute(
+            "DELETE FROM gathering WHERE start < ?", (float(cutoff),)).rowcount)
+
+    def stats(self) -> dict[str, int]:
+        with self._readers.borrow() as conn:
+            rows, size = conn.execute(
+                "SELECT COUNT(*), COALESCE(SUM(LENGTH(grid)), 0) FROM gathering").fetchone()
+        return {"rows": rows, "bytes": size}
+
+
 class SQLiteStore:
-    """``Store`` in one SQLite file: ``history``, ``streams`` and ``alerts`` share one
-    writer thread (the only connection that writes) and a pool of read-only connections.
+    """``Store`` in one SQLite file: ``history``, ``streams``, ``alerts``, ``settings`` and
+    ``gathering`` share one writer thread (the only connection that writes) and a pool of
+    read-only connections.
 
     ``batch_rows`` wakes the writer early so a burst (many streams, high fps) is written in
     bounded transactions; ``max_pending`` bounds the queue (see ``_Writer``).
@@ -770,6 +889,8 @@ class SQLiteStore:
         self.history = SQLiteHistory(self._writer, self._readers)
         self.streams = SQLiteStreams(self._writer, self._readers)
         self.alerts = SQLiteAlerts(self._writer, self._readers)
+        self.settings = SQLiteSettings(self._writer, self._readers)
+        self.gathering = SQLiteGathering(self._writer, self._readers)
         self._closed = False
 
     def flush(self) -> int:
