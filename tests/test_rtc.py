@@ -106,7 +106,7 @@ async def test_publish_returns_annotated_frames_at_sent_size(harness: Harness, s
         sink = harness.viewers.get(answer["stream_id"])
         assert sink is not None
 
-        # Annotated frames: uniform density paints the whole frame Jet-red over grey 160.
+        # Annotated frames: a uniform 0.63 people per cell paints the whole frame Jet-yellow.
         def annotated(f) -> bool:
             return f.mean > 90
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import io
 import math
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,17 @@ async def test_page_loads_without_console_errors(browser_page, live_server, arti
         )
         assert label.strip(), f"{testid} has no label"
     assert await page.get_by_role("button", name="Use my camera").is_enabled()
+    # The heatmap legend is the server's colour scale (model/render.py), stop for stop.
+    from crowdcount.model.render import heat_legend
+
+    await page.wait_for_selector('[data-testid="heat-legend"]', state="visible")
+    ticks = await page.locator('[data-testid="heat-ticks"] span').all_text_contents()
+    assert ticks == ["0", "0.5", "1+"]
+    bar = await page.evaluate(
+        "() => document.querySelector('[data-testid=heat-bar]').style.backgroundImage")
+    shown = [tuple(map(int, m)) for m in re.findall(r"rgb\((\d+), (\d+), (\d+)\)", bar)]
+    assert shown == [tuple(int(s["color"][i : i + 2], 16) for i in (1, 3, 5))
+                     for s in heat_legend()["stops"]]
     await page.set_viewport_size({"width": 390, "height": 844})  # a phone
     await page.screenshot(path=str(artifacts / "web-empty-phone.png"), full_page=True)
     width = await page.evaluate("() => document.documentElement.scrollWidth")
