@@ -2,7 +2,7 @@
 
 ONNX keeps a dynamic batch and input size (the runtime feeds any multiple of 32). TFLite is
 exported from a copy of the network rebuilt with a FIXED batch of 1 and a fixed input size:
-with a dynamic batch the transposed convolutions fall off XNNPACK (see NOTES.md).
+with a dynamic batch the transposed convolutions fall off XNNPACK (docs/runtime-notes.md).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Decoding a file is far faster than real time; pushed unpaced, a file would flood the
 newest-frame slot and the model would see an arbitrary sample of it. So frames are released
 at their own timestamps (the file's frame rate), and ``loop=True`` keeps that pacing across
-restarts, which is where aiortc's ``MediaPlayer(loop=True)`` lost it (NOTES.md).
+restarts, which is where aiortc's ``MediaPlayer(loop=True)`` lost it (docs/runtime-notes.md).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """RTSP cameras: PyAV on a thread of its own, reconnecting forever (or up to a limit).
 
 Cameras drop off the network, reboot and hang; a counting service must ride through all of
-it without an operator. What this module relies on (measured, see NOTES.md):
+it without an operator. What this module relies on (measured; docs/runtime-notes.md):
 
 - When the server dies, PyAV's decode loop simply *ends* without an exception, so the end
   of the loop is treated as a failure, not as the end of the stream.
