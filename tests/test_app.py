@@ -16,7 +16,6 @@ import pytest
 from aiohttp import FormData
 from aiohttp.test_utils import TestClient, TestServer
 
-from crowdcount.model.backends import default_backend
 from crowdcount.streamer.app import build_app
 from crowdcount.streamer.sources.synthetic import SyntheticSource
 from crowdcount.streamer.store import CountStore
@@ -66,8 +65,7 @@ async def test_health_page_static_and_json_errors(serve, brightness_model) -> No
     assert r.status == 200
     body = await r.json()
     assert body["status"] == "ok" and body["streams"] == 0
-    # The config names no backend: the service runs (and reports) the default one.
-    assert body["model"] == {"backend": default_backend(), "path": str(brightness_model)}
+    assert body["model"] == {"backend": "onnx", "path": str(brightness_model)}
     assert body["uptime_s"] >= 0
     r = await client.get("/")
     assert r.status == 200 and "CrowdCount" in await r.text()
@@ -437,8 +435,7 @@ async def test_metrics_per_stream_series(serve) -> None:
     assert values['crowdcount_inference_latency_seconds_count{stream="east"}'] >= 25
     assert values['crowdcount_e2e_latency_seconds_count{stream="east"}'] >= 25
     assert values["crowdcount_streams"] == 1
-    assert any(key.startswith(f'crowdcount_model_info{{backend="{default_backend()}"')
-               for key in values)
+    assert any(key.startswith('crowdcount_model_info{backend="onnx"') for key in values)
     assert (await client.delete("/api/streams/east")).status == 204
     text = await (await client.get("/metrics")).text()
     assert 'stream="east"' not in text
