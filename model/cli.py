@@ -11,7 +11,8 @@ def add_count(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("count", help="count people in images")
     p.add_argument("images", nargs="+", type=Path)
     p.add_argument("--model", type=Path, help="model file; default: the bundled model")
-    p.add_argument("--backend", choices=["onnx", "tflite", "keras"])
+    p.add_argument("--backend", choices=["openvino", "onnx", "tflite", "keras"],
+                   help="inference runtime (default: openvino where installed, else onnx)")
     p.add_argument("--max-side", type=int, help="shrink so the longer side is at most this")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--overlay", type=Path,

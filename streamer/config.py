@@ -20,8 +20,8 @@ Example::
     database = "/var/lib/crowdcount/counts.sqlite3"
 
     [model]
-    backend = "onnx"
-    threads = 4
+    backend = "openvino"     # default: the fastest installed (openvino, else onnx)
+    threads = 2
 
     [[streams]]
     name = "entrance"
@@ -271,12 +271,16 @@ class ServerConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    """The counting network. ``path`` unset means the bundled weights for ``backend``."""
+    """The counting network. ``path`` unset means the bundled weights for ``backend``;
+    ``backend`` unset means the fastest one installed (``model.backends.default_backend``:
+    OpenVINO where it runs, else ONNX Runtime) for ``.onnx`` models. ``threads`` and
+    ``max_batch`` unset: the backend's defaults (all cores; 1 frame per call for ONNX
+    Runtime and OpenVINO, measured fastest on 2 cores)."""
 
     path: PathStr | None = None
-    backend: Literal["onnx", "tflite", "keras"] = "onnx"
+    backend: Literal["openvino", "onnx", "tflite", "keras"] | None = None
     threads: Annotated[int, Field(ge=1, le=256)] | None = None
-    max_batch: Annotated[int, Field(ge=1, le=256)] = 8
+    max_batch: Annotated[int, Field(ge=1, le=256)] | None = None
 
     @field_validator("path")
     @classmethod

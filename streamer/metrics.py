@@ -16,6 +16,9 @@ Two kinds of series:
   (``crowdcount_alerts_active{stream,rule,zone}``, 1 each) are read from the alert engine at
   scrape time; ``crowdcount_alerts_raised_total{stream,rule}`` counts raises.
 
+``crowdcount_model_info{backend,path}`` (always 1) says which inference backend and model
+file the service runs, since the default backend depends on what is installed.
+
 ``crowdcount_inference_latency_seconds`` runs from a frame's capture to the end of its
 inference (so it includes the wait for the model, which is what a crowded model looks
 like); ``crowdcount_e2e_latency_seconds`` runs from capture to the hand-off to the sinks.
@@ -28,7 +31,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, Info, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -129,7 +132,8 @@ class Metrics:
     """The registry, the latency sink and the scrape-time collector of one application.
 
     ``statuses`` returns stream id -> ``StreamStatus`` of the live streams; ``service_gauges``
-    returns extra unlabelled gauges (streams, peers, store backlog...) by short name.
+    returns extra unlabelled gauges (streams, peers, store backlog...) by short name;
+    ``model`` (``backend``, ``path``) becomes the labels of ``crowdcount_model_info``.
     """
 
     def __init__(
@@ -139,8 +143,12 @@ class Metrics:
         *,
         zones: ZoneSource | None = None,
         alerts: AlertSource | None = None,
+        model: Mapping[str, str] | None = None,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
+        if model is not None:
+            Info("crowdcount_model", "The inference backend and model file in use",
+                 registry=self.registry).info(dict(model))
         self.inference_latency = Histogram(
             "crowdcount_inference_latency_seconds",
             "Seconds from frame capture to the end of its inference",

@@ -66,7 +66,8 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", help="listen address (default 127.0.0.1, or the config's)")
     p.add_argument("--port", type=int, help="listen port (default 8080, or the config's)")
     p.add_argument("--model", type=Path, help="model file (default: the bundled model)")
-    p.add_argument("--backend", choices=["onnx", "tflite", "keras"])
+    p.add_argument("--backend", choices=["openvino", "onnx", "tflite", "keras"],
+                   help="inference runtime (default: openvino where installed, else onnx)")
     p.add_argument("--database", type=Path, help="SQLite file for counts and streams")
     p.add_argument("--token", help="bearer token required by the API, page and /metrics "
                                    "(default: $CROWDCOUNT_TOKEN)")

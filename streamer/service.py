@@ -140,7 +140,8 @@ class Service:
         self.counts = CountSink(self.store.history, self.feed, Ema(), store_rate,
                                 alert_log=self.store.alerts)
         self.metrics = Metrics(self.statuses, self._service_gauges,
-                               zones=self._zone_names, alerts=self.integrations.active_alerts)
+                               zones=self._zone_names, alerts=self.integrations.active_alerts,
+                               model={"backend": runtime.name, "path": model_path})
         self.peers = PeerManager(
             self.viewers, self._on_rtc_source, on_source_closed=self._on_rtc_closed,
             max_viewers_per_stream=config.server.max_viewers_per_stream,

@@ -475,6 +475,7 @@ async def test_metrics_per_stream_series(serve) -> None:
     assert values['crowdcount_inference_latency_seconds_count{stream="east"}'] >= 25
     assert values['crowdcount_e2e_latency_seconds_count{stream="east"}'] >= 25
     assert values["crowdcount_streams"] == 1
+    assert any(key.startswith('crowdcount_model_info{backend="onnx"') for key in values)
     assert (await client.delete("/api/streams/east")).status == 204
     text = await (await client.get("/metrics")).text()
     assert 'stream="east"' not in text

@@ -25,7 +25,7 @@ def keras_count(crowd_image) -> float:
 
 
 def test_onnx_matches_keras(crowd_image, keras_count):
-    onnx_count = Runtime.open(DEFAULT_ONNX).count(crowd_image)
+    onnx_count = Runtime.open(DEFAULT_ONNX, "onnx").count(crowd_image)
     assert keras_count > 5
     assert onnx_count == pytest.approx(keras_count, rel=1e-3)
 
@@ -52,7 +52,7 @@ def test_onnx_export_round_trip(tmp_path, crowd_image, keras_count):
     from crowdcount.training.export import export_onnx
 
     path = export_onnx(DEFAULT_KERAS, tmp_path / "m.onnx")
-    backend = load_backend(path)
+    backend = load_backend(path, "onnx")
     assert backend.fixed_size is None  # any multiple of 32
     out = backend.predict(prepare(crowd_image, (480, 640))[None])
     assert float(out.sum()) == pytest.approx(keras_count, rel=1e-3)

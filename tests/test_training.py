@@ -39,7 +39,7 @@ def test_seed_preset_trains_an_epoch_and_exports(tmp_path, generic_dataset):
     onnx = export_onnx(result["last"], tmp_path / "seed.onnx")
     image = np.full((160, 160, 3), 128, np.uint8)
     keras_count = float(model.predict_on_batch(image[None].astype(np.float32)).sum())
-    assert Runtime.open(onnx).count(image) == pytest.approx(keras_count, rel=1e-3, abs=1e-6)
+    assert Runtime.open(onnx, "onnx").count(image) == pytest.approx(keras_count, rel=1e-3, abs=1e-6)
 
 
 def test_fast_preset_learns_counts(tmp_path, generic_dataset):

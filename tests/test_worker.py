@@ -52,7 +52,7 @@ class Collector:
 
 def make_worker(model, collector: Collector, **kw) -> InferenceWorker:
     worker = InferenceWorker(
-        Runtime.open(model, threads=1),
+        Runtime.open(model, "onnx", threads=1),  # see the runtime fixture
         Batcher(),
         asyncio.get_running_loop(),
         collector.on_results,

@@ -14,6 +14,7 @@ from numpy.typing import NDArray
 
 class TFLiteBackend:
     name = "tflite"
+    max_batch = 1
 
     def __init__(self, path: Path, threads: int | None = None) -> None:
         self._interp = Interpreter(model_path=str(path), num_threads=threads)
