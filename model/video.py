@@ -58,7 +58,8 @@ class VideoInfo:
     def expected(self, every: float | None = None) -> int | None:
         """How many frames ``decode_video(every=...)`` will yield, for a progress bar."""
         if every and self.duration:
-            chosen = math.floor(self.duration / every + 1e-6) + 1
+            last = self.duration - (1 / self.rate if self.rate else 0)  # the last frame's t
+            chosen = math.floor(max(0.0, last) / every + 1e-6) + 1
             return min(chosen, self.frames) if self.frames else chosen
         return self.frames
 
@@ -201,7 +202,8 @@ class VideoWriter:
         self._stream = self._container.add_stream("libx264", rate=rate or 25)
         self._stream.width, self._stream.height = self.width, self.height
         self._stream.pix_fmt = "yuv420p"
-        self._stream.time_base = Fraction(1, 1000)
+        # Millisecond timestamps in the codec too, or they are rounded to 1/rate.
+        self._stream.time_base = self._stream.codec_context.time_base = Fraction(1, 1000)
         self._stream.options = {"preset": "veryfast"}
         self._last_pts = -1
 
