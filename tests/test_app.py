@@ -408,10 +408,11 @@ def test_refuses_public_host_without_token(make_config, monkeypatch) -> None:
         update={"host": "0.0.0.0"})})
     with pytest.raises(ValueError, match="reachable from other machines"):
         build_app(public)
-    monkeypatch.setenv("CROWDCOUNT_TOKEN", "t")
-    build_app(public)  # a token (here from the environment) makes it acceptable
     with pytest.raises(Exception, match="reachable from other machines"):
         make_config(host="10.1.2.3")
+    monkeypatch.setenv("CROWDCOUNT_TOKEN", "t")
+    build_app(public)  # a token (here from the environment) makes it acceptable
+    make_config(host="10.1.2.3")  # for a config file's host, too
 
 
 # -- metrics ----------------------------------------------------------------------------
