@@ -140,7 +140,8 @@ class Service:
                                  result_hook=self.integrations.process)
         self.counts = CountSink(self.store, self.feed, Ema(), store_rate)
         self.metrics = Metrics(self.statuses, self._service_gauges,
-                               zones=self._zone_names, alerts=self.integrations.active_alerts)
+                               zones=self._zone_names, alerts=self.integrations.active_alerts,
+                               service_counters=self._service_counters)
         self.peers = PeerManager(
             self.viewers, self._on_rtc_source, on_source_closed=self._on_rtc_closed,
             max_viewers_per_stream=config.server.max_viewers_per_stream,
@@ -157,13 +158,17 @@ class Service:
         return {sid: e.source.status for sid, e in self.streams.items()}
 
     def _service_gauges(self) -> dict[str, float]:
-        store = self.store.stats()
-        stats = self.pipeline.stats()
         return {
             "streams": float(len(self.streams)),
             "rtc_peers": float(self.peers.peer_count),
-            "store_pending_rows": float(store["pending"]),
-            "store_dropped_rows": float(store["dropped"]),
+            "store_pending_rows": float(self.store.stats()["pending"]),
+        }
+
+    def _service_counters(self) -> dict[str, float]:
+        """Totals since start (Prometheus counters, ``_total`` in the exposition)."""
+        stats = self.pipeline.stats()
+        return {
+            "store_dropped_rows": float(self.store.stats()["dropped"]),
             "feed_dropped_items": float(self.feed.dropped),
             "inference_errors": float(stats.inference_errors),
             "sink_errors": float(stats.sink_errors),

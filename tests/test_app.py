@@ -428,7 +428,7 @@ async def test_metrics_per_stream_series(serve) -> None:
         if line and not line.startswith("#"):
             key, _, value = line.rpartition(" ")
             values[key] = float(value)
-    assert values['crowdcount_count{stream="east"}'] == pytest.approx(frame_count(255))
+    assert values['crowdcount_people{stream="east"}'] == pytest.approx(frame_count(255))
     assert values['crowdcount_fps_in{stream="east"}'] > 5
     assert values['crowdcount_fps_out{stream="east"}'] > 5
     assert 'crowdcount_frames_dropped_total{stream="east"}' in values
