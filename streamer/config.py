@@ -54,6 +54,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import math
+import os
 import re
 import tomllib
 import types
@@ -218,6 +219,22 @@ class StreamConfig(_Strict):
         return "file"
 
 
+#: Environment variable holding the API token (a secret belongs there, not on a command
+#: line that ``ps`` shows).
+TOKEN_ENV = "CROWDCOUNT_TOKEN"
+
+
+def resolve_token(configured: str | None, flag: str | None = None) -> str | None:
+    """The one rule for the API token: ``--token`` beats ``$CROWDCOUNT_TOKEN``, which beats
+    ``server.token`` of the config file; ``None`` when none is set (an empty value is unset).
+
+    Why the environment beats the file: a config file is shared and copied around, while
+    the environment is what a deployment (systemd, a container) sets per machine; a flag
+    is the most explicit of all. The bind check and the token middleware both ask here.
+    """
+    return flag or os.environ.get(TOKEN_ENV) or configured or None
+
+
 def _is_loopback(host: str) -> bool:
     if host.lower() == "localhost":
         return True
@@ -250,23 +267,26 @@ class ServerConfig(_Strict):
         return _relative_to_file(path, info)
 
     @model_validator(mode="after")
-    def _check_exposure(self) -> Self:
-        problem = self.exposure_problem()
+    def _check_exposure(self, info: ValidationInfo) -> Self:
+        problem = self.exposure_problem((info.context or {}).get("token"))
         if problem:
             raise ValueError(problem)
         return self
 
-    def exposure_problem(self) -> str | None:
-        """Why this host/token combination is refused, or ``None``.
+    def exposure_problem(self, flag: str | None = None) -> str | None:
+        """Why this host/token combination is refused, or ``None``. The token is the one
+        ``resolve_token`` finds (``flag`` being a ``--token`` given on the command line).
 
         Public so a CLI that overrides ``host`` (via ``model_copy``, which skips validation)
         can apply the same rule.
         """
-        if self.token or self.allow_insecure_public or _is_loopback(self.host):
+        token = resolve_token(self.token, flag)
+        if token or self.allow_insecure_public or _is_loopback(self.host):
             return None
         return (
-            f"host {self.host!r} is reachable from other machines: set token, "
-            "or allow_insecure_public = true to serve without one"
+            f"host {self.host!r} is reachable from other machines: set a token (--token, "
+            f"${TOKEN_ENV} or server.token), or allow_insecure_public = true to serve "
+            "without one"
         )
 
 
@@ -452,17 +472,20 @@ class Config(_Strict):
 
 
 def parse_config(
-    data: dict[str, Any], source: str = "<config>", base_dir: Path | None = None
+    data: dict[str, Any], source: str = "<config>", base_dir: Path | None = None,
+    token: str | None = None,
 ) -> Config:
-    """Validate an already-parsed mapping (TOML, JSON from the API, a test's dict)."""
+    """Validate an already-parsed mapping (TOML, JSON from the API, a test's dict).
+    ``token`` is a ``--token`` flag: the exposure check counts it (see ``resolve_token``)."""
     try:
-        return Config.model_validate(data, context={"base_dir": base_dir})
+        return Config.model_validate(data, context={"base_dir": base_dir, "token": token})
     except ValidationError as exc:
         raise to_config_error(exc, source) from None
 
 
-def load_config(path: str | Path) -> Config:
-    """Read and validate a TOML file; every failure is a one-line ``ConfigError``."""
+def load_config(path: str | Path, token: str | None = None) -> Config:
+    """Read and validate a TOML file; every failure is a one-line ``ConfigError``.
+    ``token`` as for ``parse_config``."""
     path = Path(path)
     source = str(path)
     try:
@@ -475,7 +498,7 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError(source, "", f"not UTF-8 text: {exc.reason}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(source, "", f"invalid TOML: {exc}") from None
-    return parse_config(data, source, path.resolve().parent)
+    return parse_config(data, source, path.resolve().parent, token)
 
 
 def _key_path(loc: tuple[int | str, ...]) -> str:

@@ -69,8 +69,9 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", choices=["openvino", "onnx", "tflite", "keras"],
                    help="inference runtime (default: openvino where installed, else onnx)")
     p.add_argument("--database", type=Path, help="SQLite file for counts and streams")
-    p.add_argument("--token", help="bearer token required by the API, page and /metrics "
-                                   "(default: $CROWDCOUNT_TOKEN)")
+    p.add_argument("--token", help="bearer token required by the API, page and /metrics; "
+                                   "prefer $CROWDCOUNT_TOKEN (a flag shows in ps); order: "
+                                   "--token, then $CROWDCOUNT_TOKEN, then server.token")
     p.add_argument("--stream", action="append", default=[], type=_stream_arg,
                    metavar="NAME=URL",
                    help="add a stream (repeatable): rtsp://..., a video file, /dev/videoN or "
@@ -84,15 +85,16 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
 
 def load(args: argparse.Namespace) -> Any:
     """The config file (or defaults) with the command-line overrides applied and validated
-    again, so a ``--host 0.0.0.0`` without a token is refused like a config file's."""
+    again, so a ``--host 0.0.0.0`` without a token is refused like a config file's. The
+    token stays where it was given: ``--token`` travels to the checks beside the config
+    (``resolve_token`` orders flag, environment and file), not into it."""
     from crowdcount.streamer.config import Config, load_config, parse_config
 
-    config = load_config(args.config) if args.config else Config.default()
+    config = load_config(args.config, args.token) if args.config else Config.default()
     # JSON mode gives the lists and strings the strict models want back (not tuples, Paths).
     data = config.model_dump(mode="json", exclude_none=True)
     server, model = data["server"], data["model"]
-    for key, value in (("host", args.host), ("port", args.port), ("database", args.database),
-                       ("token", args.token)):
+    for key, value in (("host", args.host), ("port", args.port), ("database", args.database)):
         if value is not None:
             server[key] = str(value) if isinstance(value, Path) else value
     if args.model is not None:
@@ -103,7 +105,7 @@ def load(args: argparse.Namespace) -> Any:
     for name, url in args.stream:
         streams.append({"name": name, "url": url})
     data["streams"] = streams
-    return parse_config(data, "command line")
+    return parse_config(data, "command line", token=args.token)
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -113,7 +115,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
     from crowdcount.streamer.app import build_app
 
-    app = build_app(config, store_rate=args.store_rate)
+    app = build_app(config, store_rate=args.store_rate, token=args.token)
     host, port = config.server.host, config.server.port
     log = logging.getLogger(__name__)
 

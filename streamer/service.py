@@ -141,6 +141,7 @@ class Service:
                                 alert_log=self.store.alerts)
         self.metrics = Metrics(self.statuses, self._service_gauges,
                                zones=self._zone_names, alerts=self.integrations.active_alerts,
+                               service_counters=self._service_counters,
                                model={"backend": runtime.name, "path": model_path})
         self.peers = PeerManager(
             self.viewers, self._on_rtc_source, on_source_closed=self._on_rtc_closed,
@@ -158,13 +159,17 @@ class Service:
         return {sid: e.source.status for sid, e in self.streams.items()}
 
     def _service_gauges(self) -> dict[str, float]:
-        store = self.store.stats()
-        stats = self.pipeline.stats()
         return {
             "streams": float(len(self.streams)),
             "rtc_peers": float(self.peers.peer_count),
-            "store_pending_rows": float(store["pending"]),
-            "store_dropped_rows": float(store["dropped"]),
+            "store_pending_rows": float(self.store.stats()["pending"]),
+        }
+
+    def _service_counters(self) -> dict[str, float]:
+        """Totals since start (Prometheus counters, ``_total`` in the exposition)."""
+        stats = self.pipeline.stats()
+        return {
+            "store_dropped_rows": float(self.store.stats()["dropped"]),
             "feed_dropped_items": float(self.feed.dropped),
             "inference_errors": float(stats.inference_errors),
             "sink_errors": float(stats.sink_errors),

@@ -448,10 +448,11 @@ def test_refuses_public_host_without_token(make_config, monkeypatch) -> None:
         update={"host": "0.0.0.0"})})
     with pytest.raises(ValueError, match="reachable from other machines"):
         build_app(public)
-    monkeypatch.setenv("CROWDCOUNT_TOKEN", "t")
-    build_app(public)  # a token (here from the environment) makes it acceptable
     with pytest.raises(Exception, match="reachable from other machines"):
         make_config(host="10.1.2.3")
+    monkeypatch.setenv("CROWDCOUNT_TOKEN", "t")
+    build_app(public)  # a token (here from the environment) makes it acceptable
+    make_config(host="10.1.2.3")  # for a config file's host, too
 
 
 # -- metrics ----------------------------------------------------------------------------
@@ -467,7 +468,7 @@ async def test_metrics_per_stream_series(serve) -> None:
         if line and not line.startswith("#"):
             key, _, value = line.rpartition(" ")
             values[key] = float(value)
-    assert values['crowdcount_count{stream="east"}'] == pytest.approx(frame_count(255))
+    assert values['crowdcount_people{stream="east"}'] == pytest.approx(frame_count(255))
     assert values['crowdcount_fps_in{stream="east"}'] > 0
     assert values['crowdcount_fps_out{stream="east"}'] > 0
     assert 'crowdcount_frames_dropped_total{stream="east"}' in values

@@ -96,17 +96,21 @@ def add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--representative", metavar="FMT:PATH[:RANGE]",
                    help="images for int8 calibration")
     p.add_argument("-o", "--output", required=True)
+    p.add_argument("--verbose", action="store_true",
+                   help="also show TensorFlow's own output (by default only warnings and "
+                        "errors)")
     p.set_defaults(run=run_export)
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from crowdcount.training.export import export_onnx, export_tflite
+    from crowdcount.training.export import export_onnx, export_tflite, quiet_tensorflow
 
-    if args.format == "onnx":
-        path = export_onnx(args.model, args.output)
-    else:
-        path = export_tflite(args.model, args.output, args.input_size, args.quantize,
-                             args.representative)
+    with quiet_tensorflow(args.verbose):
+        if args.format == "onnx":
+            path = export_onnx(args.model, args.output)
+        else:
+            path = export_tflite(args.model, args.output, args.input_size, args.quantize,
+                                 args.representative)
     print(path)
     return 0
 
