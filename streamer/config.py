@@ -260,11 +260,24 @@ class ServerConfig(_Strict):
     upload_rate_per_minute: Annotated[int, Field(ge=1)] = 60
     #: delete count rows older than this many days (checked hourly); unset = keep all
     retention_days: Annotated[float, Field(gt=0)] | None = None
+    #: keep raw per-frame count rows this many hours (checked hourly); older history is
+    #: answered from the per-second and per-minute rollups. Unset: keep raw rows too
+    raw_history_hours: Annotated[float, Field(gt=0)] | None = 24.0
+    #: PEM certificate (chain) and private key: serve https (needed for "Use my camera"
+    #: anywhere but localhost)
+    tls_cert: PathStr | None = None
+    tls_key: PathStr | None = None
 
-    @field_validator("database")
+    @field_validator("database", "tls_cert", "tls_key")
     @classmethod
-    def _resolve_database(cls, path: Path, info: ValidationInfo) -> Path:
-        return _relative_to_file(path, info)
+    def _resolve_database(cls, path: Path | None, info: ValidationInfo) -> Path | None:
+        return None if path is None else _relative_to_file(path, info)
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Self:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: set both or neither")
+        return self
 
     @model_validator(mode="after")
     def _check_exposure(self, info: ValidationInfo) -> Self:
@@ -380,8 +393,11 @@ class MqttConfig(_Strict):
     max_rate: Annotated[float, Field(gt=0, le=100)] = 2.0
     keepalive: Annotated[int, Field(ge=5, le=3600)] = 30
     client_id: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    #: publish Home Assistant MQTT discovery configs (entities appear in HA by themselves)
+    home_assistant: bool = False
+    discovery_prefix: Annotated[str, Field(min_length=1, max_length=200)] = "homeassistant"
 
-    @field_validator("topic_prefix")
+    @field_validator("topic_prefix", "discovery_prefix")
     @classmethod
     def _check_prefix(cls, prefix: str) -> str:
         if not re.match(_TOPIC_PREFIX_RE, prefix):

@@ -72,6 +72,9 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--token", help="bearer token required by the API, page and /metrics; "
                                    "prefer $CROWDCOUNT_TOKEN (a flag shows in ps); order: "
                                    "--token, then $CROWDCOUNT_TOKEN, then server.token")
+    p.add_argument("--tls-cert", type=Path, metavar="PEM",
+                   help="serve https with this certificate (chain); needs --tls-key")
+    p.add_argument("--tls-key", type=Path, metavar="PEM", help="the certificate's private key")
     p.add_argument("--stream", action="append", default=[], type=_stream_arg,
                    metavar="NAME=URL",
                    help="add a stream (repeatable): rtsp://..., a video file, /dev/videoN or "
@@ -94,7 +97,8 @@ def load(args: argparse.Namespace) -> Any:
     # JSON mode gives the lists and strings the strict models want back (not tuples, Paths).
     data = config.model_dump(mode="json", exclude_none=True)
     server, model = data["server"], data["model"]
-    for key, value in (("host", args.host), ("port", args.port), ("database", args.database)):
+    for key, value in (("host", args.host), ("port", args.port), ("database", args.database),
+                       ("tls_cert", args.tls_cert), ("tls_key", args.tls_key)):
         if value is not None:
             server[key] = str(value) if isinstance(value, Path) else value
     if args.model is not None:
@@ -114,15 +118,21 @@ def run_serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from crowdcount.streamer.app import build_app
+    from crowdcount.streamer.tls import server_ssl_context
 
+    server = config.server
+    ssl_context = None
+    if server.tls_cert is not None and server.tls_key is not None:
+        ssl_context = server_ssl_context(server.tls_cert, server.tls_key)
     app = build_app(config, store_rate=args.store_rate, token=args.token)
-    host, port = config.server.host, config.server.port
+    host, port = server.host, server.port
+    scheme = "https" if ssl_context is not None else "http"
     log = logging.getLogger(__name__)
 
     async def announce(_app: web.Application) -> None:
-        log.info("event=listening url=http://%s:%d/", host, port)
+        log.info("event=listening url=%s://%s:%d/", scheme, host, port)
 
     app.on_startup.append(announce)
-    web.run_app(app, host=host, port=port, print=None, access_log=None,
+    web.run_app(app, host=host, port=port, print=None, access_log=None, ssl_context=ssl_context,
                 shutdown_timeout=5.0, handle_signals=True)
     return 0

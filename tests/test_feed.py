@@ -178,3 +178,36 @@ async def test_sse_releases_subscription_when_client_leaves() -> None:
 def test_rejects_bad_maxsize(maxsize: int) -> None:
     with pytest.raises(ValueError):
         CountFeed(maxsize)
+
+
+async def test_page_feed_sends_only_the_streams_asked_for_and_every_alert(serve) -> None:
+    """``/api/feed?streams=a``: counts of ``a`` only, alerts of any stream (real server)."""
+    from tests.test_zones_api import add_source, sse_items
+
+    client = await serve(thresholds=[{"name": "b-busy", "stream": "b", "above": 1,
+                                      "below": 0.5}])
+    from tests.fixtures.app import service
+    from tests.fixtures.waiting import wait_until
+
+    level_b = [0]
+    await add_source(client, "a", [100])
+    await add_source(client, "b", level_b)
+    reading = asyncio.ensure_future(sse_items(
+        client, "/api/feed?streams=a",
+        lambda got: any(i.get("type") == "alert" for i in got)
+        and sum(i.get("type") is None for i in got) >= 10))
+    feed = service(client).feed
+    await wait_until(lambda: feed._subs.get(None), what="the SSE subscription")
+    level_b[0] = 200  # b gets crowded only now: its alert is raised while we listen
+    items = await reading
+    counts = [i for i in items if i.get("type") is None]
+    alerts = [i for i in items if i.get("type") == "alert"]
+    assert {i["stream_id"] for i in counts} == {"a"}
+    assert alerts[0]["stream"] == "b" and alerts[0]["rule"] == "b-busy"
+    everything = await sse_items(client, "/api/feed",
+                                 lambda got: {i["stream_id"] for i in got} >= {"a", "b"})
+    assert {i["stream_id"] for i in everything} >= {"a", "b"}
+    for query, needle in (("streams=a,../x", "invalid stream id"),
+                          ("streams=" + ",".join(f"s{i}" for i in range(65)), "at most 64")):
+        r = await client.get(f"/api/feed?{query}")
+        assert r.status == 400 and needle in (await r.json())["error"]
