@@ -19,6 +19,7 @@ pytest_plugins = [
     "tests.fixtures.rtsp",
     "tests.fixtures.mqtt",
     "tests.fixtures.browser",
+    "tests.fixtures.postgres",
 ]
 
 
