@@ -1,9 +1,10 @@
 """The cluster's store: count history, streams, alerts and settings in PostgreSQL.
 
-It answers the same calls as the SQLite ``CountStore`` (the routes, the count sink and the
-alert engine use either without knowing which), plus what a cluster needs on top: which
-shard owns each camera, the per-stream status the shards report, and cluster settings
-(alert rules, notifiers) that every shard loads.
+It speaks the store's interfaces (``history``, ``streams``, ``alerts``; see
+``streamer.store.base``), so the count sink, the alert integrations and the routes use it as
+they use the SQLite store, plus ``cluster``: which shard owns each camera, the per-stream
+status the shards report, cluster settings (alert rules, notifiers) every shard loads, and
+NOTIFY for the live feed.
 
 Why PostgreSQL rather than SQLite for a cluster: several machines write (one shard per group
 of cameras) and several API processes read, over the network. A shard is the only writer of
@@ -17,26 +18,22 @@ only appends to a locked list and a thread commits everything pending in one tra
 every ``flush_interval`` seconds (or at ``batch_rows``). Rows in flight when a node dies are
 lost with it; they are inside the outage the API reports.
 
-``shard`` scopes a store to one shard's cameras: ``list_streams`` returns only them and
-``close_open_alerts`` closes only theirs (another shard's open alerts are still live).
+``shard`` scopes a store to one shard's cameras: ``streams.all`` returns only them and
+``alerts.close_open`` closes only theirs (another shard's open alerts are still live).
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
-
-from crowdcount.model.types import Result
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +93,10 @@ _SCHEMA_LOCK = 0x63726F77
 _Row = tuple[str, float, float, float, Jsonb | None]
 _AlertOp = tuple[str, tuple[Any, ...]]
 
+_INSERT_COUNT_SQL = (
+    "INSERT INTO counts (stream_id, t, count, smoothed, zones) "
+    "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (stream_id, t) DO NOTHING"
+)
 _RAISE_SQL = (
     "INSERT INTO alerts (stream, zone, rule, raised_at, cleared_at, peak) "
     "VALUES (%s, %s, %s, %s, NULL, %s) ON CONFLICT (stream, rule, raised_at) DO NOTHING"
@@ -107,70 +108,50 @@ _CLEAR_SQL = (
 _STREAM_COLS = "id, name, url, kind, options, created_at, shard, origin"
 
 
-class PostgresStore:
-    """PostgreSQL-backed history, streams and alerts; the API of ``CountStore``.
-
-    ``add``/``add_count``/``add_alert``/``clear_alert`` never touch the network; every other
-    method does I/O (call it through ``asyncio.to_thread`` from async code). Thread-safe.
-    """
+class _Db:
+    """One writer thread (queued count rows and alert changes, committed in batches) and a
+    pool of autocommit connections for everything else; shared by the store's parts."""
 
     def __init__(
-        self,
-        dsn: str,
-        *,
-        shard: int | None = None,
-        flush_interval: float = 0.5,
-        batch_rows: int = 2000,
-        max_pending: int = 200_000,
-        connect_timeout: float = 5.0,
+        self, dsn: str, *, flush_interval: float, batch_rows: int, max_pending: int,
+        connect_timeout: float,
     ) -> None:
-        if flush_interval <= 0:
-            raise ValueError("flush_interval must be > 0")
-        if batch_rows < 1 or max_pending < batch_rows:
-            raise ValueError("need 1 <= batch_rows <= max_pending")
         self.dsn = dsn
-        self.shard = shard
-        self.flush_interval = float(flush_interval)
-        self.batch_rows = int(batch_rows)
-        self.max_pending = int(max_pending)
+        self.flush_interval = flush_interval
+        self.batch_rows = batch_rows
+        self.max_pending = max_pending
         self._timeout = connect_timeout
-
         self._pending: list[_Row] = []
-        self._pending_alerts: list[_AlertOp] = []
+        self._pending_ops: list[_AlertOp] = []
         self._pending_lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._pool: list[psycopg.Connection[Any]] = []
         self._pool_lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._closed = False
-
+        self.closed = False
         self.written = 0
         self.dropped = 0
         self.duplicates = 0  # rows the database already had (a replay after a failover)
         self.last_error: str | None = None
-
-        self._wconn = self._connect()
+        self._wconn = self.connect()
         with self._wconn.transaction():
             self._wconn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
             self._wconn.execute(_SCHEMA)
         self._thread = threading.Thread(target=self._run, name="pg-store-writer", daemon=True)
         self._thread.start()
 
-    # ------------------------------------------------------------------ connections
-
-    def _connect(self) -> psycopg.Connection[Any]:
+    def connect(self) -> psycopg.Connection[Any]:
         return psycopg.connect(self.dsn, autocommit=True, connect_timeout=int(self._timeout))
 
     @contextmanager
-    def _reader(self) -> Iterator[psycopg.Connection[Any]]:
-        """Borrow an autocommit connection for one statement; broken ones are replaced."""
-        if self._closed:
-            raise RuntimeError("PostgresStore is closed")
+    def conn(self) -> Iterator[psycopg.Connection[Any]]:
+        """Borrow an autocommit connection; a broken one is dropped, not returned."""
+        self.check_open()
         with self._pool_lock:
             conn = self._pool.pop() if self._pool else None
         if conn is None or conn.closed:
-            conn = self._connect()
+            conn = self.connect()
         try:
             yield conn
         except psycopg.OperationalError:
@@ -180,27 +161,12 @@ class PostgresStore:
             with self._pool_lock:
                 self._pool.append(conn)
 
-    # ------------------------------------------------------------------ writes
-
-    def add(self, result: Result, smoothed: float) -> None:
-        """Queue one frame's count for the next commit; never blocks on I/O."""
-        self.add_count(
-            result.frame.stream_id, result.frame.captured_at, result.count, smoothed, result.zones
-        )
-
-    def add_count(
-        self,
-        stream_id: str,
-        t: float,
-        count: float,
-        smoothed: float,
-        zones: dict[str, float] | None = None,
-    ) -> None:
-        """Queue one row (``t`` in unix seconds)."""
-        if self._closed:
+    def check_open(self) -> None:
+        if self.closed:
             raise RuntimeError("PostgresStore is closed")
-        z = Jsonb({k: float(v) for k, v in zones.items()}) if zones else None
-        row = (stream_id, float(t), float(count), float(smoothed), z)
+
+    def add_row(self, row: _Row) -> None:
+        self.check_open()
         with self._pending_lock:
             self._pending.append(row)
             n = len(self._pending)
@@ -211,36 +177,38 @@ class PostgresStore:
         if n >= self.batch_rows:
             self._wake.set()
 
-    def flush(self) -> int:
-        """Commit everything queued, in the caller's thread; the number of rows and alert
-        changes sent. Raises the database error (rows stay queued for a retry)."""
-        return self._commit_pending()
+    def add_op(self, sql: str, args: tuple[Any, ...]) -> None:
+        self.check_open()
+        with self._pending_lock:
+            self._pending_ops.append((sql, args))
+        self._wake.set()
 
-    def _commit_pending(self) -> int:
+    def pending(self) -> int:
+        with self._pending_lock:
+            return len(self._pending)
+
+    def flush(self) -> int:
         with self._write_lock:
             with self._pending_lock:
                 rows, self._pending = self._pending, []
-                alert_ops, self._pending_alerts = self._pending_alerts, []
-            if not rows and not alert_ops:
+                ops, self._pending_ops = self._pending_ops, []
+            if not rows and not ops:
                 return 0
             try:
                 if self._wconn.closed:
-                    self._wconn = self._connect()
+                    self._wconn = self.connect()
                 inserted = 0
                 with self._wconn.transaction(), self._wconn.cursor() as cur:
                     if rows:
-                        cur.executemany(
-                            "INSERT INTO counts (stream_id, t, count, smoothed, zones) "
-                            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (stream_id, t) DO NOTHING",
-                            rows,
-                        )
+                        cur.executemany(_INSERT_COUNT_SQL, rows)
                         inserted = max(cur.rowcount, 0)
-                    for sql, args in alert_ops:
+                    for sql, args in ops:
                         cur.execute(sql, args)
             except BaseException as exc:
                 with self._pending_lock:
+                    # Back in front, so order is kept; then the bound again.
                     self._pending[:0] = rows
-                    self._pending_alerts[:0] = alert_ops
+                    self._pending_ops[:0] = ops
                     excess = len(self._pending) - self.max_pending
                     if excess > 0:
                         del self._pending[:excess]
@@ -251,68 +219,64 @@ class PostgresStore:
                 raise
             self.written += inserted
             self.duplicates += len(rows) - inserted
-            return len(rows) + len(alert_ops)
+            return len(rows) + len(ops)
 
     def _run(self) -> None:
         while not self._stop.is_set():
             self._wake.wait(self.flush_interval)
             self._wake.clear()
             try:
-                self._commit_pending()
+                self.flush()
             except Exception as exc:
                 log.error("event=store_commit_failed error=%r", str(exc).strip())
                 self._stop.wait(self.flush_interval)
 
     def close(self) -> None:
-        """Stop the writer, commit what is queued and close every connection; idempotent."""
-        if self._closed:
+        if self.closed:
             return
         self._stop.set()
         self._wake.set()
         self._thread.join()
         try:
-            self._commit_pending()
+            self.flush()
         except Exception as exc:
             log.error("event=store_close_commit_failed error=%r", str(exc).strip())
         finally:
-            self._closed = True
+            self.closed = True
             with self._pool_lock:
                 conns, self._pool = self._pool, []
             for conn in [*conns, self._wconn]:
                 conn.close()
 
-    def __enter__(self) -> PostgresStore:
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+def _where(stream_id: str, since: float | None, until: float | None) -> tuple[str, dict[str, Any]]:
+    """``since`` inclusive, ``until`` exclusive, as in the SQLite store."""
+    clauses, args = ["stream_id = %(sid)s"], {"sid": stream_id}
+    if since is not None:
+        clauses.append("t >= %(since)s")
+        args["since"] = float(since)
+    if until is not None:
+        clauses.append("t < %(until)s")
+        args["until"] = float(until)
+    return " AND ".join(clauses), args
 
-    def stats(self) -> dict[str, Any]:
-        with self._pending_lock:
-            pending = len(self._pending)
-        return {
-            "pending": pending,
-            "written": self.written,
-            "dropped": self.dropped,
-            "duplicates": self.duplicates,
-            "last_error": self.last_error,
-        }
 
-    # ------------------------------------------------------------------ count queries
+class PostgresHistory:
+    """``CountHistory`` on the ``counts`` table (primary key ``(stream_id, t)``)."""
 
-    @staticmethod
-    def _where(
-        stream_id: str, since: float | None, until: float | None
-    ) -> tuple[str, dict[str, Any]]:
-        """``since`` inclusive, ``until`` exclusive, as in the SQLite store."""
-        clauses, args = ["stream_id = %(sid)s"], {"sid": stream_id}
-        if since is not None:
-            clauses.append("t >= %(since)s")
-            args["since"] = float(since)
-        if until is not None:
-            clauses.append("t < %(until)s")
-            args["until"] = float(until)
-        return " AND ".join(clauses), args
+    def __init__(self, db: _Db) -> None:
+        self._db = db
+
+    def add(
+        self,
+        stream_id: str,
+        t: float,
+        count: float,
+        smoothed: float,
+        zones: Mapping[str, float] | None = None,
+    ) -> None:
+        z = Jsonb({k: float(v) for k, v in zones.items()}) if zones else None
+        self._db.add_row((stream_id, float(t), float(count), float(smoothed), z))
 
     def counts(
         self,
@@ -324,15 +288,13 @@ class PostgresStore:
         *,
         with_zones: bool = False,
     ) -> list[dict[str, Any]]:
-        """History of one stream in ``[since, until)``, oldest first; the same rows and
-        buckets (aligned to multiples of ``step`` since the epoch) as ``CountStore.counts``."""
         if limit < 1:
             raise ValueError("limit must be >= 1")
-        where, args = self._where(stream_id, since, until)
+        where, args = _where(stream_id, since, until)
         if step is None:
             cols = "t, count, smoothed" + (", zones" if with_zones else "")
             sql = f"SELECT {cols} FROM counts WHERE {where} ORDER BY t DESC LIMIT %(limit)s"
-            with self._reader() as conn:
+            with self._db.conn() as conn:
                 rows = conn.execute(sql, {**args, "limit": int(limit)}).fetchall()
             rows.reverse()
             out = []
@@ -349,7 +311,7 @@ class PostgresStore:
             f"MAX(count), COUNT(*) FROM counts WHERE {where} GROUP BY b ORDER BY b DESC "
             "LIMIT %(limit)s"
         )
-        with self._reader() as conn:
+        with self._db.conn() as conn:
             rows = conn.execute(sql, {**args, "step": float(step), "limit": int(limit)}).fetchall()
         rows.reverse()
         return [
@@ -357,22 +319,26 @@ class PostgresStore:
             for b, mean, smean, lo, hi, n in rows
         ]
 
-    def export_csv(
-        self, stream_id: str, since: float | None = None, until: float | None = None
-    ) -> str:
-        """Raw rows in ``[since, until)`` as CSV ``t,count,smoothed`` (floats via ``repr``)."""
-        where, args = self._where(stream_id, since, until)
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(("t", "count", "smoothed"))
-        with self._reader() as conn, conn.cursor() as cur:
-            cur.execute(f"SELECT t, count, smoothed FROM counts WHERE {where} ORDER BY t", args)
-            while batch := cur.fetchmany(5000):
-                writer.writerows((repr(t), repr(c), repr(s)) for t, c, s in batch)
-        return buf.getvalue()
+    def rows(
+        self,
+        stream_id: str,
+        since: float | None = None,
+        until: float | None = None,
+        *,
+        after: float | None = None,
+        limit: int = 5000,
+    ) -> list[tuple[float, float, float]]:
+        if limit < 1:
+            raise ValueError("limit must be >= 1")
+        where, args = _where(stream_id, since, until)
+        if after is not None:
+            where += " AND t > %(after)s"
+            args["after"] = float(after)
+        sql = f"SELECT t, count, smoothed FROM counts WHERE {where} ORDER BY t LIMIT %(limit)s"
+        with self._db.conn() as conn:
+            return [tuple(r) for r in conn.execute(sql, {**args, "limit": int(limit)})]
 
-    def delete_counts(self, stream_id: str | None = None, before: float | None = None) -> int:
-        """Purge history (one stream or all, optionally only rows older than ``before``)."""
+    def delete(self, stream_id: str | None = None, before: float | None = None) -> int:
         clauses, args = [], []
         if stream_id is not None:
             clauses.append("stream_id = %s")
@@ -381,35 +347,89 @@ class PostgresStore:
             clauses.append("t < %s")
             args.append(float(before))
         where = " AND ".join(clauses) or "TRUE"
-        with self._reader() as conn:
+        with self._db.conn() as conn:
             return conn.execute(f"DELETE FROM counts WHERE {where}", args).rowcount
 
-    # ------------------------------------------------------------------ alerts
 
-    def add_alert(
+class PostgresStreams:
+    """``StreamRegistry`` on the ``streams`` table, plus each camera's shard and origin.
+    Every change is announced on ``STREAMS_CHANNEL`` so API processes refresh at once."""
+
+    def __init__(self, db: _Db, shard: int | None) -> None:
+        self._db = db
+        self._shard = shard
+
+    def save(
+        self,
+        stream_id: str,
+        name: str,
+        url: str,
+        kind: str,
+        options: Mapping[str, Any] | None = None,
+        *,
+        shard: int | None = None,
+        origin: str = "api",
+    ) -> None:
+        """Insert or update (durable on return). An update keeps ``created_at`` and the
+        shard: a camera stays where it was placed."""
+        placed = shard if shard is not None else self._shard or 0
+        with self._db.conn() as conn, conn.transaction():
+            conn.execute(
+                f"INSERT INTO streams ({_STREAM_COLS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
+                "ON CONFLICT (id) DO UPDATE SET name = excluded.name, url = excluded.url, "
+                "kind = excluded.kind, options = excluded.options",
+                (stream_id, name, url, kind, Jsonb(dict(options or {})), time.time(), placed,
+                 origin),
+            )
+            conn.execute("SELECT pg_notify(%s, %s)", (STREAMS_CHANNEL, stream_id))
+
+    def delete(self, stream_id: str) -> bool:
+        """Forget a stream and its last status (history kept)."""
+        with self._db.conn() as conn, conn.transaction():
+            n = conn.execute("DELETE FROM streams WHERE id = %s", (stream_id,)).rowcount
+            conn.execute("DELETE FROM stream_status WHERE stream_id = %s", (stream_id,))
+            conn.execute("SELECT pg_notify(%s, %s)", (STREAMS_CHANNEL, stream_id))
+        return n > 0
+
+    def get(self, stream_id: str) -> dict[str, Any] | None:
+        with self._db.conn() as conn:
+            row = conn.execute(
+                f"SELECT {_STREAM_COLS} FROM streams WHERE id = %s", (stream_id,)
+            ).fetchone()
+        return None if row is None else _stream_dict(row)
+
+    def all(self) -> list[dict[str, Any]]:
+        """Saved streams oldest first (only this shard's when the store is scoped)."""
+        sql = f"SELECT {_STREAM_COLS} FROM streams"
+        args: tuple[Any, ...] = ()
+        if self._shard is not None:
+            sql += " WHERE shard = %s"
+            args = (self._shard,)
+        with self._db.conn() as conn:
+            rows = conn.execute(sql + " ORDER BY created_at, id", args).fetchall()
+        return [_stream_dict(r) for r in rows]
+
+
+class PostgresAlerts:
+    """``AlertLog`` on the ``alerts`` table; changes ride the counts' queue and commit."""
+
+    def __init__(self, db: _Db, shard: int | None) -> None:
+        self._db = db
+        self._shard = shard
+
+    def raised(
         self, stream: str, zone: str | None, rule: str, raised_at: float, peak: float
     ) -> None:
-        """Queue an alert raised at ``raised_at``; wakes the writer (alerts are rare)."""
-        if self._closed:
-            raise RuntimeError("PostgresStore is closed")
-        with self._pending_lock:
-            self._pending_alerts.append(
-                (_RAISE_SQL, (stream, zone, rule, float(raised_at), float(peak)))
-            )
-        self._wake.set()
+        self._db.add_op(_RAISE_SQL, (stream, zone, rule, float(raised_at), float(peak)))
 
-    def clear_alert(
+    def cleared(
         self, stream: str, rule: str, raised_at: float, cleared_at: float, peak: float
     ) -> None:
-        """Queue the end of an alert; the stored peak only grows."""
-        if self._closed:
-            raise RuntimeError("PostgresStore is closed")
-        args = (float(cleared_at), float(peak), stream, rule, float(raised_at))
-        with self._pending_lock:
-            self._pending_alerts.append((_CLEAR_SQL, args))
-        self._wake.set()
+        self._db.add_op(
+            _CLEAR_SQL, (float(cleared_at), float(peak), stream, rule, float(raised_at))
+        )
 
-    def alerts(
+    def query(
         self,
         stream: str | None = None,
         since: float | None = None,
@@ -417,7 +437,6 @@ class PostgresStore:
         active: bool | None = None,
         limit: int = 1000,
     ) -> list[dict[str, Any]]:
-        """Alerts newest first, selected like ``CountStore.alerts``."""
         if limit < 1:
             raise ValueError("limit must be >= 1")
         clauses, args = [], []
@@ -437,121 +456,80 @@ class PostgresStore:
             "SELECT id, stream, zone, rule, raised_at, cleared_at, peak FROM alerts "
             f"WHERE {where} ORDER BY raised_at DESC, id DESC LIMIT %s"
         )
-        with self._reader() as conn:
+        with self._db.conn() as conn:
             rows = conn.execute(sql, (*args, int(limit))).fetchall()
         keys = ("id", "stream", "zone", "rule", "raised_at", "cleared_at", "peak")
         return [dict(zip(keys, r, strict=True)) for r in rows]
 
-    def close_open_alerts(self, at: float) -> int:
-        """Close the open alerts this store's process raised before it died: every open
-        alert, or with ``shard`` only those of the shard's cameras."""
-        self.flush()
+    def close_open(self, at: float) -> int:
+        """Every open alert, or in a shard's store only its cameras' (the other shards'
+        alerts are still live)."""
+        self._db.flush()
         sql = "UPDATE alerts SET cleared_at = GREATEST(raised_at, %s) WHERE cleared_at IS NULL"
         args: tuple[Any, ...] = (float(at),)
-        if self.shard is not None:
+        if self._shard is not None:
             sql += " AND stream IN (SELECT id FROM streams WHERE shard = %s)"
-            args += (self.shard,)
-        with self._reader() as conn:
+            args += (self._shard,)
+        with self._db.conn() as conn:
             return conn.execute(sql, args).rowcount
 
-    # ------------------------------------------------------------------ streams
 
-    def save_stream(
-        self,
-        stream_id: str,
-        name: str,
-        url: str,
-        kind: str,
-        options: dict[str, Any] | None = None,
-        *,
-        shard: int | None = None,
-        origin: str = "api",
-    ) -> None:
-        """Insert or update a stream (committed on return). An update keeps ``created_at``
-        and the shard: a camera stays where it was placed. Notifies the API processes."""
-        with self._reader() as conn, conn.transaction():
-            conn.execute(
-                f"INSERT INTO streams ({_STREAM_COLS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
-                "ON CONFLICT (id) DO UPDATE SET name = excluded.name, url = excluded.url, "
-                "kind = excluded.kind, options = excluded.options",
-                (stream_id, name, url, kind, Jsonb(options or {}), time.time(),
-                 shard if shard is not None else self.shard or 0, origin),
-            )
-            conn.execute("SELECT pg_notify(%s, %s)", (STREAMS_CHANNEL, stream_id))
+class ClusterState:
+    """What only a cluster keeps: shard loads, the shards' status reports, settings shared
+    by every shard, and NOTIFY."""
 
-    def delete_stream(self, stream_id: str) -> bool:
-        """Forget a stream's configuration and status (history kept); True if it existed."""
-        with self._reader() as conn, conn.transaction():
-            n = conn.execute("DELETE FROM streams WHERE id = %s", (stream_id,)).rowcount
-            conn.execute("DELETE FROM stream_status WHERE stream_id = %s", (stream_id,))
-            conn.execute("SELECT pg_notify(%s, %s)", (STREAMS_CHANNEL, stream_id))
-        return n > 0
-
-    def get_stream(self, stream_id: str) -> dict[str, Any] | None:
-        with self._reader() as conn:
-            row = conn.execute(
-                f"SELECT {_STREAM_COLS} FROM streams WHERE id = %s", (stream_id,)
-            ).fetchone()
-        return None if row is None else _stream_dict(row)
-
-    def list_streams(self) -> list[dict[str, Any]]:
-        """Saved streams oldest first (only this shard's when the store is scoped)."""
-        sql = f"SELECT {_STREAM_COLS} FROM streams"
-        args: tuple[Any, ...] = ()
-        if self.shard is not None:
-            sql += " WHERE shard = %s"
-            args = (self.shard,)
-        with self._reader() as conn:
-            rows = conn.execute(sql + " ORDER BY created_at, id", args).fetchall()
-        return [_stream_dict(r) for r in rows]
+    def __init__(self, db: _Db, shard: int | None) -> None:
+        self._db = db
+        self._shard = shard
 
     def shard_loads(self, shards: int) -> dict[int, int]:
         """Cameras per shard for shards ``0..shards-1`` (placement reads this)."""
         loads = dict.fromkeys(range(shards), 0)
-        with self._reader() as conn:
+        with self._db.conn() as conn:
             for shard, n in conn.execute("SELECT shard, count(*) FROM streams GROUP BY shard"):
                 if shard in loads:
                     loads[shard] = n
         return loads
 
-    # ------------------------------------------------------------------ cluster state
-
-    def report_status(self, node: str, statuses: dict[str, dict[str, Any]]) -> None:
+    def report_status(self, node: str, statuses: Mapping[str, Mapping[str, Any]]) -> None:
         """A shard's heartbeat: the status of each of its live streams, stamped with the
-        database's clock (so API processes on other machines compare like with like)."""
+        database's clock (API processes on other machines then compare like with like)."""
         if not statuses:
             return
-        with self._reader() as conn, conn.cursor() as cur:
+        shard = self._shard if self._shard is not None else -1
+        with self._db.conn() as conn, conn.cursor() as cur:
             cur.executemany(
                 "INSERT INTO stream_status (stream_id, shard, node, status, reported_at) "
                 "VALUES (%s, %s, %s, %s, extract(epoch FROM clock_timestamp())) "
                 "ON CONFLICT (stream_id) DO UPDATE SET shard = excluded.shard, "
                 "node = excluded.node, status = excluded.status, "
                 "reported_at = excluded.reported_at",
-                [(sid, self.shard if self.shard is not None else -1, node, Jsonb(st))
-                 for sid, st in statuses.items()],
+                [(sid, shard, node, Jsonb(dict(st))) for sid, st in statuses.items()],
             )
 
     def streams_with_status(self) -> list[dict[str, Any]]:
-        """Every stream with its last reported status and its age in seconds (``None``
-        when its shard never reported it)."""
+        """Every stream with its last reported status, the node that reported it and the
+        report's age in seconds (``None`` when never reported)."""
+        cols = ", ".join("s." + c for c in _STREAM_COLS.split(", "))
         sql = (
-            f"SELECT {', '.join('s.' + c for c in _STREAM_COLS.split(', '))}, "
-            "st.status, st.node, extract(epoch FROM clock_timestamp()) - st.reported_at "
+            f"SELECT {cols}, st.status, st.node, "
+            "extract(epoch FROM clock_timestamp()) - st.reported_at "
             "FROM streams s LEFT JOIN stream_status st ON st.stream_id = s.id "
             "ORDER BY s.created_at, s.id"
         )
-        with self._reader() as conn:
+        with self._db.conn() as conn:
             rows = conn.execute(sql).fetchall()
         out = []
         for r in rows:
             item = _stream_dict(r[:8])
-            item["status"], item["node"], item["status_age_s"] = r[8], r[9], r[10]
+            age = r[10]
+            item["status"], item["node"] = r[8], r[9]
+            item["status_age_s"] = None if age is None else float(age)
             out.append(item)
         return out
 
     def set_setting(self, key: str, value: Any) -> None:
-        with self._reader() as conn:
+        with self._db.conn() as conn:
             conn.execute(
                 "INSERT INTO settings (key, value) VALUES (%s, %s) "
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -559,19 +537,69 @@ class PostgresStore:
             )
 
     def get_setting(self, key: str, default: Any = None) -> Any:
-        with self._reader() as conn:
+        with self._db.conn() as conn:
             row = conn.execute("SELECT value FROM settings WHERE key = %s", (key,)).fetchone()
         return default if row is None else row[0]
 
-    def notify(self, channel: str, payload: dict[str, Any]) -> bool:
-        """Send one small JSON payload to every listener; False if it was too big to send
-        (NOTIFY's limit is 8000 bytes), which callers treat as 'read it from SQL'."""
+    def notify(self, channel: str, payload: Mapping[str, Any]) -> bool:
+        """Send one small JSON payload to every listener; False if too big to send
+        (NOTIFY's limit is 8000 bytes): callers then leave it to SQL."""
         text = json.dumps(payload, separators=(",", ":"))
         if len(text.encode()) > MAX_PAYLOAD:
             return False
-        with self._reader() as conn:
+        with self._db.conn() as conn:
             conn.execute("SELECT pg_notify(%s, %s)", (channel, text))
         return True
+
+
+class PostgresStore:
+    """``Store`` in PostgreSQL: ``history``, ``streams``, ``alerts`` and ``cluster`` share
+    one writer thread and a pool of connections. ``shard`` scopes it to one shard."""
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        shard: int | None = None,
+        flush_interval: float = 0.5,
+        batch_rows: int = 2000,
+        max_pending: int = 200_000,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        if flush_interval <= 0:
+            raise ValueError("flush_interval must be > 0")
+        if batch_rows < 1 or max_pending < batch_rows:
+            raise ValueError("need 1 <= batch_rows <= max_pending")
+        self.dsn = dsn
+        self.shard = shard
+        self._db = _Db(dsn, flush_interval=float(flush_interval), batch_rows=int(batch_rows),
+                       max_pending=int(max_pending), connect_timeout=connect_timeout)
+        self.history = PostgresHistory(self._db)
+        self.streams = PostgresStreams(self._db, shard)
+        self.alerts = PostgresAlerts(self._db, shard)
+        self.cluster = ClusterState(self._db, shard)
+
+    def flush(self) -> int:
+        return self._db.flush()
+
+    def stats(self) -> dict[str, Any]:
+        db = self._db
+        return {"pending": db.pending(), "written": db.written, "dropped": db.dropped,
+                "last_error": db.last_error}
+
+    @property
+    def duplicates(self) -> int:
+        """Rows skipped because the database already had them (replays, retries)."""
+        return self._db.duplicates
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> PostgresStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _stream_dict(row: Any) -> dict[str, Any]:
