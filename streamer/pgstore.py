@@ -544,7 +544,8 @@ class ClusterState:
     def notify(self, channel: str, payload: Mapping[str, Any]) -> bool:
         """Send one small JSON payload to every listener; False if too big to send
         (NOTIFY's limit is 8000 bytes): callers then leave it to SQL."""
-        text = json.dumps(payload, separators=(",", ":"))
+        # default=float: zone sums and counts may be NumPy scalars.
+        text = json.dumps(payload, separators=(",", ":"), default=float)
         if len(text.encode()) > MAX_PAYLOAD:
             return False
         with self._db.conn() as conn:
