@@ -28,7 +28,7 @@ from crowdcount.streamer.sinks.base import Notifier
 
 if TYPE_CHECKING:
     from crowdcount.streamer.config import Config, SinksConfig, StreamConfig, ThresholdConfig
-    from crowdcount.streamer.store import CountStore
+    from crowdcount.streamer.store import AlertLog
 
 __all__ = [
     "Integrations",
@@ -78,27 +78,27 @@ class Integrations:
         zones: Mapping[str, Sequence[Zone]] | None = None,
         rules: Iterable[ThresholdRule] = (),
         notifiers: Sequence[Notifier] = (),
-        store: CountStore | None = None,
+        alert_log: AlertLog | None = None,
     ) -> None:
         self._counters: dict[str, ZoneCounter] = {}
         for stream, zs in (zones or {}).items():
             self.set_zones(stream, zs)
         self.engine = AlertEngine(rules)
         self.notifiers: list[Notifier] = list(notifiers)
-        self.store = store
+        self.alert_log = alert_log
         self.on_alert: list[Callable[[AlertEvent], None]] = []
         self.errors = 0
         self._failures: dict[int, int] = {}
         self._started = False
 
     @classmethod
-    def from_config(cls, config: Config, store: CountStore | None = None) -> Integrations:
+    def from_config(cls, config: Config, alert_log: AlertLog | None = None) -> Integrations:
         """Zones of the configured streams, the ``[[thresholds]]`` and the ``[sinks]``."""
         return cls(
             zones={s.name: zones_from_config(s) for s in config.streams if s.zones},
             rules=rules_from_config(config.thresholds),
             notifiers=notifiers_from_config(config.sinks),
-            store=store,
+            alert_log=alert_log,
         )
 
     # ------------------------------------------------------------------ lifecycle
@@ -183,17 +183,14 @@ class Integrations:
             ev.rule.above,
             ev.rule.below,
         )
-        if self.store is not None:
+        log_ = self.alert_log
+        if log_ is not None:
             if ev.kind == "raised":
-                self._guard(
-                    self.store, self.store.add_alert, ev.stream, ev.zone, ev.rule.name,
-                    ev.raised_at, ev.peak,
-                )  # fmt: skip
+                self._guard(log_, log_.raised, ev.stream, ev.zone, ev.rule.name, ev.raised_at,
+                            ev.peak)
             else:
-                self._guard(
-                    self.store, self.store.clear_alert, ev.stream, ev.rule.name, ev.raised_at,
-                    ev.t, ev.peak,
-                )  # fmt: skip
+                self._guard(log_, log_.cleared, ev.stream, ev.rule.name, ev.raised_at, ev.t,
+                            ev.peak)
         for n in self.notifiers:
             self._guard(n, n.notify_alert, ev)
         for cb in self.on_alert:

@@ -42,7 +42,7 @@ from crowdcount.streamer.smoothing import Ema
 from crowdcount.streamer.sources.base import Source
 from crowdcount.streamer.sources.webrtc import WebRtcSource
 from crowdcount.streamer.status import StreamStatus
-from crowdcount.streamer.store import CountStore
+from crowdcount.streamer.store import Store, open_store
 from crowdcount.streamer.upload import UploadCounter
 from crowdcount.streamer.urls import mask_url, validate_api_url
 
@@ -128,17 +128,17 @@ class Service:
         self.model_path = model_path
         self.max_streams = config.server.max_streams
         try:
-            self.store = CountStore(config.server.database)
+            self.store: Store = open_store(config.server.database)
         except (sqlite3.Error, OSError) as exc:
             raise ValueError(f"cannot open database {config.server.database}: {exc}") from None
         # Zones, alert rules and notifiers; its ``process`` fills ``Result.zones`` before
         # any sink sees a result, so the store, feed, metrics and viewers agree.
-        self.integrations = Integrations.from_config(config, self.store)
+        self.integrations = Integrations.from_config(config, self.store.alerts)
         self.feed = CountFeed()
         self.viewers = ViewerRegistry(zones=self.integrations.zones)
         self.pipeline = Pipeline(runtime, max_batch=config.model.max_batch,
                                  result_hook=self.integrations.process)
-        self.counts = CountSink(self.store, self.feed, Ema(), store_rate)
+        self.counts = CountSink(self.store.history, self.feed, Ema(), store_rate)
         self.metrics = Metrics(self.statuses, self._service_gauges,
                                zones=self._zone_names, alerts=self.integrations.active_alerts)
         self.peers = PeerManager(
@@ -212,7 +212,7 @@ class Service:
         self.started_at = time.monotonic()
         # Alerts left open by a previous process can never be cleared by it: close them; the
         # fresh engine raises again if the crowd is still there.
-        await asyncio.to_thread(self.store.close_open_alerts, time.time())
+        await asyncio.to_thread(self.store.alerts.close_open, time.time())
         await self.integrations.start()
         self.integrations.on_alert.append(self._on_alert)
         if self.config.server.retention_days is not None:
@@ -225,7 +225,7 @@ class Service:
                 await self.add_stream(stream, origin="config")
             except Exception as exc:
                 log.error("event=resume_failed stream=%s error=%r", stream.name, str(exc))
-        for saved in await asyncio.to_thread(self.store.list_streams):
+        for saved in await asyncio.to_thread(self.store.streams.all):
             try:
                 url = validate_api_url(saved["url"])
                 options = saved.get("options") or {}
@@ -281,7 +281,7 @@ class Service:
         self.streams[sid] = entry  # reserved before the first await: no duplicate can race in
         try:
             if persist:
-                await asyncio.to_thread(self.store.save_stream, sid, sid, url, kind, options)
+                await asyncio.to_thread(self.store.streams.save, sid, sid, url, kind, options)
             await self.pipeline.add_stream(source, fps_limit, max_side)
             self.pipeline.subscribe(sid, self.viewers.sink(sid))
         except BaseException:
@@ -291,7 +291,7 @@ class Service:
                 await source.stop()
             if persist:
                 with contextlib.suppress(Exception):
-                    await asyncio.to_thread(self.store.delete_stream, sid)
+                    await asyncio.to_thread(self.store.streams.delete, sid)
             raise
         log.info("event=stream_added stream=%s kind=%s origin=%s url=%s",
                  sid, kind, origin, mask_url(url))
@@ -327,7 +327,7 @@ class Service:
                     await self.peers.close_peer(peer.id, "removed via API")
             await self._drop(stream_id, entry)  # no-op if the hang-up already dropped it
             return
-        await asyncio.to_thread(self.store.delete_stream, stream_id)
+        await asyncio.to_thread(self.store.streams.delete, stream_id)
         await self._drop(stream_id, entry)
 
     async def _drop(self, stream_id: str, entry: StreamEntry) -> None:
@@ -349,7 +349,7 @@ class Service:
 
     async def has_history(self, stream_id: str) -> bool:
         """Whether the store holds counts for ``stream_id`` (live or removed)."""
-        rows = await asyncio.to_thread(self.store.counts, stream_id, None, None, None, 1)
+        rows = await asyncio.to_thread(self.store.history.counts, stream_id, None, None, None, 1)
         return bool(rows)
 
     # -- WebRTC publishers -------------------------------------------------------------------
@@ -374,7 +374,7 @@ class Service:
         while True:
             cutoff = time.time() - days * 86400
             try:
-                deleted = await asyncio.to_thread(self.store.delete_counts, None, cutoff)
+                deleted = await asyncio.to_thread(self.store.history.delete, None, cutoff)
                 log.info("event=retention deleted=%d before=%.0f", deleted, cutoff)
             except sqlite3.Error as exc:
                 log.error("event=retention_failed error=%r", str(exc))

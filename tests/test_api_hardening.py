@@ -229,7 +229,7 @@ async def test_api_refuses_non_rtsp_urls(serve: Serve, url: str) -> None:
     r = await client.post("/api/streams", json={"name": "cam", "url": url})
     await error_of(r, 400)
     assert service(client).streams == {}
-    assert await asyncio.to_thread(service(client).store.list_streams) == []
+    assert await asyncio.to_thread(service(client).store.streams.all) == []
 
 
 # -- credentials never returned ------------------------------------------------------------------

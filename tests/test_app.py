@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from crowdcount.streamer.app import build_app
 from crowdcount.streamer.sources.synthetic import SyntheticSource
-from crowdcount.streamer.store import CountStore
+from crowdcount.streamer.store import SQLiteStore
 from tests.fixtures.app import service
 from tests.fixtures.models import expected_count
 from tests.fixtures.waiting import wait_until
@@ -464,21 +464,19 @@ async def test_store_flushed_on_shutdown(serve, tmp_path) -> None:
     await wait_until(lambda: source.status.frames_out >= 5)
     await client.close()
     processed = source.status.frames_out
-    with CountStore(tmp_path / "counts.sqlite3") as store:
-        assert len(store.counts("late")) == processed
+    with SQLiteStore(tmp_path / "counts.sqlite3") as store:
+        assert len(store.history.counts("late")) == processed
 
 
 async def test_retention_deletes_old_counts_at_start(serve, tmp_path) -> None:
-    from crowdcount.streamer.store import CountStore
-
     now = time.time()
-    with CountStore(tmp_path / "counts.sqlite3") as store:
+    with SQLiteStore(tmp_path / "counts.sqlite3") as store:
         for age_days in (10, 3, 0.5, 0):
-            store.add_count("cam", now - age_days * 86400, 5.0, 5.0)
+            store.history.add("cam", now - age_days * 86400, 5.0, 5.0)
         store.flush()
     client = await serve(retention_days=2)
-    await wait_until(lambda: len(service(client).store.counts("cam")) == 2, timeout=10)
-    kept = [row["t"] for row in service(client).store.counts("cam")]
+    await wait_until(lambda: len(service(client).store.history.counts("cam")) == 2, timeout=10)
+    kept = [row["t"] for row in service(client).store.history.counts("cam")]
     assert min(kept) > now - 2 * 86400
 
 

@@ -18,7 +18,7 @@ from crowdcount.streamer.sinks.base import Notifier
 from crowdcount.streamer.sinks.mqtt import MqttNotifier
 from crowdcount.streamer.sinks.webhook import WebhookNotifier
 from crowdcount.streamer.sources.synthetic import SyntheticSource
-from crowdcount.streamer.store import CountStore
+from crowdcount.streamer.store import SQLiteStore
 from tests.fixtures.waiting import wait_until
 
 W, H = 320, 256
@@ -62,7 +62,7 @@ class Recorder:
 
 
 async def test_pipeline_hook_fills_zones_raises_and_clears_alerts(runtime, tmp_path: Path):
-    store = CountStore(tmp_path / "c.sqlite3", flush_interval=0.05)
+    store = SQLiteStore(tmp_path / "c.sqlite3", flush_interval=0.05)
     notifier = RecordingNotifier()
     assert isinstance(notifier, Notifier)
     rule = ThresholdRule("left-busy", "cam", "left", above=500, below=100, for_seconds=0.2)
@@ -70,7 +70,7 @@ async def test_pipeline_hook_fills_zones_raises_and_clears_alerts(runtime, tmp_p
         zones={"cam": [LEFT, RIGHT]},
         rules=[rule],
         notifiers=[notifier, BrokenNotifier()],
-        store=store,
+        alert_log=store.alerts,
     )
     seen: list[AlertEvent] = []
     integ.on_alert.append(seen.append)
@@ -102,8 +102,8 @@ async def test_pipeline_hook_fills_zones_raises_and_clears_alerts(runtime, tmp_p
         assert cleared.value < 100 and cleared.raised_at == raised.t
         assert notifier.alerts == seen
         assert integ.errors > 0  # the broken notifier, isolated
-        await wait_until(lambda: bool(store.alerts(active=False)))
-        (row,) = store.alerts()
+        await wait_until(lambda: bool(store.alerts.query(active=False)))
+        (row,) = store.alerts.query()
         assert (row["stream"], row["zone"], row["rule"]) == ("cam", "left", "left-busy")
         assert (row["raised_at"], row["cleared_at"]) == (raised.t, cleared.t)
         assert row["peak"] == pytest.approx(W * H / 64 / 2, rel=1e-4)

@@ -44,7 +44,7 @@ pytestmark = pytest.mark.slow
 
 
 USER, PASSWORD = "camuser", "Pa55-w0rd-xyz"
-FLUSH_INTERVAL = 0.5  # CountStore's default: rows older than this are committed
+FLUSH_INTERVAL = 0.5  # SQLiteStore's default: rows older than this are committed
 
 
 
@@ -99,7 +99,7 @@ async def test_camera_killed_and_restarted_recovers_while_other_stream_runs(
     await wait_state(client, "loop", {"running"}, 10, min_frames=5)
     store = service(client).store
     await asyncio.to_thread(store.flush)
-    before = await asyncio.to_thread(store.counts, "cam", None, None, None, 100_000)
+    before = await asyncio.to_thread(store.history.counts, "cam", None, None, None, 100_000)
     assert len(before) >= 10
 
     # Kill the camera; keep it dead for 3 s, sampling both streams through the API.
@@ -144,14 +144,14 @@ async def test_camera_killed_and_restarted_recovers_while_other_stream_runs(
 
     # History: a gap around the outage, the rows from before it intact, new rows after.
     await asyncio.to_thread(store.flush)
-    after = await asyncio.to_thread(store.counts, "cam", None, None, None, 100_000)
+    after = await asyncio.to_thread(store.history.counts, "cam", None, None, None, 100_000)
     assert after[: len(before)] == before
     ts = [row["t"] for row in after]
     gap, gap_start = max_gap(ts)
     assert gap >= 2.5 and t_kill - 1.0 <= gap_start <= t_kill + 0.5, (gap, gap_start, t_kill)
     assert sum(1 for t in ts if t > t_restart) >= 5
     loop_ts = [row["t"] for row in await asyncio.to_thread(
-        store.counts, "loop", t_kill - 1, t_back, None, 100_000)]
+        store.history.counts, "loop", t_kill - 1, t_back, None, 100_000)]
     assert max_gap(loop_ts)[0] < 1.0  # no hole in the other stream's history
     print(f"history: cam gap {gap:.2f} s starting {gap_start - t_kill:+.2f} s from the kill, "
           f"{len(before)} rows before intact, {len(after) - len(before)} after; "

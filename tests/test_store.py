@@ -1,9 +1,8 @@
-"""CountStore against real SQLite files: queries, concurrency and surviving SIGKILL."""
+"""SQLiteStore against real SQLite files: queries, concurrency, idempotent inserts, schema
+migration and surviving SIGKILL."""
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 import signal
 import sqlite3
@@ -17,137 +16,219 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from crowdcount.model.types import Frame, Result
-from crowdcount.streamer.store import CountStore
+from crowdcount.streamer.store import (
+    AlertLog,
+    CountHistory,
+    SQLiteStore,
+    Store,
+    StreamRegistry,
+)
+from crowdcount.streamer.store.sqlite import SCHEMA_VERSION
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
 def store(tmp_path: Path):
-    s = CountStore(tmp_path / "c.sqlite3", flush_interval=0.05)
+    s = SQLiteStore(tmp_path / "c.sqlite3", flush_interval=0.05)
     yield s
     s.close()
 
 
-def _result(stream_id: str, t: float, count: float, zones: dict[str, float]) -> Result:
-    frame = Frame(stream_id, 0, t, np.zeros((2, 2, 3), np.uint8))
-    return Result(frame, np.zeros((1, 1), np.float32), count, t + 0.01, zones)
-
-
 def test_wal_mode_and_schema(tmp_path: Path) -> None:
     path = tmp_path / "c.sqlite3"
-    CountStore(path).close()
+    SQLiteStore(path).close()
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"streams", "counts"} <= tables
     idx = conn.execute("PRAGMA index_info(counts_stream_t)").fetchall()
     assert [r[2] for r in idx] == ["stream_id", "t"]
+    unique = {r[1]: r[2] for r in conn.execute("PRAGMA index_list(counts)")}
+    assert unique["counts_stream_t"] == 1
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     conn.close()
 
 
-def test_round_trip_with_result_and_zones(store: CountStore) -> None:
+def test_parts_speak_the_interfaces(store: SQLiteStore) -> None:
+    assert isinstance(store, Store)
+    assert isinstance(store.history, CountHistory)
+    assert isinstance(store.streams, StreamRegistry)
+    assert isinstance(store.alerts, AlertLog)
+
+
+def test_reader_connections_never_write(store: SQLiteStore) -> None:
+    with store._readers.borrow() as conn, pytest.raises(sqlite3.OperationalError):
+        conn.execute("DELETE FROM counts")
+
+
+def test_same_stream_and_time_is_stored_once(store: SQLiteStore) -> None:
+    """(stream, t) is the row's identity: a replayed batch adds nothing, and the first
+    value wins (a retry must not rewrite what was already recorded)."""
+    for _ in range(2):
+        for i in range(100):
+            store.history.add("cam", float(i), float(i), float(i))
+        store.history.add("cam", 5.0, 999.0, 999.0)
+        store.history.add("other", 5.0, 7.0, 7.0)  # another stream at the same time
+        store.flush()
+    rows = store.history.counts("cam", limit=1000)
+    assert [r["t"] for r in rows] == [float(i) for i in range(100)]
+    assert rows[5]["count"] == 5.0
+    assert store.history.counts("other") == [{"t": 5.0, "count": 7.0, "smoothed": 7.0}]
+    assert store.stats()["written"] == 101
+
+
+_V1_SCHEMA = """
+CREATE TABLE streams (id TEXT PRIMARY KEY, name TEXT NOT NULL, url TEXT NOT NULL,
+    kind TEXT NOT NULL, options TEXT NOT NULL DEFAULT '{}', created_at REAL NOT NULL);
+CREATE TABLE counts (stream_id TEXT NOT NULL, t REAL NOT NULL, count REAL NOT NULL,
+    smoothed REAL NOT NULL, zones TEXT);
+CREATE INDEX counts_stream_t ON counts (stream_id, t);
+PRAGMA user_version = 1;
+"""
+
+
+def test_version_1_file_is_migrated_keeping_first_rows(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    conn = sqlite3.connect(path)
+    conn.executescript(_V1_SCHEMA)
+    conn.executemany(
+        "INSERT INTO counts VALUES (?, ?, ?, ?, NULL)",
+        [("cam", 1.0, 1.0, 1.0), ("cam", 2.0, 2.0, 2.0), ("cam", 1.0, 9.0, 9.0),
+         ("hall", 1.0, 3.0, 3.0)],
+    )
+    conn.execute("INSERT INTO streams VALUES ('cam', 'cam', 'rtsp://h/c', 'rtsp', '{}', 1.0)")
+    conn.commit()
+    conn.close()
+    with SQLiteStore(path) as s:
+        assert [(r["t"], r["count"]) for r in s.history.counts("cam")] == [(1.0, 1.0), (2.0, 2.0)]
+        assert len(s.history.counts("hall")) == 1
+        assert [x["id"] for x in s.streams.all()] == ["cam"]
+        s.history.add("cam", 1.0, 5.0, 5.0)  # now a duplicate, ignored
+        s.flush()
+        assert len(s.history.counts("cam")) == 2
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    conn.close()
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "new.sqlite3"
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(RuntimeError, match="newer than this build"):
+        SQLiteStore(path)
+
+
+def test_round_trip_with_zones(store: SQLiteStore) -> None:
     for i in range(5):
-        store.add(_result("cam", 100.0 + i, float(i), {"door": np.float32(i / 2)}), i * 0.9)
-    store.add(_result("other", 100.0, 42.0, {}), 42.0)
+        store.history.add("cam", 100.0 + i, float(i), i * 0.9, {"door": np.float32(i / 2)})
+    store.history.add("other", 100.0, 42.0, 42.0, {})
     assert store.flush() == 6
-    rows = store.counts("cam", with_zones=True)
+    rows = store.history.counts("cam", with_zones=True)
     assert [r["t"] for r in rows] == [100.0, 101.0, 102.0, 103.0, 104.0]
     assert [r["count"] for r in rows] == [0.0, 1.0, 2.0, 3.0, 4.0]
     assert rows[3]["smoothed"] == pytest.approx(2.7)
     assert rows[2]["zones"] == {"door": 1.0}
-    assert store.counts("other") == [{"t": 100.0, "count": 42.0, "smoothed": 42.0}]
-    assert store.counts("missing") == []
+    assert store.history.counts("other") == [{"t": 100.0, "count": 42.0, "smoothed": 42.0}]
+    assert store.history.counts("missing") == []
 
 
-def test_writer_thread_commits_without_flush(store: CountStore) -> None:
-    store.add_count("cam", 1.0, 3.0, 3.0)
+def test_writer_thread_commits_without_flush(store: SQLiteStore) -> None:
+    store.history.add("cam", 1.0, 3.0, 3.0)
     deadline = time.monotonic() + 5
-    while not store.counts("cam"):
+    while not store.history.counts("cam"):
         assert time.monotonic() < deadline, "writer thread never committed"
         time.sleep(0.01)
     assert store.stats()["written"] == 1
 
 
 def test_batch_rows_wakes_writer_early(tmp_path: Path) -> None:
-    with CountStore(tmp_path / "c.sqlite3", flush_interval=60, batch_rows=10) as s:
+    with SQLiteStore(tmp_path / "c.sqlite3", flush_interval=60, batch_rows=10) as s:
         for i in range(10):
-            s.add_count("cam", float(i), 1.0, 1.0)
+            s.history.add("cam", float(i), 1.0, 1.0)
         deadline = time.monotonic() + 5
-        while s.written < 10:
+        while s.stats()["written"] < 10:
             assert time.monotonic() < deadline
             time.sleep(0.01)
 
 
-def test_aggregation_per_step(store: CountStore) -> None:
+def test_aggregation_per_step(store: SQLiteStore) -> None:
     # t = 1000..1009, count = t - 1000; buckets of 5 s aligned to the epoch.
     for i in range(10):
-        store.add_count("cam", 1000.0 + i, float(i), float(i) + 1)
-    store.add_count("cam", 1012.5, 100.0, 0.0)
+        store.history.add("cam", 1000.0 + i, float(i), float(i) + 1)
+    store.history.add("cam", 1012.5, 100.0, 0.0)
     store.flush()
-    rows = store.counts("cam", step=5)
+    rows = store.history.counts("cam", step=5)
     assert rows == [
         {"t": 1000.0, "count": 2.0, "smoothed": 3.0, "min": 0.0, "max": 4.0, "n": 5},
         {"t": 1005.0, "count": 7.0, "smoothed": 8.0, "min": 5.0, "max": 9.0, "n": 5},
         {"t": 1010.0, "count": 100.0, "smoothed": 0.0, "min": 100.0, "max": 100.0, "n": 1},
     ]
     # Non-integral step, and filtering applies before grouping.
-    rows = store.counts("cam", since=1001, until=1004, step=1.5)
+    rows = store.history.counts("cam", since=1001, until=1004, step=1.5)
     assert [(r["t"], r["n"], r["min"], r["max"]) for r in rows] == [
         (1000.5, 1, 1.0, 1.0),
         (1002.0, 2, 2.0, 3.0),
     ]
     # limit keeps the newest buckets.
-    assert [r["t"] for r in store.counts("cam", step=5, limit=2)] == [1005.0, 1010.0]
+    assert [r["t"] for r in store.history.counts("cam", step=5, limit=2)] == [1005.0, 1010.0]
 
 
-def test_aggregation_floors_negative_times(store: CountStore) -> None:
-    store.add_count("cam", -1.5, 1.0, 1.0)
-    store.add_count("cam", -0.5, 3.0, 1.0)
-    store.add_count("cam", 0.5, 5.0, 1.0)
+def test_aggregation_floors_negative_times(store: SQLiteStore) -> None:
+    store.history.add("cam", -1.5, 1.0, 1.0)
+    store.history.add("cam", -0.5, 3.0, 1.0)
+    store.history.add("cam", 0.5, 5.0, 1.0)
     store.flush()
-    rows = store.counts("cam", step=1)
+    rows = store.history.counts("cam", step=1)
     assert [(r["t"], r["count"]) for r in rows] == [(-2.0, 1.0), (-1.0, 3.0), (0.0, 5.0)]
 
 
-def test_since_until_and_limit(store: CountStore) -> None:
+def test_since_until_and_limit(store: SQLiteStore) -> None:
     for i in range(20):
-        store.add_count("cam", float(i), float(i), float(i))
+        store.history.add("cam", float(i), float(i), float(i))
     store.flush()
-    assert [r["t"] for r in store.counts("cam", since=5, until=8)] == [5.0, 6.0, 7.0]
-    assert [r["t"] for r in store.counts("cam", since=18)] == [18.0, 19.0]
-    assert [r["t"] for r in store.counts("cam", until=2)] == [0.0, 1.0]
+    assert [r["t"] for r in store.history.counts("cam", since=5, until=8)] == [5.0, 6.0, 7.0]
+    assert [r["t"] for r in store.history.counts("cam", since=18)] == [18.0, 19.0]
+    assert [r["t"] for r in store.history.counts("cam", until=2)] == [0.0, 1.0]
     # limit keeps the newest rows, oldest first.
-    assert [r["t"] for r in store.counts("cam", limit=3)] == [17.0, 18.0, 19.0]
-    assert [r["t"] for r in store.counts("cam", until=10, limit=2)] == [8.0, 9.0]
+    assert [r["t"] for r in store.history.counts("cam", limit=3)] == [17.0, 18.0, 19.0]
+    assert [r["t"] for r in store.history.counts("cam", until=10, limit=2)] == [8.0, 9.0]
     with pytest.raises(ValueError):
-        store.counts("cam", step=0)
+        store.history.counts("cam", step=0)
     with pytest.raises(ValueError):
-        store.counts("cam", limit=0)
+        store.history.counts("cam", limit=0)
 
 
-def test_csv_export_parses_back(store: CountStore) -> None:
+def test_rows_page_through_a_range_exactly(store: SQLiteStore) -> None:
     values = [(1_700_000_000.123456 + i / 3, i * 1.1, i * 0.7) for i in range(50)]
     for t, c, s in values:
-        store.add_count("cam", t, c, s)
-    store.add_count("other", values[0][0], 9.0, 9.0)
+        store.history.add("cam", t, c, s)
+    store.history.add("other", values[0][0], 9.0, 9.0)
     store.flush()
-    text = store.export_csv("cam")
-    rows = list(csv.DictReader(io.StringIO(text)))
-    assert text.splitlines()[0] == "t,count,smoothed"
-    assert [(float(r["t"]), float(r["count"]), float(r["smoothed"])) for r in rows] == values
-    part = list(csv.DictReader(io.StringIO(store.export_csv("cam", values[10][0], values[20][0]))))
-    assert len(part) == 10 and float(part[0]["t"]) == values[10][0]
-    assert store.export_csv("missing") == "t,count,smoothed\n"
+    pages, after = [], None
+    while page := store.history.rows("cam", after=after, limit=7):
+        pages.append(page)
+        after = page[-1][0]
+    assert [len(p) for p in pages] == [7] * 7 + [1]
+    assert [row for p in pages for row in p] == values  # exact floats, oldest first
+    part = store.history.rows("cam", values[10][0], values[20][0], limit=100)
+    assert part == values[10:20]
+    assert store.history.rows("cam", values[10][0], values[20][0], after=values[15][0]) == (
+        values[16:20]
+    )
+    assert store.history.rows("missing") == []
+    with pytest.raises(ValueError):
+        store.history.rows("cam", limit=0)
 
 
-def test_writes_from_thread_while_reading(store: CountStore) -> None:
+def test_writes_from_thread_while_reading(store: SQLiteStore) -> None:
     n = 5000
 
     def produce() -> None:
         for i in range(n):
-            store.add_count("cam", float(i), 1.0, 1.0)
+            store.history.add("cam", float(i), 1.0, 1.0)
             if i % 500 == 0:
                 time.sleep(0.01)
 
@@ -157,11 +238,11 @@ def test_writes_from_thread_while_reading(store: CountStore) -> None:
     while th.is_alive() or seen[-1] < n:
         if not th.is_alive():
             store.flush()
-        rows = store.counts("cam", limit=n)
+        rows = store.history.counts("cam", limit=n)
         seen.append(len(rows))
         # Committed rows form a gap-free prefix: commits are ordered and atomic.
         assert [r["t"] for r in rows] == [float(i) for i in range(len(rows))]
-        agg = store.counts("cam", step=1000)
+        agg = store.history.counts("cam", step=1000)
         assert sum(b["n"] for b in agg) >= len(rows)
     th.join()
     assert seen == sorted(seen) and seen[-1] == n
@@ -169,37 +250,45 @@ def test_writes_from_thread_while_reading(store: CountStore) -> None:
 
 def test_close_flushes_and_rejects_later_use(tmp_path: Path) -> None:
     path = tmp_path / "c.sqlite3"
-    s = CountStore(path, flush_interval=60)
+    s = SQLiteStore(path, flush_interval=60)
     for i in range(7):
-        s.add_count("cam", float(i), 1.0, 1.0)
+        s.history.add("cam", float(i), 1.0, 1.0)
     s.close()
     s.close()  # idempotent
     with pytest.raises(RuntimeError):
-        s.add_count("cam", 1.0, 1.0, 1.0)
-    with CountStore(path) as again:
-        assert len(again.counts("cam")) == 7
+        s.history.add("cam", 1.0, 1.0, 1.0)
+    with SQLiteStore(path) as again:
+        assert len(again.history.counts("cam")) == 7
 
 
-def test_pending_is_bounded_when_writer_is_stuck(tmp_path: Path) -> None:
-    with CountStore(tmp_path / "c.sqlite3", batch_rows=5, max_pending=10) as s:
-        with s._write_lock:  # stall every commit, as a hung disk would
-            for i in range(15):
-                s.add_count("cam", float(i), 1.0, 1.0)
-            assert s.stats()["pending"] == 10
-            assert s.dropped == 5
+def test_pending_is_bounded_when_writes_fail(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite3"
+    with SQLiteStore(path, flush_interval=60, batch_rows=5, max_pending=10,
+                     busy_timeout=0) as s:
+        blocker = sqlite3.connect(path, timeout=0)
+        blocker.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        for i in range(15):
+            s.history.add("cam", float(i), 1.0, 1.0)
+        with pytest.raises(sqlite3.OperationalError):
+            s.flush()
+        assert s.stats()["pending"] == 10
+        assert s.stats()["dropped"] == 5
+        assert "locked" in (s.stats()["last_error"] or "")
+        blocker.rollback()
+        blocker.close()
         s.flush()
-        assert [r["t"] for r in s.counts("cam")] == [float(i) for i in range(5, 15)]
+        assert [r["t"] for r in s.history.counts("cam")] == [float(i) for i in range(5, 15)]
 
 
 def test_stream_crud_persists_and_keeps_history(tmp_path: Path) -> None:
     path = tmp_path / "c.sqlite3"
-    with CountStore(path) as s:
-        s.save_stream("a", "Door", "rtsp://cam/a", "rtsp", {"max_side": 640})
+    with SQLiteStore(path) as s:
+        s.streams.save("a", "Door", "rtsp://cam/a", "rtsp", {"max_side": 640})
         time.sleep(0.01)
-        s.save_stream("b", "Hall", "/videos/hall.mp4", "file", {"loop": True})
-        s.add_count("a", 1.0, 5.0, 5.0)
-    with CountStore(path) as s:
-        streams = s.list_streams()
+        s.streams.save("b", "Hall", "/videos/hall.mp4", "file", {"loop": True})
+        s.history.add("a", 1.0, 5.0, 5.0)
+    with SQLiteStore(path) as s:
+        streams = s.streams.all()
         assert [x["id"] for x in streams] == ["a", "b"]
         assert streams[0]["options"] == {"max_side": 640}
         assert streams[1] | {"created_at": 0} == {
@@ -211,41 +300,41 @@ def test_stream_crud_persists_and_keeps_history(tmp_path: Path) -> None:
             "created_at": 0,
         }
         created = streams[0]["created_at"]
-        s.save_stream("a", "Front door", "rtsp://cam/a2", "rtsp")
-        a = s.get_stream("a")
+        s.streams.save("a", "Front door", "rtsp://cam/a2", "rtsp")
+        a = s.streams.get("a")
         assert a is not None
         assert a["name"] == "Front door" and a["options"] == {}
         assert a["created_at"] == created  # update keeps the original order
-        assert s.delete_stream("a") is True
-        assert s.delete_stream("a") is False
-        assert s.get_stream("a") is None
-        assert [x["id"] for x in s.list_streams()] == ["b"]
-        assert len(s.counts("a")) == 1  # history survives removal
-        assert s.delete_counts("a") == 1
-        assert s.counts("a") == []
+        assert s.streams.delete("a") is True
+        assert s.streams.delete("a") is False
+        assert s.streams.get("a") is None
+        assert [x["id"] for x in s.streams.all()] == ["b"]
+        assert len(s.history.counts("a")) == 1  # history survives removal
+        assert s.history.delete("a") == 1
+        assert s.history.counts("a") == []
 
 
-def test_delete_counts_before(store: CountStore) -> None:
+def test_delete_counts_before(store: SQLiteStore) -> None:
     for i in range(10):
-        store.add_count("cam", float(i), 1.0, 1.0)
-        store.add_count("other", float(i), 1.0, 1.0)
+        store.history.add("cam", float(i), 1.0, 1.0)
+        store.history.add("other", float(i), 1.0, 1.0)
     store.flush()
-    assert store.delete_counts(before=4) == 8
-    assert store.counts("cam")[0]["t"] == 4.0
-    assert len(store.counts("other")) == 6
+    assert store.history.delete(before=4) == 8
+    assert store.history.counts("cam")[0]["t"] == 4.0
+    assert len(store.history.counts("other")) == 6
 
 
 _CHILD = textwrap.dedent(
     """
     import sys
-    from crowdcount.streamer.store import CountStore
+    from crowdcount.streamer.store import SQLiteStore
 
-    s = CountStore(sys.argv[1], flush_interval=0.002, batch_rows=64)
-    s.save_stream("cam", "Camera", "rtsp://host/cam", "rtsp", {"zones": 2})
+    s = SQLiteStore(sys.argv[1], flush_interval=0.002, batch_rows=64)
+    s.streams.save("cam", "Camera", "rtsp://host/cam", "rtsp", {"zones": 2})
     i = 0
     while True:
         for _ in range(37):
-            s.add_count("cam", float(i), float(i % 11), 0.5, {"z": 1.0})
+            s.history.add("cam", float(i), float(i % 11), 0.5, {"z": 1.0})
             i += 1
         s.flush()
         print(i, flush=True)  # every row below i is committed
@@ -278,33 +367,33 @@ def test_survives_sigkill(tmp_path: Path, reports: int) -> None:
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     conn.close()
-    with CountStore(path) as s:
-        ts = [r["t"] for r in s.counts("cam", limit=10**9)]
+    with SQLiteStore(path) as s:
+        ts = [r["t"] for r in s.history.counts("cam", limit=10**9)]
         # Every row reported committed is there, and the rows after it form a gap-free
         # prefix too (a transaction cut by the kill is rolled back whole).
         assert len(ts) >= committed
         assert ts == [float(i) for i in range(len(ts))]
-        assert [x["id"] for x in s.list_streams()] == ["cam"]
+        assert [x["id"] for x in s.streams.all()] == ["cam"]
         # The reopened store keeps writing after the crash.
-        s.add_count("cam", 1e9, 1.0, 1.0)
+        s.history.add("cam", 1e9, 1.0, 1.0)
         s.flush()
-        assert s.counts("cam", limit=1)[0]["t"] == 1e9
+        assert s.history.counts("cam", limit=1)[0]["t"] == 1e9
 
 
 def test_alerts_table_raise_clear_and_queries(tmp_path: Path) -> None:
     path = tmp_path / "c.sqlite3"
-    store = CountStore(path, flush_interval=10)  # only the wake-up can commit in time
-    store.add_alert("cam", "door", "door-busy", 100.0, 30.0)
-    store.add_alert("cam", None, "busy", 105.0, 50.0)
-    store.add_alert("hall", None, "hall-busy", 90.0, 12.0)
+    store = SQLiteStore(path, flush_interval=10)  # only the wake-up can commit in time
+    store.alerts.raised("cam", "door", "door-busy", 100.0, 30.0)
+    store.alerts.raised("cam", None, "busy", 105.0, 50.0)
+    store.alerts.raised("hall", None, "hall-busy", 90.0, 12.0)
     deadline = time.monotonic() + 5
-    while len(store.alerts()) < 3:  # alerts wake the writer at once
+    while len(store.alerts.query()) < 3:  # alerts wake the writer at once
         assert time.monotonic() < deadline
         time.sleep(0.01)
-    store.clear_alert("cam", "door-busy", 100.0, 120.0, 42.0)
-    store.clear_alert("hall", "hall-busy", 90.0, 95.0, 5.0)  # peak never shrinks
+    store.alerts.cleared("cam", "door-busy", 100.0, 120.0, 42.0)
+    store.alerts.cleared("hall", "hall-busy", 90.0, 95.0, 5.0)  # peak never shrinks
     store.flush()
-    rows = store.alerts()
+    rows = store.alerts.query()
     assert [r["rule"] for r in rows] == ["busy", "door-busy", "hall-busy"]  # newest first
     assert rows[1] == {
         "id": rows[1]["id"],
@@ -316,41 +405,39 @@ def test_alerts_table_raise_clear_and_queries(tmp_path: Path) -> None:
         "peak": 42.0,
     }
     assert rows[2]["peak"] == 12.0 and rows[0]["cleared_at"] is None
-    assert [r["rule"] for r in store.alerts(stream="cam")] == ["busy", "door-busy"]
-    assert [r["rule"] for r in store.alerts(active=True)] == ["busy"]
-    assert [r["rule"] for r in store.alerts(active=False)] == ["door-busy", "hall-busy"]
+    assert [r["rule"] for r in store.alerts.query(stream="cam")] == ["busy", "door-busy"]
+    assert [r["rule"] for r in store.alerts.query(active=True)] == ["busy"]
+    assert [r["rule"] for r in store.alerts.query(active=False)] == ["door-busy", "hall-busy"]
     # Overlap with [since, until): open alerts overlap everything after their raise.
-    assert [r["rule"] for r in store.alerts(since=110)] == ["busy", "door-busy"]
-    assert [r["rule"] for r in store.alerts(since=121)] == ["busy"]
-    assert [r["rule"] for r in store.alerts(until=100)] == ["hall-busy"]
-    assert len(store.alerts(limit=1)) == 1
+    assert [r["rule"] for r in store.alerts.query(since=110)] == ["busy", "door-busy"]
+    assert [r["rule"] for r in store.alerts.query(since=121)] == ["busy"]
+    assert [r["rule"] for r in store.alerts.query(until=100)] == ["hall-busy"]
+    assert len(store.alerts.query(limit=1)) == 1
     # A repeated raise (same stream, rule and time) is one alert.
-    store.add_alert("cam", None, "busy", 105.0, 50.0)
+    store.alerts.raised("cam", None, "busy", 105.0, 50.0)
     store.flush()
-    assert len(store.alerts()) == 3
+    assert len(store.alerts.query()) == 3
     store.close()
     # Durable, and a restarted service closes what the old process left open.
-    store = CountStore(path)
-    assert store.close_open_alerts(200.0) == 1
-    assert store.alerts(active=True) == []
-    assert store.alerts(stream="cam")[0]["cleared_at"] == 200.0
+    store = SQLiteStore(path)
+    assert store.alerts.close_open(200.0) == 1
+    assert store.alerts.query(active=True) == []
+    assert store.alerts.query(stream="cam")[0]["cleared_at"] == 200.0
     store.close()
 
 
 def test_alert_ops_and_counts_keep_order_across_a_failed_commit(tmp_path: Path) -> None:
-    store = CountStore(tmp_path / "c.sqlite3", flush_interval=10)
+    store = SQLiteStore(tmp_path / "c.sqlite3", flush_interval=10, busy_timeout=0)
     blocker = sqlite3.connect(tmp_path / "c.sqlite3", timeout=0)
     blocker.execute("BEGIN IMMEDIATE")  # holds the write lock: commits fail
-    store._busy_ms = 0
-    store._wconn.execute("PRAGMA busy_timeout = 0")
-    store.add_alert("cam", None, "r", 1.0, 5.0)
-    store.clear_alert("cam", "r", 1.0, 2.0, 6.0)
-    store.add_count("cam", 1.0, 5.0, 5.0)
+    store.alerts.raised("cam", None, "r", 1.0, 5.0)
+    store.alerts.cleared("cam", "r", 1.0, 2.0, 6.0)
+    store.history.add("cam", 1.0, 5.0, 5.0)
     with pytest.raises(sqlite3.OperationalError):
         store.flush()
     blocker.rollback()
     blocker.close()
     store.flush()  # (or the writer thread did it already)
-    assert store.alerts()[0]["cleared_at"] == 2.0  # the raise was applied before its clear
-    assert store.stats()["pending"] == 0 and len(store.counts("cam")) == 1
+    assert store.alerts.query()[0]["cleared_at"] == 2.0  # the raise was applied before its clear
+    assert store.stats()["pending"] == 0 and len(store.history.counts("cam")) == 1
     store.close()

@@ -28,6 +28,7 @@ from crowdcount.streamer.service import StreamConflict, StreamNotFound
 from crowdcount.streamer.urls import validate_api_url
 
 MAX_LIMIT = 100_000
+EXPORT_CHUNK_ROWS = 5000
 
 
 async def list_streams(request: web.Request) -> web.Response:
@@ -117,20 +118,38 @@ async def counts(request: web.Request) -> web.Response:
     sid = await _known(request)
     svc = service_of(request)
     rows = await asyncio.to_thread(
-        svc.store.counts, sid, since, until, step, limit, with_zones=with_zones
+        svc.store.history.counts, sid, since, until, step, limit, with_zones=with_zones
     )
     return web.json_response({"stream": sid, "counts": rows})
 
 
-async def counts_csv(request: web.Request) -> web.Response:
+async def counts_csv(request: web.Request) -> web.StreamResponse:
+    """The raw rows as CSV (``t,count,smoothed``; floats written with ``repr`` so they read
+    back exactly), streamed in chunks of ``EXPORT_CHUNK_ROWS``: memory stays flat however
+    long the history, and each chunk is its own short query, so no read stays open while a
+    slow client drains the response."""
     since, until = _range(request)
     sid = await _known(request)
-    text = await asyncio.to_thread(service_of(request).store.export_csv, sid, since, until)
-    return web.Response(
-        text=text,
-        content_type="text/csv",
-        headers={"Content-Disposition": f'attachment; filename="{sid}-counts.csv"'},
+    history = service_of(request).store.history
+    response = web.StreamResponse(
+        headers={"Content-Disposition": f'attachment; filename="{sid}-counts.csv"'}
     )
+    response.content_type = "text/csv"
+    response.charset = "utf-8"
+    await response.prepare(request)
+    await response.write(b"t,count,smoothed\n")
+    after: float | None = None
+    while True:
+        rows = await asyncio.to_thread(
+            history.rows, sid, since, until, after=after, limit=EXPORT_CHUNK_ROWS
+        )
+        if rows:
+            await response.write("".join(f"{t!r},{c!r},{s!r}\n" for t, c, s in rows).encode())
+        if len(rows) < EXPORT_CHUNK_ROWS:
+            break
+        after = rows[-1][0]
+    await response.write_eof()
+    return response
 
 
 async def feed_all(request: web.Request) -> web.StreamResponse:

@@ -97,7 +97,7 @@ async def put_zones(request: web.Request) -> web.Response:
     svc.set_zones(entry.id, zones)
     if entry.origin == "api":
         await asyncio.to_thread(
-            svc.store.save_stream, entry.id, entry.id, entry.url, entry.kind, dict(entry.options)
+            svc.store.streams.save, entry.id, entry.id, entry.url, entry.kind, dict(entry.options)
         )
     return web.json_response(_zones_body(svc, entry))
 
@@ -140,7 +140,7 @@ async def list_alerts(request: web.Request) -> web.Response:
         raise ApiError(400, f"parameter 'since' ({since:g}) must be before 'until' ({until:g})")
     active = query_flag(request, "active") if "active" in request.query else None
     limit = query_int(request, "limit", 100, 1, MAX_ALERTS)
-    rows = await asyncio.to_thread(svc.store.alerts, stream, since, until, active, limit)
+    rows = await asyncio.to_thread(svc.store.alerts.query, stream, since, until, active, limit)
     alerts = _merge_live(rows, svc.integrations.active_alerts(), stream, until, active)
     return web.json_response({"alerts": alerts[:limit]})
 

@@ -17,7 +17,7 @@ import logging
 from crowdcount.model.types import Result
 from crowdcount.streamer.feed import CountFeed
 from crowdcount.streamer.smoothing import Ema
-from crowdcount.streamer.store import CountStore
+from crowdcount.streamer.store import CountHistory
 
 log = logging.getLogger(__name__)
 
@@ -27,14 +27,14 @@ class CountSink:
 
     def __init__(
         self,
-        store: CountStore,
+        history: CountHistory,
         feed: CountFeed,
         ema: Ema | None = None,
         store_rate: float | None = None,
     ) -> None:
         if store_rate is not None and not store_rate > 0:
             raise ValueError(f"store_rate must be > 0 rows/s or None, got {store_rate!r}")
-        self.store = store
+        self.history = history
         self.feed = feed
         self.ema = ema if ema is not None else Ema()
         self.store_rate = store_rate
@@ -45,7 +45,7 @@ class CountSink:
         sid, t = frame.stream_id, frame.captured_at
         smoothed = self.ema.update(sid, result.count, t)
         if self._should_store(sid, t):
-            self.store.add(result, smoothed)
+            self.history.add(sid, t, result.count, smoothed, result.zones)
         item: dict[str, object] = {
             "stream": sid,
             "t": t,

@@ -1,0 +1,221 @@
+"""The store's interfaces: count history, stream registry and alert log, one concern each.
+
+Why interfaces: the embedded server keeps everything in one SQLite file
+(``streamer.store.sqlite``), and a cluster keeps the same records in a shared database
+(several processes writing, any number reading). Code outside this package (the count sink,
+the alert integrations, the service, the routes) only speaks these protocols, so a second
+implementation plugs in without touching it.
+
+Contract every implementation keeps:
+
+* *Queued writes never block.* ``CountHistory.add`` and ``AlertLog.raised``/``cleared`` are
+  called on the event loop at frame rate: they only append to an in-memory queue that one
+  writer commits in batches. Counts and alert changes are committed in the order they were
+  queued. Everything else does I/O: call it through ``asyncio.to_thread`` from async code.
+* *Idempotent counts.* A count row is identified by ``(stream_id, t)``: inserting the same
+  key twice keeps the first row, so a writer that retries a batch (or a restarted worker
+  that replays one) never duplicates history.
+* *Half-open ranges.* ``since`` is inclusive and ``until`` exclusive everywhere, so adjacent
+  ranges never overlap and a client can page through history by moving ``since``.
+* *History outlives streams.* Removing a stream from the registry keeps its counts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol, TypedDict, runtime_checkable
+
+__all__ = [
+    "AlertLog",
+    "AlertRow",
+    "CountHistory",
+    "CountRow",
+    "SavedStream",
+    "Store",
+    "StoreStats",
+]
+
+#: One raw count row as ``CountHistory.rows`` returns it: ``(t, count, smoothed)``.
+CountRow = tuple[float, float, float]
+
+
+class SavedStream(TypedDict):
+    """A stream added through the API, as the registry keeps it (``url`` may hold
+    credentials: mask it before showing it)."""
+
+    id: str
+    name: str
+    url: str
+    kind: str
+    options: dict[str, Any]
+    created_at: float
+
+
+class AlertRow(TypedDict):
+    """One stored alert; ``cleared_at`` is ``None`` while it is open."""
+
+    id: int
+    stream: str
+    zone: str | None
+    rule: str
+    raised_at: float
+    cleared_at: float | None
+    peak: float
+
+
+class StoreStats(TypedDict):
+    """Counters for metrics: rows waiting for the writer, committed, and dropped because the
+    queue hit its bound (the disk could not keep up), and the last write error."""
+
+    pending: int
+    written: int
+    dropped: int
+    last_error: str | None
+
+
+@runtime_checkable
+class CountHistory(Protocol):
+    """Every stream's counts over time."""
+
+    def add(
+        self,
+        stream_id: str,
+        t: float,
+        count: float,
+        smoothed: float,
+        zones: Mapping[str, float] | None = None,
+    ) -> None:
+        """Queue one row (``t`` in unix seconds); never blocks. Visible to queries after the
+        writer's next commit (``Store.flush`` forces it)."""
+        ...
+
+    def counts(
+        self,
+        stream_id: str,
+        since: float | None = None,
+        until: float | None = None,
+        step: float | None = None,
+        limit: int = 10_000,
+        *,
+        with_zones: bool = False,
+    ) -> list[dict[str, Any]]:
+        """History in ``[since, until)``, oldest first, at most the newest ``limit`` items.
+
+        Without ``step``: raw rows ``{"t", "count", "smoothed"}`` (plus ``"zones"`` with
+        ``with_zones``). With ``step`` seconds: one item per non-empty bucket aligned to
+        multiples of ``step`` since the epoch, ``{"t": bucket start, "count": mean,
+        "smoothed": mean, "min", "max", "n"}``.
+        """
+        ...
+
+    def rows(
+        self,
+        stream_id: str,
+        since: float | None = None,
+        until: float | None = None,
+        *,
+        after: float | None = None,
+        limit: int = 5000,
+    ) -> list[CountRow]:
+        """Up to ``limit`` raw rows in ``[since, until)`` with ``t > after``, oldest first.
+
+        The export's paging primitive: each call is an independent, bounded query, so a
+        long export holds no cursor or transaction open between chunks, and passing the
+        last ``t`` as ``after`` continues exactly because ``(stream_id, t)`` is unique.
+        """
+        ...
+
+    def delete(self, stream_id: str | None = None, before: float | None = None) -> int:
+        """Purge rows (one stream or all, optionally only those older than ``before``);
+        returns how many."""
+        ...
+
+
+@runtime_checkable
+class StreamRegistry(Protocol):
+    """The streams added through the API, so they are resumed after a restart."""
+
+    def save(
+        self,
+        stream_id: str,
+        name: str,
+        url: str,
+        kind: str,
+        options: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Insert or update; durable when it returns. An update keeps ``created_at`` (the
+        list order is the order streams were first added)."""
+        ...
+
+    def delete(self, stream_id: str) -> bool:
+        """Forget a stream (its history is kept); whether it existed."""
+        ...
+
+    def get(self, stream_id: str) -> SavedStream | None: ...
+
+    def all(self) -> list[SavedStream]:
+        """Every saved stream, oldest first."""
+        ...
+
+
+@runtime_checkable
+class AlertLog(Protocol):
+    """Raised and cleared threshold alerts. An alert is identified by ``(stream, rule,
+    raised_at)``, which the alert engine keeps stable from raise to clear; a repeated raise
+    is one alert."""
+
+    def raised(
+        self, stream: str, zone: str | None, rule: str, raised_at: float, peak: float
+    ) -> None:
+        """Queue an alert raised at ``raised_at`` (open until ``cleared``); never blocks,
+        and wakes the writer at once (alerts are rare and someone may be looking)."""
+        ...
+
+    def cleared(
+        self, stream: str, rule: str, raised_at: float, cleared_at: float, peak: float
+    ) -> None:
+        """Queue the end of an alert; the stored ``peak`` only grows. Never blocks."""
+        ...
+
+    def query(
+        self,
+        stream: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        active: bool | None = None,
+        limit: int = 1000,
+    ) -> list[AlertRow]:
+        """Alerts overlapping ``[since, until)`` (an open one overlaps everything after its
+        raise), newest first; ``active`` True/False keeps only open/closed ones."""
+        ...
+
+    def close_open(self, at: float) -> int:
+        """Mark every open alert cleared at ``at``; how many. Called once at startup: the
+        process that raised them is gone, and a fresh engine raises again if needed."""
+        ...
+
+
+@runtime_checkable
+class Store(Protocol):
+    """One backend's three records plus the writer's lifecycle."""
+
+    @property
+    def history(self) -> CountHistory: ...
+
+    @property
+    def streams(self) -> StreamRegistry: ...
+
+    @property
+    def alerts(self) -> AlertLog: ...
+
+    def flush(self) -> int:
+        """Commit everything queued so far; the number of count rows and alert changes
+        committed. Blocks; raises the backend's error if the commit fails (the queue is
+        kept for a retry)."""
+        ...
+
+    def stats(self) -> StoreStats: ...
+
+    def close(self) -> None:
+        """Commit what is queued and release every connection; idempotent."""
+        ...

@@ -1,0 +1,658 @@
+"""The embedded store: counts, the stream registry and alerts in one SQLite file.
+
+Why SQLite in WAL mode: the single-process service must survive being killed (a crash,
+``docker kill``, a power cut of the host) with its history and its saved streams intact,
+and readers (API charts, CSV export) must never wait for the writer. WAL gives concurrent
+readers with one writer, and with ``synchronous=NORMAL`` a committed transaction survives the
+death of the process; only an OS crash or power loss may roll back the last few
+transactions, never corrupt the file. That trade is right for counts arriving many times a
+second: ``FULL`` would fsync every half second per commit for no gain a viewer would notice.
+
+Why one writer thread that owns the only writing connection: counts are produced on the
+asyncio loop at frame rate and a commit costs milliseconds (more on slow disks), so
+``history.add`` only appends to a locked list, and the writer commits everything pending in
+one transaction every ``flush_interval`` seconds or as soon as ``batch_rows`` rows are
+waiting. The rarer durable writes (saving a stream, purging history, closing old alerts)
+are handed to the same thread and waited for, so every write goes through one connection,
+in one order, and SQLite's write lock is never fought over inside the process (the reader
+connections are ``query_only``). Rows queued but not yet committed are not visible to
+queries (at most ``flush_interval`` behind); the live view comes from ``CountFeed`` instead.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from crowdcount.streamer.store.base import AlertRow, CountRow, SavedStream, StoreStats
+
+__all__ = ["SCHEMA_VERSION", "SQLiteStore"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# 2: counts are unique on (stream_id, t), so a retried or replayed batch cannot duplicate
+# rows. Older builds must refuse such a file: their plain INSERT would fail on a duplicate.
+# (The alerts table did not bump it: it is additive and older builds never read it.)
+SCHEMA_VERSION = 2
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS streams (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    url TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    options TEXT NOT NULL DEFAULT '{}',
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS counts (
+    stream_id TEXT NOT NULL,
+    t REAL NOT NULL,
+    count REAL NOT NULL,
+    smoothed REAL NOT NULL,
+    zones TEXT
+);
+CREATE UNIQUE INDEX IF NOT EXISTS counts_stream_t ON counts (stream_id, t);
+CREATE TABLE IF NOT EXISTS alerts (
+    id INTEGER PRIMARY KEY,
+    stream TEXT NOT NULL,
+    zone TEXT,
+    rule TEXT NOT NULL,
+    raised_at REAL NOT NULL,
+    cleared_at REAL,
+    peak REAL NOT NULL,
+    UNIQUE (stream, rule, raised_at)
+);
+CREATE INDEX IF NOT EXISTS alerts_raised ON alerts (raised_at);
+"""
+
+# Version 1 files have a plain index under the same name: keep the first row of each
+# (stream_id, t), then make the index unique.
+_MIGRATE_1_TO_2 = (
+    "DELETE FROM counts WHERE rowid NOT IN "
+    "(SELECT MIN(rowid) FROM counts GROUP BY stream_id, t)",
+    "DROP INDEX IF EXISTS counts_stream_t",
+    "CREATE UNIQUE INDEX counts_stream_t ON counts (stream_id, t)",
+)
+
+_INSERT_COUNT_SQL = (
+    "INSERT INTO counts (stream_id, t, count, smoothed, zones) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT (stream_id, t) DO NOTHING"
+)
+_RAISE_SQL = (
+    "INSERT INTO alerts (stream, zone, rule, raised_at, cleared_at, peak) "
+    "VALUES (?, ?, ?, ?, NULL, ?) ON CONFLICT (stream, rule, raised_at) DO NOTHING"
+)
+_CLEAR_SQL = (
+    "UPDATE alerts SET cleared_at = ?, peak = MAX(peak, ?) "
+    "WHERE stream = ? AND rule = ? AND raised_at = ?"
+)
+
+# One queued count row: (stream_id, t, count, smoothed, zones JSON or None).
+_Row = tuple[str, float, float, float, str | None]
+# One queued alert change: (sql, args), applied after the rows of the same commit.
+_Op = tuple[str, tuple[Any, ...]]
+# A durable write run on the writer thread (None: just commit what is queued).
+_Request = tuple[Callable[[sqlite3.Connection], Any] | None, "Future[Any]"]
+
+
+def _connect(path: Path, busy_ms: int, *, read_only: bool) -> sqlite3.Connection:
+    # isolation_level=None: transactions are explicit (BEGIN/COMMIT), so the sqlite3
+    # module's implicit transactions never hold anything open between calls.
+    conn = sqlite3.connect(
+        path, isolation_level=None, check_same_thread=False, timeout=busy_ms / 1000
+    )
+    conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    if read_only:
+        conn.execute("PRAGMA query_only = ON")
+    return conn
+
+
+def _open_schema(conn: sqlite3.Connection, path: Path) -> None:
+    conn.execute("PRAGMA journal_mode=WAL")
+    mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+    if str(mode).lower() != "wal":
+        raise RuntimeError(f"{path}: could not enable WAL (journal_mode={mode})")
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise RuntimeError(
+            f"{path}: schema version {version} is newer than this build "
+            f"({SCHEMA_VERSION}); refusing to write to it"
+        )
+    conn.executescript(_SCHEMA)
+    if version < SCHEMA_VERSION:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if version == 1:
+                for sql in _MIGRATE_1_TO_2:
+                    conn.execute(sql)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.rollback()
+            raise
+
+
+class _Writer:
+    """The one thread that writes: batches queued rows and alert changes into transactions,
+    and runs durable writes handed to it (``call``) after committing what was queued before.
+
+    ``max_pending`` bounds the queue when the disk cannot keep up or writes fail: beyond it
+    the oldest rows are dropped and counted, because an unbounded buffer would eventually
+    take the whole service down. After a failed commit the writer backs off for
+    ``flush_interval`` (a full queue does not make it retry in a busy loop), but a ``call``
+    or ``close`` is served at once.
+    """
+
+    def __init__(
+        self, conn: sqlite3.Connection, *, flush_interval: float, batch_rows: int,
+        max_pending: int,
+    ) -> None:
+        self._conn = conn
+        self.flush_interval = flush_interval
+        self.batch_rows = batch_rows
+        self.max_pending = max_pending
+        self._lock = threading.Lock()
+        self._rows: list[_Row] = []
+        self._ops: list[_Op] = []
+        self._requests: list[_Request] = []
+        self._wake = threading.Event()
+        self._stopping = False
+        self._retry_at = 0.0  # monotonic time before which a failed commit is not retried
+        self._final_error: BaseException | None = None
+        self.written = 0
+        self.dropped = 0
+        self.last_error: str | None = None
+        self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
+        self._thread.start()
+
+    # -- producers (any thread) ------------------------------------------------------------
+
+    def add_row(self, row: _Row) -> None:
+        with self._lock:
+            self._check_open()
+            self._rows.append(row)
+            n = len(self._rows)
+            if n > self.max_pending:
+                del self._rows[: n - self.max_pending]
+                self.dropped += n - self.max_pending
+        if n >= self.batch_rows and time.monotonic() >= self._retry_at:
+            self._wake.set()
+
+    def add_op(self, sql: str, args: tuple[Any, ...]) -> None:
+        with self._lock:
+            self._check_open()
+            self._ops.append((sql, args))
+        self._wake.set()
+
+    def call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(conn)`` in its own transaction on the writer thread, after committing
+        everything queued before; blocks until it is committed and returns its result."""
+        return self._submit(fn)
+
+    def flush(self) -> int:
+        return self._submit(None)
+
+    def _submit(self, fn: Callable[[sqlite3.Connection], Any] | None) -> Any:
+        fut: Future[Any] = Future()
+        with self._lock:
+            self._check_open()
+            self._requests.append((fn, fut))
+        self._wake.set()
+        return fut.result()
+
+    def _check_open(self) -> None:
+        if self._stopping:
+            raise RuntimeError("store is closed")
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._rows)
+
+    def close(self) -> None:
+        """Commit what is queued, stop the thread and close the connection; raises the
+        final commit's error, if any (those rows are lost)."""
+        with self._lock:
+            if self._stopping:
+                return
+            self._stopping = True
+        self._wake.set()
+        self._thread.join()
+        if self._final_error is not None:
+            raise self._final_error
+
+    # -- the writer thread -----------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while not self._cycle():
+                pass
+        finally:
+            with self._lock:
+                self._stopping = True
+                orphans, self._requests = self._requests, []
+            for _, fut in orphans:
+                fut.set_exception(RuntimeError("store is closed"))
+            self._conn.close()
+
+    def _cycle(self) -> bool:
+        """One wake-up; returns True when the writer should stop."""
+        now = time.monotonic()
+        self._wake.wait(self._retry_at - now if now < self._retry_at else self.flush_interval)
+        self._wake.clear()
+        with self._lock:
+            requests, self._requests = self._requests, []
+            stopping = self._stopping
+        if not requests and not stopping and time.monotonic() < self._retry_at:
+            return False  # backing off after a failure; only a request cuts it short
+        error: BaseException | None = None
+        committed = 0
+        try:
+            committed = self._commit()
+            self._retry_at = 0.0
+        except Exception as exc:
+            error = exc
+            self._retry_at = time.monotonic() + self.flush_interval
+            if not requests:
+                log.exception("store: commit failed, will retry")
+        for fn, fut in requests:
+            if error is not None:
+                fut.set_exception(error)
+            elif fn is None:
+                fut.set_result(committed)
+                committed = 0  # reported once
+            else:
+                try:
+                    fut.set_result(self._transaction(fn))
+                except Exception as exc:
+                    fut.set_exception(exc)
+        if stopping:
+            self._final_error = error
+        return stopping
+
+    def _commit(self) -> int:
+        with self._lock:
+            rows, self._rows = self._rows, []
+            ops, self._ops = self._ops, []
+        if not rows and not ops:
+            return 0
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            before = conn.total_changes
+            conn.executemany(_INSERT_COUNT_SQL, rows)
+            inserted = conn.total_changes - before  # duplicates of (stream_id, t) are skipped
+            for sql, args in ops:
+                conn.execute(sql, args)
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            if conn.in_transaction:
+                conn.rollback()
+            with self._lock:
+                # Back in front so the order is kept, then re-apply the bound.
+                self._rows[:0] = rows
+                self._ops[:0] = ops
+                excess = len(self._rows) - self.max_pending
+                if excess > 0:
+                    del self._rows[:excess]
+                    self.dropped += excess
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            raise
+        self.written += inserted
+        return len(rows) + len(ops)
+
+    def _transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.rollback()
+            raise
+        return result
+
+
+class _Readers:
+    """A pool of ``query_only`` connections: reads come from many threads at once."""
+
+    def __init__(self, path: Path, busy_ms: int) -> None:
+        self._path = path
+        self._busy_ms = busy_ms
+        self._pool: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @contextmanager
+    def borrow(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("store is closed")
+            if self._pool:
+                conn = self._pool.pop()
+            else:
+                conn = _connect(self._path, self._busy_ms, read_only=True)
+        try:
+            yield conn
+        finally:
+            if conn.in_transaction:
+                conn.rollback()
+            with self._lock:
+                if self._closed:
+                    conn.close()
+                else:
+                    self._pool.append(conn)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle, self._pool = self._pool, []
+        for conn in idle:
+            conn.close()
+
+
+def _where(stream_id: str, since: float | None, until: float | None) -> tuple[str, dict[str, Any]]:
+    clauses, args = ["stream_id = :sid"], {"sid": stream_id}
+    if since is not None:
+        clauses.append("t >= :since")
+        args["since"] = float(since)
+    if until is not None:
+        clauses.append("t < :until")
+        args["until"] = float(until)
+    return " AND ".join(clauses), args
+
+
+class SQLiteHistory:
+    """``CountHistory`` on the ``counts`` table."""
+
+    def __init__(self, writer: _Writer, readers: _Readers) -> None:
+        self._writer = writer
+        self._readers = readers
+
+    def add(
+        self,
+        stream_id: str,
+        t: float,
+        count: float,
+        smoothed: float,
+        zones: Mapping[str, float] | None = None,
+    ) -> None:
+        # float(): the runtime's zone sums are NumPy scalars, which json cannot encode.
+        zones_json = (
+            json.dumps({k: float(v) for k, v in zones.items()}, separators=(",", ":"))
+            if zones
+            else None
+        )
+        self._writer.add_row((stream_id, float(t), float(count), float(smoothed), zones_json))
+
+    def counts(
+        self,
+        stream_id: str,
+        since: float | None = None,
+        until: float | None = None,
+        step: float | None = None,
+        limit: int = 10_000,
+        *,
+        with_zones: bool = False,
+    ) -> list[dict[str, Any]]:
+        if limit < 1:
+            raise ValueError("limit must be >= 1")
+        where, args = _where(stream_id, since, until)
+        if step is None:
+            cols = "t, count, smoothed" + (", zones" if with_zones else "")
+            sql = f"SELECT {cols} FROM counts WHERE {where} ORDER BY t DESC LIMIT :limit"
+            with self._readers.borrow() as conn:
+                rows = conn.execute(sql, {**args, "limit": int(limit)}).fetchall()
+            rows.reverse()
+            out = []
+            for r in rows:
+                item: dict[str, Any] = {"t": r[0], "count": r[1], "smoothed": r[2]}
+                if with_zones:
+                    item["zones"] = json.loads(r[3]) if r[3] else {}
+                out.append(item)
+            return out
+
+        if not step > 0:
+            raise ValueError("step must be > 0")
+        # floor(t / step) without relying on SQLite's optional math functions: CAST truncates
+        # toward zero, so subtract one for negative non-integral quotients.
+        bucket = (
+            "(CAST(t / :step AS INTEGER)"
+            " - (t < 0 AND CAST(t / :step AS INTEGER) != t / :step))"
+        )
+        named = {**args, "step": float(step), "limit": int(limit)}
+        sql = (
+            f"SELECT {bucket} AS b, AVG(count), AVG(smoothed), MIN(count), MAX(count), COUNT(*) "
+            f"FROM counts WHERE {where} GROUP BY b ORDER BY b DESC LIMIT :limit"
+        )
+        with self._readers.borrow() as conn:
+            rows = conn.execute(sql, named).fetchall()
+        rows.reverse()
+        return [
+            {"t": b * float(step), "count": mean, "smoothed": smean, "min": lo, "max": hi, "n": n}
+            for b, mean, smean, lo, hi, n in rows
+        ]
+
+    def rows(
+        self,
+        stream_id: str,
+        since: float | None = None,
+        until: float | None = None,
+        *,
+        after: float | None = None,
+        limit: int = 5000,
+    ) -> list[CountRow]:
+        if limit < 1:
+            raise ValueError("limit must be >= 1")
+        where, args = _where(stream_id, since, until)
+        if after is not None:
+            where += " AND t > :after"
+            args["after"] = float(after)
+        sql = f"SELECT t, count, smoothed FROM counts WHERE {where} ORDER BY t LIMIT :limit"
+        with self._readers.borrow() as conn:
+            return conn.execute(sql, {**args, "limit": int(limit)}).fetchall()
+
+    def delete(self, stream_id: str | None = None, before: float | None = None) -> int:
+        clauses: list[str] = []
+        args: list[Any] = []
+        if stream_id is not None:
+            clauses.append("stream_id = ?")
+            args.append(stream_id)
+        if before is not None:
+            clauses.append("t < ?")
+            args.append(float(before))
+        sql = f"DELETE FROM counts WHERE {' AND '.join(clauses) or '1'}"
+        return self._writer.call(lambda conn: conn.execute(sql, args).rowcount)
+
+
+class SQLiteStreams:
+    """``StreamRegistry`` on the ``streams`` table."""
+
+    def __init__(self, writer: _Writer, readers: _Readers) -> None:
+        self._writer = writer
+        self._readers = readers
+
+    def save(
+        self,
+        stream_id: str,
+        name: str,
+        url: str,
+        kind: str,
+        options: Mapping[str, Any] | None = None,
+    ) -> None:
+        opts = json.dumps(dict(options or {}), separators=(",", ":"), sort_keys=True)
+        args = (stream_id, name, url, kind, opts, time.time())
+        self._writer.call(lambda conn: conn.execute(
+            "INSERT INTO streams (id, name, url, kind, options, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT(id) DO UPDATE SET name = excluded.name, url = excluded.url, "
+            "kind = excluded.kind, options = excluded.options",
+            args,
+        ))
+
+    def delete(self, stream_id: str) -> bool:
+        return self._writer.call(
+            lambda conn: conn.execute("DELETE FROM streams WHERE id = ?", (stream_id,)).rowcount
+        ) > 0
+
+    def get(self, stream_id: str) -> SavedStream | None:
+        with self._readers.borrow() as conn:
+            row = conn.execute(
+                "SELECT id, name, url, kind, options, created_at FROM streams WHERE id = ?",
+                (stream_id,),
+            ).fetchone()
+        return None if row is None else _saved_stream(row)
+
+    def all(self) -> list[SavedStream]:
+        with self._readers.borrow() as conn:
+            rows = conn.execute(
+                "SELECT id, name, url, kind, options, created_at FROM streams "
+                "ORDER BY created_at, id"
+            ).fetchall()
+        return [_saved_stream(r) for r in rows]
+
+
+class SQLiteAlerts:
+    """``AlertLog`` on the ``alerts`` table. Raises and clears go through the counts' queue
+    and transaction, so they are never reordered and the loop never waits on the disk;
+    they are not subject to ``max_pending`` (there are few)."""
+
+    def __init__(self, writer: _Writer, readers: _Readers) -> None:
+        self._writer = writer
+        self._readers = readers
+
+    def raised(
+        self, stream: str, zone: str | None, rule: str, raised_at: float, peak: float
+    ) -> None:
+        self._writer.add_op(_RAISE_SQL, (stream, zone, rule, float(raised_at), float(peak)))
+
+    def cleared(
+        self, stream: str, rule: str, raised_at: float, cleared_at: float, peak: float
+    ) -> None:
+        self._writer.add_op(
+            _CLEAR_SQL, (float(cleared_at), float(peak), stream, rule, float(raised_at))
+        )
+
+    def query(
+        self,
+        stream: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        active: bool | None = None,
+        limit: int = 1000,
+    ) -> list[AlertRow]:
+        if limit < 1:
+            raise ValueError("limit must be >= 1")
+        clauses: list[str] = []
+        args: list[Any] = []
+        if stream is not None:
+            clauses.append("stream = ?")
+            args.append(stream)
+        if since is not None:
+            clauses.append("(cleared_at IS NULL OR cleared_at >= ?)")
+            args.append(float(since))
+        if until is not None:
+            clauses.append("raised_at < ?")
+            args.append(float(until))
+        if active is not None:
+            clauses.append("cleared_at IS NULL" if active else "cleared_at IS NOT NULL")
+        sql = (
+            "SELECT id, stream, zone, rule, raised_at, cleared_at, peak FROM alerts "
+            f"WHERE {' AND '.join(clauses) or '1'} ORDER BY raised_at DESC, id DESC LIMIT ?"
+        )
+        with self._readers.borrow() as conn:
+            rows = conn.execute(sql, (*args, int(limit))).fetchall()
+        return [
+            AlertRow(id=i, stream=s, zone=z, rule=r, raised_at=ra, cleared_at=ca, peak=p)
+            for i, s, z, r, ra, ca, p in rows
+        ]
+
+    def close_open(self, at: float) -> int:
+        return self._writer.call(lambda conn: conn.execute(
+            "UPDATE alerts SET cleared_at = MAX(raised_at, ?) WHERE cleared_at IS NULL",
+            (float(at),),
+        ).rowcount)
+
+
+class SQLiteStore:
+    """``Store`` in one SQLite file: ``history``, ``streams`` and ``alerts`` share one
+    writer thread (the only connection that writes) and a pool of read-only connections.
+
+    ``batch_rows`` wakes the writer early so a burst (many streams, high fps) is written in
+    bounded transactions; ``max_pending`` bounds the queue (see ``_Writer``).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        flush_interval: float = 0.5,
+        batch_rows: int = 2000,
+        max_pending: int = 200_000,
+        busy_timeout: float = 5.0,
+    ) -> None:
+        if flush_interval <= 0:
+            raise ValueError("flush_interval must be > 0")
+        if batch_rows < 1 or max_pending < batch_rows:
+            raise ValueError("need 1 <= batch_rows <= max_pending")
+        self.path = Path(path)
+        busy_ms = int(busy_timeout * 1000)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = _connect(self.path, busy_ms, read_only=False)
+        try:
+            _open_schema(conn, self.path)
+        except BaseException:
+            conn.close()
+            raise
+        self._writer = _Writer(
+            conn, flush_interval=float(flush_interval), batch_rows=int(batch_rows),
+            max_pending=int(max_pending),
+        )
+        self._readers = _Readers(self.path, busy_ms)
+        self.history = SQLiteHistory(self._writer, self._readers)
+        self.streams = SQLiteStreams(self._writer, self._readers)
+        self.alerts = SQLiteAlerts(self._writer, self._readers)
+        self._closed = False
+
+    def flush(self) -> int:
+        return self._writer.flush()
+
+    def stats(self) -> StoreStats:
+        w = self._writer
+        return StoreStats(
+            pending=w.pending(), written=w.written, dropped=w.dropped, last_error=w.last_error
+        )
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._writer.close()
+        finally:
+            self._readers.close()
+
+    def __enter__(self) -> SQLiteStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _saved_stream(row: Sequence[Any]) -> SavedStream:
+    sid, name, url, kind, options, created_at = row
+    return SavedStream(
+        id=sid, name=name, url=url, kind=kind,
+        options=json.loads(options) if options else {}, created_at=created_at,
+    )
