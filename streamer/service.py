@@ -122,15 +122,19 @@ class Service:
         model_path: str,
         store_rate: float | None = None,
         upload_counter: UploadCounter | None = None,
+        store: Store | None = None,
     ) -> None:
         self.config = config
         self.runtime = runtime
         self.model_path = model_path
         self.max_streams = config.server.max_streams
-        try:
-            self.store: Store = open_store(config.server.database)
-        except (sqlite3.Error, OSError) as exc:
-            raise ValueError(f"cannot open database {config.server.database}: {exc}") from None
+        if store is not None:  # a cluster's shard passes its PostgreSQL store
+            self.store: Store = store
+        else:
+            try:
+                self.store = open_store(config.server.database)
+            except (sqlite3.Error, OSError) as exc:
+                raise ValueError(f"cannot open database {config.server.database}: {exc}") from None
         # Zones, alert rules and notifiers; its ``process`` fills ``Result.zones`` before
         # any sink sees a result, so the store, feed, metrics and viewers agree.
         self.integrations = Integrations.from_config(config, self.store.alerts)
@@ -209,17 +213,7 @@ class Service:
         A stream that cannot be resumed is logged and skipped: one bad camera must not keep
         the others (and the API) down.
         """
-        self.started_at = time.monotonic()
-        # Alerts left open by a previous process can never be cleared by it: close them; the
-        # fresh engine raises again if the crowd is still there.
-        await asyncio.to_thread(self.store.alerts.close_open, time.time())
-        await self.integrations.start()
-        self.integrations.on_alert.append(self._on_alert)
-        if self.config.server.retention_days is not None:
-            self._retention = asyncio.create_task(self._enforce_retention())
-        await self.pipeline.start()
-        self.pipeline.add_sink(self.counts)
-        self.pipeline.add_sink(self.metrics)
+        await self.start_pipeline()
         for stream in self.config.streams:
             try:
                 await self.add_stream(stream, origin="config")
@@ -235,6 +229,21 @@ class Service:
                 await self.add_stream(stream, origin="api")
             except Exception as exc:
                 log.error("event=resume_failed stream=%s error=%r", saved.get("id"), str(exc))
+
+    async def start_pipeline(self) -> None:
+        """Everything ``start`` does but resuming streams: a cluster's shard adds its own
+        cameras (read from the cluster's database) instead."""
+        self.started_at = time.monotonic()
+        # Alerts left open by a previous process can never be cleared by it: close them; the
+        # fresh engine raises again if the crowd is still there.
+        await asyncio.to_thread(self.store.alerts.close_open, time.time())
+        await self.integrations.start()
+        self.integrations.on_alert.append(self._on_alert)
+        if self.config.server.retention_days is not None:
+            self._retention = asyncio.create_task(self._enforce_retention())
+        await self.pipeline.start()
+        self.pipeline.add_sink(self.counts)
+        self.pipeline.add_sink(self.metrics)
 
     async def add_stream(
         self, stream: StreamConfig, *, origin: Origin, persist: bool = False
@@ -376,7 +385,7 @@ class Service:
             try:
                 deleted = await asyncio.to_thread(self.store.history.delete, None, cutoff)
                 log.info("event=retention deleted=%d before=%.0f", deleted, cutoff)
-            except sqlite3.Error as exc:
+            except Exception as exc:  # the database's error, whichever backend
                 log.error("event=retention_failed error=%r", str(exc))
             await asyncio.sleep(every)
 

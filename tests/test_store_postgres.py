@@ -12,7 +12,7 @@ import threading
 import psycopg
 import pytest
 
-from crowdcount.streamer.pgstore import FEED_CHANNEL, STREAMS_CHANNEL, PostgresStore
+from crowdcount.streamer.store.postgres import FEED_CHANNEL, STREAMS_CHANNEL, PostgresStore
 
 pytestmark = pytest.mark.postgres
 

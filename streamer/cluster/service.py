@@ -30,10 +30,10 @@ from crowdcount.streamer.cluster.shard import CONFIG_KEY, shard_actor, shard_con
 from crowdcount.streamer.config import ClusterConfig, Config, StreamConfig
 from crowdcount.streamer.feed import CountFeed
 from crowdcount.streamer.metrics import Metrics
-from crowdcount.streamer.pgstore import FEED_CHANNEL, STREAMS_CHANNEL, PostgresStore
 from crowdcount.streamer.rtc import OfferError, PeerLimitReached, UnknownStream, validate_offer
 from crowdcount.streamer.service import StreamConflict, StreamNotFound
 from crowdcount.streamer.status import StreamState, StreamStatus
+from crowdcount.streamer.store.postgres import FEED_CHANNEL, STREAMS_CHANNEL, PostgresStore
 from crowdcount.streamer.upload import UploadCounter
 from crowdcount.streamer.urls import mask_url
 

@@ -34,8 +34,8 @@ from crowdcount.model.bundled import default_model
 from crowdcount.model.runtime import Runtime
 from crowdcount.model.zones import Zone
 from crowdcount.streamer.config import Config, StreamConfig, parse_config
-from crowdcount.streamer.pgstore import FEED_CHANNEL, STREAMS_CHANNEL, PostgresStore
 from crowdcount.streamer.service import Service
+from crowdcount.streamer.store.postgres import FEED_CHANNEL, STREAMS_CHANNEL, PostgresStore
 
 log = logging.getLogger(__name__)
 
