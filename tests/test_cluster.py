@@ -31,7 +31,6 @@ from crowdcount.streamer.config import parse_config
 from tests.fixtures.media import write_clip
 from tests.fixtures.postgres import PostgresServer, free_port
 from tests.fixtures.rtc import make_client
-from tests.fixtures.waiting import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.postgres]
 
@@ -263,17 +262,9 @@ async def test_worker_node_killed_cameras_resume_on_other_node(
         api, "the outage to be reported", timeout=30)
     survivors = workers - {victim_id}
     await _wait_running(api, survivors, timeout=30 + 5)
+    seen_running_at = time.time()
 
     with psycopg.connect(cluster_dsn) as conn:
-        def first_after(cam: str) -> float | None:
-            row = conn.execute("SELECT min(t) FROM counts WHERE stream_id = %s AND t > %s",
-                               (cam, killed_at)).fetchone()
-            return row[0]
-
-        await wait_until(lambda: all(first_after(c) is not None for c in moved), 30,
-                         "rows after the failover")
-        recovery = max(first_after(c) - killed_at for c in moved)
-        assert recovery < 30, f"recovered after {recovery:.1f} s"
         duplicates = conn.execute(
             "SELECT count(*) FROM (SELECT stream_id, t FROM counts GROUP BY stream_id, t "
             "HAVING count(*) > 1) d").fetchone()[0]
@@ -281,9 +272,16 @@ async def test_worker_node_killed_cameras_resume_on_other_node(
         for cam in CAMERAS:
             ts = [r[0] for r in conn.execute(
                 "SELECT t FROM counts WHERE stream_id = %s ORDER BY t", (cam,))]
-            outage = (killed_at - 1.0, first_after(cam) or killed_at)
             gaps = [(a, b) for a, b in itertools.pairwise(ts) if b - a > 2.0]
-            lost = [(a, b) for a, b in gaps if not (a >= outage[0] and b <= outage[1])]
-            assert not lost, f"{cam}: rows missing outside the outage {outage}: {lost}"
-            if cam in stayed:
+            # The outage: from the last row of the dead node's shard (its worker process
+            # may outlive the raylet by a moment) to the first of the restarted one.
+            outage = [(a, b) for a, b in gaps
+                      if a >= killed_at - 1.0 and b <= seen_running_at + 1.0]
+            lost = [g for g in gaps if g not in outage]
+            assert not lost, f"{cam}: rows missing outside the outage: {lost}"
+            if cam in moved:
+                assert len(outage) <= 1, f"{cam}: expected one outage, got {gaps}"
+                resumed = outage[0][1] if outage else min(t for t in ts if t > killed_at)
+                assert resumed - killed_at < 30, f"{cam} resumed {resumed - killed_at:.1f} s late"
+            else:
                 assert not gaps, f"{cam} (not moved) has gaps {gaps}"

@@ -1,7 +1,9 @@
 """PostgresStore against a real PostgreSQL server (tests/fixtures/postgres.py).
 
-What only the cluster's store does (no duplicate rows on replay, shard scoping, status,
-settings, NOTIFY), with the store's shared interface.
+The SQLite store's behavioural tests that take a ``store`` fixture are imported and run again
+here, against PostgreSQL (pytest collects them from this module, with this module's
+``store``), so both stores answer the service and the routes alike. Below them, what only
+the cluster's store does: replays across writers, shard scoping, status, settings, NOTIFY.
 """
 
 from __future__ import annotations
@@ -13,6 +15,18 @@ import psycopg
 import pytest
 
 from crowdcount.streamer.store.postgres import FEED_CHANNEL, STREAMS_CHANNEL, PostgresStore
+from tests.test_store import (  # noqa: F401  (collected here: the same tests, on PostgreSQL)
+    test_aggregation_floors_negative_times,
+    test_aggregation_per_step,
+    test_delete_counts_before,
+    test_parts_speak_the_interfaces,
+    test_round_trip_with_zones,
+    test_rows_page_through_a_range_exactly,
+    test_same_stream_and_time_is_stored_once,
+    test_since_until_and_limit,
+    test_writer_thread_commits_without_flush,
+    test_writes_from_thread_while_reading,
+)
 
 pytestmark = pytest.mark.postgres
 
