@@ -29,7 +29,7 @@ from crowdcount.model.bundled import DEFAULT_ONNX
 from crowdcount.model.runtime import Runtime
 from crowdcount.model.types import Result
 from crowdcount.streamer.pipeline import Pipeline
-from crowdcount.streamer.sinks.viewer import ViewerSink
+from crowdcount.streamer.sinks.viewer import ViewerRegistry, ViewerSink
 from crowdcount.streamer.sources.synthetic import SyntheticSource
 
 
@@ -84,12 +84,12 @@ async def measure(runtime: Runtime, n: int, args: argparse.Namespace, proc: psut
             SyntheticSource(f"cam{i}", width, height, fps=args.fps, brightness=200)
             for i in range(n)
         ]
+        registry = ViewerRegistry(fps=20)
+        pipe.add_sink(registry)
         viewers = []
         for source in sources:
             await pipe.add_stream(source)
-            viewer = ViewerSink(source.stream_id, fps=20)
-            pipe.subscribe(source.stream_id, viewer)
-            viewers.append(viewer)
+            viewers.append(registry.sink(source.stream_id))
         annotated: list[float] = []
         watching = [asyncio.create_task(watch(v, annotated)) for v in viewers]
         await asyncio.sleep(args.warmup)  # first ORT calls and thread start-up are not typical

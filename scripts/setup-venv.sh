@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv and install the project. "$1" = "dev" installs training and test extras too.
+# Versions come from constraints.txt (what the test suite last passed with; see the README's
+# Tests section for updating it), so every machine installs the same set.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || python3 -m venv .venv
@@ -7,8 +9,8 @@ cd "$(dirname "$0")/.."
 extras=""
 [ "${1:-}" = "dev" ] && extras="[dev]"
 stamp=".venv/.installed${extras}"
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ constraints.txt -nt "$stamp" ]; then
     python -m pip install -q --upgrade pip
-    python -m pip install -q -e ".${extras}"
+    python -m pip install -q -c constraints.txt -e ".${extras}"
     touch "$stamp"
 fi

@@ -1,15 +1,16 @@
-"""Zones, alerts and notifiers, applied once per result before the sinks see it.
+"""Zones and threshold alerts, derived once per result before the sinks see it.
 
-The pipeline hands every result to ``Integrations.process`` (its ``result_hook``) before
-dispatching it, so that zone counts are computed once and every sink (store, live feed,
-metrics, viewers) sees the same ``Result.zones``. ``process`` then feeds the stream's total
-and zone counts to the alert engine, records raised/cleared alerts in the store, and tells
-the notifiers (webhook, MQTT) about counts and alerts.
+``Integrations`` is the pipeline's analysis stage (``Pipeline(analysis=...)``): for every
+result it fills in ``Result.zones``, once, so every sink (history, live feed, metrics,
+viewers, notifiers) sees the same zone counts, and feeds the total and zone counts to the
+alert engine. The alerts that raises or clears are returned to the pipeline, which delivers
+them to the sinks like results; nothing here calls a consumer.
 
-Everything here runs on the event loop and is cheap: zone masks are cached per stream and
-shape (one small matrix product per frame), the alert engine is arithmetic, the store and
-the notifiers only queue. A failing notifier or store is logged and does not stop the
-others, nor the result from reaching the sinks.
+It also builds the configured notifiers (webhook, MQTT) and owns their lifecycle
+(``start``/``close``); the service adds them to the pipeline as sinks.
+
+Everything per result runs on the event loop and is cheap: zone masks are cached per stream
+and shape (one small matrix product per frame), and the alert engine is arithmetic.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from crowdcount.model.types import Result
@@ -28,7 +29,6 @@ from crowdcount.streamer.sinks.base import Notifier
 
 if TYPE_CHECKING:
     from crowdcount.streamer.config import Config, SinksConfig, StreamConfig, ThresholdConfig
-    from crowdcount.streamer.store import AlertLog
 
 __all__ = [
     "Integrations",
@@ -66,11 +66,8 @@ def notifiers_from_config(sinks: SinksConfig) -> list[Notifier]:
 
 
 class Integrations:
-    """Per-stream zone counting → alert engine → store and notifiers.
-
-    ``on_alert`` callbacks (e.g. the live feed, to push alerts to the page) are called on
-    the loop for every event, after the store and the notifiers.
-    """
+    """Per-stream zone counting and the alert engine (the pipeline's ``Analysis``), plus the
+    configured notifiers' lifecycle."""
 
     def __init__(
         self,
@@ -78,27 +75,21 @@ class Integrations:
         zones: Mapping[str, Sequence[Zone]] | None = None,
         rules: Iterable[ThresholdRule] = (),
         notifiers: Sequence[Notifier] = (),
-        alert_log: AlertLog | None = None,
     ) -> None:
         self._counters: dict[str, ZoneCounter] = {}
         for stream, zs in (zones or {}).items():
             self.set_zones(stream, zs)
         self.engine = AlertEngine(rules)
         self.notifiers: list[Notifier] = list(notifiers)
-        self.alert_log = alert_log
-        self.on_alert: list[Callable[[AlertEvent], None]] = []
-        self.errors = 0
-        self._failures: dict[int, int] = {}
         self._started = False
 
     @classmethod
-    def from_config(cls, config: Config, alert_log: AlertLog | None = None) -> Integrations:
+    def from_config(cls, config: Config) -> Integrations:
         """Zones of the configured streams, the ``[[thresholds]]`` and the ``[sinks]``."""
         return cls(
             zones={s.name: zones_from_config(s) for s in config.streams if s.zones},
             rules=rules_from_config(config.thresholds),
             notifiers=notifiers_from_config(config.sinks),
-            alert_log=alert_log,
         )
 
     # ------------------------------------------------------------------ lifecycle
@@ -140,74 +131,36 @@ class Integrations:
     def rules(self) -> tuple[ThresholdRule, ...]:
         return self.engine.rules
 
-    def set_rules(self, rules: Iterable[ThresholdRule]) -> None:
-        """Replace the alert rules; alerts of removed or changed rules are cleared now."""
-        for ev in self.engine.set_rules(rules, t=time.time()):
-            self._emit(ev)
+    def set_rules(self, rules: Iterable[ThresholdRule]) -> list[AlertEvent]:
+        """Replace the alert rules; returns the clears of alerts whose rule was removed or
+        changed (deliver them with ``Pipeline.publish_alerts``)."""
+        return self.engine.set_rules(rules, t=time.time())
 
-    def forget_stream(self, stream: str) -> None:
+    def forget_stream(self, stream: str) -> list[AlertEvent]:
         """A stream was removed: clear its active alerts now (its zones are kept, so a
         stream re-added under the same id counts them again; ``set_zones(id, ())`` drops
-        them)."""
-        for ev in self.engine.forget_stream(stream, t=time.time()):
-            self._emit(ev)
+        them). Returns the clears; the pipeline calls this and delivers them."""
+        return self.engine.forget_stream(stream, t=time.time())
 
     def active_alerts(self) -> list[dict[str, Any]]:
         return self.engine.active()
 
     # ------------------------------------------------------------------ per result
 
-    def process(self, result: Result) -> Result:
-        """The pipeline's ``result_hook``: returns ``result`` with ``zones`` filled in."""
+    def analyse(self, result: Result) -> tuple[Result, list[AlertEvent]]:
+        """``result`` with ``zones`` filled in (the very same object without zones), and the
+        alerts this sample raised or cleared."""
         sid = result.frame.stream_id
         counter = self._counters.get(sid)
         if counter is not None:
             zones = counter.count(result.density, result.frame.size)
             result = dataclasses.replace(result, zones=zones)
-        t = result.frame.captured_at
         values: dict[str | None, float] = {None: float(result.count), **result.zones}
-        for ev in self.engine.update(sid, t, values):
-            self._emit(ev)
-        for n in self.notifiers:
-            self._guard(n, n.notify_counts, sid, t, float(result.count), result.zones)
-        return result
-
-    def _emit(self, ev: AlertEvent) -> None:
-        log.info(
-            "alert %s %s: %s %s=%.1f (above %g, below %g)",
-            ev.rule.name,
-            ev.kind,
-            ev.stream,
-            ev.zone or "total",
-            ev.value,
-            ev.rule.above,
-            ev.rule.below,
-        )
-        log_ = self.alert_log
-        if log_ is not None:
-            if ev.kind == "raised":
-                self._guard(log_, log_.raised, ev.stream, ev.zone, ev.rule.name, ev.raised_at,
-                            ev.peak)
-            else:
-                self._guard(log_, log_.cleared, ev.stream, ev.rule.name, ev.raised_at, ev.t,
-                            ev.peak)
-        for n in self.notifiers:
-            self._guard(n, n.notify_alert, ev)
-        for cb in self.on_alert:
-            self._guard(cb, cb, ev)
-
-    def _guard(self, owner: object, fn: Callable[..., object], *args: Any) -> None:
-        try:
-            fn(*args)
-        except Exception:
-            self.errors += 1
-            n = self._failures[id(owner)] = self._failures.get(id(owner), 0) + 1
-            if n == 1 or n % 1000 == 0:
-                log.exception("integration %r failed (%d times)", owner, n)
+        return result, self.engine.update(sid, result.frame.captured_at, values)
 
     def stats(self) -> dict[str, Any]:
-        """Counters of each notifier that has ``stats()``, plus errors and active alerts."""
-        out: dict[str, Any] = {"errors": self.errors, "active_alerts": len(self.engine.active())}
+        """Counters of each notifier that has ``stats()``, plus the active alerts."""
+        out: dict[str, Any] = {"active_alerts": len(self.engine.active())}
         for n in self.notifiers:
             with contextlib.suppress(Exception):
                 out[type(n).__name__] = n.stats()  # type: ignore[attr-defined]

@@ -186,7 +186,7 @@ class Metrics:
             self._zone_counts.pop(sid, None)
 
     def on_alert(self, event: AlertEvent) -> None:
-        """Count raised alerts (the service registers this with ``Integrations``)."""
+        """Alert sink: count raised alerts."""
         if event.kind == "raised":
             labels = (event.stream, event.rule.name)
             self._raised_labels.add(labels)

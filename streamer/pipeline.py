@@ -1,9 +1,11 @@
 """Sources → batcher → inference thread → sinks, for every stream at once.
 
 The pipeline is the only place that knows all four stages, so the API and the CLI deal with
-one object: add a source, subscribe a sink, read ``stats()``. Everything here runs on the
-event loop except decoding (the sources' threads) and inference (the worker's thread);
-the loop only moves frame references and calls sinks, which must not block.
+one object: add a source, add a sink, read ``stats()``. Results (and the alerts derived
+from them) reach their consumers one way: every registered sink (``sinks/base.py``).
+Everything here runs on the event loop except decoding (the sources' threads) and
+inference (the worker's thread); the loop only moves frame references and calls sinks,
+which must not block.
 """
 
 from __future__ import annotations
@@ -12,20 +14,39 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from crowdcount.model.runtime import Runtime
 from crowdcount.model.types import Frame, Result
 from crowdcount.streamer.batcher import Batcher
-from crowdcount.streamer.sinks.base import Sink
+from crowdcount.streamer.sinks.base import AlertSink, Sink
 from crowdcount.streamer.sources.base import Source, SourceEnded
 from crowdcount.streamer.status import RateMeter, StreamState
 from crowdcount.streamer.worker import InferenceWorker, RollingStats
 
+if TYPE_CHECKING:
+    from crowdcount.streamer.alerts import AlertEvent
+
 log = logging.getLogger(__name__)
+
+
+class Analysis(Protocol):
+    """What the pipeline derives from each result before the sinks see it (zone counts,
+    threshold alerts: ``streamer.integrations.Integrations``). It is a stage of the frame
+    path, not a consumer: it runs once per result so every sink sees the same zones, and
+    its alert events are delivered to the sinks like results."""
+
+    def analyse(self, result: Result) -> tuple[Result, Sequence[AlertEvent]]:
+        """The result with derived fields filled in, and the alerts it raised or cleared.
+        Must not block."""
+        ...
+
+    def forget_stream(self, stream: str) -> Sequence[AlertEvent]:
+        """A stream left the pipeline: drop its state; the alerts that clears."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +73,6 @@ class PipelineStats:
 class _Stream:
     source: Source
     pump: asyncio.Task[None] | None = None
-    sinks: list[Sink] = field(default_factory=list)
     reported_drops: int = 0  # batcher drops already added to status.dropped
     fps_out: RateMeter = field(default_factory=RateMeter)
 
@@ -67,10 +87,9 @@ class Pipeline:
     The worker starts with the first stream (or ``start()``), on the running loop, since
     results must be handed to that loop.
 
-    ``result_hook``, if set, is called on the loop with each result before any sink and
-    returns the result the sinks get (``Integrations.process`` fills in zone counts there,
-    once, and runs the alerts). Like a sink it must not block; if it raises, the error is
-    counted in ``sink_errors`` and the sinks get the original result.
+    ``analysis``, if set, runs on the loop with each result before any sink (see
+    ``Analysis``); if it raises, the error is counted in ``sink_errors`` and the sinks get
+    the original result. Then every sink gets the result, and every alert sink the alerts.
     """
 
     def __init__(
@@ -78,10 +97,10 @@ class Pipeline:
         runtime: Runtime,
         max_batch: int = 8,
         max_in_flight: int = 2,
-        result_hook: Callable[[Result], Result] | None = None,
+        analysis: Analysis | None = None,
     ) -> None:
         self.runtime = runtime
-        self.result_hook = result_hook
+        self.analysis = analysis
         self.max_batch = max_batch
         self.max_in_flight = max_in_flight
         self.batcher = Batcher()
@@ -90,6 +109,7 @@ class Pipeline:
         self._worker: InferenceWorker | None = None
         self._streams: dict[str, _Stream] = {}
         self._sinks: list[Sink] = []
+        self._alert_sinks: list[AlertSink] = []
         self._sink_failures: dict[int, int] = {}
         self._closed = False
 
@@ -139,9 +159,20 @@ class Pipeline:
         entry.pump = asyncio.create_task(self._pump(entry), name=f"pump-{sid}")
 
     async def remove_stream(self, stream_id: str) -> None:
-        """Stop one stream; its results still in flight are discarded. KeyError if unknown."""
+        """Stop one stream; its results still in flight are discarded and its active alerts
+        are cleared (delivered to the alert sinks). KeyError if unknown."""
         entry = self._streams[stream_id]
-        self._forget(stream_id)
+        if self.analysis is not None:
+            try:
+                events = self.analysis.forget_stream(stream_id)
+            except Exception:
+                self._failed(self.analysis)
+            else:
+                self.publish_alerts(events)
+        await self._stop(entry)
+
+    async def _stop(self, entry: _Stream) -> None:
+        self._forget(entry.source.stream_id)
         if entry.pump is not None:
             entry.pump.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -155,25 +186,30 @@ class Pipeline:
             self._worker.forget(stream_id)
 
     def add_sink(self, sink: Sink) -> None:
-        """A sink for every stream's results (store, live feed, metrics)."""
+        """Deliver every stream's results to ``sink`` from now on (and alerts, if it has
+        ``on_alert``); adding it twice changes nothing."""
         if sink not in self._sinks:
             self._sinks.append(sink)
+            if isinstance(sink, AlertSink):
+                self._alert_sinks.append(sink)
 
     def remove_sink(self, sink: Sink) -> None:
         with contextlib.suppress(ValueError):
             self._sinks.remove(sink)
+        with contextlib.suppress(ValueError):
+            self._alert_sinks.remove(sink)  # type: ignore[arg-type]
 
-    def subscribe(self, stream_id: str, sink: Sink) -> None:
-        """A sink for one stream only (a viewer); ends with the stream. KeyError if unknown."""
-        sinks = self._streams[stream_id].sinks
-        if sink not in sinks:
-            sinks.append(sink)
-
-    def unsubscribe(self, stream_id: str, sink: Sink) -> None:
-        entry = self._streams.get(stream_id)
-        if entry is not None:
-            with contextlib.suppress(ValueError):
-                entry.sinks.remove(sink)
+    def publish_alerts(self, events: Sequence[AlertEvent]) -> None:
+        """Deliver alert events to every alert sink (the pipeline's own, from ``analysis``,
+        and those raised outside a result, e.g. when the rules change)."""
+        for event in events:
+            log.info("event=alert_%s rule=%s stream=%s zone=%s value=%.1f", event.kind,
+                     event.rule.name, event.stream, event.zone or "total", event.value)
+            for sink in tuple(self._alert_sinks):
+                try:
+                    sink.on_alert(event)
+                except Exception:
+                    self._failed(sink)
 
     async def _pump(self, entry: _Stream) -> None:
         source, sid = entry.source, entry.source.stream_id
@@ -207,31 +243,27 @@ class Pipeline:
             status.last_count = result.count
             status.fps_out = entry.fps_out.tick(now)
             self.latency.add(now_wall - result.frame.captured_at)
-            if self.result_hook is not None:
-                result = self._hook(self.result_hook, result)
-            for sink in (*self._sinks, *entry.sinks):
-                self._call(sink, result)
+            events: Sequence[AlertEvent] = ()
+            if self.analysis is not None:
+                try:
+                    result, events = self.analysis.analyse(result)
+                except Exception:
+                    self._failed(self.analysis)
+            for sink in tuple(self._sinks):
+                try:
+                    sink.on_result(result)
+                except Exception:
+                    self._failed(sink)
+            if events:
+                self.publish_alerts(events)
 
-    def _hook(self, hook: Callable[[Result], Result], result: Result) -> Result:
-        try:
-            return hook(result)
-        except Exception:
-            self.sink_errors += 1
-            n = self._sink_failures[id(hook)] = self._sink_failures.get(id(hook), 0) + 1
-            if n == 1 or n % 1000 == 0:
-                log.exception("result hook %r failed (%d times)", hook, n)
-            return result
-
-    def _call(self, sink: Sink, result: Result) -> None:
-        try:
-            sink.on_result(result)
-        except Exception:
-            # Isolate sinks from each other; log the first failure and then rarely, since a
-            # broken sink fails for every frame of every stream.
-            self.sink_errors += 1
-            n = self._sink_failures[id(sink)] = self._sink_failures.get(id(sink), 0) + 1
-            if n == 1 or n % 1000 == 0:
-                log.exception("sink %r failed (%d times)", sink, n)
+    def _failed(self, culprit: object) -> None:
+        """Count a sink's (or the analysis') exception; log the first and then rarely, since
+        a broken sink fails for every frame of every stream. Call from an except block."""
+        self.sink_errors += 1
+        n = self._sink_failures[id(culprit)] = self._sink_failures.get(id(culprit), 0) + 1
+        if n == 1 or n % 1000 == 0:
+            log.exception("sink %r failed (%d times)", culprit, n)
 
     def _report_error(self, frames: list[Frame], exc: BaseException) -> None:
         for frame in frames:
@@ -257,13 +289,16 @@ class Pipeline:
         """Stop every stream and the inference thread; idempotent."""
         if self._closed:
             return
-        for sid in list(self._streams):
+        # Not remove_stream: a shutdown is not the end of a stream's alerts (a notifier must
+        # not announce "cleared" for every camera each time the server stops).
+        for sid, entry in list(self._streams.items()):
             try:
-                await self.remove_stream(sid)
+                await self._stop(entry)
             except Exception:  # one source failing to stop must not keep the others running
                 log.exception("stream %s: stopping failed", sid)
         self._closed = True
         self._sinks.clear()
+        self._alert_sinks.clear()
         worker = self._worker
         if worker is not None:
             worker.stop(timeout=0)

@@ -29,7 +29,6 @@ from typing import Any, Literal
 
 from crowdcount.model.runtime import Runtime
 from crowdcount.model.zones import Zone
-from crowdcount.streamer.alerts import AlertEvent
 from crowdcount.streamer.config import Config, StreamConfig
 from crowdcount.streamer.feed import CountFeed
 from crowdcount.streamer.integrations import Integrations, zones_from_config
@@ -135,14 +134,15 @@ class Service:
                 self.store = open_store(config.server.database)
             except (sqlite3.Error, OSError) as exc:
                 raise ValueError(f"cannot open database {config.server.database}: {exc}") from None
-        # Zones, alert rules and notifiers; its ``process`` fills ``Result.zones`` before
-        # any sink sees a result, so the store, feed, metrics and viewers agree.
-        self.integrations = Integrations.from_config(config, self.store.alerts)
+        # Zones, alert rules and notifiers; the pipeline's analysis stage fills
+        # ``Result.zones`` before any sink sees a result, so every sink agrees.
+        self.integrations = Integrations.from_config(config)
         self.feed = CountFeed()
         self.viewers = ViewerRegistry(zones=self.integrations.zones)
         self.pipeline = Pipeline(runtime, max_batch=config.model.max_batch,
-                                 result_hook=self.integrations.process)
-        self.counts = CountSink(self.store.history, self.feed, Ema(), store_rate)
+                                 analysis=self.integrations)
+        self.counts = CountSink(self.store.history, self.feed, Ema(), store_rate,
+                                alert_log=self.store.alerts)
         self.metrics = Metrics(self.statuses, self._service_gauges,
                                zones=self._zone_names, alerts=self.integrations.active_alerts)
         self.peers = PeerManager(
@@ -178,12 +178,6 @@ class Service:
         if stream_id not in self.streams:
             return []
         return [z.name for z in self.integrations.zones(stream_id)]
-
-    def _on_alert(self, event: AlertEvent) -> None:
-        """Push raised/cleared alerts into the live feed (the stream's subscribers and the
-        all-stream ones), marked ``"type": "alert"`` to tell them from count items."""
-        self.metrics.on_alert(event)
-        self.feed.publish(event.stream, {"type": "alert", **event.to_dict()})
 
     def set_zones(self, stream_id: str, zones: list[Zone]) -> None:
         """Replace a live stream's zones (in memory; the routes persist API streams').
@@ -238,12 +232,12 @@ class Service:
         # fresh engine raises again if the crowd is still there.
         await asyncio.to_thread(self.store.alerts.close_open, time.time())
         await self.integrations.start()
-        self.integrations.on_alert.append(self._on_alert)
         if self.config.server.retention_days is not None:
             self._retention = asyncio.create_task(self._enforce_retention())
         await self.pipeline.start()
-        self.pipeline.add_sink(self.counts)
-        self.pipeline.add_sink(self.metrics)
+        # Every consumer of results and alerts is a sink of the pipeline, and only that.
+        for sink in (self.counts, self.metrics, self.viewers, *self.integrations.notifiers):
+            self.pipeline.add_sink(sink)
 
     async def add_stream(
         self, stream: StreamConfig, *, origin: Origin, persist: bool = False
@@ -292,7 +286,7 @@ class Service:
             if persist:
                 await asyncio.to_thread(self.store.streams.save, sid, sid, url, kind, options)
             await self.pipeline.add_stream(source, fps_limit, max_side)
-            self.pipeline.subscribe(sid, self.viewers.sink(sid))
+            self.viewers.sink(sid)  # viewers of this stream can connect from now on
         except BaseException:
             self.streams.pop(sid, None)
             self.viewers.remove(sid)
@@ -344,11 +338,10 @@ class Service:
             return
         del self.streams[stream_id]
         with contextlib.suppress(KeyError):
-            await self.pipeline.remove_stream(stream_id)
+            await self.pipeline.remove_stream(stream_id)  # clears its active alerts
         self.viewers.remove(stream_id)
         self.counts.forget(stream_id)
         self.metrics.forget(stream_id)
-        self.integrations.forget_stream(stream_id)  # clears its active alerts
         if entry.origin != "config":  # API streams get theirs back from the store
             self.integrations.set_zones(stream_id, ())
         # Make its last counts queryable at once (the history outlives the stream).

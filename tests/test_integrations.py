@@ -1,4 +1,5 @@
-"""Zones → alerts → store and notifiers, through the real Pipeline's result hook."""
+"""Zones → alerts → history, feed and notifiers, through the real Pipeline's analysis stage
+and its one sink path."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ from crowdcount.model.types import Frame, Result
 from crowdcount.model.zones import Zone
 from crowdcount.streamer.alerts import AlertEvent, ThresholdRule
 from crowdcount.streamer.config import parse_config
+from crowdcount.streamer.feed import CountFeed
 from crowdcount.streamer.integrations import Integrations
 from crowdcount.streamer.pipeline import Pipeline
 from crowdcount.streamer.sinks.base import Notifier
+from crowdcount.streamer.sinks.counts import CountSink
 from crowdcount.streamer.sinks.mqtt import MqttNotifier
 from crowdcount.streamer.sinks.webhook import WebhookNotifier
 from crowdcount.streamer.sources.synthetic import SyntheticSource
@@ -35,10 +38,12 @@ class RecordingNotifier:
     async def start(self) -> None:
         self.started = True
 
-    def notify_counts(self, stream, t, total, zones) -> None:
-        self.counts.append((stream, t, total, dict(zones)))
+    def on_result(self, result: Result) -> None:
+        self.counts.append(
+            (result.frame.stream_id, result.frame.captured_at, result.count, dict(result.zones))
+        )
 
-    def notify_alert(self, event: AlertEvent) -> None:
+    def on_alert(self, event: AlertEvent) -> None:
         self.alerts.append(event)
 
     async def close(self) -> None:
@@ -46,10 +51,10 @@ class RecordingNotifier:
 
 
 class BrokenNotifier(RecordingNotifier):
-    def notify_counts(self, stream, t, total, zones) -> None:
+    def on_result(self, result: Result) -> None:
         raise RuntimeError("down")
 
-    def notify_alert(self, event: AlertEvent) -> None:
+    def on_alert(self, event: AlertEvent) -> None:
         raise RuntimeError("down")
 
 
@@ -61,7 +66,7 @@ class Recorder:
         self.by_stream[result.frame.stream_id].append(result)
 
 
-async def test_pipeline_hook_fills_zones_raises_and_clears_alerts(runtime, tmp_path: Path):
+async def test_pipeline_analysis_fills_zones_and_delivers_alerts_to_sinks(runtime, tmp_path: Path):
     store = SQLiteStore(tmp_path / "c.sqlite3", flush_interval=0.05)
     notifier = RecordingNotifier()
     assert isinstance(notifier, Notifier)
@@ -70,16 +75,18 @@ async def test_pipeline_hook_fills_zones_raises_and_clears_alerts(runtime, tmp_p
         zones={"cam": [LEFT, RIGHT]},
         rules=[rule],
         notifiers=[notifier, BrokenNotifier()],
-        alert_log=store.alerts,
     )
-    seen: list[AlertEvent] = []
-    integ.on_alert.append(seen.append)
+    feed = CountFeed(maxsize=100_000)  # keeps every item for the check below
+    everything = feed.subscribe(None)
+    records = CountSink(store.history, feed, alert_log=store.alerts)
     await integ.start()
     assert notifier.started
     rec = Recorder()
+    seen = notifier.alerts
     try:
-        async with Pipeline(runtime, result_hook=integ.process) as pipe:
-            pipe.add_sink(rec)
+        async with Pipeline(runtime, analysis=integ) as pipe:
+            for sink in (rec, records, *integ.notifiers):
+                pipe.add_sink(sink)
             level = {"v": 255}  # a uniform frame: each half holds half the count
             src = SyntheticSource(
                 "cam", W, H, fps=20, render=lambda i: np.full((H, W, 3), level["v"], np.uint8)
@@ -96,12 +103,21 @@ async def test_pipeline_hook_fills_zones_raises_and_clears_alerts(runtime, tmp_p
             assert notifier.counts[0][3] == results[0].zones
             level["v"] = 20  # the crowd leaves
             await wait_until(lambda: [e.kind for e in seen] == ["raised", "cleared"])
-            assert pipe.stats().sink_errors == 0
+            errors = pipe.stats().sink_errors
+            assert errors >= len(results)  # the broken notifier, isolated from the others
         raised, cleared = seen
         assert raised.t - raised.over_since >= 0.2 - 1e-9
         assert cleared.value < 100 and cleared.raised_at == raised.t
-        assert notifier.alerts == seen
-        assert integ.errors > 0  # the broken notifier, isolated
+        assert len(rec.by_stream["cam"]) == len(notifier.counts)  # every sink saw every result
+        # The live feed got the same alerts, marked as such, among the counts.
+        items = []
+        while not everything._queue.empty():
+            items.append(everything._queue.get_nowait())
+        alerts = [i for i in items if i.get("type") == "alert"]
+        assert [(a["event"], a["rule"]) for a in alerts] == [
+            ("raised", "left-busy"), ("cleared", "left-busy")
+        ]
+        assert len(items) - len(alerts) >= 2
         await wait_until(lambda: bool(store.alerts.query(active=False)))
         (row,) = store.alerts.query()
         assert (row["stream"], row["zone"], row["rule"]) == ("cam", "left", "left-busy")
@@ -113,12 +129,17 @@ async def test_pipeline_hook_fills_zones_raises_and_clears_alerts(runtime, tmp_p
     assert notifier.closed
 
 
-async def test_failing_hook_passes_the_original_result(runtime):
-    def hook(result: Result) -> Result:
-        raise ValueError("bad hook")
+class FailingAnalysis:
+    def analyse(self, result: Result) -> tuple[Result, list[AlertEvent]]:
+        raise ValueError("bad analysis")
 
+    def forget_stream(self, stream: str) -> list[AlertEvent]:
+        return []
+
+
+async def test_failing_analysis_passes_the_original_result(runtime):
     rec = Recorder()
-    async with Pipeline(runtime, result_hook=hook) as pipe:
+    async with Pipeline(runtime, analysis=FailingAnalysis()) as pipe:
         pipe.add_sink(rec)
         await pipe.add_stream(SyntheticSource("cam", 64, 64, fps=30))
         await wait_until(lambda: len(rec.by_stream["cam"]) >= 3)
@@ -132,24 +153,25 @@ def _result(stream: str, t: float, level: float) -> Result:
     return Result(Frame(stream, 0, t, image), density, float(density.sum()), t)
 
 
-def test_process_without_zones_rules_changes_and_removed_streams() -> None:
-    notifier = RecordingNotifier()
+def test_analyse_without_zones_rules_changes_and_removed_streams() -> None:
     rule = ThresholdRule("busy", "cam", None, 10, 5)
-    integ = Integrations(rules=[rule], notifiers=[notifier])
+    integ = Integrations(rules=[rule])
     r = _result("cam", 1.0, 20)
-    assert integ.process(r) is r  # no zones: the very same result
+    same, events = integ.analyse(r)
+    assert same is r  # no zones: the very same result
+    assert [e.kind for e in events] == ["raised"]
     assert integ.active_alerts()[0]["name"] == "busy"
     integ.set_zones("cam", [LEFT])
     assert integ.zones("cam") == (LEFT,)
-    assert integ.process(_result("cam", 2.0, 20)).zones == {"left": pytest.approx(10)}
-    integ.forget_stream("cam")
-    assert [e.reason for e in notifier.alerts] == [None, "stream_removed"]
-    integ.process(_result("cam", 3.0, 20))
-    integ.set_rules([ThresholdRule("busy", "cam", None, 30, 5)])  # changed: cleared
-    assert [e.reason for e in notifier.alerts][-1] == "rule_changed"
+    zoned, events = integ.analyse(_result("cam", 2.0, 20))
+    assert zoned.zones == {"left": pytest.approx(10)} and events == []
+    assert [e.reason for e in integ.forget_stream("cam")] == ["stream_removed"]
+    integ.analyse(_result("cam", 3.0, 20))
+    changed = integ.set_rules([ThresholdRule("busy", "cam", None, 30, 5)])
+    assert [(e.kind, e.reason) for e in changed] == [("cleared", "rule_changed")]
     assert integ.rules[0].above == 30
     integ.set_zones("cam", ())
-    assert integ.zones("cam") == () and integ.process(_result("cam", 4.0, 1)).zones == {}
+    assert integ.zones("cam") == () and integ.analyse(_result("cam", 4.0, 1))[0].zones == {}
     with pytest.raises(ValueError, match="unique"):
         integ.set_zones("cam", [LEFT, LEFT])
 

@@ -14,6 +14,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from crowdcount.streamer.alerts import AlertEvent, ThresholdRule
 from crowdcount.streamer.sinks.base import Notifier
 from crowdcount.streamer.sinks.mqtt import MqttNotifier, topic_level
+from tests.fixtures.results import make_result
 from tests.fixtures.waiting import wait_until
 
 pytestmark = pytest.mark.mqtt
@@ -63,14 +64,14 @@ async def test_counts_zones_alerts_and_retained_state(mosquitto) -> None:
     assert isinstance(pub, Notifier)
     await pub.start()
     await wait_until(lambda: pub.connected)
-    pub.notify_counts("cam", 1.0, 12.5, {"door": 4.25, "a/b+c": 1.0})
+    pub.on_result(make_result("cam", 1.0, 12.5, {"door": 4.25, "a/b+c": 1.0}))
     await wait_until(lambda: sub.on("crowdcount/cam/a_b_c/count"))
     assert sub.on("crowdcount/cam/count") == [{"stream": "cam", "t": 1.0, "count": 12.5}]
     assert sub.on("crowdcount/cam/door/count") == [
         {"stream": "cam", "zone": "door", "t": 1.0, "count": 4.25}
     ]
     assert sub.on("crowdcount/cam/a_b_c/count")[0]["zone"] == "a/b+c"
-    pub.notify_alert(_event("raised", 2.0))
+    pub.on_alert(_event("raised", 2.0))
     await wait_until(lambda: sub.on("crowdcount/alerts"))
     alert = sub.on("crowdcount/alerts")[0]
     assert (alert["event"], alert["rule"], alert["stream"], alert["value"]) == (
@@ -88,7 +89,7 @@ async def test_counts_zones_alerts_and_retained_state(mosquitto) -> None:
     assert late.retained("crowdcount/status") == [b"online"]
     assert not late.on("crowdcount/cam/count")  # counts are not retained
 
-    pub.notify_alert(_event("cleared", 3.0))
+    pub.on_alert(_event("cleared", 3.0))
     await wait_until(lambda: any(not s["alert"] for s in late.on("crowdcount/cam/state")))
     await pub.close()
     await wait_until(lambda: b"offline" in [p for t, p, _ in late.messages if t.endswith("status")])
@@ -104,7 +105,7 @@ async def test_count_publishing_is_rate_limited_latest_wins(mosquitto) -> None:
     t0 = time.monotonic()
     i = 0
     while time.monotonic() - t0 < 1.6:  # 1.6 s at ~50 fps
-        pub.notify_counts("cam", float(i), float(i), {"door": float(i)})
+        pub.on_result(make_result("cam", float(i), float(i), {"door": float(i)}))
         i += 1
         await asyncio.sleep(0.02)
     last = i - 1
@@ -124,13 +125,13 @@ async def test_reconnects_after_broker_restart(mosquitto) -> None:
     pub = MqttNotifier(mosquitto.host, mosquitto.port, max_rate=100, reconnect_delay=(0.1, 0.5))
     await pub.start()
     await wait_until(lambda: pub.connected)
-    pub.notify_counts("cam", 1.0, 5.0, {})
+    pub.on_result(make_result("cam", 1.0, 5.0, {}))
     await asyncio.to_thread(mosquitto.restart)  # no persistence: retained state is gone
     await wait_until(lambda: pub.connects >= 2, timeout=15)
     # The state is published again on reconnect, and new counts flow.
     sub = Subscriber(mosquitto)
     await wait_until(lambda: sub.retained("crowdcount/cam/state"))
-    pub.notify_counts("cam", 2.0, 6.0, {})
+    pub.on_result(make_result("cam", 2.0, 6.0, {}))
     await wait_until(lambda: sub.on("crowdcount/cam/count"))
     assert sub.on("crowdcount/cam/count")[-1]["count"] == 6.0
     await pub.close()
@@ -142,8 +143,8 @@ async def test_unreachable_broker_never_blocks(tmp_path) -> None:
     await pub.start()
     t0 = time.monotonic()
     for i in range(200):
-        pub.notify_counts("cam", float(i), 1.0, {"z": 1.0})
-        pub.notify_alert(_event("raised", float(i)))
+        pub.on_result(make_result("cam", float(i), 1.0, {"z": 1.0}))
+        pub.on_alert(_event("raised", float(i)))
     assert time.monotonic() - t0 < 0.5
     assert not pub.connected and pub.dropped > 0
     await pub.close()

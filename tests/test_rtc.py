@@ -501,16 +501,18 @@ async def test_peer_that_never_connects_is_closed() -> None:
 
 
 async def test_wiring_with_pipeline(runtime) -> None:
-    """The app's wiring: published cameras become pipeline streams whose viewer sink is
-    subscribed; a viewer of that stream sees it; hanging up removes the stream."""
+    """The app's wiring: published cameras become pipeline streams, and the viewer registry
+    (one pipeline sink) hands their results to their viewers; hanging up removes the
+    stream."""
     from crowdcount.streamer.pipeline import Pipeline
 
     viewers = ViewerRegistry(fps=FPS)
     async with Pipeline(runtime) as pipeline:
+        pipeline.add_sink(viewers)
 
         async def on_source(source: WebRtcSource) -> None:
             await pipeline.add_stream(source, fps_limit=15)
-            pipeline.subscribe(source.stream_id, viewers.sink(source.stream_id))
+            viewers.sink(source.stream_id)
 
         async def on_source_closed(source: WebRtcSource) -> None:
             with contextlib.suppress(KeyError):

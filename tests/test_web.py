@@ -340,7 +340,9 @@ def _still_clip(folder: Path) -> Path:
 async def test_page_assets_make_no_external_requests() -> None:
     """No CDN, no fonts, no analytics: every URL in the page's files is same-origin."""
     root = Path(__file__).resolve().parents[1] / "web"
-    for name in ("index.html", "app.js", "zones.js", "style.css"):
+    names = sorted(p.name for p in root.iterdir() if p.suffix in (".html", ".js", ".css"))
+    assert {"index.html", "app.js", "api.js", "card.js", "style.css"} <= set(names)
+    for name in names:
         text = (root / name).read_text()
         assert "http://" not in text and "https://" not in text, name
         assert "//cdn" not in text and "@import" not in text, name

@@ -13,6 +13,7 @@ from aiohttp import web
 from crowdcount.streamer.alerts import AlertEvent, ThresholdRule
 from crowdcount.streamer.sinks.base import Notifier
 from crowdcount.streamer.sinks.webhook import SIGNATURE_HEADER, WebhookNotifier, sign, verify
+from tests.fixtures.results import make_result
 from tests.fixtures.waiting import wait_until
 
 SECRET = "test-secret"
@@ -69,8 +70,8 @@ async def test_signed_json_alert_is_delivered(serve) -> None:
     hook = WebhookNotifier(rx.url, SECRET, timeout=2, retries=0)
     assert isinstance(hook, Notifier)
     await hook.start()
-    hook.notify_alert(_event())
-    hook.notify_counts("cam", 1.0, 3.0, {"door": 1.0})  # counts are off by default
+    hook.on_alert(_event())
+    hook.on_result(make_result("cam", 1.0, 3.0, {"door": 1.0}))  # counts are off by default
     await wait_until(lambda: hook.sent == 1)
     await hook.close()
     ((_, headers, body),) = rx.requests
@@ -95,7 +96,7 @@ async def test_500_then_200_is_retried_with_the_same_signed_body(serve) -> None:
     rx = await serve(Receiver(lambda n: 500 if n == 1 else 200))
     hook = WebhookNotifier(rx.url, SECRET, timeout=2, retries=3, backoff=0.2)
     await hook.start()
-    hook.notify_alert(_event())
+    hook.on_alert(_event())
     await wait_until(lambda: hook.sent == 1)
     await hook.close()
     assert len(rx.requests) == 2
@@ -109,8 +110,8 @@ async def test_bounded_retries_give_up_and_count_the_failure(serve) -> None:
     rx = await serve(Receiver(lambda n: 503))
     hook = WebhookNotifier(rx.url, SECRET, timeout=2, retries=2, backoff=0.05, max_backoff=0.08)
     await hook.start()
-    hook.notify_alert(_event("raised"))
-    hook.notify_alert(_event("cleared", 200.0))  # delivered after the first gives up
+    hook.on_alert(_event("raised"))
+    hook.on_alert(_event("cleared", 200.0))  # delivered after the first gives up
     await wait_until(lambda: hook.failed == 2)
     await hook.close()
     assert len(rx.requests) == 6  # 1 + 2 retries, for each message, in order
@@ -125,7 +126,7 @@ async def test_client_errors_are_not_retried(serve) -> None:
     rx = await serve(Receiver(lambda n: 401))
     hook = WebhookNotifier(rx.url, SECRET, retries=5, backoff=0.01)
     await hook.start()
-    hook.notify_alert(_event())
+    hook.on_alert(_event())
     await wait_until(lambda: hook.failed == 1)
     await hook.close()
     assert len(rx.requests) == 1 and hook.last_error == "HTTP 401"
@@ -137,7 +138,7 @@ async def test_timeouts_and_unreachable_receivers_fail_without_blocking(serve) -
     await hook.start()
     t0 = time.monotonic()
     for i in range(50):
-        hook.notify_alert(_event(t=float(i)))
+        hook.on_alert(_event(t=float(i)))
     assert time.monotonic() - t0 < 0.05  # queueing only
     await wait_until(lambda: hook.failed >= 1)
     assert "Timeout" in (hook.last_error or "")
@@ -147,7 +148,7 @@ async def test_timeouts_and_unreachable_receivers_fail_without_blocking(serve) -
     # Nothing listens on this port: connection refused, retried, counted.
     dead = WebhookNotifier("http://127.0.0.1:9/hook", SECRET, timeout=1, retries=1, backoff=0.01)
     await dead.start()
-    dead.notify_alert(_event())
+    dead.on_alert(_event())
     await wait_until(lambda: dead.failed == 1)
     await dead.close()
     assert dead.retried == 1 and dead.last_error
@@ -158,14 +159,14 @@ async def test_queue_is_bounded_drops_oldest_and_counts_are_throttled(serve) -> 
     hook = WebhookNotifier(rx.url, SECRET, queue_size=3, counts_interval=60)
     # Not started yet: nothing is delivered, so the queue fills up.
     for i in range(5):
-        hook.notify_alert(_event(t=float(i)))
+        hook.on_alert(_event(t=float(i)))
     assert hook.dropped == 2 and hook.stats()["queued"] == 3
     await hook.start()
     await wait_until(lambda: hook.sent == 3)
     assert [m["t"] for m in rx.bodies()] == [2.0, 3.0, 4.0]  # the newest kept, in order
     for i in range(10):
-        hook.notify_counts("cam", float(i), 7.0, {"door": 2.5})
-    hook.notify_counts("hall", 0.0, 1.0, {})
+        hook.on_result(make_result("cam", float(i), 7.0, {"door": 2.5}))
+    hook.on_result(make_result("hall", 0.0, 1.0, {}))
     await wait_until(lambda: hook.sent == 5)
     await hook.close()
     counts = rx.bodies()[3:]
@@ -174,7 +175,7 @@ async def test_queue_is_bounded_drops_oldest_and_counts_are_throttled(serve) -> 
         ("counts", "hall", 0.0),
     ]
     assert counts[0]["zones"] == {"door": 2.5} and counts[0]["count"] == 7.0
-    hook.notify_alert(_event())  # after close: dropped, not raised
+    hook.on_alert(_event())  # after close: dropped, not raised
     assert hook.dropped == 3
 
 

@@ -1,26 +1,18 @@
 // Zones and alerts on the dashboard: draw a polygon zone over a card's live video, name it,
 // save it (PUT /api/streams/{id}/zones), show each zone's live count from the feed, and list
-// alerts (GET /api/alerts plus live "alert" feed items). Builds on app.js through
-// window.crowdcount and its events (crowdcount:card-added / card-removed / feed).
-// Plain ES module, no dependencies.
+// alerts (GET /api/alerts plus live "alert" feed items). A feature module: it follows the
+// cards through the crowdcount:card-added / card-removed / feed events (see app.js).
 
-const { api, cards, formatCount } = window.crowdcount;
+import { api, streamPath } from "./api.js";
+import { cards } from "./card.js";
+import { el } from "./dom.js";
+import { formatCount } from "./format.js";
 
 const MIN_POINT_GAP_PX = 4; // a click this close to the previous point adds nothing
 const ALERTS_SHOWN = 20;
 
-function el(tag, attrs = {}, text = "") {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(attrs)) {
-    if (key === "testid") node.dataset.testid = value;
-    else node.setAttribute(key, value);
-  }
-  if (text) node.textContent = text;
-  return node;
-}
-
 function zonesPath(id) {
-  return `/api/streams/${encodeURIComponent(id)}/zones`;
+  return streamPath(id, "zones");
 }
 
 // ------------------------------------------------------------------------------ one card

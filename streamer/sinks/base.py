@@ -1,15 +1,21 @@
-"""The one interface every sink speaks.
+"""The one way a result (or an alert) reaches whatever consumes it: a sink.
 
-Sinks (count store, live feed, metrics, WebRTC viewer tracks) are called on the event loop
-thread, once per result, in the pipeline's dispatch. The loop also answers HTTP and moves
-every other stream's frames, so ``on_result`` must return at once: a sink that does I/O or
-heavy work keeps only the newest result (or a bounded buffer) and does the work on a task or
-thread of its own. An exception from a sink is logged and does not reach other sinks.
+Sinks (count history and live feed, metrics, WebRTC viewers, webhook and MQTT notifiers)
+are registered once with ``Pipeline.add_sink`` and are called on the event loop thread, in
+the pipeline's dispatch: ``on_result`` once per result of every stream (a sink that cares
+about one stream filters by ``result.frame.stream_id``), and ``on_alert`` for every alert
+raised or cleared, if the sink has that method. The loop also answers HTTP and moves every
+other stream's frames, so both must return at once: a sink that does I/O or heavy work keeps
+only the newest item (or a bounded buffer) and does the work on a task or thread of its own.
+An exception from a sink is counted and logged and does not reach other sinks.
+
+Why alerts travel the same path: every consumer of alerts (the alert log, the live feed,
+metrics, notifiers) also consumes results, so one registration and one fan-out serve both,
+and an alert reaches them all or is logged as failing for the one that broke.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from crowdcount.model.types import Result
@@ -26,27 +32,22 @@ class Sink(Protocol):
 
 
 @runtime_checkable
-class Notifier(Protocol):
-    """An outside system told about counts and alerts (webhook, MQTT).
+class AlertSink(Sink, Protocol):
+    """A sink that also wants alerts (the pipeline checks for ``on_alert`` when the sink is
+    added)."""
 
-    Why a second interface next to ``Sink``: notifiers want zone counts and alert events,
-    which are derived once per result by ``streamer.integrations.Integrations`` rather than
-    recomputed by every notifier. The same rule holds: ``notify_*`` are called on the event
-    loop and must return at once (queue, rate-limit or drop; never wait on the network).
-    ``start`` is awaited once on the running loop before the first notification and
-    ``close`` once at shutdown (it may wait briefly to deliver what is queued).
-    """
+    def on_alert(self, event: AlertEvent) -> None:
+        """An alert was raised or cleared; never block, and never rate-limit it away."""
+        ...
+
+
+@runtime_checkable
+class Notifier(AlertSink, Protocol):
+    """An alert sink that talks to an outside system (webhook, MQTT), so it has a
+    lifecycle: ``start`` is awaited once on the running loop before it is added to the
+    pipeline, ``close`` once at shutdown (it may wait briefly to deliver what is queued).
+    Count notifications may be rate-limited; alerts must not be."""
 
     async def start(self) -> None: ...
-
-    def notify_counts(
-        self, stream: str, t: float, total: float, zones: Mapping[str, float]
-    ) -> None:
-        """The latest counts of ``stream`` at ``t`` (unix seconds); may be rate-limited."""
-        ...
-
-    def notify_alert(self, event: AlertEvent) -> None:
-        """An alert was raised or cleared; must not be rate-limited away."""
-        ...
 
     async def close(self) -> None: ...

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
+from crowdcount.model.types import Result
 from crowdcount.streamer.alerts import AlertEvent
 from crowdcount.streamer.sinks.webhook import dumps
 
@@ -128,7 +129,7 @@ class MqttNotifier:
             client_id=cfg.client_id,
         )
 
-    # ------------------------------------------------------------------ Notifier
+    # ------------------------------------------------------------------ Notifier (a sink)
 
     async def start(self) -> None:
         """Start paho's network thread; connecting (and reconnecting) happens there."""
@@ -142,11 +143,11 @@ class MqttNotifier:
         self.client.connect_async(self.host, self.port, self.keepalive)
         self.client.loop_start()
 
-    def notify_counts(
-        self, stream: str, t: float, total: float, zones: Mapping[str, float]
-    ) -> None:
+    def on_result(self, result: Result) -> None:
         if self._closed:
             return
+        stream, t, total = result.frame.stream_id, result.frame.captured_at, result.count
+        zones = result.zones
         base = f"{self.prefix}/{topic_level(stream)}"
         self._limited(f"{base}/count", {"stream": stream, "t": t, "count": float(total)})
         for zone, value in zones.items():
@@ -158,7 +159,7 @@ class MqttNotifier:
         state.update(t=t, count=float(total), zones={k: float(v) for k, v in zones.items()})
         self._limited(f"{base}/state", self._state_payload(stream), retain=True)
 
-    def notify_alert(self, event: AlertEvent) -> None:
+    def on_alert(self, event: AlertEvent) -> None:
         if self._closed:
             return
         self._publish(self.alerts_topic, event.to_dict())

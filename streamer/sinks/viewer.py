@@ -1,6 +1,6 @@
 """Annotated video for WebRTC viewers.
 
-A ``ViewerSink`` is the sink of one stream: the pipeline hands it every ``Result`` and it
+A ``ViewerSink`` is the sink of one stream: the registry hands it every ``Result`` and it
 keeps only the newest, because a viewer wants the present, not a backlog. Drawing the heatmap
 costs ~15 ms per 640x480 frame, so it is done lazily (only while some viewer is watching), at
 most once per result however many viewers there are, and on a worker thread so the event loop
@@ -233,7 +233,11 @@ class ViewerSink:
 
 
 class ViewerRegistry:
-    """Stream id -> ViewerSink, shared by the app, the pipeline and the PeerManager."""
+    """Stream id -> ViewerSink, shared by the app, the pipeline and the PeerManager.
+
+    The registry is the pipeline's one viewer sink: it hands each result to its stream's
+    ``ViewerSink``, if that stream has one (viewers come and go; the pipeline never needs to
+    know)."""
 
     def __init__(self, fps: float = DEFAULT_FPS, zones: ZonesLookup | None = None) -> None:
         self.fps = fps
@@ -248,6 +252,11 @@ class ViewerRegistry:
                 stream_id, title=title, fps=self.fps, zones=self.zones
             )
         return sink
+
+    def on_result(self, result: Result) -> None:
+        sink = self._sinks.get(result.frame.stream_id)
+        if sink is not None and not sink.closed:
+            sink.on_result(result)
 
     def get(self, stream_id: str) -> ViewerSink | None:
         sink = self._sinks.get(stream_id)

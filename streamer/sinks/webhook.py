@@ -1,11 +1,12 @@
 """Signed JSON webhooks for alerts (and, if asked, counts).
 
 Why a queue and a task of its own: a webhook receiver can be slow, down or unreachable,
-and ``notify_*`` run on the event loop that also moves every stream's frames. They only
-append the encoded message to a bounded queue; one delivery task POSTs messages in order,
-each with a timeout and a bounded number of retries with exponential backoff, so a dead
-receiver costs at most ``queue_size`` messages of memory and never a frame. When the queue
-is full the oldest message is dropped (and counted): the newest state matters most.
+and ``on_result``/``on_alert`` run on the event loop that also moves every stream's
+frames. They only append the encoded message to a bounded queue; one delivery task POSTs
+messages in order, each with a timeout and a bounded number of retries with exponential
+backoff, so a dead receiver costs at most ``queue_size`` messages of memory and never a
+frame. When the queue is full the oldest message is dropped (and counted): the newest state
+matters most.
 
 Why a signature: the receiver must be able to tell our messages from anyone else's POSTs.
 ``X-CrowdCount-Signature: sha256=<hex>`` is HMAC-SHA256 of the exact body bytes with the
@@ -31,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
+from crowdcount.model.types import Result
 from crowdcount.streamer.alerts import AlertEvent
 
 if TYPE_CHECKING:
@@ -134,7 +136,7 @@ class WebhookNotifier:
             counts_interval=cfg.counts_interval,
         )
 
-    # ------------------------------------------------------------------ Notifier
+    # ------------------------------------------------------------------ Notifier (a sink)
 
     async def start(self) -> None:
         """Open the HTTP session and start delivering (idempotent)."""
@@ -147,11 +149,11 @@ class WebhookNotifier:
             )
             self._task = asyncio.create_task(self._run(), name="webhook-delivery")
 
-    def notify_counts(
-        self, stream: str, t: float, total: float, zones: Mapping[str, float]
-    ) -> None:
+    def on_result(self, result: Result) -> None:
+        """Send the stream's counts, at most once per ``counts_interval`` (off when unset)."""
         if self.counts_interval is None:
             return
+        stream, t = result.frame.stream_id, result.frame.captured_at
         now = time.monotonic()
         last = self._last_counts.get(stream)
         if last is not None and now - last < self.counts_interval:
@@ -159,10 +161,11 @@ class WebhookNotifier:
         self._last_counts[stream] = now
         self.send(
             "counts",
-            {"stream": stream, "t": t, "count": float(total), "zones": dict(zones)},
+            {"stream": stream, "t": t, "count": float(result.count),
+             "zones": {k: float(v) for k, v in result.zones.items()}},
         )
 
-    def notify_alert(self, event: AlertEvent) -> None:
+    def on_alert(self, event: AlertEvent) -> None:
         self.send("alert", event.to_dict())
 
     async def close(self, timeout: float = 5.0) -> None:
