@@ -78,12 +78,19 @@ def build_app(
     problem = config.server.exposure_problem(token)
     if problem:
         raise ValueError(problem)
-    model_path = str(config.model.path or default_model(config.model.backend))
-    if runtime is None:
-        runtime = Runtime.open(config.model.path, config.model.backend,
-                               threads=config.model.threads)
-    service = Service(config, runtime, model_path=model_path, store_rate=store_rate,
-                      upload_counter=upload_counter)
+    service: Service
+    if config.cluster is not None:
+        # The cameras run on the cluster's shards: this process opens no model for them.
+        from crowdcount.streamer.cluster.service import ClusterService
+
+        service = ClusterService(config)  # type: ignore[assignment]  # same surface
+    else:
+        model_path = str(config.model.path or default_model(config.model.backend))
+        if runtime is None:
+            runtime = Runtime.open(config.model.path, config.model.backend,
+                                   threads=config.model.threads)
+        service = Service(config, runtime, model_path=model_path, store_rate=store_rate,
+                          upload_counter=upload_counter)
 
     middlewares = [json_errors]
     if token:

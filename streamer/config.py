@@ -47,6 +47,13 @@ Example::
 
     [sinks.mqtt]
     host = "127.0.0.1"
+
+    # Optional: run the cameras on a Ray cluster with PostgreSQL as the store (see
+    # streamer/cluster/); this process then only serves the API.
+    [cluster]
+    address = "10.0.0.1:6379"
+    database = "postgresql://crowd@10.0.0.2/crowdcount"
+    shards = 8
 """
 
 from __future__ import annotations
@@ -74,6 +81,7 @@ from pydantic import (
 )
 
 __all__ = [
+    "ClusterConfig",
     "Config",
     "ConfigError",
     "ModelConfig",
@@ -421,6 +429,25 @@ class SinksConfig(_Strict):
     mqtt: MqttConfig | None = None
 
 
+class ClusterConfig(_Strict):
+    """Cameras sharded over a Ray cluster, PostgreSQL as the shared store.
+
+    ``shards`` is fixed for the life of a deployment: each camera is assigned a shard when it
+    is added and stays there. More shards than nodes is fine (and lets capacity grow by adding
+    nodes); each shard takes one ``camera_slots`` unit of its node. ``ice_addresses``, when
+    set, are the only addresses a shard offers WebRTC viewers (the node's address that
+    browsers can reach); unset, every interface of the node is offered.
+    """
+
+    address: Annotated[str, Field(min_length=1)]
+    database: Annotated[str, Field(pattern=r"^postgres(ql)?://")]
+    shards: Annotated[int, Field(ge=1, le=4096)] = 8
+    namespace: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] = "crowdcount"
+    ice_addresses: Annotated[tuple[str, ...], BeforeValidator(_as_tuple)] = ()
+    #: seconds without a status report from a camera's shard before the API reports it down
+    outage_after: Annotated[float, Field(gt=0, le=3600)] = 3.0
+
+
 class Config(_Strict):
     """The whole file. New sections are added as new fields here; unknown ones are errors."""
 
@@ -431,6 +458,7 @@ class Config(_Strict):
     streams: Annotated[tuple[StreamConfig, ...], BeforeValidator(_as_tuple)] = ()
     thresholds: Annotated[tuple[ThresholdConfig, ...], BeforeValidator(_as_tuple)] = ()
     sinks: SinksConfig = Field(default_factory=dict, validate_default=True)  # type: ignore[arg-type]
+    cluster: ClusterConfig | None = None
 
     @field_validator("streams")
     @classmethod

@@ -68,7 +68,14 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", type=Path, help="model file (default: the bundled model)")
     p.add_argument("--backend", choices=["openvino", "onnx", "tflite", "keras"],
                    help="inference runtime (default: openvino where installed, else onnx)")
-    p.add_argument("--database", type=Path, help="SQLite file for counts and streams")
+    p.add_argument("--database",
+                   help="SQLite file for counts and streams; with --cluster, the cluster's "
+                        "PostgreSQL database (postgresql://user@host/db)")
+    p.add_argument("--cluster", metavar="RAY_ADDRESS",
+                   help="serve the API of a Ray cluster whose shards run the cameras "
+                        "(host:port of its head, or 'auto'); needs a postgresql:// --database")
+    p.add_argument("--shards", type=int,
+                   help="with --cluster: number of shards (fixed for the deployment; default 8)")
     p.add_argument("--token", help="bearer token required by the API, page and /metrics; "
                                    "prefer $CROWDCOUNT_TOKEN (a flag shows in ps); order: "
                                    "--token, then $CROWDCOUNT_TOKEN, then server.token")
@@ -97,7 +104,29 @@ def load(args: argparse.Namespace) -> Any:
     # JSON mode gives the lists and strings the strict models want back (not tuples, Paths).
     data = config.model_dump(mode="json", exclude_none=True)
     server, model = data["server"], data["model"]
-    for key, value in (("host", args.host), ("port", args.port), ("database", args.database),
+    database = args.database
+    postgres = database is not None and database.startswith(("postgresql://", "postgres://"))
+    if args.cluster is not None or args.shards is not None:
+        cluster = data.get("cluster") or {}
+        if args.cluster is not None:
+            cluster["address"] = args.cluster
+        if postgres:
+            cluster["database"] = database
+        elif database is not None:
+            raise ValueError("--cluster needs a PostgreSQL --database (postgresql://...)")
+        if args.shards is not None:
+            cluster["shards"] = args.shards
+        if "database" not in cluster:
+            raise ValueError("--cluster needs --database postgresql://... (or [cluster] "
+                             "database in the config file)")
+        data["cluster"] = cluster
+        database = None
+    elif postgres and not data.get("cluster"):
+        raise ValueError("a PostgreSQL --database is the store of a cluster: add --cluster")
+    elif postgres:
+        data["cluster"]["database"] = database
+        database = None
+    for key, value in (("host", args.host), ("port", args.port), ("database", database),
                        ("tls_cert", args.tls_cert), ("tls_key", args.tls_key)):
         if value is not None:
             server[key] = str(value) if isinstance(value, Path) else value
