@@ -39,6 +39,17 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--learning-rate", type=float)
     p.add_argument("--count-weight", type=float, default=0.0)
     p.add_argument("--density-scale", type=float, default=100.0)
+    p.add_argument("--loss", choices=["mse", "bayesian"], default="mse",
+                   help="mse: density maps from kernels; bayesian: head points (Ma et al. 2019)")
+    p.add_argument("--max-points", type=int, default=1024,
+                   help="bayesian: heads per crop, padded to this fixed number")
+    p.add_argument("--bayes-sigma", type=float, default=8.0,
+                   help="bayesian: likelihood width in pixels")
+    p.add_argument("--bayes-background", type=float, default=0.15,
+                   help="bayesian: background margin as a fraction of the crop's shorter "
+                        "side (0 = no background term)")
+    p.add_argument("--val-max-side", type=int,
+                   help="validate with images shrunk to this longer side (the serving size)")
     p.add_argument("--patience", type=int, default=12)
     p.add_argument("--time-budget", type=float, help="stop after this many seconds")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
