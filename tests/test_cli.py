@@ -85,11 +85,14 @@ def test_missing_model_exits_2(pictures, tmp_path):
 @pytest.mark.slow
 def test_evaluate_and_errors(tmp_path, generic_dataset):
     csv_path, plot_path = tmp_path / "r.csv", tmp_path / "p.png"
-    result = crowdcount("evaluate", f"generic:{generic_dataset}", "--csv", str(csv_path),
-                        "--plot", str(plot_path))
+    result = crowdcount("evaluate", f"generic:{generic_dataset}", f"generic:{generic_dataset}:1-3",
+                        "--csv", str(csv_path), "--plot", str(plot_path))
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("images=8 MAE=")
-    assert len(csv_path.read_text().splitlines()) == 9 and plot_path.stat().st_size > 5000
+    lines = result.stdout.splitlines()
+    assert lines[1].startswith("  bin    <=50: images=8 MAE=")  # counts 0-12: one bin
+    assert lines[2].startswith("images=3 MAE=") and lines[2].endswith(":1-3")
+    assert len(csv_path.read_text().splitlines()) == 12 and plot_path.stat().st_size > 5000
     bad = crowdcount("evaluate", "mall:/nonexistent/mall")
     assert bad.returncode == 2
     assert bad.stderr.strip() == (
