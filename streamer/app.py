@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from pathlib import Path
 
 from aiohttp import web
@@ -19,7 +18,7 @@ from aiohttp import web
 from crowdcount.model.bundled import default_model
 from crowdcount.model.runtime import Runtime
 from crowdcount.streamer.auth import Handler, token_middleware
-from crowdcount.streamer.config import Config
+from crowdcount.streamer.config import Config, resolve_token
 from crowdcount.streamer.ratelimit import RateLimiter
 from crowdcount.streamer.routes import count, gathering, rtc, rules, streams, system, zones
 from crowdcount.streamer.routes.common import MAX_JSON_BYTES, SERVICE, ApiError, json_error
@@ -30,7 +29,6 @@ from crowdcount.web import ASSETS_DIR
 log = logging.getLogger(__name__)
 
 WEB_DIR = ASSETS_DIR
-TOKEN_ENV = "CROWDCOUNT_TOKEN"
 
 
 @web.middleware
@@ -59,11 +57,6 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return json_error(500, "internal server error (logged)")
 
 
-def resolve_token(config: Config) -> str | None:
-    """The configured token, else ``$CROWDCOUNT_TOKEN``, else ``None``."""
-    return config.server.token or os.environ.get(TOKEN_ENV) or None
-
-
 def build_app(
     config: Config,
     runtime: Runtime | None = None,
@@ -71,24 +64,33 @@ def build_app(
     upload_counter: UploadCounter | None = None,
     store_rate: float | None = None,
     web_dir: Path = WEB_DIR,
+    token: str | None = None,
 ) -> web.Application:
     """The application for ``config``. Raises ``ValueError`` when the server would be
     reachable from other machines without a token, and whatever opening the model or the
     database raises (one-line messages the CLI prints).
 
     ``runtime`` (tests, benchmarks) replaces the one opened from ``config.model``; uploads
-    always get their own (see ``streamer.upload``).
+    always get their own (see ``streamer.upload``). ``token`` is a ``--token`` flag; the
+    token in force is ``resolve_token``'s (flag, then ``$CROWDCOUNT_TOKEN``, then the config).
     """
-    token = resolve_token(config)
-    problem = config.server.model_copy(update={"token": token}).exposure_problem()
+    token = resolve_token(config.server.token, token)
+    problem = config.server.exposure_problem(token)
     if problem:
         raise ValueError(problem)
-    model_path = str(config.model.path or default_model(config.model.backend))
-    if runtime is None:
-        runtime = Runtime.open(config.model.path, config.model.backend,
-                               threads=config.model.threads)
-    service = Service(config, runtime, model_path=model_path, store_rate=store_rate,
-                      upload_counter=upload_counter)
+    service: Service
+    if config.cluster is not None:
+        # The cameras run on the cluster's shards: this process opens no model for them.
+        from crowdcount.streamer.cluster.service import ClusterService
+
+        service = ClusterService(config)  # type: ignore[assignment]  # same surface
+    else:
+        model_path = str(config.model.path or default_model(config.model.backend))
+        if runtime is None:
+            runtime = Runtime.open(config.model.path, config.model.backend,
+                                   threads=config.model.threads)
+        service = Service(config, runtime, model_path=model_path, store_rate=store_rate,
+                          upload_counter=upload_counter)
 
     middlewares = [json_errors]
     if token:

@@ -20,8 +20,8 @@ Example::
     database = "/var/lib/crowdcount/counts.sqlite3"
 
     [model]
-    backend = "onnx"
-    threads = 4
+    backend = "openvino"     # default: the fastest installed (openvino, else onnx)
+    threads = 2
 
     [[streams]]
     name = "entrance"
@@ -47,6 +47,13 @@ Example::
 
     [sinks.mqtt]
     host = "127.0.0.1"
+
+    # Optional: run the cameras on a Ray cluster with PostgreSQL as the store (see
+    # streamer/cluster/); this process then only serves the API.
+    [cluster]
+    address = "10.0.0.1:6379"
+    database = "postgresql://crowd@10.0.0.2/crowdcount"
+    shards = 8
 """
 
 from __future__ import annotations
@@ -54,6 +61,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import math
+import os
 import re
 import tomllib
 import types
@@ -73,6 +81,7 @@ from pydantic import (
 )
 
 __all__ = [
+    "ClusterConfig",
     "Config",
     "ConfigError",
     "ModelConfig",
@@ -218,6 +227,22 @@ class StreamConfig(_Strict):
         return "file"
 
 
+#: Environment variable holding the API token (a secret belongs there, not on a command
+#: line that ``ps`` shows).
+TOKEN_ENV = "CROWDCOUNT_TOKEN"
+
+
+def resolve_token(configured: str | None, flag: str | None = None) -> str | None:
+    """The one rule for the API token: ``--token`` beats ``$CROWDCOUNT_TOKEN``, which beats
+    ``server.token`` of the config file; ``None`` when none is set (an empty value is unset).
+
+    Why the environment beats the file: a config file is shared and copied around, while
+    the environment is what a deployment (systemd, a container) sets per machine; a flag
+    is the most explicit of all. The bind check and the token middleware both ask here.
+    """
+    return flag or os.environ.get(TOKEN_ENV) or configured or None
+
+
 def _is_loopback(host: str) -> bool:
     if host.lower() == "localhost":
         return True
@@ -264,33 +289,40 @@ class ServerConfig(_Strict):
         return self
 
     @model_validator(mode="after")
-    def _check_exposure(self) -> Self:
-        problem = self.exposure_problem()
+    def _check_exposure(self, info: ValidationInfo) -> Self:
+        problem = self.exposure_problem((info.context or {}).get("token"))
         if problem:
             raise ValueError(problem)
         return self
 
-    def exposure_problem(self) -> str | None:
-        """Why this host/token combination is refused, or ``None``.
+    def exposure_problem(self, flag: str | None = None) -> str | None:
+        """Why this host/token combination is refused, or ``None``. The token is the one
+        ``resolve_token`` finds (``flag`` being a ``--token`` given on the command line).
 
         Public so a CLI that overrides ``host`` (via ``model_copy``, which skips validation)
         can apply the same rule.
         """
-        if self.token or self.allow_insecure_public or _is_loopback(self.host):
+        token = resolve_token(self.token, flag)
+        if token or self.allow_insecure_public or _is_loopback(self.host):
             return None
         return (
-            f"host {self.host!r} is reachable from other machines: set token, "
-            "or allow_insecure_public = true to serve without one"
+            f"host {self.host!r} is reachable from other machines: set a token (--token, "
+            f"${TOKEN_ENV} or server.token), or allow_insecure_public = true to serve "
+            "without one"
         )
 
 
 class ModelConfig(_Strict):
-    """The counting network. ``path`` unset means the bundled weights for ``backend``."""
+    """The counting network. ``path`` unset means the bundled weights for ``backend``;
+    ``backend`` unset means the fastest one installed (``model.backends.default_backend``:
+    OpenVINO where it runs, else ONNX Runtime) for ``.onnx`` models. ``threads`` and
+    ``max_batch`` unset: the backend's defaults (all cores; 1 frame per call for ONNX
+    Runtime and OpenVINO, measured fastest on 2 cores)."""
 
     path: PathStr | None = None
-    backend: Literal["onnx", "tflite", "keras"] = "onnx"
+    backend: Literal["openvino", "onnx", "tflite", "keras"] | None = None
     threads: Annotated[int, Field(ge=1, le=256)] | None = None
-    max_batch: Annotated[int, Field(ge=1, le=256)] = 8
+    max_batch: Annotated[int, Field(ge=1, le=256)] | None = None
 
     @field_validator("path")
     @classmethod
@@ -398,6 +430,25 @@ class SinksConfig(_Strict):
     mqtt: MqttConfig | None = None
 
 
+class ClusterConfig(_Strict):
+    """Cameras sharded over a Ray cluster, PostgreSQL as the shared store.
+
+    ``shards`` is fixed for the life of a deployment: each camera is assigned a shard when it
+    is added and stays there. More shards than nodes is fine (and lets capacity grow by adding
+    nodes); each shard takes one ``camera_slots`` unit of its node. ``ice_addresses``, when
+    set, are the only addresses a shard offers WebRTC viewers (the node's address that
+    browsers can reach); unset, every interface of the node is offered.
+    """
+
+    address: Annotated[str, Field(min_length=1)]
+    database: Annotated[str, Field(pattern=r"^postgres(ql)?://")]
+    shards: Annotated[int, Field(ge=1, le=4096)] = 8
+    namespace: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] = "crowdcount"
+    ice_addresses: Annotated[tuple[str, ...], BeforeValidator(_as_tuple)] = ()
+    #: seconds without a status report from a camera's shard before the API reports it down
+    outage_after: Annotated[float, Field(gt=0, le=3600)] = 3.0
+
+
 class Config(_Strict):
     """The whole file. New sections are added as new fields here; unknown ones are errors."""
 
@@ -408,6 +459,7 @@ class Config(_Strict):
     streams: Annotated[tuple[StreamConfig, ...], BeforeValidator(_as_tuple)] = ()
     thresholds: Annotated[tuple[ThresholdConfig, ...], BeforeValidator(_as_tuple)] = ()
     sinks: SinksConfig = Field(default_factory=dict, validate_default=True)  # type: ignore[arg-type]
+    cluster: ClusterConfig | None = None
 
     @field_validator("streams")
     @classmethod
@@ -465,17 +517,20 @@ class Config(_Strict):
 
 
 def parse_config(
-    data: dict[str, Any], source: str = "<config>", base_dir: Path | None = None
+    data: dict[str, Any], source: str = "<config>", base_dir: Path | None = None,
+    token: str | None = None,
 ) -> Config:
-    """Validate an already-parsed mapping (TOML, JSON from the API, a test's dict)."""
+    """Validate an already-parsed mapping (TOML, JSON from the API, a test's dict).
+    ``token`` is a ``--token`` flag: the exposure check counts it (see ``resolve_token``)."""
     try:
-        return Config.model_validate(data, context={"base_dir": base_dir})
+        return Config.model_validate(data, context={"base_dir": base_dir, "token": token})
     except ValidationError as exc:
         raise to_config_error(exc, source) from None
 
 
-def load_config(path: str | Path) -> Config:
-    """Read and validate a TOML file; every failure is a one-line ``ConfigError``."""
+def load_config(path: str | Path, token: str | None = None) -> Config:
+    """Read and validate a TOML file; every failure is a one-line ``ConfigError``.
+    ``token`` as for ``parse_config``."""
     path = Path(path)
     source = str(path)
     try:
@@ -488,7 +543,7 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError(source, "", f"not UTF-8 text: {exc.reason}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(source, "", f"invalid TOML: {exc}") from None
-    return parse_config(data, source, path.resolve().parent)
+    return parse_config(data, source, path.resolve().parent, token)
 
 
 def _key_path(loc: tuple[int | str, ...]) -> str:

@@ -283,11 +283,14 @@ def _shrink(image: NDArray[np.uint8], max_side: int = 960) -> NDArray[np.uint8]:
 def render_overlay(image: NDArray[np.uint8] | None, heatmap: Heatmap,
                    max_side: int = 960) -> NDArray[np.uint8]:
     """The map in the Jet colours over the reference frame (a grey canvas of the grid's
-    aspect when there is none), scaled to the frame's hottest cell."""
-    from crowdcount.model.render import overlay
+    aspect when there is none). Unlike live heatmaps (one absolute scale), the map is
+    relative: its busiest cell is red and cells under 15 % of it stay untinted, because the
+    question is where, not how many (the JSON has the numbers)."""
+    from crowdcount.model.render import HEAT_CAP, overlay
 
     base = _shrink(image, max_side) if image is not None else np.full(
         (GRID_H * 16, GRID_W * 16, 3), 96, np.uint8)
     if heatmap.grid is None or heatmap.grid.max() <= 0:
         return base.copy()
-    return overlay(base, heatmap.grid.astype(np.float32), alpha=0.55)
+    scaled = heatmap.grid / heatmap.grid.max() * HEAT_CAP
+    return overlay(base, scaled.astype(np.float32), alpha=0.55)

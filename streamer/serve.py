@@ -66,10 +66,19 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", help="listen address (default 127.0.0.1, or the config's)")
     p.add_argument("--port", type=int, help="listen port (default 8080, or the config's)")
     p.add_argument("--model", type=Path, help="model file (default: the bundled model)")
-    p.add_argument("--backend", choices=["onnx", "tflite", "keras"])
-    p.add_argument("--database", type=Path, help="SQLite file for counts and streams")
-    p.add_argument("--token", help="bearer token required by the API, page and /metrics "
-                                   "(default: $CROWDCOUNT_TOKEN)")
+    p.add_argument("--backend", choices=["openvino", "onnx", "tflite", "keras"],
+                   help="inference runtime (default: openvino where installed, else onnx)")
+    p.add_argument("--database",
+                   help="SQLite file for counts and streams; with --cluster, the cluster's "
+                        "PostgreSQL database (postgresql://user@host/db)")
+    p.add_argument("--cluster", metavar="RAY_ADDRESS",
+                   help="serve the API of a Ray cluster whose shards run the cameras "
+                        "(host:port of its head, or 'auto'); needs a postgresql:// --database")
+    p.add_argument("--shards", type=int,
+                   help="with --cluster: number of shards (fixed for the deployment; default 8)")
+    p.add_argument("--token", help="bearer token required by the API, page and /metrics; "
+                                   "prefer $CROWDCOUNT_TOKEN (a flag shows in ps); order: "
+                                   "--token, then $CROWDCOUNT_TOKEN, then server.token")
     p.add_argument("--tls-cert", type=Path, metavar="PEM",
                    help="serve https with this certificate (chain); needs --tls-key")
     p.add_argument("--tls-key", type=Path, metavar="PEM", help="the certificate's private key")
@@ -86,16 +95,39 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
 
 def load(args: argparse.Namespace) -> Any:
     """The config file (or defaults) with the command-line overrides applied and validated
-    again, so a ``--host 0.0.0.0`` without a token is refused like a config file's."""
+    again, so a ``--host 0.0.0.0`` without a token is refused like a config file's. The
+    token stays where it was given: ``--token`` travels to the checks beside the config
+    (``resolve_token`` orders flag, environment and file), not into it."""
     from crowdcount.streamer.config import Config, load_config, parse_config
 
-    config = load_config(args.config) if args.config else Config.default()
+    config = load_config(args.config, args.token) if args.config else Config.default()
     # JSON mode gives the lists and strings the strict models want back (not tuples, Paths).
     data = config.model_dump(mode="json", exclude_none=True)
     server, model = data["server"], data["model"]
-    for key, value in (("host", args.host), ("port", args.port), ("database", args.database),
-                       ("token", args.token), ("tls_cert", args.tls_cert),
-                       ("tls_key", args.tls_key)):
+    database = args.database
+    postgres = database is not None and database.startswith(("postgresql://", "postgres://"))
+    if args.cluster is not None or args.shards is not None:
+        cluster = data.get("cluster") or {}
+        if args.cluster is not None:
+            cluster["address"] = args.cluster
+        if postgres:
+            cluster["database"] = database
+        elif database is not None:
+            raise ValueError("--cluster needs a PostgreSQL --database (postgresql://...)")
+        if args.shards is not None:
+            cluster["shards"] = args.shards
+        if "database" not in cluster:
+            raise ValueError("--cluster needs --database postgresql://... (or [cluster] "
+                             "database in the config file)")
+        data["cluster"] = cluster
+        database = None
+    elif postgres and not data.get("cluster"):
+        raise ValueError("a PostgreSQL --database is the store of a cluster: add --cluster")
+    elif postgres:
+        data["cluster"]["database"] = database
+        database = None
+    for key, value in (("host", args.host), ("port", args.port), ("database", database),
+                       ("tls_cert", args.tls_cert), ("tls_key", args.tls_key)):
         if value is not None:
             server[key] = str(value) if isinstance(value, Path) else value
     if args.model is not None:
@@ -106,7 +138,7 @@ def load(args: argparse.Namespace) -> Any:
     for name, url in args.stream:
         streams.append({"name": name, "url": url})
     data["streams"] = streams
-    return parse_config(data, "command line")
+    return parse_config(data, "command line", token=args.token)
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -121,7 +153,7 @@ def run_serve(args: argparse.Namespace) -> int:
     ssl_context = None
     if server.tls_cert is not None and server.tls_key is not None:
         ssl_context = server_ssl_context(server.tls_cert, server.tls_key)
-    app = build_app(config, store_rate=args.store_rate)
+    app = build_app(config, store_rate=args.store_rate, token=args.token)
     host, port = server.host, server.port
     scheme = "https" if ssl_context is not None else "http"
     log = logging.getLogger(__name__)

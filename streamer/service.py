@@ -123,15 +123,19 @@ class Service:
         model_path: str,
         store_rate: float | None = None,
         upload_counter: UploadCounter | None = None,
+        store: Store | None = None,
     ) -> None:
         self.config = config
         self.runtime = runtime
         self.model_path = model_path
         self.max_streams = config.server.max_streams
-        try:
-            self.store: Store = open_store(config.server.database)
-        except (sqlite3.Error, OSError) as exc:
-            raise ValueError(f"cannot open database {config.server.database}: {exc}") from None
+        if store is not None:  # a cluster's shard passes its PostgreSQL store
+            self.store: Store = store
+        else:
+            try:
+                self.store = open_store(config.server.database)
+            except (sqlite3.Error, OSError) as exc:
+                raise ValueError(f"cannot open database {config.server.database}: {exc}") from None
         # Zones, alert rules and notifiers; the pipeline's analysis stage fills
         # ``Result.zones`` before any sink sees a result, so every sink agrees.
         self.integrations = Integrations.from_config(config)
@@ -149,7 +153,9 @@ class Service:
         # Where people gather: per-minute density grids, kept in the store.
         self.gathering = GatheringMap(self.store.gathering)
         self.metrics = Metrics(self.statuses, self._service_gauges,
-                               zones=self._zone_names, alerts=self.integrations.active_alerts)
+                               zones=self._zone_names, alerts=self.integrations.active_alerts,
+                               service_counters=self._service_counters,
+                               model={"backend": runtime.name, "path": model_path})
         self.peers = PeerManager(
             self.viewers, self._on_rtc_source, on_source_closed=self._on_rtc_closed,
             max_viewers_per_stream=config.server.max_viewers_per_stream,
@@ -166,13 +172,17 @@ class Service:
         return {sid: e.source.status for sid, e in self.streams.items()}
 
     def _service_gauges(self) -> dict[str, float]:
-        store = self.store.stats()
-        stats = self.pipeline.stats()
         return {
             "streams": float(len(self.streams)),
             "rtc_peers": float(self.peers.peer_count),
-            "store_pending_rows": float(store["pending"]),
-            "store_dropped_rows": float(store["dropped"]),
+            "store_pending_rows": float(self.store.stats()["pending"]),
+        }
+
+    def _service_counters(self) -> dict[str, float]:
+        """Totals since start (Prometheus counters, ``_total`` in the exposition)."""
+        stats = self.pipeline.stats()
+        return {
+            "store_dropped_rows": float(self.store.stats()["dropped"]),
             "feed_dropped_items": float(self.feed.dropped),
             "inference_errors": float(stats.inference_errors),
             "sink_errors": float(stats.sink_errors),
@@ -224,6 +234,26 @@ class Service:
         A stream that cannot be resumed is logged and skipped: one bad camera must not keep
         the others (and the API) down.
         """
+        await self.start_pipeline()
+        for stream in self.config.streams:
+            try:
+                await self.add_stream(stream, origin="config")
+            except Exception as exc:
+                log.error("event=resume_failed stream=%s error=%r", stream.name, str(exc))
+        for saved in await asyncio.to_thread(self.store.streams.all):
+            try:
+                url = validate_api_url(saved["url"])
+                options = saved.get("options") or {}
+                stream = StreamConfig.model_validate(
+                    {"name": saved["id"], "url": url, **_stream_options(options)}
+                )
+                await self.add_stream(stream, origin="api")
+            except Exception as exc:
+                log.error("event=resume_failed stream=%s error=%r", saved.get("id"), str(exc))
+
+    async def start_pipeline(self) -> None:
+        """Everything ``start`` does but resuming streams: a cluster's shard adds its own
+        cameras (read from the cluster's database) instead."""
         self.started_at = time.monotonic()
         # Alerts left open by a previous process can never be cleared by it: close them; the
         # fresh engine raises again if the crowd is still there.
@@ -241,21 +271,6 @@ class Service:
         for sink in (self.counts, self.metrics, self.viewers, self.gathering,
                      *self.integrations.notifiers):
             self.pipeline.add_sink(sink)
-        for stream in self.config.streams:
-            try:
-                await self.add_stream(stream, origin="config")
-            except Exception as exc:
-                log.error("event=resume_failed stream=%s error=%r", stream.name, str(exc))
-        for saved in await asyncio.to_thread(self.store.streams.all):
-            try:
-                url = validate_api_url(saved["url"])
-                options = saved.get("options") or {}
-                stream = StreamConfig.model_validate(
-                    {"name": saved["id"], "url": url, **_stream_options(options)}
-                )
-                await self.add_stream(stream, origin="api")
-            except Exception as exc:
-                log.error("event=resume_failed stream=%s error=%r", saved.get("id"), str(exc))
 
     async def add_stream(
         self, stream: StreamConfig, *, origin: Origin, persist: bool = False
@@ -431,7 +446,7 @@ class Service:
                     deleted = await asyncio.to_thread(self.store.history.delete, None, cutoff)
                     deleted += await asyncio.to_thread(self.gathering.delete_before, cutoff)
                     log.info("event=retention deleted=%d before=%.0f", deleted, cutoff)
-            except sqlite3.Error as exc:
+            except Exception as exc:  # the database's error, whichever backend
                 log.error("event=retention_failed error=%r", str(exc))
             await asyncio.sleep(every)
 

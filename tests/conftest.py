@@ -19,6 +19,8 @@ pytest_plugins = [
     "tests.fixtures.rtsp",
     "tests.fixtures.mqtt",
     "tests.fixtures.browser",
+    "tests.fixtures.postgres",
+    "tests.fixtures.ray_cluster",
 ]
 
 

@@ -538,7 +538,9 @@ class SQLiteHistory:
 
         if not step > 0:
             raise ValueError("step must be > 0")
-        if 1 <= step <= _MAX_ROLLUP_STEP and float(step).is_integer():
+        # Whole-second steps read the rollups; a step past SQLite's 64-bit integers (a whole
+        # history in one bucket, in effect) takes the float path below, which copes.
+        if 1 <= step < 2**62 and float(step).is_integer():
             return self._rolled_up(stream_id, since, until, int(step), int(limit), with_zones)
         # floor(t / step) without relying on SQLite's optional math functions: CAST truncates
         # toward zero, so subtract one for negative non-integral quotients.

@@ -1,0 +1,617 @@
+"""The cluster's store: count history, streams, alerts and settings in PostgreSQL.
+
+It speaks the store's interfaces (``history``, ``streams``, ``alerts``; see
+``streamer.store.base``), so the count sink, the alert integrations and the routes use it as
+they use the SQLite store, plus ``cluster``: which shard owns each camera, the per-stream
+status the shards report, cluster settings (alert rules, notifiers) every shard loads, and
+NOTIFY for the live feed.
+
+Why PostgreSQL rather than SQLite for a cluster: several machines write (one shard per group
+of cameras) and several API processes read, over the network. A shard is the only writer of
+its cameras' rows, and ``counts`` has the primary key ``(stream_id, t)`` with inserts ``ON
+CONFLICT DO NOTHING``: a shard that Ray restarts elsewhere after a failover, or a batch
+retried after a lost connection, can never duplicate a row.
+
+Why the same write-behind design as the SQLite store: counts arrive on the event loop at
+frame rate and a round trip to a database on another machine costs milliseconds; ``add``
+only appends to a locked list and a thread commits everything pending in one transaction
+every ``flush_interval`` seconds (or at ``batch_rows``). Rows in flight when a node dies are
+lost with it; they are inside the outage the API reports.
+
+``shard`` scopes a store to one shard's cameras: ``streams.all`` returns only them and
+``alerts.close_open`` closes only theirs (another shard's open alerts are still live).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+log = logging.getLogger(__name__)
+
+#: LISTEN/NOTIFY channels: live feed items (counts and alerts) and stream-list changes.
+FEED_CHANNEL = "crowdcount_feed"
+STREAMS_CHANNEL = "crowdcount_streams"
+#: PostgreSQL refuses NOTIFY payloads of 8000 bytes or more.
+MAX_PAYLOAD = 7900
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS streams (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    url TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    options JSONB NOT NULL DEFAULT '{}',
+    created_at DOUBLE PRECISION NOT NULL,
+    shard INTEGER NOT NULL DEFAULT 0,
+    origin TEXT NOT NULL DEFAULT 'api'
+);
+CREATE INDEX IF NOT EXISTS streams_shard ON streams (shard);
+CREATE TABLE IF NOT EXISTS counts (
+    stream_id TEXT NOT NULL,
+    t DOUBLE PRECISION NOT NULL,
+    count DOUBLE PRECISION NOT NULL,
+    smoothed DOUBLE PRECISION NOT NULL,
+    zones JSONB,
+    PRIMARY KEY (stream_id, t)
+);
+CREATE TABLE IF NOT EXISTS alerts (
+    id BIGSERIAL PRIMARY KEY,
+    stream TEXT NOT NULL,
+    zone TEXT,
+    rule TEXT NOT NULL,
+    raised_at DOUBLE PRECISION NOT NULL,
+    cleared_at DOUBLE PRECISION,
+    peak DOUBLE PRECISION NOT NULL,
+    UNIQUE (stream, rule, raised_at)
+);
+CREATE INDEX IF NOT EXISTS alerts_raised ON alerts (raised_at);
+CREATE TABLE IF NOT EXISTS stream_status (
+    stream_id TEXT PRIMARY KEY,
+    shard INTEGER NOT NULL,
+    node TEXT NOT NULL,
+    status JSONB NOT NULL,
+    reported_at DOUBLE PRECISION NOT NULL
+);
+CREATE TABLE IF NOT EXISTS settings (
+    key TEXT PRIMARY KEY,
+    value JSONB NOT NULL
+);
+"""
+# Any constant: serialises schema creation when several processes start at once (CREATE
+# TABLE IF NOT EXISTS alone races on the catalog).
+_SCHEMA_LOCK = 0x63726F77
+
+_Row = tuple[str, float, float, float, Jsonb | None]
+_AlertOp = tuple[str, tuple[Any, ...]]
+
+_INSERT_COUNT_SQL = (
+    "INSERT INTO counts (stream_id, t, count, smoothed, zones) "
+    "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (stream_id, t) DO NOTHING"
+)
+_RAISE_SQL = (
+    "INSERT INTO alerts (stream, zone, rule, raised_at, cleared_at, peak) "
+    "VALUES (%s, %s, %s, %s, NULL, %s) ON CONFLICT (stream, rule, raised_at) DO NOTHING"
+)
+_CLEAR_SQL = (
+    "UPDATE alerts SET cleared_at = %s, peak = GREATEST(peak, %s) "
+    "WHERE stream = %s AND rule = %s AND raised_at = %s"
+)
+_STREAM_COLS = "id, name, url, kind, options, created_at, shard, origin"
+
+
+class _Db:
+    """One writer thread (queued count rows and alert changes, committed in batches) and a
+    pool of autocommit connections for everything else; shared by the store's parts."""
+
+    def __init__(
+        self, dsn: str, *, flush_interval: float, batch_rows: int, max_pending: int,
+        connect_timeout: float,
+    ) -> None:
+        self.dsn = dsn
+        self.flush_interval = flush_interval
+        self.batch_rows = batch_rows
+        self.max_pending = max_pending
+        self._timeout = connect_timeout
+        self._pending: list[_Row] = []
+        self._pending_ops: list[_AlertOp] = []
+        self._pending_lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._pool: list[psycopg.Connection[Any]] = []
+        self._pool_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self.closed = False
+        self.written = 0
+        self.dropped = 0
+        self.duplicates = 0  # rows the database already had (a replay after a failover)
+        self.last_error: str | None = None
+        self._wconn = self.connect()
+        with self._wconn.transaction():
+            self._wconn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+            self._wconn.execute(_SCHEMA)
+        self._thread = threading.Thread(target=self._run, name="pg-store-writer", daemon=True)
+        self._thread.start()
+
+    def connect(self) -> psycopg.Connection[Any]:
+        return psycopg.connect(self.dsn, autocommit=True, connect_timeout=int(self._timeout))
+
+    @contextmanager
+    def conn(self) -> Iterator[psycopg.Connection[Any]]:
+        """Borrow an autocommit connection; a broken one is dropped, not returned."""
+        self.check_open()
+        with self._pool_lock:
+            conn = self._pool.pop() if self._pool else None
+        if conn is None or conn.closed:
+            conn = self.connect()
+        try:
+            yield conn
+        except psycopg.OperationalError:
+            conn.close()
+            raise
+        else:
+            with self._pool_lock:
+                self._pool.append(conn)
+
+    def check_open(self) -> None:
+        if self.closed:
+            raise RuntimeError("PostgresStore is closed")
+
+    def add_row(self, row: _Row) -> None:
+        self.check_open()
+        with self._pending_lock:
+            self._pending.append(row)
+            n = len(self._pending)
+            if n > self.max_pending:
+                excess = n - self.max_pending
+                del self._pending[:excess]
+                self.dropped += excess
+        if n >= self.batch_rows:
+            self._wake.set()
+
+    def add_op(self, sql: str, args: tuple[Any, ...]) -> None:
+        self.check_open()
+        with self._pending_lock:
+            self._pending_ops.append((sql, args))
+        self._wake.set()
+
+    def pending(self) -> int:
+        with self._pending_lock:
+            return len(self._pending)
+
+    def flush(self) -> int:
+        with self._write_lock:
+            with self._pending_lock:
+                rows, self._pending = self._pending, []
+                ops, self._pending_ops = self._pending_ops, []
+            if not rows and not ops:
+                return 0
+            try:
+                if self._wconn.closed:
+                    self._wconn = self.connect()
+                inserted = 0
+                with self._wconn.transaction(), self._wconn.cursor() as cur:
+                    if rows:
+                        cur.executemany(_INSERT_COUNT_SQL, rows)
+                        inserted = max(cur.rowcount, 0)
+                    for sql, args in ops:
+                        cur.execute(sql, args)
+            except BaseException as exc:
+                with self._pending_lock:
+                    # Back in front, so order is kept; then the bound again.
+                    self._pending[:0] = rows
+                    self._pending_ops[:0] = ops
+                    excess = len(self._pending) - self.max_pending
+                    if excess > 0:
+                        del self._pending[:excess]
+                        self.dropped += excess
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                if isinstance(exc, psycopg.OperationalError):
+                    self._wconn.close()
+                raise
+            self.written += inserted
+            self.duplicates += len(rows) - inserted
+            return len(rows) + len(ops)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.flush_interval)
+            self._wake.clear()
+            try:
+                self.flush()
+            except Exception as exc:
+                log.error("event=store_commit_failed error=%r", str(exc).strip())
+                self._stop.wait(self.flush_interval)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self._stop.set()
+        self._wake.set()
+        self._thread.join()
+        try:
+            self.flush()
+        except Exception as exc:
+            log.error("event=store_close_commit_failed error=%r", str(exc).strip())
+        finally:
+            self.closed = True
+            with self._pool_lock:
+                conns, self._pool = self._pool, []
+            for conn in [*conns, self._wconn]:
+                conn.close()
+
+
+def _where(stream_id: str, since: float | None, until: float | None) -> tuple[str, dict[str, Any]]:
+    """``since`` inclusive, ``until`` exclusive, as in the SQLite store."""
+    clauses, args = ["stream_id = %(sid)s"], {"sid": stream_id}
+    if since is not None:
+        clauses.append("t >= %(since)s")
+        args["since"] = float(since)
+    if until is not None:
+        clauses.append("t < %(until)s")
+        args["until"] = float(until)
+    return " AND ".join(clauses), args
+
+
+class PostgresHistory:
+    """``CountHistory`` on the ``counts`` table (primary key ``(stream_id, t)``)."""
+
+    def __init__(self, db: _Db) -> None:
+        self._db = db
+
+    def add(
+        self,
+        stream_id: str,
+        t: float,
+        count: float,
+        smoothed: float,
+        zones: Mapping[str, float] | None = None,
+    ) -> None:
+        z = Jsonb({k: float(v) for k, v in zones.items()}) if zones else None
+        self._db.add_row((stream_id, float(t), float(count), float(smoothed), z))
+
+    def counts(
+        self,
+        stream_id: str,
+        since: float | None = None,
+        until: float | None = None,
+        step: float | None = None,
+        limit: int = 10_000,
+        *,
+        with_zones: bool = False,
+    ) -> list[dict[str, Any]]:
+        if limit < 1:
+            raise ValueError("limit must be >= 1")
+        where, args = _where(stream_id, since, until)
+        if step is None:
+            cols = "t, count, smoothed" + (", zones" if with_zones else "")
+            sql = f"SELECT {cols} FROM counts WHERE {where} ORDER BY t DESC LIMIT %(limit)s"
+            with self._db.conn() as conn:
+                rows = conn.execute(sql, {**args, "limit": int(limit)}).fetchall()
+            rows.reverse()
+            out = []
+            for r in rows:
+                item: dict[str, Any] = {"t": r[0], "count": r[1], "smoothed": r[2]}
+                if with_zones:
+                    item["zones"] = r[3] or {}
+                out.append(item)
+            return out
+        if not step > 0:
+            raise ValueError("step must be > 0")
+        sql = (
+            "SELECT floor(t / %(step)s)::bigint AS b, AVG(count), AVG(smoothed), MIN(count), "
+            f"MAX(count), COUNT(*) FROM counts WHERE {where} GROUP BY b ORDER BY b DESC "
+            "LIMIT %(limit)s"
+        )
+        with self._db.conn() as conn:
+            rows = conn.execute(sql, {**args, "step": float(step), "limit": int(limit)}).fetchall()
+        rows.reverse()
+        return [
+            {"t": b * float(step), "count": mean, "smoothed": smean, "min": lo, "max": hi, "n": n}
+            for b, mean, smean, lo, hi, n in rows
+        ]
+
+    def rows(
+        self,
+        stream_id: str,
+        since: float | None = None,
+        until: float | None = None,
+        *,
+        after: float | None = None,
+        limit: int = 5000,
+    ) -> list[tuple[float, float, float]]:
+        if limit < 1:
+            raise ValueError("limit must be >= 1")
+        where, args = _where(stream_id, since, until)
+        if after is not None:
+            where += " AND t > %(after)s"
+            args["after"] = float(after)
+        sql = f"SELECT t, count, smoothed FROM counts WHERE {where} ORDER BY t LIMIT %(limit)s"
+        with self._db.conn() as conn:
+            return [tuple(r) for r in conn.execute(sql, {**args, "limit": int(limit)})]
+
+    def delete(self, stream_id: str | None = None, before: float | None = None) -> int:
+        clauses, args = [], []
+        if stream_id is not None:
+            clauses.append("stream_id = %s")
+            args.append(stream_id)
+        if before is not None:
+            clauses.append("t < %s")
+            args.append(float(before))
+        where = " AND ".join(clauses) or "TRUE"
+        with self._db.conn() as conn:
+            return conn.execute(f"DELETE FROM counts WHERE {where}", args).rowcount
+
+
+class PostgresStreams:
+    """``StreamRegistry`` on the ``streams`` table, plus each camera's shard and origin.
+    Every change is announced on ``STREAMS_CHANNEL`` so API processes refresh at once."""
+
+    def __init__(self, db: _Db, shard: int | None) -> None:
+        self._db = db
+        self._shard = shard
+
+    def save(
+        self,
+        stream_id: str,
+        name: str,
+        url: str,
+        kind: str,
+        options: Mapping[str, Any] | None = None,
+        *,
+        shard: int | None = None,
+        origin: str = "api",
+    ) -> None:
+        """Insert or update (durable on return). An update keeps ``created_at`` and the
+        shard: a camera stays where it was placed."""
+        placed = shard if shard is not None else self._shard or 0
+        with self._db.conn() as conn, conn.transaction():
+            conn.execute(
+                f"INSERT INTO streams ({_STREAM_COLS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
+                "ON CONFLICT (id) DO UPDATE SET name = excluded.name, url = excluded.url, "
+                "kind = excluded.kind, options = excluded.options",
+                (stream_id, name, url, kind, Jsonb(dict(options or {})), time.time(), placed,
+                 origin),
+            )
+            conn.execute("SELECT pg_notify(%s, %s)", (STREAMS_CHANNEL, stream_id))
+
+    def delete(self, stream_id: str) -> bool:
+        """Forget a stream and its last status (history kept)."""
+        with self._db.conn() as conn, conn.transaction():
+            n = conn.execute("DELETE FROM streams WHERE id = %s", (stream_id,)).rowcount
+            conn.execute("DELETE FROM stream_status WHERE stream_id = %s", (stream_id,))
+            conn.execute("SELECT pg_notify(%s, %s)", (STREAMS_CHANNEL, stream_id))
+        return n > 0
+
+    def get(self, stream_id: str) -> dict[str, Any] | None:
+        with self._db.conn() as conn:
+            row = conn.execute(
+                f"SELECT {_STREAM_COLS} FROM streams WHERE id = %s", (stream_id,)
+            ).fetchone()
+        return None if row is None else _stream_dict(row)
+
+    def all(self) -> list[dict[str, Any]]:
+        """Saved streams oldest first (only this shard's when the store is scoped)."""
+        sql = f"SELECT {_STREAM_COLS} FROM streams"
+        args: tuple[Any, ...] = ()
+        if self._shard is not None:
+            sql += " WHERE shard = %s"
+            args = (self._shard,)
+        with self._db.conn() as conn:
+            rows = conn.execute(sql + " ORDER BY created_at, id", args).fetchall()
+        return [_stream_dict(r) for r in rows]
+
+
+class PostgresAlerts:
+    """``AlertLog`` on the ``alerts`` table; changes ride the counts' queue and commit."""
+
+    def __init__(self, db: _Db, shard: int | None) -> None:
+        self._db = db
+        self._shard = shard
+
+    def raised(
+        self, stream: str, zone: str | None, rule: str, raised_at: float, peak: float
+    ) -> None:
+        self._db.add_op(_RAISE_SQL, (stream, zone, rule, float(raised_at), float(peak)))
+
+    def cleared(
+        self, stream: str, rule: str, raised_at: float, cleared_at: float, peak: float
+    ) -> None:
+        self._db.add_op(
+            _CLEAR_SQL, (float(cleared_at), float(peak), stream, rule, float(raised_at))
+        )
+
+    def query(
+        self,
+        stream: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        active: bool | None = None,
+        limit: int = 1000,
+    ) -> list[dict[str, Any]]:
+        if limit < 1:
+            raise ValueError("limit must be >= 1")
+        clauses, args = [], []
+        if stream is not None:
+            clauses.append("stream = %s")
+            args.append(stream)
+        if since is not None:
+            clauses.append("(cleared_at IS NULL OR cleared_at >= %s)")
+            args.append(float(since))
+        if until is not None:
+            clauses.append("raised_at < %s")
+            args.append(float(until))
+        if active is not None:
+            clauses.append("cleared_at IS NULL" if active else "cleared_at IS NOT NULL")
+        where = " AND ".join(clauses) or "TRUE"
+        sql = (
+            "SELECT id, stream, zone, rule, raised_at, cleared_at, peak FROM alerts "
+            f"WHERE {where} ORDER BY raised_at DESC, id DESC LIMIT %s"
+        )
+        with self._db.conn() as conn:
+            rows = conn.execute(sql, (*args, int(limit))).fetchall()
+        keys = ("id", "stream", "zone", "rule", "raised_at", "cleared_at", "peak")
+        return [dict(zip(keys, r, strict=True)) for r in rows]
+
+    def close_open(self, at: float) -> int:
+        """Every open alert, or in a shard's store only its cameras' (the other shards'
+        alerts are still live)."""
+        self._db.flush()
+        sql = "UPDATE alerts SET cleared_at = GREATEST(raised_at, %s) WHERE cleared_at IS NULL"
+        args: tuple[Any, ...] = (float(at),)
+        if self._shard is not None:
+            sql += " AND stream IN (SELECT id FROM streams WHERE shard = %s)"
+            args += (self._shard,)
+        with self._db.conn() as conn:
+            return conn.execute(sql, args).rowcount
+
+
+class ClusterState:
+    """What only a cluster keeps: shard loads, the shards' status reports, settings shared
+    by every shard, and NOTIFY."""
+
+    def __init__(self, db: _Db, shard: int | None) -> None:
+        self._db = db
+        self._shard = shard
+
+    def shard_loads(self, shards: int) -> dict[int, int]:
+        """Cameras per shard for shards ``0..shards-1`` (placement reads this)."""
+        loads = dict.fromkeys(range(shards), 0)
+        with self._db.conn() as conn:
+            for shard, n in conn.execute("SELECT shard, count(*) FROM streams GROUP BY shard"):
+                if shard in loads:
+                    loads[shard] = n
+        return loads
+
+    def report_status(self, node: str, statuses: Mapping[str, Mapping[str, Any]]) -> None:
+        """A shard's heartbeat: the status of each of its live streams, stamped with the
+        database's clock (API processes on other machines then compare like with like)."""
+        if not statuses:
+            return
+        shard = self._shard if self._shard is not None else -1
+        with self._db.conn() as conn, conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO stream_status (stream_id, shard, node, status, reported_at) "
+                "VALUES (%s, %s, %s, %s, extract(epoch FROM clock_timestamp())) "
+                "ON CONFLICT (stream_id) DO UPDATE SET shard = excluded.shard, "
+                "node = excluded.node, status = excluded.status, "
+                "reported_at = excluded.reported_at",
+                [(sid, shard, node, Jsonb(dict(st))) for sid, st in statuses.items()],
+            )
+
+    def streams_with_status(self) -> list[dict[str, Any]]:
+        """Every stream with its last reported status, the node that reported it and the
+        report's age in seconds (``None`` when never reported)."""
+        cols = ", ".join("s." + c for c in _STREAM_COLS.split(", "))
+        sql = (
+            f"SELECT {cols}, st.status, st.node, "
+            "extract(epoch FROM clock_timestamp()) - st.reported_at "
+            "FROM streams s LEFT JOIN stream_status st ON st.stream_id = s.id "
+            "ORDER BY s.created_at, s.id"
+        )
+        with self._db.conn() as conn:
+            rows = conn.execute(sql).fetchall()
+        out = []
+        for r in rows:
+            item = _stream_dict(r[:8])
+            age = r[10]
+            item["status"], item["node"] = r[8], r[9]
+            item["status_age_s"] = None if age is None else float(age)
+            out.append(item)
+        return out
+
+    def set_setting(self, key: str, value: Any) -> None:
+        with self._db.conn() as conn:
+            conn.execute(
+                "INSERT INTO settings (key, value) VALUES (%s, %s) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, Jsonb(value)),
+            )
+
+    def get_setting(self, key: str, default: Any = None) -> Any:
+        with self._db.conn() as conn:
+            row = conn.execute("SELECT value FROM settings WHERE key = %s", (key,)).fetchone()
+        return default if row is None else row[0]
+
+    def notify(self, channel: str, payload: Mapping[str, Any]) -> bool:
+        """Send one small JSON payload to every listener; False if too big to send
+        (NOTIFY's limit is 8000 bytes): callers then leave it to SQL."""
+        # default=float: zone sums and counts may be NumPy scalars.
+        text = json.dumps(payload, separators=(",", ":"), default=float)
+        if len(text.encode()) > MAX_PAYLOAD:
+            return False
+        with self._db.conn() as conn:
+            conn.execute("SELECT pg_notify(%s, %s)", (channel, text))
+        return True
+
+
+class PostgresStore:
+    """``Store`` in PostgreSQL: ``history``, ``streams``, ``alerts`` and ``cluster`` share
+    one writer thread and a pool of connections. ``shard`` scopes it to one shard."""
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        shard: int | None = None,
+        flush_interval: float = 0.5,
+        batch_rows: int = 2000,
+        max_pending: int = 200_000,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        if flush_interval <= 0:
+            raise ValueError("flush_interval must be > 0")
+        if batch_rows < 1 or max_pending < batch_rows:
+            raise ValueError("need 1 <= batch_rows <= max_pending")
+        self.dsn = dsn
+        self.shard = shard
+        self._db = _Db(dsn, flush_interval=float(flush_interval), batch_rows=int(batch_rows),
+                       max_pending=int(max_pending), connect_timeout=connect_timeout)
+        self.history = PostgresHistory(self._db)
+        self.streams = PostgresStreams(self._db, shard)
+        self.alerts = PostgresAlerts(self._db, shard)
+        self.cluster = ClusterState(self._db, shard)
+
+    def flush(self) -> int:
+        return self._db.flush()
+
+    def stats(self) -> dict[str, Any]:
+        db = self._db
+        return {"pending": db.pending(), "written": db.written, "dropped": db.dropped,
+                "last_error": db.last_error}
+
+    @property
+    def duplicates(self) -> int:
+        """Rows skipped because the database already had them (replays, retries)."""
+        return self._db.duplicates
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> PostgresStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _stream_dict(row: Any) -> dict[str, Any]:
+    sid, name, url, kind, options, created_at, shard, origin = row
+    return {
+        "id": sid,
+        "name": name,
+        "url": url,
+        "kind": kind,
+        "options": options or {},
+        "created_at": created_at,
+        "shard": shard,
+        "origin": origin,
+    }

@@ -1,0 +1,287 @@
+"""The cluster end to end on one machine, with real components only.
+
+A real Ray cluster (a head without camera slots and two worker nodes, each a raylet with
+its own processes), a real PostgreSQL, looping H.264 file cameras at 4 fps and the
+brightness model. Two API processes: one in this process (an aiohttp test server) and one
+started with ``crowdcount serve`` as a subprocess. The node-failure test runs last: it
+kills a worker node outright.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psycopg
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from crowdcount.streamer.app import build_app
+from crowdcount.streamer.config import parse_config
+from tests.fixtures.media import write_clip
+from tests.fixtures.postgres import PostgresServer, free_port
+from tests.fixtures.rtc import make_client
+
+pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.postgres]
+
+FPS = 4
+SIZE = (160, 128)
+CAMERAS = ("cam0", "cam1")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def cluster_dsn(postgres_server: PostgresServer) -> str:
+    return postgres_server.new_database("cluster_tests")
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("cluster") / "clip.mp4"
+    return write_clip(path, SIZE[0], SIZE[1], fps=FPS, seconds=5.0, gop=FPS)
+
+
+@pytest.fixture(scope="module")
+def cluster_config(ray_cluster: Any, cluster_dsn: str, brightness_model: Path, clip: Path,
+                   tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The operator's config (as a dict): two shards, two file cameras, loopback ICE."""
+    folder = tmp_path_factory.mktemp("api")
+    return {
+        "server": {"database": str(folder / "unused.sqlite3"), "max_streams": 32},
+        "model": {"path": str(brightness_model), "threads": 1},
+        "streams": [{"name": c, "url": str(clip), "loop": True} for c in CAMERAS],
+        "cluster": {"address": ray_cluster.address, "database": cluster_dsn, "shards": 2,
+                    "ice_addresses": ["127.0.0.1"], "outage_after": 2.5},
+    }
+
+
+@pytest.fixture
+async def api(cluster_config: dict[str, Any]) -> AsyncIterator[TestClient]:
+    """API process A: in this process (it shares the test's Ray connection)."""
+    client = TestClient(TestServer(build_app(parse_config(cluster_config))))
+    await client.start_server()
+    yield client
+    await client.close()
+
+
+def _toml(data: dict[str, Any]) -> str:
+    lines = []
+    for table, values in data.items():
+        lines.append(f"[{table}]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(scope="module")
+def api_b(cluster_config: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+          ) -> Iterator[str]:
+    """API process B: ``crowdcount serve`` in a subprocess, without the config's cameras
+    (it learns them from the database). Yields its base URL."""
+    folder = tmp_path_factory.mktemp("api_b")
+    port = free_port()
+    config = {k: v for k, v in cluster_config.items() if k != "streams"}
+    config["server"] = {**config["server"], "port": port}
+    (folder / "crowdcount.toml").write_text(_toml(config))
+    with open(folder / "stderr.log", "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "crowdcount.streamer.cli", "serve",
+             "--config", str(folder / "crowdcount.toml")],
+            cwd=folder, stdout=subprocess.DEVNULL, stderr=log,
+            env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+        )
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+async def _streams(http: aiohttp.ClientSession | TestClient, base: str = "") -> dict[str, Any]:
+    try:
+        async with http.get(f"{base}/api/streams") as resp:
+            if resp.status != 200:
+                return {}
+            return {s["id"]: s for s in (await resp.json())["streams"]}
+    except aiohttp.ClientConnectionError:
+        return {}
+
+
+def _worker_ids(ray_cluster: Any) -> set[str]:
+    return {n.node_id for n in ray_cluster.worker_nodes}
+
+
+async def _wait_running(http: Any, nodes: set[str], cameras: tuple[str, ...] = CAMERAS,
+                        base: str = "", timeout: float = 90.0) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+
+    async def poll() -> bool:
+        seen.update(await _streams(http, base))
+        return all(c in seen and seen[c]["status"]["state"] == "running"
+                   and seen[c]["node"] in nodes and seen[c]["status"]["frames_out"] > 0
+                   for c in cameras)
+
+    t0 = time.monotonic()
+    while not await poll():
+        assert time.monotonic() - t0 < timeout, f"cameras not running on {nodes}: {seen}"
+        await asyncio.sleep(0.2)
+    return seen
+
+
+async def test_two_api_processes_share_cameras_counts_and_feed(
+    api: TestClient, api_b: str, ray_cluster: Any, cluster_dsn: str
+) -> None:
+    workers = _worker_ids(ray_cluster)
+    streams = await _wait_running(api, workers)
+    # The head node has no camera slots: every shard runs on a worker node.
+    assert {streams[c]["node"] for c in CAMERAS} <= workers
+    assert {streams[c]["origin"] for c in CAMERAS} == {"config"}
+
+    async with aiohttp.ClientSession() as http:
+        # B learnt the cameras (and their status) from the database alone.
+        await _wait_running(http, workers, base=api_b)
+        # Same history from both: counts are in PostgreSQL, written by the shards.
+        async with api.get("/api/streams/cam0/counts", params={"limit": "5"}) as resp:
+            rows_a = (await resp.json())["counts"]
+        assert len(rows_a) == 5 and all(r["count"] > 0 for r in rows_a)
+        until = str(rows_a[-1]["t"] + 1e-6)
+        async with http.get(f"{api_b}/api/streams/cam0/counts",
+                            params={"until": until, "limit": "5"}) as resp:
+            assert (await resp.json())["counts"] == rows_a
+
+        # B's live feed carries the shards' counts (LISTEN/NOTIFY), as fresh items.
+        async with http.get(f"{api_b}/api/streams/cam1/feed") as resp:
+            assert resp.status == 200
+            items: list[dict[str, Any]] = []
+            async for line in resp.content:
+                if line.startswith(b"data:"):
+                    items.append(json.loads(line[5:]))
+                    if len(items) == 3:
+                        break
+        assert {i["stream"] for i in items} == {"cam1"}
+        assert all(i["count"] > 0 and abs(i["t"] - time.time()) < 10 for i in items)
+        assert [i["t"] for i in items] == sorted(i["t"] for i in items)
+
+        # A camera added through B appears in A, placed on the least loaded shard and
+        # reported by it (an RTSP camera nobody serves: its shard keeps retrying).
+        dead = f"rtsp://127.0.0.1:{free_port()}/none"
+        async with http.post(f"{api_b}/api/streams", json={"name": "door", "url": dead}) as r:
+            assert r.status == 201, await r.text()
+            assert (await r.json())["shard"] in (0, 1)
+        await wait_until_async(lambda s: "door" in s and s["door"]["status"]["state"] in (
+            "connecting", "reconnecting"), api, "the added camera's status in A")
+        async with http.post(f"{api_b}/api/streams", json={"name": "door", "url": dead}) as r:
+            assert r.status == 409
+        # Removed through A: gone from B, and its shard stopped it.
+        async with api.delete("/api/streams/door") as resp:
+            assert resp.status == 204
+        async with api.delete("/api/streams/cam0") as resp:  # config cameras stay
+            assert resp.status == 409
+        await wait_until_async(lambda s: "door" not in s and "cam0" in s, http,
+                               "the removal in B", base=api_b)
+    with psycopg.connect(cluster_dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM stream_status WHERE stream_id = 'door'"
+                            ).fetchone() == (0,)
+
+
+async def wait_until_async(predicate: Any, http: Any, what: str, base: str = "",
+                           timeout: float = 30.0) -> None:
+    """``wait_until`` for a predicate over a process's ``/api/streams``."""
+    latest: dict[str, Any] = {}
+
+    async def fetch() -> None:
+        latest.clear()
+        latest.update(await _streams(http, base))
+
+    t0 = time.monotonic()
+    await fetch()
+    while not predicate(latest):
+        assert time.monotonic() - t0 < timeout, f"timed out waiting for {what}: {latest}"
+        await asyncio.sleep(0.1)
+        await fetch()
+
+
+async def test_viewer_through_api_gets_annotated_frames_from_worker_node(
+    api: TestClient, ray_cluster: Any
+) -> None:
+    await _wait_running(api, _worker_ids(ray_cluster), ("cam1",))
+    client = await make_client("view")
+    try:
+        async with api.post("/api/rtc/offer", json={**client.offer, "mode": "view",
+                                                     "stream_id": "cam1"}) as resp:
+            assert resp.status == 200, await resp.text()
+            answer = await resp.json()
+        shard, _, _ = answer["peer_id"].partition(".")
+        assert answer["stream_id"] == "cam1" and shard in ("0", "1")
+        await client.accept(answer)
+        frames = await client.wait_frames(4, timeout=30)
+        # Annotated frames of the camera: its size, and more than the dark background
+        # (the overlay and the moving squares).
+        assert {(f.width, f.height) for f in frames} == {SIZE}
+        assert max(f.mean for f in frames) > 16
+        async with api.delete(f"/api/rtc/peers/{answer['peer_id']}") as resp:
+            assert resp.status == 204
+        async with api.post("/api/rtc/offer", json={**client.offer, "mode": "publish"}) as r:
+            assert r.status == 400  # browser cameras need a single-process server
+        async with api.post("/api/rtc/offer", json={**client.offer, "mode": "view",
+                                                     "stream_id": "nope"}) as r:
+            assert r.status == 404
+    finally:
+        await client.close()
+
+
+async def test_worker_node_killed_cameras_resume_on_other_node(
+    api: TestClient, ray_cluster: Any, cluster_dsn: str
+) -> None:
+    workers = _worker_ids(ray_cluster)
+    streams = await _wait_running(api, workers)
+    victim_id = streams["cam0"]["node"]
+    victim = next(n for n in ray_cluster.worker_nodes if n.node_id == victim_id)
+    moved = [c for c in CAMERAS if streams[c]["node"] == victim_id]
+    stayed = [c for c in CAMERAS if c not in moved]
+
+    killed_at = time.time()
+    ray_cluster.remove_node(victim, allow_graceful=False)
+    # The API reports the outage per camera while Ray restarts the shard elsewhere.
+    await wait_until_async(
+        lambda s: all(s[c]["status"]["state"] == "unavailable" for c in moved)
+        and all(s[c]["status"]["state"] == "running" for c in stayed),
+        api, "the outage to be reported", timeout=30)
+    survivors = workers - {victim_id}
+    await _wait_running(api, survivors, timeout=30 + 5)
+    seen_running_at = time.time()
+
+    with psycopg.connect(cluster_dsn) as conn:
+        duplicates = conn.execute(
+            "SELECT count(*) FROM (SELECT stream_id, t FROM counts GROUP BY stream_id, t "
+            "HAVING count(*) > 1) d").fetchone()[0]
+        assert duplicates == 0
+        for cam in CAMERAS:
+            ts = [r[0] for r in conn.execute(
+                "SELECT t FROM counts WHERE stream_id = %s ORDER BY t", (cam,))]
+            gaps = [(a, b) for a, b in itertools.pairwise(ts) if b - a > 2.0]
+            # The outage: from the last row of the dead node's shard (its worker process
+            # may outlive the raylet by a moment) to the first of the restarted one.
+            outage = [(a, b) for a, b in gaps
+                      if a >= killed_at - 1.0 and b <= seen_running_at + 1.0]
+            lost = [g for g in gaps if g not in outage]
+            assert not lost, f"{cam}: rows missing outside the outage: {lost}"
+            if cam in moved:
+                assert len(outage) <= 1, f"{cam}: expected one outage, got {gaps}"
+                resumed = outage[0][1] if outage else min(t for t in ts if t > killed_at)
+                assert resumed - killed_at < 30, f"{cam} resumed {resumed - killed_at:.1f} s late"
+            else:
+                assert not gaps, f"{cam} (not moved) has gaps {gaps}"
