@@ -38,7 +38,7 @@ class RuleBook:
     def __init__(
         self,
         config_rules: Iterable[ThresholdRule],
-        saved: SettingsStore,
+        saved: SettingsStore | None,
         integrations: Integrations,
         zones_of: Callable[[str], list[str] | None],
         publish: Callable[[Sequence[AlertEvent]], None],
@@ -54,8 +54,9 @@ class RuleBook:
     async def load(self) -> list[str]:
         """Read the saved rules and put them in force; returns the names skipped because a
         config-file rule now has that name (the file wins)."""
-        skipped = []
-        for row in await asyncio.to_thread(self._saved.rules):
+        skipped: list[str] = []
+        rows = [] if self._saved is None else await asyncio.to_thread(self._saved.rules)
+        for row in rows:
             rule = ThresholdRule(**row)
             if rule.name in self._config:
                 skipped.append(rule.name)
@@ -104,7 +105,8 @@ class RuleBook:
             if rule.zone is not None and zones is not None and rule.zone not in zones:
                 raise ValueError(f"stream {rule.stream!r} has no zone {rule.zone!r} "
                                  f"(zones: {', '.join(map(repr, zones)) or 'none'})")
-            await asyncio.to_thread(self._saved.save_rule, rule.to_dict())
+            if self._saved is not None:
+                await asyncio.to_thread(self._saved.save_rule, rule.to_dict())
             self._api[rule.name] = rule
             self._apply()
             return self.describe(rule, "api")
@@ -117,7 +119,8 @@ class RuleBook:
             if origin == "config":
                 raise RuleConflict(f"alert rule {name!r} comes from the config file; "
                                    "remove it there and restart")
-            await asyncio.to_thread(self._saved.delete_rule, name)
+            if self._saved is not None:
+                await asyncio.to_thread(self._saved.delete_rule, name)
             del self._api[name]
             self._apply()
 

@@ -390,22 +390,17 @@ class ClusterService:
         await self._sync_shard(entry.shard)
         await self.refresh()
 
-    def set_zones(self, stream_id: str, zones: list[Zone]) -> None:
-        """Record the zones in the camera's options. The zones route then saves the row of
-        an API camera; a config camera's row is saved here (in the background), since
-        its shard reads zones from the database too. The save's NOTIFY makes the shard
-        apply them."""
+    async def set_zones(self, stream_id: str, zones: list[Zone]) -> None:
+        """Record the zones in the camera's options and save its row (its shard reads zones
+        from the database; the save's NOTIFY makes the shard apply them)."""
         entry = self.get(stream_id)
         if zones:
             entry.options["zones"] = [z.to_dict() for z in zones]
         else:
             entry.options.pop("zones", None)
-        if entry.origin != "api":
-            task = asyncio.ensure_future(asyncio.to_thread(
-                self.store.streams.save, entry.id, entry.id, entry.url, entry.kind,
-                dict(entry.options), origin=entry.origin))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+        await asyncio.to_thread(
+            self.store.streams.save, entry.id, entry.id, entry.url, entry.kind,
+            dict(entry.options), origin=entry.origin)
 
     async def has_history(self, stream_id: str) -> bool:
         rows = await asyncio.to_thread(self.store.history.counts, stream_id, None, None, None, 1)

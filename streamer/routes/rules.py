@@ -21,9 +21,17 @@ from pydantic import ValidationError
 from crowdcount.streamer.alerts import ThresholdRule
 from crowdcount.streamer.config import ThresholdConfig, to_config_error
 from crowdcount.streamer.routes.common import ApiError, read_json_object, service_of
-from crowdcount.streamer.rules import RuleConflict, RuleNotFound
+from crowdcount.streamer.rules import RuleBook, RuleConflict, RuleNotFound
 
 FIELDS = {"name", "stream", "zone", "above", "below", "for_seconds"}
+
+
+def _book(request: web.Request) -> RuleBook:
+    book = getattr(service_of(request), "rules", None)
+    if book is None:  # a cluster's API process: its shards read the config file's rules
+        raise ApiError(501, "alert rules through the API need a single-process server; "
+                            "a cluster takes them from the config file")
+    return book
 
 
 def parse_rule(data: dict[str, Any]) -> ThresholdRule:
@@ -37,7 +45,7 @@ def parse_rule(data: dict[str, Any]) -> ThresholdRule:
 
 async def _put(request: web.Request, rule: ThresholdRule, create: bool) -> dict[str, Any]:
     try:
-        return await service_of(request).rules.put(rule, create=create)
+        return await _book(request).put(rule, create=create)
     except RuleNotFound as exc:
         raise ApiError(404, str(exc)) from None
     except RuleConflict as exc:
@@ -48,12 +56,12 @@ async def _put(request: web.Request, rule: ThresholdRule, create: bool) -> dict[
 
 async def list_rules(request: web.Request) -> web.Response:
     stream = request.query.get("stream") or None
-    return web.json_response({"rules": service_of(request).rules.list(stream)})
+    return web.json_response({"rules": _book(request).list(stream)})
 
 
 async def get_rule(request: web.Request) -> web.Response:
     try:
-        return web.json_response(service_of(request).rules.get(request.match_info["name"]))
+        return web.json_response(_book(request).get(request.match_info["name"]))
     except RuleNotFound as exc:
         raise ApiError(404, str(exc)) from None
 
@@ -76,7 +84,7 @@ async def replace_rule(request: web.Request) -> web.Response:
 
 async def delete_rule(request: web.Request) -> web.Response:
     try:
-        await service_of(request).rules.delete(request.match_info["name"])
+        await _book(request).delete(request.match_info["name"])
     except RuleNotFound as exc:
         raise ApiError(404, str(exc)) from None
     except RuleConflict as exc:

@@ -135,9 +135,8 @@ class CountHistory(Protocol):
         than ``before``); returns how many raw rows."""
         ...
 
-    def prune_raw(self, before: float) -> int:
-        """Delete raw rows older than ``before`` but keep their rollups; how many."""
-        ...
+    # A history with rollups also has ``prune_raw(before) -> int``: delete raw rows older
+    # than ``before`` and keep their rollups (the service prunes only when it exists).
 
 
 @runtime_checkable
@@ -261,11 +260,8 @@ class Store(Protocol):
     @property
     def alerts(self) -> AlertLog: ...
 
-    @property
-    def settings(self) -> SettingsStore: ...
-
-    @property
-    def gathering(self) -> GatheringStore: ...
+    # A store may also have ``settings`` (``SettingsStore``) and ``gathering``
+    # (``GatheringStore``); the service uses them when present (SQLite has both).
 
     def flush(self) -> int:
         """Commit everything queued so far; the number of count rows and alert changes
