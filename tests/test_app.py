@@ -228,6 +228,25 @@ async def test_counts_one_row_per_processed_frame_and_queries(serve) -> None:
     assert svc.store.stats()["dropped"] == 0
 
 
+async def test_history_defaults_to_the_last_day(serve) -> None:
+    client = await serve()
+    history = service(client).store.history
+    now = time.time()
+    for age_h in (49, 25, 23, 1):
+        history.add("old-cam", now - age_h * 3600, float(age_h), float(age_h))
+    await asyncio.to_thread(service(client).store.flush)
+    r = await client.get("/api/streams/old-cam/counts")
+    assert [x["count"] for x in (await r.json())["counts"]] == [23.0, 1.0]
+    r = await client.get("/api/streams/old-cam/counts", params={"until": now - 24 * 3600})
+    assert [x["count"] for x in (await r.json())["counts"]] == [25.0]  # the day before
+    text = await (await client.get("/api/streams/old-cam/counts.csv")).text()
+    assert [float(line.split(",")[1]) for line in text.splitlines()[1:]] == [23.0, 1.0]
+    text = await (await client.get("/api/streams/old-cam/counts.csv?since=0")).text()
+    assert [float(line.split(",")[1]) for line in text.splitlines()[1:]] == [49, 25, 23, 1]
+    r = await client.get("/api/streams/old-cam/counts", params={"since": 0, "step": 86400})
+    assert sum(b["n"] for b in (await r.json())["counts"]) == 4
+
+
 @pytest.mark.parametrize(
     ("query", "needle"),
     [
