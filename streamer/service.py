@@ -29,12 +29,12 @@ from typing import Any, Literal
 
 from crowdcount.model.runtime import Runtime
 from crowdcount.model.zones import Zone
-from crowdcount.streamer.config import Config, StreamConfig
+from crowdcount.streamer.config import STREAM_NAME_RE, Config, StreamConfig
 from crowdcount.streamer.feed import CountFeed
 from crowdcount.streamer.integrations import Integrations, zones_from_config
 from crowdcount.streamer.metrics import Metrics
 from crowdcount.streamer.pipeline import Pipeline
-from crowdcount.streamer.rtc import STREAM_ID_RE, PeerManager
+from crowdcount.streamer.rtc import PeerManager
 from crowdcount.streamer.sinks.counts import CountSink
 from crowdcount.streamer.sinks.viewer import ViewerRegistry
 from crowdcount.streamer.smoothing import Ema
@@ -297,7 +297,7 @@ class Service:
         sink is its own, not a name clash."""
         if self._closed:
             raise StreamConflict("server is shutting down")
-        if STREAM_ID_RE.fullmatch(sid) is None:
+        if STREAM_NAME_RE.fullmatch(sid) is None:
             raise StreamConflict(f"invalid stream name {sid!r}")
         if sid in self.streams or (sid in self.viewers and origin != "webrtc"):
             raise StreamConflict(f"a stream named {sid!r} already exists")

@@ -17,19 +17,17 @@ import time
 
 from aiohttp import web
 
-from crowdcount.streamer.config import StreamConfig
+from crowdcount.streamer.config import StreamConfig, StreamName, StreamSettings
 from crowdcount.streamer.feed import sse_response
 from crowdcount.streamer.routes.common import (
     ApiError,
-    field_number,
-    field_str,
+    parse_body,
     query_flag,
     query_float,
     query_int,
     read_json_object,
     service_of,
 )
-from crowdcount.streamer.rtc import STREAM_ID_RE
 from crowdcount.streamer.service import StreamConflict, StreamNotFound
 from crowdcount.streamer.urls import validate_api_url
 
@@ -43,36 +41,25 @@ async def list_streams(request: web.Request) -> web.Response:
     return web.json_response({"streams": [e.to_dict() for e in svc.streams.values()]})
 
 
-#: Per-stream options the API accepts: (lowest, highest, integer only).
-OPTION_LIMITS: dict[str, tuple[float, float, bool]] = {
-    "fps_limit": (0.1, 240, False),
-    "max_side": (32, 8192, True),
-    "stall_timeout": (0.1, 3600, False),
-    "max_retries": (0, 1_000_000, True),
-}
+class AddStreamBody(StreamSettings):
+    """``POST /api/streams``: a name and an rtsp/rtsps url (checked by ``validate_api_url``)
+    plus the same per-stream settings, with the same bounds, as the config file."""
+
+    name: StreamName
+    url: str
 
 
 async def add_stream(request: web.Request) -> web.Response:
     """Body ``{"name", "url", "fps_limit"?, "max_side"?, "stall_timeout"?, "max_retries"?}``;
     rtsp/rtsps only."""
     svc = service_of(request)
-    data = await read_json_object(request, {"name", "url", *OPTION_LIMITS})
-    name = field_str(data, "name")
-    assert name is not None
-    if STREAM_ID_RE.fullmatch(name) is None:
-        raise ApiError(400, f"field 'name' must be 1-64 letters, digits, '_', '.' or '-' "
-                            f"starting with a letter or digit, got {name[:70]!r}")
-    raw_url = field_str(data, "url")
+    body = parse_body(AddStreamBody, await read_json_object(request))
     try:
-        url = validate_api_url(raw_url)
+        url = validate_api_url(body.url)
     except ValueError as exc:
         raise ApiError(400, str(exc)) from None
-    options = {}
-    for key, (lo, hi, integer) in OPTION_LIMITS.items():
-        value = field_number(data, key, lo=lo, hi=hi, integer=integer)
-        if value is not None:
-            options[key] = value if integer else float(value)
-    stream = StreamConfig.model_validate({"name": name, "url": url, **options})
+    settings = body.model_dump(exclude_unset=True, exclude={"name", "url"})
+    stream = StreamConfig.model_validate({"name": body.name, "url": url, **settings})
     try:
         entry = await svc.add_stream(stream, origin="api", persist=True)
     except StreamConflict as exc:
