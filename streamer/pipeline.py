@@ -73,7 +73,6 @@ class PipelineStats:
 class _Stream:
     source: Source
     pump: asyncio.Task[None] | None = None
-    reported_drops: int = 0  # batcher drops already added to status.dropped
     fps_out: RateMeter = field(default_factory=RateMeter)
 
 
@@ -216,11 +215,9 @@ class Pipeline:
         try:
             while True:
                 self.batcher.submit(await source.recv())
-                # Every batcher drop happens inside submit, so syncing here keeps
-                # status.dropped exact at all times (the source adds its own drops).
-                drops = self.batcher.dropped(sid)
-                source.status.dropped += drops - entry.reported_drops
-                entry.reported_drops = drops
+                # Every batcher drop happens inside submit: copying the batcher's total
+                # here keeps the status exact, and the pump is its only writer.
+                source.status.batch_dropped = self.batcher.dropped(sid)
         except SourceEnded:
             return  # the source has already set its own state (ended, failed)
         except Exception as exc:
