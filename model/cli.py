@@ -22,6 +22,7 @@ def add_count(sub: argparse._SubParsersAction) -> None:
 def run_count(args: argparse.Namespace) -> int:
     import cv2
 
+    from crowdcount.model.errors import UserError
     from crowdcount.model.imageio import read_image
     from crowdcount.model.render import counted_overlay
     from crowdcount.model.runtime import Runtime
@@ -42,5 +43,5 @@ def run_count(args: argparse.Namespace) -> int:
             out = args.overlay / f"{path.stem}_overlay.png" if many else args.overlay
             picture = counted_overlay(image, density)
             if not cv2.imwrite(str(out), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR)):
-                raise ValueError(f"cannot write overlay to {out}")
+                raise UserError(f"cannot write overlay to {out}")
     return 0

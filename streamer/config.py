@@ -72,6 +72,8 @@ from pydantic import (
     model_validator,
 )
 
+from crowdcount.model.errors import UserError
+
 __all__ = [
     "STREAM_NAME_RE",
     "STREAM_NAME_RULE",
@@ -104,7 +106,7 @@ _WEBCAM_RE = re.compile(r"^webcam:\d+$")
 _DEVICE_RE = re.compile(r"^/dev/video\d+$")
 
 
-class ConfigError(Exception):
+class ConfigError(UserError):
     """A configuration problem; ``str()`` is one line: ``file: key.path: problem``."""
 
     def __init__(self, source: str, path: str, problem: str) -> None:

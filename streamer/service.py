@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from crowdcount.model.errors import UserError
 from crowdcount.model.runtime import Runtime
 from crowdcount.model.zones import Zone
 from crowdcount.streamer.config import STREAM_NAME_RE, Config, StreamConfig
@@ -129,7 +130,7 @@ class Service:
         try:
             self.store: Store = open_store(config.server.database)
         except (sqlite3.Error, OSError) as exc:
-            raise ValueError(f"cannot open database {config.server.database}: {exc}") from None
+            raise UserError(f"cannot open database {config.server.database}: {exc}") from None
         # Zones, alert rules and notifiers; the pipeline's analysis stage fills
         # ``Result.zones`` before any sink sees a result, so every sink agrees.
         self.integrations = Integrations.from_config(config)

@@ -9,6 +9,8 @@ from typing import Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from crowdcount.model.errors import UserError
+
 
 class Backend(Protocol):
     """A loaded network. ``fixed_size`` is the (h, w) the network only accepts (TFLite
@@ -30,7 +32,7 @@ def load_backend(path: str | Path, name: str | None = None, threads: int | None 
     if name is None:
         by_suffix = {v: k for k, v in SUFFIXES.items()}
         if path.suffix not in by_suffix:
-            raise ValueError(f"cannot tell the backend of {path}: use .onnx, .tflite or .keras")
+            raise UserError(f"cannot tell the backend of {path}: use .onnx, .tflite or .keras")
         name = by_suffix[path.suffix]
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")
@@ -42,7 +44,7 @@ def load_backend(path: str | Path, name: str | None = None, threads: int | None 
         try:
             from crowdcount.model.backends.tflite import TFLiteBackend
         except ImportError:
-            raise ValueError(
+            raise UserError(
                 "the tflite backend needs ai-edge-litert: pip install 'crowdcount[edge]'"
             ) from None
 
@@ -51,4 +53,4 @@ def load_backend(path: str | Path, name: str | None = None, threads: int | None 
         from crowdcount.model.backends.keras import KerasBackend
 
         return KerasBackend(path)
-    raise ValueError(f"unknown backend {name!r}; choose onnx, tflite or keras")
+    raise UserError(f"unknown backend {name!r}; choose onnx, tflite or keras")
