@@ -177,6 +177,9 @@ class StreamSettings(_Strict):
     #: consecutive failed connections before an RTSP stream gives up (state ``failed``);
     #: unset = keep retrying (backoff 0.5 s doubling to 10 s), as cameras do come back
     max_retries: Annotated[int, Field(ge=0, le=1_000_000)] | None = None
+    #: decode an RTSP camera in a supervised child process: a decoder that crashes or hangs
+    #: in native code is restarted instead of taking the server down (one process per camera)
+    isolate_decoder: bool = False
 
 
 class StreamConfig(StreamSettings):
@@ -220,6 +223,8 @@ class StreamConfig(StreamSettings):
     def _loop_only_for_files(self) -> Self:
         if self.loop and self.kind != "file":
             raise ValueError(f"loop = true only applies to video files, not {self.kind} urls")
+        if self.isolate_decoder and self.kind != "rtsp":
+            raise ValueError(f"isolate_decoder only applies to rtsp urls, not {self.kind} urls")
         return self
 
     @property

@@ -91,6 +91,11 @@ class StreamEntry:
 def make_source(stream: StreamConfig) -> Source:
     """The source for one configured stream (imports only the module it needs)."""
     kind = stream.kind
+    if kind == "rtsp" and stream.isolate_decoder:
+        from crowdcount.streamer.sources.isolated import IsolatedRtspSource
+
+        return IsolatedRtspSource(stream.name, stream.url, stall_timeout=stream.stall_timeout,
+                                  max_retries=stream.max_retries)
     if kind == "rtsp":
         from crowdcount.streamer.sources.rtsp import RtspSource
 
@@ -244,8 +249,8 @@ class Service:
             fps_limit=stream.fps_limit, max_side=stream.max_side, persist=persist,
             zones=[z.model_dump() for z in stream.zones],
             # non-default source settings, recorded so that a resumed stream keeps them
-            settings=stream.model_dump(include={"stall_timeout", "max_retries"},
-                                       exclude_defaults=True),
+            settings=stream.model_dump(include={"stall_timeout", "max_retries",
+                                                "isolate_decoder"}, exclude_defaults=True),
         )
         return entry
 
@@ -400,5 +405,5 @@ class Service:
 
 def _stream_options(options: dict[str, Any]) -> dict[str, Any]:
     """The saved options that ``StreamConfig`` knows (older rows may hold others)."""
-    known = ("fps_limit", "max_side", "stall_timeout", "max_retries", "zones")
+    known = ("fps_limit", "max_side", "stall_timeout", "max_retries", "isolate_decoder", "zones")
     return {k: options[k] for k in known if k in options}
