@@ -195,8 +195,9 @@ class Pipeline:
     def remove_sink(self, sink: Sink) -> None:
         with contextlib.suppress(ValueError):
             self._sinks.remove(sink)
-        with contextlib.suppress(ValueError):
-            self._alert_sinks.remove(sink)  # type: ignore[arg-type]
+        if isinstance(sink, AlertSink):
+            with contextlib.suppress(ValueError):
+                self._alert_sinks.remove(sink)
 
     def publish_alerts(self, events: Sequence[AlertEvent]) -> None:
         """Deliver alert events to every alert sink (the pipeline's own, from ``analysis``,
