@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from crowdcount.model.errors import UserError
+
 #: Where progress lines go while ``quiet_tensorflow`` holds stdout and stderr (a duplicate
 #: of the real stderr), ``None`` when nothing is captured.
 _report_fd: int | None = None
@@ -120,9 +122,9 @@ def fixed_copy(model_path: str | Path, size: tuple[int, int]):  # noqa: ANN201
     model = _load(model_path)
     shape = model.input_shape
     if shape[1] is not None and tuple(shape[1:3]) != tuple(size):
-        raise ValueError(f"model takes {shape[1]}x{shape[2]} only, not {size[0]}x{size[1]}")
+        raise UserError(f"model takes {shape[1]}x{shape[2]} only, not {size[0]}x{size[1]}")
     if size[0] % 32 or size[1] % 32:
-        raise ValueError(f"input size {size[0]}x{size[1]} must be multiples of 32")
+        raise UserError(f"input size {size[0]}x{size[1]} must be multiples of 32")
     inp = keras.Input(shape=(*size, 3), batch_size=1, name="image")
     clone = keras.models.clone_model(model, input_tensors=inp)
     clone.set_weights(model.get_weights())
@@ -163,7 +165,7 @@ def export_tflite(
 
             converter.representative_dataset = samples
     elif quantize != "fp32":
-        raise ValueError(f"unknown quantization {quantize!r}: fp32, fp16 or int8")
+        raise UserError(f"unknown quantization {quantize!r}: fp32, fp16 or int8")
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     _progress(f"converting to TFLite ({quantize}"

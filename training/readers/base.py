@@ -11,10 +11,11 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
+from crowdcount.model.errors import UserError
 from crowdcount.model.types import Sample
 
 
-class DatasetError(Exception):
+class DatasetError(UserError):
     """A dataset file is missing, corrupt or inconsistent. The message names the file and,
     where there is one, the item's index, so a user can find and fix it."""
 
