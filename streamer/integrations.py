@@ -165,7 +165,8 @@ class Integrations:
             zones = counter.count(result.density, result.frame.size)
             result = dataclasses.replace(result, zones=zones)
         t = result.frame.captured_at
-        values: dict[str | None, float] = {None: float(result.count), **result.zones}
+        values: dict[str | None, float] = {None: float(result.count)}
+        values.update(result.zones)
         for ev in self.engine.update(sid, t, values):
             self._emit(ev)
         for n in self.notifiers:

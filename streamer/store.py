@@ -315,7 +315,7 @@ class CountStore:
         stream_id: str, since: float | None, until: float | None
     ) -> tuple[str, dict[str, Any]]:
         """``since`` is inclusive and ``until`` exclusive, so adjacent ranges never overlap."""
-        clauses, args = ["stream_id = :sid"], {"sid": stream_id}
+        clauses, args = ["stream_id = :sid"], dict[str, Any](sid=stream_id)
         if since is not None:
             clauses.append("t >= :since")
             args["since"] = float(since)
@@ -410,7 +410,8 @@ class CountStore:
 
     def delete_counts(self, stream_id: str | None = None, before: float | None = None) -> int:
         """Purge history (one stream or all, optionally only rows older than ``before``)."""
-        clauses, args = [], []
+        clauses: list[str] = []
+        args: list[Any] = []
         if stream_id is not None:
             clauses.append("stream_id = ?")
             args.append(stream_id)
@@ -470,7 +471,8 @@ class CountStore:
         """
         if limit < 1:
             raise ValueError("limit must be >= 1")
-        clauses, args = [], []
+        clauses: list[str] = []
+        args: list[Any] = []
         if stream is not None:
             clauses.append("stream = ?")
             args.append(stream)

@@ -55,6 +55,7 @@ async def add_stream(request: web.Request) -> web.Response:
         raise ApiError(400, f"field 'name' must be 1-64 letters, digits, '_', '.' or '-' "
                             f"starting with a letter or digit, got {name[:70]!r}")
     raw_url = field_str(data, "url")
+    assert raw_url is not None  # required=True
     try:
         url = validate_api_url(raw_url)
     except ValueError as exc:

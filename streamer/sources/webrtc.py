@@ -15,6 +15,7 @@ import logging
 import time
 import weakref
 from collections.abc import Callable
+from typing import cast
 
 import av
 import numpy as np
@@ -37,7 +38,7 @@ def live_source_count() -> int:
 
 
 def _to_rgb(frame: av.VideoFrame) -> NDArray[np.uint8]:
-    return frame.to_ndarray(format="rgb24")
+    return cast(NDArray[np.uint8], frame.to_ndarray(format="rgb24"))
 
 
 class WebRtcSource(Source):
