@@ -252,7 +252,9 @@ class PeerManager:
             if sid in self._publishers or sid in self.viewers:
                 raise OfferError(f"stream_id {sid!r} is already in use")
 
-        peer = Peer(secrets.token_urlsafe(12), mode, sid, RTCPeerConnection(self.configuration()))
+        peer_mode: Mode = "view" if mode == "view" else "publish"  # validate_offer checked it
+        peer = Peer(secrets.token_urlsafe(12), peer_mode, sid,
+                    RTCPeerConnection(self.configuration()))
         self._peers[peer.id] = peer
         if mode == "publish":
             self._publishers[sid] = peer

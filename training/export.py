@@ -14,8 +14,13 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+from numpy.typing import NDArray
+
+if TYPE_CHECKING:
+    import keras
 
 from crowdcount.model.errors import UserError
 
@@ -81,7 +86,7 @@ def quiet_tensorflow(verbose: bool = False) -> Iterator[None]:
             sys.stderr.flush()
 
 
-def _load(path: str | Path):  # noqa: ANN202 - keras.Model, imported lazily
+def _load(path: str | Path) -> keras.Model:
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     import keras
 
@@ -115,7 +120,7 @@ def export_onnx(model_path: str | Path, output: str | Path, opset: int = 17) -> 
     return output
 
 
-def fixed_copy(model_path: str | Path, size: tuple[int, int]):  # noqa: ANN201
+def fixed_copy(model_path: str | Path, size: tuple[int, int]) -> keras.Model:
     """The same network with batch 1 and input ``size`` (h, w), weights copied."""
     import keras
 
@@ -159,7 +164,7 @@ def export_tflite(
             reader = open_dataset(representative)
             picks = np.linspace(0, len(reader) - 1, min(calibration_images, len(reader)))
 
-            def samples():  # noqa: ANN202 - generator of calibration inputs
+            def samples() -> Iterator[list[NDArray[np.float32]]]:  # calibration inputs
                 for i in picks.astype(int):
                     yield [prepare(reader[int(i)].image, size)[None]]
 

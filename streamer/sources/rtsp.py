@@ -248,7 +248,7 @@ def _remote_endpoint(url: str) -> tuple[set[ipaddress.IPv4Address | ipaddress.IP
         infos = socket.getaddrinfo(parts.hostname or "", port, type=socket.SOCK_STREAM)
     except (OSError, ValueError, UnicodeError):
         return set(), 0
-    return {ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos}, port
+    return {ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos}, port
 
 
 def _socket_inodes(remote: tuple[set[ipaddress.IPv4Address | ipaddress.IPv6Address], int]

@@ -70,9 +70,8 @@ def load_image(path: Path, index: int | None = None) -> NDArray[np.uint8]:
 def check_points(points: object, where: str) -> NDArray[np.float32]:
     """Head points as an (N, 2) float32 array of finite numbers."""
     try:
-        arr = np.asarray(points, dtype=np.float32).reshape(-1, 2) if np.size(points) else (
-            np.zeros((0, 2), np.float32)
-        )
+        arr = np.asarray(points, dtype=np.float32)
+        arr = arr.reshape(-1, 2) if arr.size else np.zeros((0, 2), np.float32)
     except (TypeError, ValueError):
         raise DatasetError(f"{where}: head points are not an N x 2 array of numbers") from None
     if not np.isfinite(arr).all():
