@@ -149,7 +149,8 @@ async def test_service_prunes_raw_rows_and_keeps_their_rollups(serve, tmp_path) 
     client = await serve()
     history = service(client).store.history
     await wait_until(lambda: len(history.counts("cam")) == 1, what="the raw rows pruned")
-    r = await client.get("/api/streams/cam/counts", params={"step": "60", "zones": "1"})
+    r = await client.get("/api/streams/cam/counts", params={"step": "60", "zones": "1",
+                                                            "since": str(now - 4 * 86400)})
     rows = (await r.json())["counts"]
     assert len(rows) == 3 and all(x["count"] == 5.0 and x["zones"] == {"door": 2.0}
                                   for x in rows)

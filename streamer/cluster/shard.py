@@ -130,7 +130,7 @@ class ShardRuntime:
                 zones = row.get("options", {}).get("zones") or []
                 if entry is not None:
                     if (entry.options.get("zones") or []) != zones:
-                        svc.set_zones(sid, [Zone(z["name"], z["points"]) for z in zones])
+                        await svc.set_zones(sid, [Zone(z["name"], z["points"]) for z in zones])
                     continue
                 try:
                     await svc.add_stream(stream_config(row), origin="api")
