@@ -13,25 +13,27 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
+from crowdcount.model.errors import UserError
+
 __all__ = ["server_ssl_context"]
 
 
 def server_ssl_context(cert: Path, key: Path) -> ssl.SSLContext:
     """A server context for ``cert`` (PEM, the chain may follow) and its private ``key``.
 
-    Raises ``ValueError`` with one line when a file is missing or unreadable, or the key
+    Raises ``UserError`` with one line when a file is missing or unreadable, or the key
     does not belong to the certificate, so ``crowdcount serve`` exits 2 before listening.
     """
     for what, path in (("certificate", cert), ("key", key)):
         if not Path(path).is_file():
-            raise ValueError(f"TLS {what} file not found: {path}")
+            raise UserError(f"TLS {what} file not found: {path}")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
         context.load_cert_chain(str(cert), str(key))
     except ssl.SSLError as exc:
         reason = exc.reason or str(exc)
-        raise ValueError(f"cannot use TLS certificate {cert} with key {key}: {reason}") from None
+        raise UserError(f"cannot use TLS certificate {cert} with key {key}: {reason}") from None
     except OSError as exc:
-        raise ValueError(f"cannot read TLS files {cert}, {key}: {exc.strerror or exc}") from None
+        raise UserError(f"cannot read TLS files {cert}, {key}: {exc.strerror or exc}") from None
     return context
