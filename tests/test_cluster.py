@@ -16,8 +16,10 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,7 @@ from crowdcount.streamer.config import parse_config
 from tests.fixtures.media import write_clip
 from tests.fixtures.postgres import PostgresServer, free_port
 from tests.fixtures.rtc import make_client
+from tests.fixtures.waiting import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.postgres]
 
@@ -51,15 +54,50 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_clip(path, SIZE[0], SIZE[1], fps=FPS, seconds=5.0, gop=FPS)
 
 
+class WebhookReceiver(ThreadingHTTPServer):
+    """A real HTTP endpoint on loopback that keeps every JSON body POSTed to it."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict[str, Any]] = []
+        bodies = self.bodies
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", 0))
+                bodies.append(json.loads(self.rfile.read(length)))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+
+
+@pytest.fixture(scope="module")
+def webhook() -> Iterator[WebhookReceiver]:
+    server = WebhookReceiver()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
 @pytest.fixture(scope="module")
 def cluster_config(ray_cluster: Any, cluster_dsn: str, brightness_model: Path, clip: Path,
-                   tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """The operator's config (as a dict): two shards, two file cameras, loopback ICE."""
+                   webhook: WebhookReceiver, tmp_path_factory: pytest.TempPathFactory
+                   ) -> dict[str, Any]:
+    """The operator's config (as a dict): two shards, two file cameras, loopback ICE, an
+    alert rule on cam0 that its counts (~25-40) always exceed, and a webhook."""
     folder = tmp_path_factory.mktemp("api")
     return {
         "server": {"database": str(folder / "unused.sqlite3"), "max_streams": 32},
         "model": {"path": str(brightness_model), "threads": 1},
         "streams": [{"name": c, "url": str(clip), "loop": True} for c in CAMERAS],
+        "thresholds": [{"name": "cam0-busy", "stream": "cam0", "above": 1.0, "below": 0.5}],
+        "sinks": {"webhook": {"url": f"http://127.0.0.1:{webhook.server_port}/hook",
+                              "secret": "s3cret"}},
         "cluster": {"address": ray_cluster.address, "database": cluster_dsn, "shards": 2,
                     "ice_addresses": ["127.0.0.1"], "outage_after": 2.5},
     }
@@ -75,10 +113,24 @@ async def api(cluster_config: dict[str, Any]) -> AsyncIterator[TestClient]:
 
 
 def _toml(data: dict[str, Any]) -> str:
-    lines = []
-    for table, values in data.items():
-        lines.append(f"[{table}]")
-        lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
+    """Enough TOML for these configs: tables of scalars and lists, nested tables (sinks),
+    arrays of tables (thresholds)."""
+    lines: list[str] = []
+
+    def table(name: str, values: dict[str, Any]) -> None:
+        lines.append(f"[{name}]")
+        nested = {k: v for k, v in values.items() if isinstance(v, dict)}
+        lines.extend(f"{k} = {json.dumps(v)}" for k, v in values.items() if k not in nested)
+        for key, sub in nested.items():
+            table(f"{name}.{key}", sub)
+
+    for name, values in data.items():
+        if isinstance(values, list):
+            for item in values:
+                lines.append(f"[[{name}]]")
+                lines.extend(f"{k} = {json.dumps(v)}" for k, v in item.items())
+        else:
+            table(name, values)
     return "\n".join(lines) + "\n"
 
 
@@ -212,6 +264,27 @@ async def wait_until_async(predicate: Any, http: Any, what: str, base: str = "",
         assert time.monotonic() - t0 < timeout, f"timed out waiting for {what}: {latest}"
         await asyncio.sleep(0.1)
         await fetch()
+
+
+async def test_alert_is_sent_once_by_the_owning_shard(
+    api: TestClient, api_b: str, webhook: WebhookReceiver, cluster_dsn: str
+) -> None:
+    """Both shards load the rule and the webhook, but only cam0's shard sees cam0: one
+    stored alert, one webhook delivery, the same list from both API processes."""
+    await wait_until(lambda: any(b.get("type") == "alert" for b in webhook.bodies), 60,
+                     "the webhook's alert")
+    async with aiohttp.ClientSession() as http:
+        lists = []
+        for get in (lambda: api.get("/api/alerts"), lambda: http.get(f"{api_b}/api/alerts")):
+            async with get() as resp:
+                lists.append((await resp.json())["alerts"])
+    assert [[(a["stream"], a["rule"], a["raised_at"]) for a in alerts] for alerts in lists] == [
+        [("cam0", "cam0-busy", lists[0][0]["raised_at"])]] * 2
+    alerts = [b for b in webhook.bodies if b.get("type") == "alert"]
+    assert [(a["event"], a["stream"], a["raised_at"]) for a in alerts] == [
+        ("raised", "cam0", lists[0][0]["raised_at"])]
+    with psycopg.connect(cluster_dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM alerts").fetchone() == (1,)
 
 
 async def test_viewer_through_api_gets_annotated_frames_from_worker_node(
