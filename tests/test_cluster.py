@@ -201,6 +201,11 @@ async def test_two_api_processes_share_cameras_counts_and_feed(
     # The head node has no camera slots: every shard runs on a worker node.
     assert {streams[c]["node"] for c in CAMERAS} <= workers
     assert {streams[c]["origin"] for c in CAMERAS} == {"config"}
+    async with api.get("/api/health") as resp:
+        assert (await resp.json())["streams"] == len(CAMERAS)
+    async with api.get("/metrics") as resp:
+        text = await resp.text()
+    assert 'crowdcount_stream_up{stream="cam0"} 1.0' in text, text[:2000]
 
     async with aiohttp.ClientSession() as http:
         # B learnt the cameras (and their status) from the database alone.
