@@ -95,10 +95,10 @@ class ShardRuntime:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
         store = self.store
-        config = parse_config(await asyncio.to_thread(store.cluster.get_setting, CONFIG_KEY, {}),
-                              "cluster settings")
-        if config.cluster is not None and config.cluster.ice_addresses:
-            restrict_ice(config.cluster.ice_addresses)
+        settings = await asyncio.to_thread(store.cluster.get_setting, CONFIG_KEY, {})
+        config = parse_config(settings.get("config", {}), "cluster settings")
+        if settings.get("ice_addresses"):
+            restrict_ice(tuple(settings["ice_addresses"]))
         runtime = await asyncio.to_thread(Runtime.open, config.model.path, config.model.backend,
                                           threads=config.model.threads)
         model_path = str(config.model.path or default_model(config.model.backend))
@@ -283,9 +283,16 @@ def shard_actor(index: int, dsn: str, namespace: str) -> Any:
 
 def shard_config(config: Config) -> dict[str, Any]:
     """What the shards need of the operator's config: the model, alert rules, notifiers,
-    viewer limits and ICE addresses (not the API's host, token or streams)."""
+    viewer limits, history retention and ICE addresses (not the API's host, token or
+    streams)."""
     data = config.model_dump(mode="json", exclude_none=True,
-                             include={"model", "thresholds", "sinks", "cluster"})
+                             include={"model", "thresholds", "sinks"})
+    server = config.server
     data["server"] = {"max_streams": 4096,
-                      "max_viewers_per_stream": config.server.max_viewers_per_stream}
-    return data
+                      "max_viewers_per_stream": server.max_viewers_per_stream}
+    if server.retention_days is not None:  # every shard purges (the same old rows)
+        data["server"]["retention_days"] = server.retention_days
+    # Not the [cluster] table: its database URL may hold a password, and shards get theirs
+    # from Ray (the actor's arguments).
+    ice = list(config.cluster.ice_addresses) if config.cluster is not None else []
+    return {"config": data, "ice_addresses": ice}
