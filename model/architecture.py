@@ -7,8 +7,8 @@ and on JAX (a GPU machine). Every network
   no caller can get the preprocessing wrong;
 * ends with a fixed ``Rescaling(1 / density_scale)``: the layers before it work on densities
   ``density_scale`` times larger than the true ones (raw head densities are ~1e-3 per pixel,
-  which drove the seed's last ReLU dead, see ../shared/NOTES.md), while the output is a
-  true density map whose sum is the count.
+  small enough that the first optimizer steps leave a ReLU output dead at zero; see
+  docs/runtime-notes.md), while the output is a true density map whose sum is the count.
 """
 
 from __future__ import annotations

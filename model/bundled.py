@@ -12,9 +12,11 @@ DEFAULT_KERAS = WEIGHTS_DIR / "default.keras"
 DEFAULT_CARD = WEIGHTS_DIR / "default.json"
 
 
-def default_model(backend: str = "onnx") -> Path:
-    """Path of the bundled model for ``backend`` (onnx for serving, keras for fine-tuning)."""
-    path = {"onnx": DEFAULT_ONNX, "keras": DEFAULT_KERAS}.get(backend)
+def default_model(backend: str | None = None) -> Path:
+    """Path of the bundled model for ``backend`` (the ``.onnx`` for serving with ONNX Runtime
+    or OpenVINO, and when no backend is named; the ``.keras`` for fine-tuning)."""
+    path = {None: DEFAULT_ONNX, "onnx": DEFAULT_ONNX, "openvino": DEFAULT_ONNX,
+            "keras": DEFAULT_KERAS}.get(backend)
     if path is None:
         raise ValueError(f"no bundled {backend} model; export one with `crowdcount export`")
     if not path.is_file():

@@ -1,8 +1,17 @@
-"""Heatmap overlays: a density map in OpenCV's Jet colormap blended over its frame."""
+"""Heatmap overlays: a density map in OpenCV's Jet colormap blended over its frame.
+
+Colours are on one absolute scale, the same for every frame, stream and upload: a cell's
+colour says how many people the model put in that output cell (8x8 pixels of the model's
+input for the bundled stride-8 model), from blue (none) to red (``HEAT_CAP`` or more). A
+nearly empty scene therefore stays blue-green where a packed one turns red. The page draws
+its legend from ``heat_legend()`` (served by ``GET /api/heatmap``); why the cap is where it
+is: docs/runtime-notes.md.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -11,32 +20,80 @@ from numpy.typing import NDArray
 from crowdcount.model.types import Result
 from crowdcount.model.zones import Zone, draw_zones
 
+#: People per output cell drawn as full red. The bundled model's densest cells reach 1-3 in
+#: packed crowds (ShanghaiTech A), while one person alone peaks at about 0.5.
+HEAT_CAP = 1.0
+#: Below this many people per cell the heat fades out, so empty floor shows untinted.
+HEAT_FADE = 0.15 * HEAT_CAP
+HEAT_UNIT = "people per output cell"
 
-def colorize(density: NDArray[np.float32], size: tuple[int, int], peak: float | None = None) -> (
-    NDArray[np.uint8]
-):
-    """RGB Jet image of ``density`` resized to ``size`` = (w, h). ``peak`` fixes the value
-    shown as full red (defaults to the map's maximum) so a stream's colours stay stable."""
-    top = peak if peak is not None else float(density.max())
-    scaled = np.clip(density / top, 0.0, 1.0) if top > 0 else np.zeros_like(density)
-    grey = cv2.resize((scaled * 255).astype(np.uint8), size, interpolation=cv2.INTER_LINEAR)
-    return cv2.cvtColor(cv2.applyColorMap(grey, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+
+def heat_level(density: NDArray[np.float32]) -> NDArray[np.float32]:
+    """Where each cell's density lies on the absolute colour scale: 0 (none) to 1 (at or
+    over ``HEAT_CAP``). The one scale every picture uses."""
+    return np.clip(np.asarray(density, np.float32) / HEAT_CAP, 0.0, 1.0)
+
+
+def _jet(levels: NDArray[np.float32]) -> NDArray[np.uint8]:
+    """RGB Jet colours of ``levels`` in [0, 1] (any shape: returns shape + (3,))."""
+    grey = np.round(levels * 255).astype(np.uint8)
+    bgr = cv2.applyColorMap(grey.reshape(-1, 1), cv2.COLORMAP_JET)
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB).reshape(*levels.shape, 3)
+
+
+def heat_legend(stops: int = 11) -> dict[str, Any]:
+    """The colour scale as data, for legends drawn elsewhere (the page):
+    ``{"unit", "max", "fade", "stops": [{"value", "color": "#rrggbb"}, ...]}``."""
+    levels = np.linspace(0.0, 1.0, stops, dtype=np.float32)
+    colors = _jet(levels)
+    return {
+        "unit": HEAT_UNIT,
+        "max": HEAT_CAP,
+        "fade": HEAT_FADE,
+        "stops": [{"value": round(float(v) * HEAT_CAP, 4),
+                   "color": "#{:02x}{:02x}{:02x}".format(*map(int, c))}
+                  for v, c in zip(levels, colors, strict=True)],
+    }
+
+
+def colorize(density: NDArray[np.float32], size: tuple[int, int]) -> NDArray[np.uint8]:
+    """RGB Jet image of ``density`` on the absolute scale, resized to ``size`` = (w, h)."""
+    level = cv2.resize(heat_level(density), size, interpolation=cv2.INTER_LINEAR)
+    return _jet(level)
 
 
 def overlay(
-    image: NDArray[np.uint8],
-    density: NDArray[np.float32],
-    alpha: float = 0.45,
-    peak: float | None = None,
+    image: NDArray[np.uint8], density: NDArray[np.float32], alpha: float = 0.45
 ) -> NDArray[np.uint8]:
-    """Blend the Jet heatmap over ``image`` (RGB); density-free pixels stay untinted."""
+    """Blend the Jet heatmap over ``image`` (RGB); cells under ``HEAT_FADE`` people fade
+    to untinted."""
     h, w = image.shape[:2]
-    heat = colorize(density, (w, h), peak)
-    weight = cv2.resize(density, (w, h), interpolation=cv2.INTER_LINEAR)
-    top = peak if peak is not None else float(weight.max())
-    mask = np.clip(weight / (0.15 * top), 0.0, 1.0)[..., None] if top > 0 else 0.0
+    heat = colorize(density, (w, h))
+    weight = cv2.resize(np.asarray(density, np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+    mask = np.clip(weight / HEAT_FADE, 0.0, 1.0)[..., None]
     blend = image.astype(np.float32) * (1 - alpha * mask) + heat.astype(np.float32) * alpha * mask
     return blend.astype(np.uint8)
+
+
+def draw_legend(image: NDArray[np.uint8]) -> NDArray[np.uint8]:
+    """The colour scale as a small bar at the bottom-right corner, labelled 0 and the cap,
+    so a saved overlay explains its own colours."""
+    out = image.copy()
+    h, w = image.shape[:2]
+    bar_w, bar_h = max(60, w // 5), max(8, h // 60)
+    scale = max(0.35, h / 1400)
+    label = f"0 - {HEAT_CAP:g}+ people/cell"
+    (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    box_w, box_h = max(bar_w, tw) + 12, bar_h + th + base + 14
+    if box_w > w or box_h > h:
+        return out  # too small a picture for a legend
+    x0, y0 = w - box_w, h - box_h
+    cv2.rectangle(out, (x0, y0), (w - 1, h - 1), (0, 0, 0), -1)
+    ramp = _jet(np.linspace(0.0, 1.0, bar_w, dtype=np.float32))
+    out[y0 + 6 : y0 + 6 + bar_h, x0 + 6 : x0 + 6 + bar_w] = ramp[None, :, :]
+    cv2.putText(out, label, (x0 + 6, h - base - 4), cv2.FONT_HERSHEY_SIMPLEX, scale,
+                (255, 255, 255), 1, cv2.LINE_AA)
+    return out
 
 
 def draw_label(image: NDArray[np.uint8], lines: list[str]) -> NDArray[np.uint8]:
@@ -59,8 +116,10 @@ def draw_label(image: NDArray[np.uint8], lines: list[str]) -> NDArray[np.uint8]:
 def counted_overlay(image: NDArray[np.uint8], density: NDArray[np.float32]) -> (
     NDArray[np.uint8]
 ):
-    """A single picture's result (``crowdcount count --overlay``, uploads): heatmap and count."""
-    return draw_label(overlay(image, density), [f"count {float(density.sum()):.1f}"])
+    """A single picture's result (``crowdcount count --overlay``, uploads): heatmap, count
+    and the colour scale's legend."""
+    picture = draw_label(overlay(image, density), [f"count {float(density.sum()):.1f}"])
+    return draw_legend(picture)
 
 
 def annotate(

@@ -33,13 +33,19 @@ class Runtime:
         threads: int | None = None,
         max_side: int | None = None,
     ) -> Runtime:
-        """Load ``path`` (default: the bundled ONNX model) with ``backend``."""
-        path = Path(path) if path is not None else default_model(backend or "onnx")
+        """Load ``path`` (default: the bundled ONNX model) with ``backend`` (default: the one
+        ``model.backends.backend_for`` picks, OpenVINO where it runs, for ``.onnx``)."""
+        path = Path(path) if path is not None else default_model(backend)
         return cls(load_backend(path, backend, threads=threads), max_side=max_side)
 
     @property
     def name(self) -> str:
         return self.backend.name
+
+    @property
+    def max_batch(self) -> int:
+        """Frames per backend call that serving should send (the backend's preference)."""
+        return self.backend.fixed_batch or self.backend.max_batch
 
     def size_for(self, image: NDArray[np.uint8], max_side: int | None = None) -> tuple[int, int]:
         """The (h, w) this image will be run at."""

@@ -7,25 +7,50 @@ inventing tuples of their own.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
 
+RGB = NDArray[np.uint8]
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(frozen=True, slots=True, eq=False)
 class Frame:
     """One decoded picture from a source.
 
     ``image`` is RGB ``uint8`` of shape (H, W, 3). ``captured_at`` is wall-clock seconds
     (``time.time()``) taken when the frame left the decoder, so latency can be measured from
     the source to any sink.
+
+    ``pixels`` is that array, or a function that makes it: decoders hand over their native
+    (YUV) picture with its conversion, and it runs when ``image`` is first read, i.e. only for
+    frames the model actually takes. A live service drops most frames it cannot keep up with
+    (newest-frame-wins, ``fps_limit``), and converting those to RGB was wasted CPU.
     """
 
     stream_id: str
     seq: int
     captured_at: float
-    image: NDArray[np.uint8]
+    pixels: RGB | Callable[[], RGB]
+
+    @property
+    def image(self) -> RGB:
+        """The RGB picture, converted on first use (once: the array replaces the function).
+
+        Two threads reading it at once may both convert; both get equal arrays."""
+        pixels = self.pixels
+        if isinstance(pixels, np.ndarray):
+            return pixels
+        rgb = pixels()
+        object.__setattr__(self, "pixels", rgb)  # frozen to callers, cached here
+        return rgb
+
+    @property
+    def converted(self) -> bool:
+        """Whether ``image`` has been made (benchmarks and tests count conversions)."""
+        return isinstance(self.pixels, np.ndarray)
 
     @property
     def size(self) -> tuple[int, int]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from pathlib import Path
 
 from aiohttp import web
@@ -19,9 +18,9 @@ from aiohttp import web
 from crowdcount.model.bundled import default_model
 from crowdcount.model.runtime import Runtime
 from crowdcount.streamer.auth import Handler, token_middleware
-from crowdcount.streamer.config import Config
+from crowdcount.streamer.config import Config, resolve_token
 from crowdcount.streamer.ratelimit import RateLimiter
-from crowdcount.streamer.routes import count, rtc, streams, system, zones
+from crowdcount.streamer.routes import count, gathering, rtc, rules, streams, system, zones
 from crowdcount.streamer.routes.common import MAX_JSON_BYTES, SERVICE, ApiError, json_error
 from crowdcount.streamer.service import Service
 from crowdcount.streamer.upload import UploadCounter
@@ -30,7 +29,6 @@ from crowdcount.web import ASSETS_DIR
 log = logging.getLogger(__name__)
 
 WEB_DIR = ASSETS_DIR
-TOKEN_ENV = "CROWDCOUNT_TOKEN"
 
 
 @web.middleware
@@ -59,11 +57,6 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return json_error(500, "internal server error (logged)")
 
 
-def resolve_token(config: Config) -> str | None:
-    """The configured token, else ``$CROWDCOUNT_TOKEN``, else ``None``."""
-    return config.server.token or os.environ.get(TOKEN_ENV) or None
-
-
 def build_app(
     config: Config,
     runtime: Runtime | None = None,
@@ -71,16 +64,18 @@ def build_app(
     upload_counter: UploadCounter | None = None,
     store_rate: float | None = None,
     web_dir: Path = WEB_DIR,
+    token: str | None = None,
 ) -> web.Application:
     """The application for ``config``. Raises ``ValueError`` when the server would be
     reachable from other machines without a token, and whatever opening the model or the
     database raises (one-line messages the CLI prints).
 
     ``runtime`` (tests, benchmarks) replaces the one opened from ``config.model``; uploads
-    always get their own (see ``streamer.upload``).
+    always get their own (see ``streamer.upload``). ``token`` is a ``--token`` flag; the
+    token in force is ``resolve_token``'s (flag, then ``$CROWDCOUNT_TOKEN``, then the config).
     """
-    token = resolve_token(config)
-    problem = config.server.model_copy(update={"token": token}).exposure_problem()
+    token = resolve_token(config.server.token, token)
+    problem = config.server.exposure_problem(token)
     if problem:
         raise ValueError(problem)
     service: Service
@@ -111,10 +106,19 @@ def build_app(
     count.add_routes(app)
     rtc.add_routes(app)
     zones.add_routes(app)
+    rules.add_routes(app)
+    if config.cluster is None:
+        gathering.add_routes(app)
+    else:  # the gathering maps live in the shards' processes, not in the database (yet)
+        app.router.add_get("/api/streams/{id}/heatmap", _no_heatmap_on_cluster)
     app.on_startup.append(_startup)
     app.on_shutdown.append(_shutdown)
     app.on_cleanup.append(_cleanup)
     return app
+
+
+async def _no_heatmap_on_cluster(request: web.Request) -> web.Response:
+    return json_error(501, "gathering heatmaps are not available on a cluster")
 
 
 async def _startup(app: web.Application) -> None:

@@ -20,8 +20,8 @@ Example::
     database = "/var/lib/crowdcount/counts.sqlite3"
 
     [model]
-    backend = "onnx"
-    threads = 4
+    backend = "openvino"     # default: the fastest installed (openvino, else onnx)
+    threads = 2
 
     [[streams]]
     name = "entrance"
@@ -61,6 +61,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import math
+import os
 import re
 import tomllib
 import types
@@ -226,6 +227,22 @@ class StreamConfig(_Strict):
         return "file"
 
 
+#: Environment variable holding the API token (a secret belongs there, not on a command
+#: line that ``ps`` shows).
+TOKEN_ENV = "CROWDCOUNT_TOKEN"
+
+
+def resolve_token(configured: str | None, flag: str | None = None) -> str | None:
+    """The one rule for the API token: ``--token`` beats ``$CROWDCOUNT_TOKEN``, which beats
+    ``server.token`` of the config file; ``None`` when none is set (an empty value is unset).
+
+    Why the environment beats the file: a config file is shared and copied around, while
+    the environment is what a deployment (systemd, a container) sets per machine; a flag
+    is the most explicit of all. The bind check and the token middleware both ask here.
+    """
+    return flag or os.environ.get(TOKEN_ENV) or configured or None
+
+
 def _is_loopback(host: str) -> bool:
     if host.lower() == "localhost":
         return True
@@ -251,40 +268,60 @@ class ServerConfig(_Strict):
     upload_rate_per_minute: Annotated[int, Field(ge=1)] = 60
     #: delete count rows older than this many days (checked hourly); unset = keep all
     retention_days: Annotated[float, Field(gt=0)] | None = None
+    #: keep raw per-frame count rows this many hours (checked hourly); older history is
+    #: answered from the per-second and per-minute rollups. Unset: keep raw rows too
+    raw_history_hours: Annotated[float, Field(gt=0)] | None = 24.0
+    #: PEM certificate (chain) and private key: serve https (needed for "Use my camera"
+    #: anywhere but localhost)
+    tls_cert: PathStr | None = None
+    tls_key: PathStr | None = None
 
-    @field_validator("database")
+    @field_validator("database", "tls_cert", "tls_key")
     @classmethod
-    def _resolve_database(cls, path: Path, info: ValidationInfo) -> Path:
-        return _relative_to_file(path, info)
+    def _resolve_database(cls, path: Path | None, info: ValidationInfo) -> Path | None:
+        return None if path is None else _relative_to_file(path, info)
 
     @model_validator(mode="after")
-    def _check_exposure(self) -> Self:
-        problem = self.exposure_problem()
+    def _tls_pair(self) -> Self:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: set both or neither")
+        return self
+
+    @model_validator(mode="after")
+    def _check_exposure(self, info: ValidationInfo) -> Self:
+        problem = self.exposure_problem((info.context or {}).get("token"))
         if problem:
             raise ValueError(problem)
         return self
 
-    def exposure_problem(self) -> str | None:
-        """Why this host/token combination is refused, or ``None``.
+    def exposure_problem(self, flag: str | None = None) -> str | None:
+        """Why this host/token combination is refused, or ``None``. The token is the one
+        ``resolve_token`` finds (``flag`` being a ``--token`` given on the command line).
 
         Public so a CLI that overrides ``host`` (via ``model_copy``, which skips validation)
         can apply the same rule.
         """
-        if self.token or self.allow_insecure_public or _is_loopback(self.host):
+        token = resolve_token(self.token, flag)
+        if token or self.allow_insecure_public or _is_loopback(self.host):
             return None
         return (
-            f"host {self.host!r} is reachable from other machines: set token, "
-            "or allow_insecure_public = true to serve without one"
+            f"host {self.host!r} is reachable from other machines: set a token (--token, "
+            f"${TOKEN_ENV} or server.token), or allow_insecure_public = true to serve "
+            "without one"
         )
 
 
 class ModelConfig(_Strict):
-    """The counting network. ``path`` unset means the bundled weights for ``backend``."""
+    """The counting network. ``path`` unset means the bundled weights for ``backend``;
+    ``backend`` unset means the fastest one installed (``model.backends.default_backend``:
+    OpenVINO where it runs, else ONNX Runtime) for ``.onnx`` models. ``threads`` and
+    ``max_batch`` unset: the backend's defaults (all cores; 1 frame per call for ONNX
+    Runtime and OpenVINO, measured fastest on 2 cores)."""
 
     path: PathStr | None = None
-    backend: Literal["onnx", "tflite", "keras"] = "onnx"
+    backend: Literal["openvino", "onnx", "tflite", "keras"] | None = None
     threads: Annotated[int, Field(ge=1, le=256)] | None = None
-    max_batch: Annotated[int, Field(ge=1, le=256)] = 8
+    max_batch: Annotated[int, Field(ge=1, le=256)] | None = None
 
     @field_validator("path")
     @classmethod
@@ -364,8 +401,11 @@ class MqttConfig(_Strict):
     max_rate: Annotated[float, Field(gt=0, le=100)] = 2.0
     keepalive: Annotated[int, Field(ge=5, le=3600)] = 30
     client_id: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    #: publish Home Assistant MQTT discovery configs (entities appear in HA by themselves)
+    home_assistant: bool = False
+    discovery_prefix: Annotated[str, Field(min_length=1, max_length=200)] = "homeassistant"
 
-    @field_validator("topic_prefix")
+    @field_validator("topic_prefix", "discovery_prefix")
     @classmethod
     def _check_prefix(cls, prefix: str) -> str:
         if not re.match(_TOPIC_PREFIX_RE, prefix):
@@ -476,17 +516,20 @@ class Config(_Strict):
 
 
 def parse_config(
-    data: dict[str, Any], source: str = "<config>", base_dir: Path | None = None
+    data: dict[str, Any], source: str = "<config>", base_dir: Path | None = None,
+    token: str | None = None,
 ) -> Config:
-    """Validate an already-parsed mapping (TOML, JSON from the API, a test's dict)."""
+    """Validate an already-parsed mapping (TOML, JSON from the API, a test's dict).
+    ``token`` is a ``--token`` flag: the exposure check counts it (see ``resolve_token``)."""
     try:
-        return Config.model_validate(data, context={"base_dir": base_dir})
+        return Config.model_validate(data, context={"base_dir": base_dir, "token": token})
     except ValidationError as exc:
         raise to_config_error(exc, source) from None
 
 
-def load_config(path: str | Path) -> Config:
-    """Read and validate a TOML file; every failure is a one-line ``ConfigError``."""
+def load_config(path: str | Path, token: str | None = None) -> Config:
+    """Read and validate a TOML file; every failure is a one-line ``ConfigError``.
+    ``token`` as for ``parse_config``."""
     path = Path(path)
     source = str(path)
     try:
@@ -499,7 +542,7 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError(source, "", f"not UTF-8 text: {exc.reason}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(source, "", f"invalid TOML: {exc}") from None
-    return parse_config(data, source, path.resolve().parent)
+    return parse_config(data, source, path.resolve().parent, token)
 
 
 def _key_path(loc: tuple[int | str, ...]) -> str:

@@ -33,9 +33,11 @@ class Subscription:
     feed holds it weakly) to unsubscribe.
     """
 
-    def __init__(self, feed: CountFeed, stream_id: str | None, maxsize: int) -> None:
+    def __init__(self, feed: CountFeed, stream_id: str | None, maxsize: int,
+                 only: frozenset[str] | None = None) -> None:
         self.feed = feed
         self.stream_id = stream_id
+        self.only = only  # an all-stream subscriber's choice of streams (None: all)
         self.dropped = 0
         self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize)
         self._closed = False
@@ -113,18 +115,24 @@ class CountFeed:
             return
         if "stream_id" not in item:
             item = {"stream_id": stream_id, **item}
+        alert = item.get("type") == "alert"
         for key in (stream_id, None):
             subs = self._subs.get(key)
             if not subs:
                 continue
             for sub in list(subs):
+                # Alerts reach every all-stream subscriber: a page lists them all.
+                if sub.only is not None and stream_id not in sub.only and not alert:
+                    continue
                 if sub._put(item):
                     sub.dropped += 1
                     self.dropped += 1
 
-    def subscribe(self, stream_id: str | None = None) -> Subscription:
-        """Start receiving one stream's items (``None``: every stream's)."""
-        sub = Subscription(self, stream_id, self.maxsize)
+    def subscribe(self, stream_id: str | None = None,
+                  only: frozenset[str] | None = None) -> Subscription:
+        """Start receiving one stream's items (``None``: every stream's, or with ``only``
+        the items of those streams plus every alert)."""
+        sub = Subscription(self, stream_id, self.maxsize, only)
         if self.closed:
             sub._end()
         else:
@@ -164,6 +172,7 @@ async def sse_response(
     *,
     keepalive: float = 15.0,
     poll: float = 1.0,
+    only: frozenset[str] | None = None,
 ) -> web.StreamResponse:
     """Serve ``feed`` items for ``stream_id`` (``None``: all streams) as Server-Sent Events.
 
@@ -172,9 +181,10 @@ async def sse_response(
     cancel a handler when its client disconnects, so the connection is checked every
     ``poll`` seconds and the subscription (which may count against a viewer limit) is
     released within about that long rather than at the next write. The response ends
-    cleanly when the feed is closed.
+    cleanly when the feed is closed. ``only`` narrows an all-stream feed (see
+    ``CountFeed.subscribe``).
     """
-    sub = feed.subscribe(stream_id)
+    sub = feed.subscribe(stream_id, only)
     resp = web.StreamResponse(
         headers={
             "Content-Type": "text/event-stream",

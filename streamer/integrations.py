@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from crowdcount.model.types import Result
 from crowdcount.model.zones import Zone, ZoneCounter
 from crowdcount.streamer.alerts import AlertEngine, AlertEvent, ThresholdRule
-from crowdcount.streamer.sinks.base import Notifier
+from crowdcount.streamer.sinks.base import Notifier, StreamAware
 
 if TYPE_CHECKING:
     from crowdcount.streamer.config import Config, SinksConfig, StreamConfig, ThresholdConfig
@@ -82,6 +82,7 @@ class Integrations:
         self.engine = AlertEngine(rules)
         self.notifiers: list[Notifier] = list(notifiers)
         self._started = False
+        self._tell_rules()
 
     @classmethod
     def from_config(cls, config: Config) -> Integrations:
@@ -133,13 +134,31 @@ class Integrations:
 
     def set_rules(self, rules: Iterable[ThresholdRule]) -> list[AlertEvent]:
         """Replace the alert rules; returns the clears of alerts whose rule was removed or
-        changed (deliver them with ``Pipeline.publish_alerts``)."""
-        return self.engine.set_rules(rules, t=time.time())
+        changed (deliver them with ``Pipeline.publish_alerts``). Notifiers that describe
+        rules outside (Home Assistant entities) hear about the new set."""
+        events = self.engine.set_rules(rules, t=time.time())
+        self._tell_rules()
+        return events
+
+    def _tell_rules(self) -> None:
+        for n in self.notifiers:
+            if isinstance(n, StreamAware):
+                try:
+                    n.set_rules(self.engine.rules)
+                except Exception:
+                    log.exception("notifier %r: set_rules failed", n)
 
     def forget_stream(self, stream: str) -> list[AlertEvent]:
         """A stream was removed: clear its active alerts now (its zones are kept, so a
         stream re-added under the same id counts them again; ``set_zones(id, ())`` drops
-        them). Returns the clears; the pipeline calls this and delivers them."""
+        them). Returns the clears; the pipeline calls this and delivers them. Notifiers
+        that describe streams outside remove theirs."""
+        for n in self.notifiers:
+            if isinstance(n, StreamAware):
+                try:
+                    n.forget_stream(stream)
+                except Exception:
+                    log.exception("notifier %r: forget_stream failed", n)
         return self.engine.forget_stream(stream, t=time.time())
 
     def active_alerts(self) -> list[dict[str, Any]]:

@@ -1,4 +1,9 @@
-"""Prometheus metrics: per-stream series labelled ``stream``, plus a few service gauges.
+"""Prometheus metrics: per-stream series labelled ``stream``, plus a few service-wide ones.
+
+Names follow Prometheus' conventions (``promtool check metrics`` passes, and a test keeps it
+so): running totals are counters ending in ``_total``, gauges never end in a suffix the
+exposition format reserves (``_count``, ``_sum``, ``_bucket``), which is why the latest
+count is ``crowdcount_people`` and not ``crowdcount_count``.
 
 Why a dedicated ``CollectorRegistry``: the global default registry refuses a second metric
 of the same name, and tests (or one process embedding two apps) build many applications.
@@ -10,11 +15,14 @@ Two kinds of series:
   second copy to keep in step, and a removed stream's series disappear with it.
 * Latency distributions need every observation, so a sink feeds two histograms; their label
   sets are removed explicitly by ``forget`` when a stream is removed.
-* Zone counts (``crowdcount_zone_count{stream,zone}``) are the last result's, kept by the
+* Zone counts (``crowdcount_zone_people{stream,zone}``) are the last result's, kept by the
   sink but reported only for the zones a live stream has at scrape time, so editing a
   stream's zones or removing it drops the old label sets. Active alerts
   (``crowdcount_alerts_active{stream,rule,zone}``, 1 each) are read from the alert engine at
   scrape time; ``crowdcount_alerts_raised_total{stream,rule}`` counts raises.
+
+``crowdcount_model_info{backend,path}`` (always 1) says which inference backend and model
+file the service runs, since the default backend depends on what is installed.
 
 ``crowdcount_inference_latency_seconds`` runs from a frame's capture to the end of its
 inference (so it includes the wait for the model, which is what a crowded model looks
@@ -28,7 +36,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, Info, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -42,9 +50,21 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0)
 
 StatusSource = Callable[[], Mapping[str, StreamStatus]]
-GaugeSource = Callable[[], Mapping[str, float]]
+GaugeSource = Callable[[], Mapping[str, float]]  # short name -> value, unlabelled
 ZoneSource = Callable[[str], Iterable[str]]  # stream id -> names of its zones now
 AlertSource = Callable[[], Iterable[Mapping[str, Any]]]  # the active alerts
+
+#: Help text of the service-wide series by short name (``crowdcount_<name>``; counters get
+#: ``_total`` appended in the exposition).
+SERVICE_HELP = {
+    "streams": "Streams being processed",
+    "rtc_peers": "Open WebRTC peer connections",
+    "store_pending_rows": "Count rows queued for the database",
+    "store_dropped_rows": "Count rows dropped because the database queue was full",
+    "feed_dropped_items": "Live-feed items dropped for subscribers that fell behind",
+    "inference_errors": "Batches whose inference raised",
+    "sink_errors": "Results a sink failed to take",
+}
 
 
 class _StatusCollector(Collector):
@@ -57,9 +77,11 @@ class _StatusCollector(Collector):
         zone_counts: Mapping[str, Mapping[str, float]] | None = None,
         zones: ZoneSource | None = None,
         alerts: AlertSource | None = None,
+        service_counters: GaugeSource | None = None,
     ) -> None:
         self._statuses = statuses
         self._service_gauges = service_gauges
+        self._service_counters = service_counters
         self._zone_counts = zone_counts if zone_counts is not None else {}
         self._zones = zones
         self._alerts = alerts
@@ -67,7 +89,7 @@ class _StatusCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         statuses = dict(self._statuses())
         count = GaugeMetricFamily(
-            "crowdcount_count", "Latest per-frame count of the stream", labels=["stream"]
+            "crowdcount_people", "Latest per-frame count of the stream", labels=["stream"]
         )
         fps_in = GaugeMetricFamily(
             "crowdcount_fps_in", "Frames decoded per second", labels=["stream"]
@@ -101,7 +123,7 @@ class _StatusCollector(Collector):
         yield from (count, fps_in, fps_out, dropped, reconnects, frames_out, up)
         if self._zones is not None:
             zone = GaugeMetricFamily(
-                "crowdcount_zone_count", "Latest per-frame count inside a zone",
+                "crowdcount_zone_people", "Latest per-frame count inside a zone",
                 labels=["stream", "zone"],
             )
             for sid in sorted(statuses):
@@ -120,16 +142,23 @@ class _StatusCollector(Collector):
             yield active
         if self._service_gauges is not None:
             for name, value in sorted(self._service_gauges().items()):
-                gauge = GaugeMetricFamily(f"crowdcount_{name}", f"Service gauge {name}")
+                gauge = GaugeMetricFamily(f"crowdcount_{name}", SERVICE_HELP.get(name, name))
                 gauge.add_metric([], value)
                 yield gauge
+        if self._service_counters is not None:
+            for name, value in sorted(self._service_counters().items()):
+                total = CounterMetricFamily(f"crowdcount_{name}", SERVICE_HELP.get(name, name))
+                total.add_metric([], value)
+                yield total
 
 
 class Metrics:
     """The registry, the latency sink and the scrape-time collector of one application.
 
     ``statuses`` returns stream id -> ``StreamStatus`` of the live streams; ``service_gauges``
-    returns extra unlabelled gauges (streams, peers, store backlog...) by short name.
+    returns extra unlabelled gauges (streams, peers, store backlog...) by short name,
+    ``service_counters`` running totals since start (errors, drops), exposed as counters;
+    ``model`` (``backend``, ``path``) becomes the labels of ``crowdcount_model_info``.
     """
 
     def __init__(
@@ -139,8 +168,13 @@ class Metrics:
         *,
         zones: ZoneSource | None = None,
         alerts: AlertSource | None = None,
+        service_counters: GaugeSource | None = None,
+        model: Mapping[str, str] | None = None,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
+        if model is not None:
+            Info("crowdcount_model", "The inference backend and model file in use",
+                 registry=self.registry).info(dict(model))
         self.inference_latency = Histogram(
             "crowdcount_inference_latency_seconds",
             "Seconds from frame capture to the end of its inference",
@@ -164,7 +198,8 @@ class Metrics:
         self._raised_labels: set[tuple[str, str]] = set()
         self._zone_counts: dict[str, dict[str, float]] = {}
         self.registry.register(
-            _StatusCollector(statuses, service_gauges, self._zone_counts, zones, alerts)
+            _StatusCollector(statuses, service_gauges, self._zone_counts, zones, alerts,
+                             service_counters)
         )
         self._children: dict[str, tuple[Any, Any]] = {}
 

@@ -84,6 +84,8 @@ def _ms(seconds: float | None) -> float | None:
 class Pipeline:
     """Owns the batcher and the inference worker; call ``close()`` (or use ``async with``).
 
+    ``max_batch`` unset: the backend's own preference (``Runtime.max_batch``).
+
     The worker starts with the first stream (or ``start()``), on the running loop, since
     results must be handed to that loop.
 
@@ -95,13 +97,13 @@ class Pipeline:
     def __init__(
         self,
         runtime: Runtime,
-        max_batch: int = 8,
+        max_batch: int | None = None,
         max_in_flight: int = 2,
         analysis: Analysis | None = None,
     ) -> None:
         self.runtime = runtime
         self.analysis = analysis
-        self.max_batch = max_batch
+        self.max_batch = max_batch or runtime.max_batch
         self.max_in_flight = max_in_flight
         self.batcher = Batcher()
         self.latency = RollingStats()

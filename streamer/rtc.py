@@ -8,7 +8,7 @@ Every ``POST /api/rtc/offer`` becomes one ``RTCPeerConnection`` here, in one of 
 
 The manager owns everything a peer created, because aiortc's ``pc.close()`` does not stop
 the tracks a connection was sending: a relay left running kept queueing frames until the
-process reached 19 GB (see NOTES.md). Teardown therefore stops every track and source
+process reached 19 GB (docs/runtime-notes.md). Teardown therefore stops every track and source
 explicitly, whichever way the peer ends: a clean close, ICE failure, the app's
 ``close_peer``, or a watchdog for peers that vanish without a word (aiortc itself only
 notices those after ~30 s of failed consent checks, a process-wide constant).

@@ -66,7 +66,8 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", help="listen address (default 127.0.0.1, or the config's)")
     p.add_argument("--port", type=int, help="listen port (default 8080, or the config's)")
     p.add_argument("--model", type=Path, help="model file (default: the bundled model)")
-    p.add_argument("--backend", choices=["onnx", "tflite", "keras"])
+    p.add_argument("--backend", choices=["openvino", "onnx", "tflite", "keras"],
+                   help="inference runtime (default: openvino where installed, else onnx)")
     p.add_argument("--database",
                    help="SQLite file for counts and streams; with --cluster, the cluster's "
                         "PostgreSQL database (postgresql://user@host/db)")
@@ -75,8 +76,12 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
                         "(host:port of its head, or 'auto'); needs a postgresql:// --database")
     p.add_argument("--shards", type=int,
                    help="with --cluster: number of shards (fixed for the deployment; default 8)")
-    p.add_argument("--token", help="bearer token required by the API, page and /metrics "
-                                   "(default: $CROWDCOUNT_TOKEN)")
+    p.add_argument("--token", help="bearer token required by the API, page and /metrics; "
+                                   "prefer $CROWDCOUNT_TOKEN (a flag shows in ps); order: "
+                                   "--token, then $CROWDCOUNT_TOKEN, then server.token")
+    p.add_argument("--tls-cert", type=Path, metavar="PEM",
+                   help="serve https with this certificate (chain); needs --tls-key")
+    p.add_argument("--tls-key", type=Path, metavar="PEM", help="the certificate's private key")
     p.add_argument("--stream", action="append", default=[], type=_stream_arg,
                    metavar="NAME=URL",
                    help="add a stream (repeatable): rtsp://..., a video file, /dev/videoN or "
@@ -90,10 +95,12 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
 
 def load(args: argparse.Namespace) -> Any:
     """The config file (or defaults) with the command-line overrides applied and validated
-    again, so a ``--host 0.0.0.0`` without a token is refused like a config file's."""
+    again, so a ``--host 0.0.0.0`` without a token is refused like a config file's. The
+    token stays where it was given: ``--token`` travels to the checks beside the config
+    (``resolve_token`` orders flag, environment and file), not into it."""
     from crowdcount.streamer.config import Config, load_config, parse_config
 
-    config = load_config(args.config) if args.config else Config.default()
+    config = load_config(args.config, args.token) if args.config else Config.default()
     # JSON mode gives the lists and strings the strict models want back (not tuples, Paths).
     data = config.model_dump(mode="json", exclude_none=True)
     server, model = data["server"], data["model"]
@@ -120,7 +127,7 @@ def load(args: argparse.Namespace) -> Any:
         data["cluster"]["database"] = database
         database = None
     for key, value in (("host", args.host), ("port", args.port), ("database", database),
-                       ("token", args.token)):
+                       ("tls_cert", args.tls_cert), ("tls_key", args.tls_key)):
         if value is not None:
             server[key] = str(value) if isinstance(value, Path) else value
     if args.model is not None:
@@ -131,7 +138,7 @@ def load(args: argparse.Namespace) -> Any:
     for name, url in args.stream:
         streams.append({"name": name, "url": url})
     data["streams"] = streams
-    return parse_config(data, "command line")
+    return parse_config(data, "command line", token=args.token)
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -140,15 +147,21 @@ def run_serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from crowdcount.streamer.app import build_app
+    from crowdcount.streamer.tls import server_ssl_context
 
-    app = build_app(config, store_rate=args.store_rate)
-    host, port = config.server.host, config.server.port
+    server = config.server
+    ssl_context = None
+    if server.tls_cert is not None and server.tls_key is not None:
+        ssl_context = server_ssl_context(server.tls_cert, server.tls_key)
+    app = build_app(config, store_rate=args.store_rate, token=args.token)
+    host, port = server.host, server.port
+    scheme = "https" if ssl_context is not None else "http"
     log = logging.getLogger(__name__)
 
     async def announce(_app: web.Application) -> None:
-        log.info("event=listening url=http://%s:%d/", host, port)
+        log.info("event=listening url=%s://%s:%d/", scheme, host, port)
 
     app.on_startup.append(announce)
-    web.run_app(app, host=host, port=port, print=None, access_log=None,
+    web.run_app(app, host=host, port=port, print=None, access_log=None, ssl_context=ssl_context,
                 shutdown_timeout=5.0, handle_signals=True)
     return 0

@@ -31,10 +31,13 @@ from crowdcount.model.runtime import Runtime
 from crowdcount.model.zones import Zone
 from crowdcount.streamer.config import Config, StreamConfig
 from crowdcount.streamer.feed import CountFeed
-from crowdcount.streamer.integrations import Integrations, zones_from_config
+from crowdcount.streamer.gathering import GatheringMap
+from crowdcount.streamer.integrations import Integrations, rules_from_config, zones_from_config
 from crowdcount.streamer.metrics import Metrics
 from crowdcount.streamer.pipeline import Pipeline
 from crowdcount.streamer.rtc import STREAM_ID_RE, PeerManager
+from crowdcount.streamer.rules import RuleBook
+from crowdcount.streamer.saved import SavedSettings
 from crowdcount.streamer.sinks.counts import CountSink
 from crowdcount.streamer.sinks.viewer import ViewerRegistry
 from crowdcount.streamer.smoothing import Ema
@@ -143,8 +146,18 @@ class Service:
                                  analysis=self.integrations)
         self.counts = CountSink(self.store.history, self.feed, Ema(), store_rate,
                                 alert_log=self.store.alerts)
+        # Rules and zones made through the API (own tables in the same file).
+        self.saved = SavedSettings(config.server.database)
+        self.saved_zones: dict[str, list[dict[str, Any]]] = {}
+        self.rules = RuleBook(rules_from_config(config.thresholds), self.saved,
+                              self.integrations, self._live_zone_names,
+                              self.pipeline.publish_alerts)
+        # Where people gather: per-minute density grids (own table, own writer thread).
+        self.gathering = GatheringMap(config.server.database)
         self.metrics = Metrics(self.statuses, self._service_gauges,
-                               zones=self._zone_names, alerts=self.integrations.active_alerts)
+                               zones=self._zone_names, alerts=self.integrations.active_alerts,
+                               service_counters=self._service_counters,
+                               model={"backend": runtime.name, "path": model_path})
         self.peers = PeerManager(
             self.viewers, self._on_rtc_source, on_source_closed=self._on_rtc_closed,
             max_viewers_per_stream=config.server.max_viewers_per_stream,
@@ -161,13 +174,17 @@ class Service:
         return {sid: e.source.status for sid, e in self.streams.items()}
 
     def _service_gauges(self) -> dict[str, float]:
-        store = self.store.stats()
-        stats = self.pipeline.stats()
         return {
             "streams": float(len(self.streams)),
             "rtc_peers": float(self.peers.peer_count),
-            "store_pending_rows": float(store["pending"]),
-            "store_dropped_rows": float(store["dropped"]),
+            "store_pending_rows": float(self.store.stats()["pending"]),
+        }
+
+    def _service_counters(self) -> dict[str, float]:
+        """Totals since start (Prometheus counters, ``_total`` in the exposition)."""
+        stats = self.pipeline.stats()
+        return {
+            "store_dropped_rows": float(self.store.stats()["dropped"]),
             "feed_dropped_items": float(self.feed.dropped),
             "inference_errors": float(stats.inference_errors),
             "sink_errors": float(stats.sink_errors),
@@ -179,15 +196,27 @@ class Service:
             return []
         return [z.name for z in self.integrations.zones(stream_id)]
 
-    def set_zones(self, stream_id: str, zones: list[Zone]) -> None:
-        """Replace a live stream's zones (in memory; the routes persist API streams').
+    def _live_zone_names(self, stream_id: str) -> list[str] | None:
+        """A live stream's zone names; ``None`` for a stream that is not live (rules may
+        name zones of streams added later)."""
+        return self._zone_names(stream_id) if stream_id in self.streams else None
+
+    async def set_zones(self, stream_id: str, zones: list[Zone]) -> None:
+        """Replace a live stream's zones and save them (any kind of stream: they come back
+        when a stream of that id is added again, even over its config-file zones).
         Raises ``StreamNotFound`` and ``ValueError`` (duplicate names)."""
         entry = self.get(stream_id)
         self.integrations.set_zones(stream_id, zones)
+        dicts = [z.to_dict() for z in zones]
         if zones:
-            entry.options["zones"] = [z.to_dict() for z in zones]
+            entry.options["zones"] = dicts
         else:
             entry.options.pop("zones", None)
+        self.saved_zones[stream_id] = dicts
+        await asyncio.to_thread(self.saved.save_zones, stream_id, dicts)
+        if entry.origin == "api":  # its saved definition lists its options, zones included
+            await asyncio.to_thread(self.store.streams.save, entry.id, entry.id, entry.url,
+                                    entry.kind, dict(entry.options))
 
     def get(self, stream_id: str) -> StreamEntry:
         entry = self.streams.get(stream_id)
@@ -231,12 +260,18 @@ class Service:
         # Alerts left open by a previous process can never be cleared by it: close them; the
         # fresh engine raises again if the crowd is still there.
         await asyncio.to_thread(self.store.alerts.close_open, time.time())
+        self.saved_zones = await asyncio.to_thread(self.saved.zones)
+        for name in await self.rules.load():
+            log.warning("event=saved_rule_shadowed rule=%s (the config file has one of that "
+                        "name)", name)
         await self.integrations.start()
-        if self.config.server.retention_days is not None:
+        server = self.config.server
+        if server.retention_days is not None or server.raw_history_hours is not None:
             self._retention = asyncio.create_task(self._enforce_retention())
         await self.pipeline.start()
         # Every consumer of results and alerts is a sink of the pipeline, and only that.
-        for sink in (self.counts, self.metrics, self.viewers, *self.integrations.notifiers):
+        for sink in (self.counts, self.metrics, self.viewers, self.gathering,
+                     *self.integrations.notifiers):
             self.pipeline.add_sink(sink)
 
     async def add_stream(
@@ -276,6 +311,10 @@ class Service:
         registered."""
         sid = source.stream_id
         self._reserve(sid, origin)
+        saved = self.saved_zones.get(sid)
+        if saved is not None:  # zones set through the API win over the config's
+            zones = saved
+            self.integrations.set_zones(sid, [Zone.from_dict(z) for z in saved])
         options: dict[str, Any] = {
             k: v for k, v in (("fps_limit", fps_limit), ("max_side", max_side), ("zones", zones))
             if v
@@ -331,7 +370,27 @@ class Service:
             await self._drop(stream_id, entry)  # no-op if the hang-up already dropped it
             return
         await asyncio.to_thread(self.store.streams.delete, stream_id)
+        # A removed API camera is forgotten with its zones (a new one of that name starts
+        # clean); a browser camera's or a config stream's zones stay for its return.
+        self.saved_zones.pop(stream_id, None)
+        await asyncio.to_thread(self.saved.delete_zones, stream_id)
         await self._drop(stream_id, entry)
+
+    async def replace_stream(self, stream: StreamConfig) -> StreamEntry:
+        """Edit an API stream (its url or options): the old source is stopped and the new
+        one started under the same id, so its history, zones, rules and gathering map carry
+        on. Config-file and browser streams are refused (``StreamConflict``)."""
+        entry = self.get(stream.name)
+        if entry.origin != "api":
+            where = ("comes from the config file; edit it there and restart"
+                     if entry.origin == "config" else "is a browser camera")
+            raise StreamConflict(f"stream {stream.name!r} {where}")
+        zones = [z.to_dict() for z in self.integrations.zones(stream.name)]
+        stream = StreamConfig.model_validate({**stream.model_dump(exclude={"zones"},
+                                                                  exclude_defaults=True),
+                                              "zones": zones})
+        await self._drop(stream.name, entry)
+        return await self.add_stream(stream, origin="api", persist=True)
 
     async def _drop(self, stream_id: str, entry: StreamEntry) -> None:
         if self.streams.get(stream_id) is not entry:
@@ -342,6 +401,7 @@ class Service:
         self.viewers.remove(stream_id)
         self.counts.forget(stream_id)
         self.metrics.forget(stream_id)
+        self.gathering.forget(stream_id)
         if entry.origin != "config":  # API streams get theirs back from the store
             self.integrations.set_zones(stream_id, ())
         # Make its last counts queryable at once (the history outlives the stream).
@@ -350,8 +410,9 @@ class Service:
         log.info("event=stream_removed stream=%s", stream_id)
 
     async def has_history(self, stream_id: str) -> bool:
-        """Whether the store holds counts for ``stream_id`` (live or removed)."""
-        rows = await asyncio.to_thread(self.store.history.counts, stream_id, None, None, None, 1)
+        """Whether the store holds counts for ``stream_id`` (live or removed); asks the
+        per-minute rollup, which outlives the raw rows."""
+        rows = await asyncio.to_thread(self.store.history.counts, stream_id, None, None, 60, 1)
         return bool(rows)
 
     # -- WebRTC publishers -------------------------------------------------------------------
@@ -369,15 +430,24 @@ class Service:
     # -- shutdown ----------------------------------------------------------------------------
 
     async def _enforce_retention(self, every: float = 3600.0) -> None:
-        """Delete count rows older than ``server.retention_days``, now and then hourly: every
-        processed frame is stored, which at 30 fps is ~2.6 million rows a day per stream."""
+        """Now and then hourly: delete raw count rows older than ``server.raw_history_hours``
+        (their per-second and per-minute rollups stay: every processed frame is stored, ~2.6
+        million rows a day per 30 fps stream), and everything older than
+        ``server.retention_days``."""
         days = self.config.server.retention_days
-        assert days is not None
+        raw_hours = self.config.server.raw_history_hours
         while True:
-            cutoff = time.time() - days * 86400
+            now = time.time()
             try:
-                deleted = await asyncio.to_thread(self.store.history.delete, None, cutoff)
-                log.info("event=retention deleted=%d before=%.0f", deleted, cutoff)
+                if raw_hours is not None:
+                    cutoff = now - raw_hours * 3600
+                    pruned = await asyncio.to_thread(self.store.history.prune_raw, cutoff)
+                    log.info("event=raw_pruned deleted=%d before=%.0f", pruned, cutoff)
+                if days is not None:
+                    cutoff = now - days * 86400
+                    deleted = await asyncio.to_thread(self.store.history.delete, None, cutoff)
+                    deleted += await asyncio.to_thread(self.gathering.delete_before, cutoff)
+                    log.info("event=retention deleted=%d before=%.0f", deleted, cutoff)
             except Exception as exc:  # the database's error, whichever backend
                 log.error("event=retention_failed error=%r", str(exc))
             await asyncio.sleep(every)
@@ -401,8 +471,10 @@ class Service:
             self.viewers.remove(sid)
         await self.pipeline.close()
         self.streams.clear()
+        await asyncio.to_thread(self.gathering.close)
         await self.integrations.close()
         await asyncio.to_thread(self.store.close)
+        await asyncio.to_thread(self.saved.close)
         await self.uploads.close()
 
 

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import av
 import cv2
+import numpy as np
 import pytest
 
 from tests.fixtures.datasets import crowd_picture
+from tests.fixtures.media import level, write_levels_clip
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,11 +85,14 @@ def test_missing_model_exits_2(pictures, tmp_path):
 @pytest.mark.slow
 def test_evaluate_and_errors(tmp_path, generic_dataset):
     csv_path, plot_path = tmp_path / "r.csv", tmp_path / "p.png"
-    result = crowdcount("evaluate", f"generic:{generic_dataset}", "--csv", str(csv_path),
-                        "--plot", str(plot_path))
+    result = crowdcount("evaluate", f"generic:{generic_dataset}", f"generic:{generic_dataset}:1-3",
+                        "--csv", str(csv_path), "--plot", str(plot_path))
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("images=8 MAE=")
-    assert len(csv_path.read_text().splitlines()) == 9 and plot_path.stat().st_size > 5000
+    lines = result.stdout.splitlines()
+    assert lines[1].startswith("  bin    <=50: images=8 MAE=")  # counts 0-12: one bin
+    assert lines[2].startswith("images=3 MAE=") and lines[2].endswith(":1-3")
+    assert len(csv_path.read_text().splitlines()) == 12 and plot_path.stat().st_size > 5000
     bad = crowdcount("evaluate", "mall:/nonexistent/mall")
     assert bad.returncode == 2
     assert bad.stderr.strip() == (
@@ -116,3 +123,136 @@ def test_count_does_not_import_tensorflow(pictures):
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                             text=True, timeout=60)
     assert result.stdout.strip().splitlines()[-1] == "False False"
+
+
+# -- recorded video and folders ----------------------------------------------------------
+
+CELLS = (256 // 8) * (320 // 8)  # brightness-model cells of a 320x256 frame
+STEP = 4 / 255 * CELLS  # count difference between neighbouring frames of a levels clip
+
+
+@pytest.fixture(scope="module")
+def levels(tmp_path_factory) -> Path:
+    """50 frames at 10 fps; frame i is flat grey level(i) on the left, black on the right."""
+    return write_levels_clip(tmp_path_factory.mktemp("video") / "levels.mp4", split=True)
+
+
+def left_count(index: int) -> float:
+    return level(index) / 255 * CELLS / 2
+
+
+def test_count_video_json_one_line_per_frame(levels, brightness_model):
+    result = crowdcount("count", str(levels), "--model", str(brightness_model), "--json",
+                        "--batch", "3")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""  # no progress bar when stderr is not a terminal
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [list(line) for line in lines] == [["path", "frame", "t", "count"]] * 50
+    assert [line["frame"] for line in lines] == list(range(50))
+    assert [line["t"] for line in lines] == pytest.approx([i / 10 for i in range(50)])
+    assert [line["count"] for line in lines] == pytest.approx(
+        [left_count(i) for i in range(50)], abs=STEP / 2)
+
+
+def test_count_video_every_csv_with_zones(levels, brightness_model, tmp_path):
+    zones = tmp_path / "zones.json"
+    zones.write_text(json.dumps({"zones": [
+        {"name": "left", "points": [[0, 0], [160, 0], [160, 256], [0, 256]]},
+        {"name": "right", "points": [[160, 0], [320, 0], [320, 256], [160, 256]]}]}))
+    out = tmp_path / "counts.csv"
+    result = crowdcount("count", str(levels), "--model", str(brightness_model), "--every", "1",
+                        "--zones", str(zones), "--csv", str(out))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""  # --csv without --json keeps stdout quiet
+    with out.open() as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["path", "frame", "t", "count", "left", "right"]
+    assert [int(r["frame"]) for r in rows] == [0, 10, 20, 30, 40]
+    assert [float(r["t"]) for r in rows] == [0.0, 1.0, 2.0, 3.0, 4.0]
+    for r in rows:
+        assert float(r["left"]) == pytest.approx(left_count(int(r["frame"])), abs=STEP / 2)
+        assert float(r["right"]) == pytest.approx(0, abs=1)
+        assert float(r["left"]) + float(r["right"]) == pytest.approx(float(r["count"]), abs=0.05)
+
+
+def test_count_video_zones_from_config_stream(levels, brightness_model, tmp_path):
+    config = tmp_path / "serve.toml"
+    config.write_text(
+        f'[model]\npath = "{brightness_model}"\n\n'
+        '[[streams]]\nname = "door"\nurl = "rtsp://127.0.0.1:1/x"\n\n'
+        '[[streams.zones]]\nname = "left"\npoints = [[0, 0], [160, 0], [160, 256], [0, 256]]\n')
+    result = crowdcount("count", str(levels), "--config", str(config), "--every", "2", "--json")
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["frame"] for line in lines] == [0, 20, 40]
+    for line in lines:
+        assert line["zones"]["left"] == pytest.approx(left_count(line["frame"]), abs=STEP / 2)
+
+
+def test_count_video_overlay_is_h264_with_the_source_timing(levels, brightness_model, tmp_path):
+    out = tmp_path / "annotated.mp4"
+    result = crowdcount("count", str(levels), "--model", str(brightness_model), "--every",
+                        "0.5", "--overlay", str(out))
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 10
+    with av.open(str(out)) as container:
+        stream = container.streams.video[0]
+        assert stream.codec_context.name == "h264"
+        frames = list(container.decode(stream))
+    assert [f.time for f in frames] == pytest.approx([i * 0.5 for i in range(10)])
+    image = frames[-1].to_ndarray(format="rgb24")
+    assert image.shape == (256, 320, 3)
+    # The heatmap tints the bright half: the overlay is not the source frame.
+    assert abs(float(image[128:, 40:120].mean()) - level(45)) > 10
+
+
+def test_count_video_progress_bar_on_request(levels, brightness_model):
+    result = crowdcount("count", str(levels), "--model", str(brightness_model), "--progress",
+                        "--csv", "/dev/null")
+    assert result.returncode == 0, result.stderr
+    assert "50/50" in result.stderr and "frame/s" in result.stderr
+
+
+def test_video_with_an_unknown_suffix_is_tried(levels, brightness_model, tmp_path):
+    odd = tmp_path / "recording.bin"
+    odd.write_bytes(levels.read_bytes())
+    result = crowdcount("count", str(odd), "--model", str(brightness_model), "--every", "4")
+    assert result.returncode == 0, result.stderr
+    assert [line.split("\t")[:3] for line in result.stdout.splitlines()] == [
+        [str(odd), "0", "0.000"], [str(odd), "40", "4.000"]]
+
+
+def test_truncated_video_exits_2(levels, tmp_path):
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(levels.read_bytes()[:3000])
+    result = crowdcount("count", str(cut))
+    assert result.returncode == 2 and result.stdout == ""
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "cut.mp4: not a readable video" in result.stderr
+
+
+def test_count_folder_sorted_and_recursive(pictures, brightness_model, tmp_path):
+    folder = tmp_path / "shots"
+    (folder / "sub").mkdir(parents=True)
+    for name, value in (("b.png", 200), ("a.jpg", 100), ("sub/c.png", 50), (".hidden.png", 9)):
+        cv2.imwrite(str(folder / name), np.full((64, 96, 3), value, np.uint8))
+    (folder / "notes.txt").write_text("not an image")
+    result = crowdcount("count", str(folder), "--model", str(brightness_model), "--json")
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["path"] for line in lines] == [str(folder / "a.jpg"), str(folder / "b.png")]
+    cells = (64 // 8) * (96 // 8)
+    assert [line["count"] for line in lines] == pytest.approx(
+        [100 / 255 * cells, 200 / 255 * cells], abs=1)
+    deep = crowdcount("count", str(folder), "--recursive", "--model", str(brightness_model))
+    assert [line.split("\t")[0] for line in deep.stdout.splitlines()] == [
+        str(folder / "a.jpg"), str(folder / "b.png"), str(folder / "sub" / "c.png")]
+
+
+def test_empty_folder_exits_2(tmp_path):
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    result = crowdcount("count", str(tmp_path / "empty"))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"crowdcount count: error: {tmp_path / 'empty'}: no images in this folder "
+        "(--recursive also looks in sub-folders)"]

@@ -271,6 +271,56 @@ async def wait_until_async(predicate: Any, http: Any, what: str, base: str = "",
         await fetch()
 
 
+async def test_edits_through_one_api_reach_the_shard_and_the_other_api(
+    api: TestClient, api_b: str, ray_cluster: Any
+) -> None:
+    """Zones put through B are applied by cam1's shard (its counts gain the zone) and shown
+    by A; an API camera edited through A restarts with its new URL; rules are the config's
+    (read-only on a cluster); heatmaps are not served by a cluster (501)."""
+    await _wait_running(api, _worker_ids(ray_cluster), ("cam1",))
+    zone = {"name": "left", "points": [[0, 0], [80, 0], [80, 128], [0, 128]]}
+    async with aiohttp.ClientSession() as http:
+        async with http.put(f"{api_b}/api/streams/cam1/zones", json={"zones": [zone]}) as r:
+            assert r.status == 200, await r.text()
+        await wait_until_async(  # A follows the row change (NOTIFY, then a refresh)
+            lambda s: [z["name"] for z in s["cam1"]["options"].get("zones", [])] == ["left"],
+            api, "the zones in A")
+        async with api.get("/api/streams/cam1/zones") as resp:
+            assert [z["name"] for z in (await resp.json())["zones"]] == ["left"]
+
+        async def zone_counted() -> bool:
+            async with api.get("/api/streams/cam1/counts",
+                               params={"limit": "1", "zones": "1"}) as resp:
+                rows = (await resp.json())["counts"]
+            return bool(rows) and 0 < rows[-1]["zones"].get("left", 0) < rows[-1]["count"]
+
+        t0 = time.monotonic()
+        while not await zone_counted():
+            assert time.monotonic() - t0 < 30, "cam1's shard never counted the new zone"
+            await asyncio.sleep(0.2)
+
+        first = f"rtsp://127.0.0.1:{free_port()}/a"
+        second = f"rtsp://127.0.0.1:{free_port()}/b"
+        async with http.post(f"{api_b}/api/streams", json={"name": "gate", "url": first}) as r:
+            assert r.status == 201, await r.text()
+        async with api.patch("/api/streams/gate", json={"url": second}) as resp:
+            assert resp.status == 200, await resp.text()
+        await wait_until_async(
+            lambda s: "gate" in s and s["gate"]["url"] == second
+            and second.rsplit(":", 1)[1] in (s["gate"]["status"]["last_error"] or ""),
+            http, "the edited camera's new URL in use", base=api_b)
+        async with http.delete(f"{api_b}/api/streams/gate") as resp:
+            assert resp.status == 204
+
+        async with http.get(f"{api_b}/api/alerts/rules") as resp:
+            assert [r["name"] for r in (await resp.json())["rules"]] == ["cam0-busy"]
+        rule = {"name": "x", "stream": "cam1", "above": 5.0, "below": 1.0}
+        async with http.post(f"{api_b}/api/alerts/rules", json=rule) as resp:
+            assert resp.status == 409
+        async with api.get("/api/streams/cam1/heatmap") as resp:
+            assert resp.status == 501 and "error" in await resp.json()
+
+
 async def test_alert_is_sent_once_by_the_owning_shard(
     api: TestClient, api_b: str, webhook: WebhookReceiver, cluster_dsn: str
 ) -> None:

@@ -125,8 +125,8 @@ def test_defaults(tmp_path: Path) -> None:
         assert s.database.name == "crowdcount.sqlite3"
         assert s.max_upload_bytes == 10 * 1024 * 1024
         assert (s.max_streams, s.max_viewers_per_stream, s.upload_rate_per_minute) == (16, 8, 60)
-        assert (cfg.model.path, cfg.model.backend, cfg.model.threads) == (None, "onnx", None)
-        assert cfg.model.max_batch == 8
+        assert (cfg.model.path, cfg.model.backend, cfg.model.threads) == (None, None, None)
+        assert cfg.model.max_batch is None
         assert cfg.streams == ()
     assert Config.default().server.database == Path("crowdcount.sqlite3")
     assert load_config(_write(tmp_path, "")).server.database == tmp_path / "crowdcount.sqlite3"
@@ -187,7 +187,7 @@ def test_unknown_keys_rejected_with_key_path(
         ("[server]\ndatabase = 3\n", "server.database", "expected a path string"),
         ("[server]\ntoken = ''\n", "server.token", "at least 1 character"),
         ("server = 3\n", "server", "expected a table, got int 3"),
-        ("[model]\nbackend = 'ONNX'\n", "model.backend", "'onnx', 'tflite' or 'keras'"),
+        ("[model]\nbackend = 'ONNX'\n", "model.backend", "'openvino', 'onnx', 'tflite' or 'keras'"),
         ("[model]\nthreads = true\n", "model.threads", "valid integer, got bool True"),
         ("[model]\nmax_batch = 0\n", "model.max_batch", "greater than or equal to 1"),
         ("streams = 'cam'\n", "streams", "tuple"),

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -25,7 +28,7 @@ def keras_count(crowd_image) -> float:
 
 
 def test_onnx_matches_keras(crowd_image, keras_count):
-    onnx_count = Runtime.open(DEFAULT_ONNX).count(crowd_image)
+    onnx_count = Runtime.open(DEFAULT_ONNX, "onnx").count(crowd_image)
     assert keras_count > 5
     assert onnx_count == pytest.approx(keras_count, rel=1e-3)
 
@@ -52,7 +55,31 @@ def test_onnx_export_round_trip(tmp_path, crowd_image, keras_count):
     from crowdcount.training.export import export_onnx
 
     path = export_onnx(DEFAULT_KERAS, tmp_path / "m.onnx")
-    backend = load_backend(path)
+    backend = load_backend(path, "onnx")
     assert backend.fixed_size is None  # any multiple of 32
     out = backend.predict(prepare(crowd_image, (480, 640))[None])
     assert float(out.sum()) == pytest.approx(keras_count, rel=1e-3)
+
+
+def _export_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "crowdcount.streamer.cli", "export", str(DEFAULT_KERAS),
+         "--format", "tflite", *args], capture_output=True, text=True, timeout=600)
+
+
+def test_tflite_export_cli_shows_only_our_lines(tmp_path):
+    """TensorFlow prints a TensorSpec line per weight (and C++ INFO lines) while converting;
+    the user sees only the export's own progress and the path, unless --verbose."""
+    out = tmp_path / "m.tflite"
+    quiet = _export_cli("-o", str(out))
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stdout == f"{out}\n"
+    assert quiet.stderr.splitlines() == [
+        f"export: loading {DEFAULT_KERAS} at a fixed 1x480x640 input",
+        "export: converting to TFLite (fp32)",
+        f"export: wrote {out} ({out.stat().st_size / 2**20:.1f} MiB)",
+    ]
+    loud = _export_cli("-o", str(tmp_path / "v.tflite"), "--verbose")
+    assert loud.returncode == 0, loud.stderr
+    assert "TensorSpec(" in loud.stdout + loud.stderr
+    assert "export: converting to TFLite (fp32)" in loud.stderr

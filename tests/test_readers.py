@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import cv2
 import numpy as np
 import pytest
 
@@ -64,9 +65,34 @@ def test_write_generic_round_trip_with_scale(tmp_path):
 def test_ranges():
     assert parse_range("801-805", 2000) == [800, 801, 802, 803, 804]
     assert parse_range("10-40/10", 400) == [9, 19, 29, 39]
-    for bad in ("0-3", "5-2", "x", "1-9999"):
+    held = parse_range("10-400/10", 400)
+    kept = parse_range("1-400,~10-400/10", 400)
+    assert len(kept) == 360 and not set(kept) & set(held)
+    assert sorted(kept + held) == list(range(400))
+    assert parse_range("~10-400/10", 400) == kept  # a leading exclusion starts from all
+    assert parse_range("1-3,7-8", 10) == [0, 1, 2, 6, 7]
+    for bad in ("0-3", "5-2", "x", "1-9999", "~1-100", "1-5,~x"):
         with pytest.raises(DatasetError):
             parse_range(bad, 100)
+
+
+def test_range_excluding_a_hold_out_opens(tmp_path):
+    root = make_shanghaitech(tmp_path / "sh", list(range(20)))
+    train = open_dataset(f"shanghaitech:{root}:~10-20/10")
+    held = open_dataset(f"shanghaitech:{root}:10-20/10")
+    assert len(train) == 18 and [held[i].count for i in range(2)] == [9, 19]
+    assert 9 not in {train[i].count for i in range(18)}
+
+
+def test_grey_and_odd_sized_images_come_out_rgb(tmp_path):
+    root = make_shanghaitech(tmp_path / "sh", [3, 2])
+    path = root / "images" / "IMG_2.jpg"
+    grey = np.full((61, 203), 90, np.uint8)  # one channel, sides not multiples of anything
+    ok, data = cv2.imencode(".jpg", grey)
+    assert ok
+    path.write_bytes(data.tobytes())
+    sample = open_dataset(f"shanghaitech:{root}")[1]
+    assert sample.image.shape == (61, 203, 3) and sample.image.dtype == np.uint8
 
 
 def test_truncated_image_is_named(tmp_path):

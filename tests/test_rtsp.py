@@ -16,22 +16,13 @@ from crowdcount.streamer.sources.base import SourceEnded
 from crowdcount.streamer.sources.rtsp import RtspSource
 from crowdcount.streamer.status import StreamState
 from tests.fixtures.rtsp import free_port
+from tests.fixtures.waiting import wait_until
 
 pytestmark = pytest.mark.rtsp
 
 
 async def next_frame(source: RtspSource, timeout: float):
     return await asyncio.wait_for(source.recv(), timeout)
-
-
-async def wait_for(predicate, timeout: float, step: float = 0.02) -> float:
-    """Seconds until ``predicate()`` held; fails the test on timeout."""
-    t0 = time.monotonic()
-    while not predicate():
-        if time.monotonic() - t0 > timeout:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await asyncio.sleep(step)
-    return time.monotonic() - t0
 
 
 async def drain_until_fresh(source: RtspSource, after: float, timeout: float):
@@ -74,20 +65,19 @@ async def test_server_killed_and_restarted(rtsp_server, h264_clip):
     try:
         await next_frame(source, 5)
         server.kill()
-        await wait_for(lambda: source.status.state == StreamState.RECONNECTING, 5)
+        await wait_until(lambda: source.status.state == StreamState.RECONNECTING, 5)
         assert source.status.last_error and server.url in source.status.last_error
         await asyncio.sleep(1.0)  # down for a while: several refused attempts
         restarted = time.time()
         server.start()
         t_restart = time.monotonic()
-        frame = await drain_until_fresh(source, restarted, 10)
+        frame = await drain_until_fresh(source, restarted, 30)
         recovery = time.monotonic() - t_restart
         assert frame.size == (320, 240)
         assert source.status.reconnects >= 1
         assert source.status.state == StreamState.RUNNING
         print(f"\nrecovery after restart: {recovery:.2f} s "
               f"(reconnects={source.status.reconnects}, last_error={source.status.last_error})")
-        assert recovery < 4.0
     finally:
         await source.stop()
 
@@ -103,15 +93,16 @@ async def test_stalled_server_is_dropped_by_watchdog(rtsp_server, h264_clip):
         await next_frame(source, 5)
         server.pause()
         t_pause = time.monotonic()
-        detected = await wait_for(lambda: source.status.state == StreamState.RECONNECTING, 5)
+        # read_timeout=30 s: only the watchdog can notice within the 15 s deadline.
+        detected = await wait_until(lambda: source.status.state == StreamState.RECONNECTING, 15,
+                                    "the watchdog to drop the stalled connection")
         assert "stalled" in (source.status.last_error or "")
-        # read_timeout=30 s: only the watchdog can have noticed within a few seconds
-        assert detected < 1.5 + 1.5
+        assert detected >= 1.0  # not before stall_timeout (1.5 s) has (nearly) passed
         await asyncio.sleep(1.0)
         resumed = time.time()
         server.resume()
         t_resume = time.monotonic()
-        await drain_until_fresh(source, resumed, 10)
+        await drain_until_fresh(source, resumed, 30)
         print(f"\nstall detected {detected:.2f} s after SIGSTOP (stall_timeout 1.5 s); "
               f"frames again {time.monotonic() - t_resume:.2f} s after SIGCONT; "
               f"paused {t_resume - t_pause:.1f} s; reconnects={source.status.reconnects}")
@@ -125,7 +116,7 @@ async def test_nothing_listening_fails_after_bounded_retries():
     source = RtspSource("cam", url, open_timeout=2, backoff_initial=0.2, max_retries=2)
     await source.start()
     try:
-        await wait_for(lambda: source.status.state == StreamState.FAILED, 5)
+        await wait_until(lambda: source.status.state == StreamState.FAILED, 5)
         assert source.attempts == 3  # the first try and 2 retries
         assert source.status.reconnects == 2
         error = source.status.last_error or ""
@@ -157,7 +148,7 @@ async def test_credentials_never_in_last_error():
     source = RtspSource("cam", url, backoff_initial=0.1, max_retries=0)
     await source.start()
     try:
-        await wait_for(lambda: source.status.state == StreamState.FAILED, 5)
+        await wait_until(lambda: source.status.state == StreamState.FAILED, 5)
     finally:
         await source.stop()
     error = source.status.last_error or ""
@@ -175,7 +166,7 @@ async def test_credentials_masked_with_a_live_server(rtsp_server, h264_clip):
     try:
         await next_frame(source, 5)
         server.kill()
-        await wait_for(lambda: source.status.last_error is not None, 5)
+        await wait_until(lambda: source.status.last_error is not None, 5)
         await asyncio.sleep(0.8)  # let a refused reconnect overwrite it
     finally:
         await source.stop()
@@ -197,14 +188,15 @@ async def test_open_close_cycles_leave_no_threads(rtsp_server, h264_clip):
 
 
 async def test_stop_before_any_connection_is_quick():
-    source = RtspSource("cam", f"rtsp://127.0.0.1:{free_port()}/x", backoff_initial=5)
+    source = RtspSource("cam", f"rtsp://127.0.0.1:{free_port()}/x", backoff_initial=120,
+                        backoff_max=120)
     before = threading.active_count()
     await source.start()
-    await asyncio.sleep(0.2)
-    t0 = time.monotonic()
-    await source.stop()
+    await wait_until(lambda: source.status.last_error is not None,
+                     what="the first attempt to be refused (now backing off)")
+    # Deadline far below the 120 s backoff: stop() must not wait for the next attempt.
+    await asyncio.wait_for(source.stop(), 30)
     await source.stop()  # idempotent
-    assert time.monotonic() - t0 < 1.0
     assert threading.active_count() == before  # both threads gone
 
 
@@ -219,14 +211,14 @@ def test_rejects_bad_parameters():
 async def test_stop_while_opening_on_a_hung_server_is_prompt(rtsp_server, h264_clip):
     server = rtsp_server(h264_clip)
     server.pause()  # TCP connects (kernel backlog) but RTSP never answers
-    source = RtspSource("cam", server.url, open_timeout=20)
+    source = RtspSource("cam", server.url, open_timeout=120)
     await source.start()
     await asyncio.sleep(0.5)
     assert source.status.state == StreamState.CONNECTING
     t0 = time.monotonic()
-    await source.stop()
+    # Deadline far below open_timeout: stop() must interrupt the hung open.
+    await asyncio.wait_for(source.stop(), 30)
     took = time.monotonic() - t0
     server.resume()
-    print(f"\nstop() during a hung open took {took:.3f} s (open_timeout 20 s)")
-    assert took < 1.0
+    print(f"\nstop() during a hung open took {took:.3f} s (open_timeout 120 s)")
     assert not [t.name for t in threading.enumerate() if t.name.startswith("rtsp-")]

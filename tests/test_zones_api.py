@@ -184,8 +184,8 @@ async def test_zone_counts_tile_the_frame_in_counts_feed_and_metrics(serve, spli
         assert sum(row["zones"].values()) == pytest.approx(row["count"], rel=0.01)
 
     values = metric_values(await (await client.get("/metrics")).text())
-    a = values['crowdcount_zone_count{stream="hall",zone="a"}']
-    b = values['crowdcount_zone_count{stream="hall",zone="b"}']
+    a = values['crowdcount_zone_people{stream="hall",zone="a"}']
+    b = values['crowdcount_zone_people{stream="hall",zone="b"}']
     assert a + b == pytest.approx(total, rel=0.01)
 
     # Zones replaced: the old label sets go, the new one appears.
@@ -195,7 +195,7 @@ async def test_zone_counts_tile_the_frame_in_counts_feed_and_metrics(serve, spli
     text = await (await client.get("/metrics")).text()
     assert 'zone="a"' not in text and 'zone="b"' not in text
     values = metric_values(text)
-    assert values['crowdcount_zone_count{stream="hall",zone="all"}'] == pytest.approx(
+    assert values['crowdcount_zone_people{stream="hall",zone="all"}'] == pytest.approx(
         total, rel=0.01)
 
 

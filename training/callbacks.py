@@ -53,9 +53,11 @@ class CountValidation(keras.callbacks.Callback):
     ``val_<name>_mae`` and combined into ``val_score`` (mean of MAE / mean true count, so a
     street dataset with 100+ people does not drown a mall with 30)."""
 
-    def __init__(self, sets: dict[str, Sequence[Sample]], every: int = 1) -> None:
+    def __init__(
+        self, sets: dict[str, Sequence[Sample]], every: int = 1, max_side: int | None = None
+    ) -> None:
         super().__init__()
-        self.sets, self.every = sets, every
+        self.sets, self.every, self.max_side = sets, every, max_side
         self.means = {k: max(1.0, float(np.mean([s.count for s in v]))) for k, v in sets.items()}
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
@@ -63,7 +65,7 @@ class CountValidation(keras.callbacks.Callback):
             return
         rel = []
         for name, samples in self.sets.items():
-            err = count_errors(self.model, samples)
+            err = count_errors(self.model, samples, self.max_side)
             logs[f"val_{name}_mae"] = float(np.abs(err).mean())
             logs[f"val_{name}_rmse"] = float(np.sqrt((err**2).mean()))
             logs[f"val_{name}_bias"] = float(err.mean())

@@ -39,6 +39,17 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--learning-rate", type=float)
     p.add_argument("--count-weight", type=float, default=0.0)
     p.add_argument("--density-scale", type=float, default=100.0)
+    p.add_argument("--loss", choices=["mse", "bayesian"], default="mse",
+                   help="mse: density maps from kernels; bayesian: head points (Ma et al. 2019)")
+    p.add_argument("--max-points", type=int, default=1024,
+                   help="bayesian: heads per crop, padded to this fixed number")
+    p.add_argument("--bayes-sigma", type=float, default=8.0,
+                   help="bayesian: likelihood width in pixels")
+    p.add_argument("--bayes-background", type=float, default=0.15,
+                   help="bayesian: background margin as a fraction of the crop's shorter "
+                        "side (0 = no background term)")
+    p.add_argument("--val-max-side", type=int,
+                   help="validate with images shrunk to this longer side (the serving size)")
     p.add_argument("--patience", type=int, default=12)
     p.add_argument("--time-budget", type=float, help="stop after this many seconds")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
@@ -66,22 +77,40 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def add_evaluate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="count MAE/RMSE of a model on a dataset")
-    p.add_argument("dataset", metavar="FMT:PATH[:RANGE]")
+    p = sub.add_parser("evaluate", help="count MAE/RMSE/bias of a model, per dataset and "
+                       "per density bin")
+    p.add_argument("dataset", nargs="+", metavar="FMT:PATH[:RANGE]")
     p.add_argument("--model", help="model file (.onnx/.tflite/.keras); default: bundled")
     p.add_argument("--backend", choices=["onnx", "tflite", "keras"])
     p.add_argument("--max-side", type=int, help="shrink images so the longer side is at most this")
     p.add_argument("--csv", help="write per-image results here")
-    p.add_argument("--plot", help="write a predicted-vs-true scatter plot (PNG) here")
+    p.add_argument("--plot", help="write a predicted-vs-true log-scale plot (PNG) here")
     p.set_defaults(run=run_evaluate)
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from crowdcount.training.evaluate import evaluate
+    """One line per dataset (the overall numbers), then one indented line per density bin."""
+    from pathlib import Path
 
-    report = evaluate(args.dataset, args.model, args.backend, args.max_side, args.csv, args.plot)
-    print(f"images={report.n} MAE={report.mae:.3f} RMSE={report.rmse:.3f} "
-          f"bias={report.bias:+.3f} mean_true={report.mean_true:.2f}")
+    from crowdcount.model.runtime import Runtime
+    from crowdcount.training.evaluate import evaluate, plot, write_csv
+    from crowdcount.training.readers import open_dataset
+
+    for spec in args.dataset:
+        open_dataset(spec)  # a bad name fails now, not after minutes of counting
+    runtime = Runtime.open(args.model, args.backend, max_side=args.max_side)
+    reports = []
+    for spec in args.dataset:
+        report = evaluate(spec, runtime=runtime)
+        reports.append(report)
+        print(f"{report.overall.line()} dataset={spec}")
+        for label, stats in report.bins:
+            if stats.n:
+                print(f"  bin {label:>7}: {stats.line()}")
+    if args.csv:
+        write_csv(reports, Path(args.csv))
+    if args.plot:
+        plot(reports, Path(args.plot))
     return 0
 
 
@@ -96,17 +125,21 @@ def add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--representative", metavar="FMT:PATH[:RANGE]",
                    help="images for int8 calibration")
     p.add_argument("-o", "--output", required=True)
+    p.add_argument("--verbose", action="store_true",
+                   help="also show TensorFlow's own output (by default only warnings and "
+                        "errors)")
     p.set_defaults(run=run_export)
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from crowdcount.training.export import export_onnx, export_tflite
+    from crowdcount.training.export import export_onnx, export_tflite, quiet_tensorflow
 
-    if args.format == "onnx":
-        path = export_onnx(args.model, args.output)
-    else:
-        path = export_tflite(args.model, args.output, args.input_size, args.quantize,
-                             args.representative)
+    with quiet_tensorflow(args.verbose):
+        if args.format == "onnx":
+            path = export_onnx(args.model, args.output)
+        else:
+            path = export_tflite(args.model, args.output, args.input_size, args.quantize,
+                                 args.representative)
     print(path)
     return 0
 

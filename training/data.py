@@ -1,5 +1,6 @@
 """The input pipeline: a ``keras.utils.PyDataset`` so it runs the same on TensorFlow (CPU)
-and JAX (GPU). Batches have one fixed shape (JAX compiles once per shape)."""
+and JAX (GPU). Batches have one fixed shape (JAX compiles once per shape): density maps for
+the MSE loss, or head points padded to ``max_points`` with a mask for the point loss."""
 
 from __future__ import annotations
 
@@ -43,7 +44,9 @@ class Cached:
 
 
 class DensityDataset(keras.utils.PyDataset):
-    """Random augmented crops drawn from several sources in proportion to their weights."""
+    """Random augmented crops drawn from several sources: a source's share of the crops is
+    its weight times its number of items (``@W`` on the command line), so weights balance
+    a 720-frame video against a 270-image photo set."""
 
     def __init__(
         self,
@@ -53,6 +56,7 @@ class DensityDataset(keras.utils.PyDataset):
         batch_size: int,
         steps: int,
         seed: int = 0,
+        max_points: int | None = None,
         **kwargs: object,
     ) -> None:
         super().__init__(**kwargs)  # workers, use_multiprocessing, max_queue_size
@@ -63,7 +67,7 @@ class DensityDataset(keras.utils.PyDataset):
         self.crop, self.stride, self.batch_size, self.steps = crop, stride, batch_size, steps
         weights = np.array([s.weight * len(s.reader) for s in self.sources], np.float64)
         self.p = weights / weights.sum()
-        self.seed, self.epoch = seed, 0
+        self.seed, self.epoch, self.max_points = seed, 0, max_points
 
     def __len__(self) -> int:
         return self.steps
@@ -78,7 +82,8 @@ class DensityDataset(keras.utils.PyDataset):
             src = self.sources[int(rng.choice(len(self.sources), p=self.p))]
             sample = src.reader[int(rng.integers(len(src.reader)))]
             kernel: Kernel = src.reader.kernel
-            x, y = make_example(sample, self.crop, kernel, self.stride, rng, src.augment)
+            x, y = make_example(sample, self.crop, kernel, self.stride, rng, src.augment,
+                                self.max_points)
             xs.append(x)
             ys.append(y)
         return np.stack(xs), np.stack(ys)

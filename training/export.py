@@ -2,21 +2,81 @@
 
 ONNX keeps a dynamic batch and input size (the runtime feeds any multiple of 32). TFLite is
 exported from a copy of the network rebuilt with a FIXED batch of 1 and a fixed input size:
-with a dynamic batch the transposed convolutions fall off XNNPACK (see NOTES.md).
+with a dynamic batch the transposed convolutions fall off XNNPACK (docs/runtime-notes.md).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
+#: Where progress lines go while ``quiet_tensorflow`` holds stdout and stderr (a duplicate
+#: of the real stderr), ``None`` when nothing is captured.
+_report_fd: int | None = None
+
+#: Captured lines worth replaying: absl warnings/errors (``W1130 ...``), Python warnings
+#: and errors (``...: UserWarning: ...``, ``WARNING:tensorflow:...``). Not absl's banner
+#: about its own initialisation, which is printed whatever the log level.
+_WORTH_SHOWING = re.compile(r"^[WEF]\d{4} |\b\w*(?:Warning|Error): |^(?:WARNING|ERROR):")
+_NOISE = re.compile(r"absl::InitializeLog")
+
 
 def _progress(message: str) -> None:
     """Export takes tens of seconds with little to show: say which stage it is in."""
-    print(f"export: {message}", file=sys.stderr, flush=True)
+    line = f"export: {message}"
+    if _report_fd is None:
+        print(line, file=sys.stderr, flush=True)
+    else:
+        os.write(_report_fd, (line + "\n").encode())
+
+
+@contextmanager
+def quiet_tensorflow(verbose: bool = False) -> Iterator[None]:
+    """Keep TensorFlow's chatter off the terminal unless ``verbose``.
+
+    Why at the file-descriptor level: Keras prints a ``TensorSpec`` line for every weight
+    of the model when the TFLite converter saves it (no switch reaches that print through
+    the converter), and TensorFlow's C++ logs INFO lines (oneDNN, CPU features) before its
+    log level applies. Both stdout and stderr are therefore redirected into a temporary
+    file while TensorFlow works; our progress lines go to the real stderr meanwhile, and
+    afterwards only warnings and errors are replayed. If the export fails, everything
+    captured is replayed, since it may explain why.
+    """
+    global _report_fd
+    if verbose or _report_fd is not None:
+        yield
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved_out, saved_err = os.dup(1), os.dup(2)
+    failed = True
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        _report_fd = saved_err
+        try:
+            yield
+            failed = False
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved_out, 1)
+            os.dup2(saved_err, 2)
+            os.close(saved_out)
+            os.close(saved_err)
+            _report_fd = None
+            sink.seek(0)
+            for line in sink.read().decode("utf-8", "replace").splitlines():
+                if failed or (_WORTH_SHOWING.search(line) and not _NOISE.search(line)):
+                    print(line, file=sys.stderr)
+            sys.stderr.flush()
 
 
 def _load(path: str | Path):  # noqa: ANN202 - keras.Model, imported lazily

@@ -20,7 +20,12 @@ import keras
 from crowdcount.model.architecture import ModelSpec, build, default_backbone_weights
 from crowdcount.training.callbacks import CountValidation, MemoryCleanup, TimeBudget
 from crowdcount.training.data import DensityDataset, WeightedReader
-from crowdcount.training.losses import DensityLoss, count_abs_error
+from crowdcount.training.losses import (
+    BayesianLoss,
+    DensityLoss,
+    count_abs_error,
+    point_count_abs_error,
+)
 from crowdcount.training.readers import DatasetError, Reader, Subset, open_dataset
 from crowdcount.training.targets import Augment
 
@@ -47,6 +52,11 @@ class TrainConfig:
     learning_rate: float | None = None
     count_weight: float = 0.0
     density_scale: float = 100.0
+    loss: str = "mse"  # "mse" (density maps) | "bayesian" (head points, Ma et al. 2019)
+    max_points: int = 1024  # heads per crop the point loss pads to
+    bayes_sigma: float = 8.0  # pixels: the point loss's Gaussian likelihood
+    bayes_background: float = 0.15  # background margin, fraction of the crop's shorter side
+    val_max_side: int | None = None  # validate at the serving size, not the image's own
     patience: int = 12
     time_budget: float | None = None  # seconds
     resume: bool = False
@@ -108,6 +118,22 @@ def _split(cfg: TrainConfig) -> tuple[list[WeightedReader], dict[str, list[Any]]
     return sources, {n: [r[i] for i in range(len(r))] for n, r in val_sets.items()}
 
 
+def _loss(cfg: TrainConfig, stride: int) -> tuple[keras.losses.Loss, Any, int | None]:
+    """(loss, count-error metric, max_points or None for density targets)."""
+    assert cfg.crop is not None
+    if cfg.loss == "mse":
+        return DensityLoss(cfg.density_scale, cfg.count_weight), count_abs_error, None
+    if cfg.loss == "bayesian":
+        loss = BayesianLoss(
+            sigma=cfg.bayes_sigma / stride,
+            background=cfg.bayes_background * min(cfg.crop) / stride
+            if cfg.bayes_background > 0 else None,
+            count_weight=cfg.count_weight,
+        )
+        return loss, point_count_abs_error, cfg.max_points
+    raise ValueError(f"unknown loss {cfg.loss!r}; choose mse or bayesian")
+
+
 def _weights_path(cfg: TrainConfig) -> str | None:
     if cfg.backbone_weights == "auto":
         found = default_backbone_weights()
@@ -143,23 +169,25 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         model = keras.saving.load_model(cfg.init_model, compile=False)
     else:
         model = build(spec, _weights_path(cfg))
+    loss, metric, max_points = _loss(cfg, spec.output_stride)
     model.compile(
         optimizer=keras.optimizers.Adam(cfg.learning_rate),
-        loss=DensityLoss(cfg.density_scale, cfg.count_weight),
-        metrics=[keras.metrics.MeanMetricWrapper(count_abs_error, name="count_mae")],
+        loss=loss,
+        metrics=[keras.metrics.MeanMetricWrapper(metric, name="count_mae")],
     )
     (run / "config.json").write_text(json.dumps(asdict(cfg), indent=1, default=list))
     (run / "spec.json").write_text(json.dumps(spec.to_dict(), indent=1))
     data = DensityDataset(
         sources, cfg.crop, spec.output_stride, cfg.batch_size, cfg.steps_per_epoch,
-        seed=cfg.seed, workers=cfg.workers, use_multiprocessing=False, max_queue_size=8,
+        seed=cfg.seed, max_points=max_points, workers=cfg.workers,
+        use_multiprocessing=False, max_queue_size=8,
     )
     monitor = "val_score" if val_sets else "loss"
     if (run / "backup").exists() and not cfg.resume:
         raise FileExistsError(f"{run} holds an interrupted run: pass --resume or a new --run-dir")
     callbacks: list[keras.callbacks.Callback] = []
     if val_sets:
-        callbacks.append(CountValidation(val_sets))
+        callbacks.append(CountValidation(val_sets, max_side=cfg.val_max_side))
     callbacks += [
         # Restores weights, optimizer state and epoch counter when an interrupted run
         # resumes; it runs before the checkpoints and the CSV log so that an epoch logged

@@ -13,6 +13,7 @@ from numpy.typing import NDArray
 class KerasBackend:
     name = "keras"
     fixed_batch = None
+    max_batch = 8  # a compiled TF/JAX call carries milliseconds of overhead worth sharing
 
     def __init__(self, path: Path | None = None, model: Any = None) -> None:
         """Load ``path``, or wrap an in-memory ``model`` (validation during training)."""

@@ -11,6 +11,7 @@ from numpy.typing import NDArray
 
 class OnnxBackend:
     name = "onnx"
+    max_batch = 1
 
     def __init__(self, path: Path, threads: int | None = None) -> None:
         options = ort.SessionOptions()

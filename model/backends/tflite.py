@@ -1,7 +1,7 @@
 """TFLite through ``ai-edge-litert`` (the deprecated ``tf.lite.Interpreter`` has the same
 API): for edge devices and the int8 models. Exports have a fixed batch of 1 and a fixed
-input size (transposed convolutions fall off XNNPACK otherwise, see NOTES.md), so batches
-run one image at a time."""
+input size (with a dynamic batch the transposed convolutions fall off XNNPACK and run two
+orders of magnitude slower; docs/runtime-notes.md), so batches run one image at a time."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from numpy.typing import NDArray
 
 class TFLiteBackend:
     name = "tflite"
+    max_batch = 1
 
     def __init__(self, path: Path, threads: int | None = None) -> None:
         self._interp = Interpreter(model_path=str(path), num_threads=threads)

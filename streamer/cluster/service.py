@@ -31,6 +31,7 @@ from crowdcount.streamer.config import ClusterConfig, Config, StreamConfig
 from crowdcount.streamer.feed import CountFeed
 from crowdcount.streamer.metrics import Metrics
 from crowdcount.streamer.rtc import OfferError, PeerLimitReached, UnknownStream, validate_offer
+from crowdcount.streamer.rules import RuleConflict, RuleNotFound
 from crowdcount.streamer.service import StreamConflict, StreamNotFound
 from crowdcount.streamer.status import StreamState, StreamStatus
 from crowdcount.streamer.store.postgres import FEED_CHANNEL, STREAMS_CHANNEL, PostgresStore
@@ -120,6 +121,39 @@ class ClusterZones:
         return []
 
 
+class ClusterRules:
+    """The ``rules`` the alert-rule routes read. On a cluster the rules are the config
+    file's ``[[thresholds]]`` (the shards load them from the cluster settings); editing
+    them through the API is refused (409) rather than applied to one process only."""
+
+    def __init__(self, config: Config) -> None:
+        self._rules = {r.name: r for r in config.thresholds}
+
+    def list(self, stream: str | None = None) -> list[dict[str, Any]]:
+        out = [self.describe(r) for r in self._rules.values()
+               if stream is None or r.stream == stream]
+        return sorted(out, key=lambda r: (r["stream"], r["name"]))
+
+    def get(self, name: str) -> dict[str, Any]:
+        rule = self._rules.get(name)
+        if rule is None:
+            raise RuleNotFound(f"no alert rule {name!r}")
+        return self.describe(rule)
+
+    @staticmethod
+    def describe(rule: Any) -> dict[str, Any]:
+        return {**rule.model_dump(mode="json"), "origin": "config", "active": None}
+
+    async def put(self, rule: Any, *, create: bool) -> dict[str, Any]:
+        raise RuleConflict("alert rules of a cluster come from the config file's "
+                           "[[thresholds]]; edit them there and restart the API processes")
+
+    async def delete(self, name: str) -> None:
+        if name not in self._rules:
+            raise RuleNotFound(f"no alert rule {name!r}")
+        await self.put(None, create=False)
+
+
 class ShardPeers:
     """The ``peers`` the WebRTC routes call: offers go to the camera's shard. Peer ids
     carry the shard (``"<shard>.<id>"``) so a hang-up reaches the same shard from any API
@@ -173,6 +207,7 @@ class ClusterService:
         self.feed = CountFeed()
         self.streams: dict[str, ClusterEntry] = {}
         self.integrations = ClusterZones(self)
+        self.rules = ClusterRules(config)
         self.peers = ShardPeers(self)
         self.metrics = Metrics(self.statuses, self._gauges, zones=self._zone_names,
                                alerts=self.integrations.active_alerts)
@@ -182,7 +217,6 @@ class ClusterService:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._background: set[asyncio.Future[Any]] = set()
         self._listener: threading.Thread | None = None
         self._listen_conn: psycopg.Connection[Any] | None = None
         self._closed = False
@@ -390,22 +424,33 @@ class ClusterService:
         await self._sync_shard(entry.shard)
         await self.refresh()
 
-    def set_zones(self, stream_id: str, zones: list[Zone]) -> None:
-        """Record the zones in the camera's options. The zones route then saves the row of
-        an API camera; a config camera's row is saved here (in the background), since
-        its shard reads zones from the database too. The save's NOTIFY makes the shard
-        apply them."""
+    async def set_zones(self, stream_id: str, zones: list[Zone]) -> None:
+        """Save a camera's zones in its row (any origin: the shards read zones from the
+        database); the row's NOTIFY makes its shard apply them."""
         entry = self.get(stream_id)
         if zones:
             entry.options["zones"] = [z.to_dict() for z in zones]
         else:
             entry.options.pop("zones", None)
+        await asyncio.to_thread(self.store.streams.save, entry.id, entry.id, entry.url,
+                                entry.kind, dict(entry.options), origin=entry.origin)
+
+    async def replace_stream(self, stream: StreamConfig) -> ClusterEntry:
+        """Edit an API camera (url or options) in place: same id, same shard, zones kept;
+        its shard restarts it when the row changes."""
+        entry = self.get(stream.name)
         if entry.origin != "api":
-            task = asyncio.ensure_future(asyncio.to_thread(
-                self.store.streams.save, entry.id, entry.id, entry.url, entry.kind,
-                dict(entry.options), origin=entry.origin))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            raise StreamConflict(f"stream {stream.name!r} comes from the config file; edit it "
+                                 "there and restart")
+        options = stream.model_dump(mode="json", exclude={"name", "url", "zones"},
+                                    exclude_defaults=True)
+        if entry.options.get("zones"):
+            options["zones"] = entry.options["zones"]
+        await asyncio.to_thread(self.store.streams.save, entry.id, entry.id, stream.url,
+                                stream.kind, options, origin=entry.origin)
+        await self._sync_shard(entry.shard)
+        await self.refresh()
+        return self.get(stream.name)
 
     async def has_history(self, stream_id: str) -> bool:
         rows = await asyncio.to_thread(self.store.history.counts, stream_id, None, None, None, 1)

@@ -23,9 +23,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import tempfile
 import threading
 import time
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any, TypeVar
 
 import psycopg
@@ -78,6 +80,7 @@ class ShardRuntime:
         self.store: PostgresStore | None = None
         self.service: Service | None = None
         self.failures: dict[str, str] = {}  # camera -> why it could not be started
+        self._rows: dict[str, tuple[str, dict[str, Any]]] = {}  # url, options started with
         self._tasks: list[asyncio.Task[None]] = []
         self._sync_lock = asyncio.Lock()
 
@@ -96,7 +99,13 @@ class ShardRuntime:
                 delay = min(delay * 2, 10.0)
         store = self.store
         settings = await asyncio.to_thread(store.cluster.get_setting, CONFIG_KEY, {})
-        config = parse_config(settings.get("config", {}), "cluster settings")
+        # Zones and rules the API saves, and the gathering maps, live in a SQLite file
+        # beside the store; a shard's copy stays on its node (the rows in PostgreSQL are
+        # the record of its cameras).
+        local = Path(tempfile.gettempdir()) / f"crowdcount-shard-{self.index}.sqlite3"
+        data = settings.get("config", {})
+        data = {**data, "server": {**data.get("server", {}), "database": str(local)}}
+        config = parse_config(data, "cluster settings")
         if settings.get("ice_addresses"):
             restrict_ice(tuple(settings["ice_addresses"]))
         runtime = await asyncio.to_thread(Runtime.open, config.model.path, config.model.backend,
@@ -123,17 +132,23 @@ class ShardRuntime:
         async with self._sync_lock:
             saved = {s["id"]: s for s in await asyncio.to_thread(store.streams.all)}
             for sid in [s for s in svc.streams if s not in saved]:
+                self._rows.pop(sid, None)
                 with contextlib.suppress(Exception):
                     await svc.remove_stream(sid)
             for sid, row in saved.items():
                 entry = svc.streams.get(sid)
-                zones = row.get("options", {}).get("zones") or []
+                options = dict(row.get("options") or {})
+                zones = options.pop("zones", None) or []
                 if entry is not None:
-                    if (entry.options.get("zones") or []) != zones:
-                        svc.set_zones(sid, [Zone(z["name"], z["points"]) for z in zones])
+                    if self._rows.get(sid) != (row["url"], options):
+                        await svc.replace_stream(stream_config(row))  # edited: restart it
+                        self._rows[sid] = (row["url"], options)
+                    elif (entry.options.get("zones") or []) != zones:
+                        self._apply_zones(svc, sid, zones)
                     continue
                 try:
                     await svc.add_stream(stream_config(row), origin="api")
+                    self._rows[sid] = (row["url"], options)
                     self.failures.pop(sid, None)
                 except Exception as exc:
                     message = " ".join(str(exc).split()) or type(exc).__name__
@@ -144,6 +159,17 @@ class ShardRuntime:
             for sid in [s for s in self.failures if s not in saved]:
                 del self.failures[sid]
             return sorted(svc.streams)
+
+    @staticmethod
+    def _apply_zones(svc: Service, sid: str, zones: list[dict[str, Any]]) -> None:
+        """In memory only: the row is the record (``Service.set_zones`` would save the
+        shard's partial view of the options over it)."""
+        svc.integrations.set_zones(sid, [Zone.from_dict(z) for z in zones])
+        entry = svc.streams[sid]
+        if zones:
+            entry.options["zones"] = zones
+        else:
+            entry.options.pop("zones", None)
 
     def statuses(self) -> dict[str, dict[str, Any]]:
         svc, _ = self._require()

@@ -1,4 +1,4 @@
-"""The page, health and metrics."""
+"""The page, health, metrics and the heatmap's colour scale."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from crowdcount.model.render import heat_legend
 from crowdcount.streamer.metrics import CONTENT_TYPE
 from crowdcount.streamer.routes.common import ApiError, service_of
 
@@ -27,6 +28,11 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
+async def heatmap(request: web.Request) -> web.Response:
+    """The absolute colour scale every heatmap uses, for the page's legend."""
+    return web.json_response(heat_legend())
+
+
 async def index(request: web.Request) -> web.StreamResponse:
     page = request.app[WEB_DIR_KEY] / "index.html"
     if not page.is_file():
@@ -38,6 +44,7 @@ def add_routes(app: web.Application, web_dir: Path) -> None:
     app[WEB_DIR_KEY] = web_dir
     app.router.add_get("/", index)
     app.router.add_get("/api/health", health)
+    app.router.add_get("/api/heatmap", heatmap)
     app.router.add_get("/metrics", metrics)
     if web_dir.is_dir():
         app.router.add_static("/static/", web_dir, show_index=False, follow_symlinks=False)

@@ -5,9 +5,9 @@
 ``PUT /api/streams/{id}/zones`` with ``{"zones": [{"name", "points": [[x, y], ...]}, ...]}``
 replaces the stream's zones (``[]`` removes them) and answers like ``GET``. Points are the
 stream's frame pixels. Each zone is validated like a ``[[streams.zones]]`` table of the config
-file, so the 400 names the zone and the problem. API streams keep their zones in the store
-(they come back after a restart); config streams keep them until the server stops (the
-config file is their record), as do browser cameras.
+file, so the 400 names the zone and the problem. Zones are saved for every kind of stream
+(``streamer.saved``) and come back after a restart; on a config-file stream they replace
+the file's zones from then on.
 
 ``GET /api/alerts?stream=&since=&until=&active=&limit=`` -> ``{"alerts": [...]}``, newest
 first: the stored alerts, with the live peak and value of those still active (the store is
@@ -49,7 +49,7 @@ def _zones_body(svc: Service, entry: StreamEntry) -> dict[str, Any]:
     return {
         "stream": entry.id,
         "zones": [z.to_dict() for z in svc.integrations.zones(entry.id)],
-        "persisted": entry.origin == "api",
+        "persisted": True,
     }
 
 
@@ -94,11 +94,7 @@ async def put_zones(request: web.Request) -> web.Response:
     zones = parse_zones(data["zones"])
     if svc.streams.get(entry.id) is not entry:  # removed while the body was read
         raise ApiError(404, f"no stream {entry.id!r}")
-    svc.set_zones(entry.id, zones)
-    if entry.origin == "api":
-        await asyncio.to_thread(
-            svc.store.streams.save, entry.id, entry.id, entry.url, entry.kind, dict(entry.options)
-        )
+    await svc.set_zones(entry.id, zones)
     return web.json_response(_zones_body(svc, entry))
 
 

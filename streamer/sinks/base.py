@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from crowdcount.model.types import Result
 
 if TYPE_CHECKING:
-    from crowdcount.streamer.alerts import AlertEvent
+    from crowdcount.streamer.alerts import AlertEvent, ThresholdRule
 
 
 @runtime_checkable
@@ -51,3 +51,14 @@ class Notifier(AlertSink, Protocol):
     async def start(self) -> None: ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class StreamAware(Protocol):
+    """A notifier that also keeps a description of streams and rules outside (Home
+    Assistant discovery over MQTT): told when the rule set changes and when a stream goes
+    away, so that entities for rules and streams that no longer exist are removed."""
+
+    def set_rules(self, rules: tuple[ThresholdRule, ...]) -> None: ...
+
+    def forget_stream(self, stream: str) -> None: ...

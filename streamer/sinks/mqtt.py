@@ -10,6 +10,12 @@ Topics, under ``topic_prefix`` (default ``crowdcount``)::
     <prefix>/alerts                   AlertEvent.to_dict()                  every event
     <prefix>/status                   "online" / "offline" (last will)      retained
 
+With ``home_assistant`` on, retained Home Assistant discovery configs are published too
+(``sinks.homeassistant``): a sensor per stream count and zone count and a binary sensor per
+alert rule, all reading the retained state topic. They follow the stream: new zones or rules
+add entities, removed ones (and removed streams) delete them with an empty retained payload,
+and they are sent again whenever Home Assistant announces itself (``<discovery>/status``).
+
 Why a rate limit: the pipeline can produce a count per frame per stream, far more than a
 dashboard or a home-automation rule needs, and every message costs the broker and every
 subscriber. Each topic sends at most ``max_rate`` messages a second; a value arriving sooner
@@ -43,7 +49,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from crowdcount.model.types import Result
-from crowdcount.streamer.alerts import AlertEvent
+from crowdcount.streamer.alerts import AlertEvent, ThresholdRule
+from crowdcount.streamer.sinks.homeassistant import HaDiscovery, Message
 from crowdcount.streamer.sinks.webhook import dumps
 
 if TYPE_CHECKING:
@@ -77,6 +84,8 @@ class MqttNotifier:
         keepalive: int = 30,
         client_id: str | None = None,
         reconnect_delay: tuple[float, float] = (1.0, 30.0),
+        home_assistant: bool = False,
+        discovery_prefix: str = "homeassistant",
     ) -> None:
         if max_rate <= 0:
             raise ValueError("max_rate must be > 0")
@@ -100,6 +109,10 @@ class MqttNotifier:
         self.client.will_set(self.status_topic, "offline", qos=1, retain=True)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+        self.ha = HaDiscovery(self.prefix, discovery_prefix) if home_assistant else None
+        self._rules: tuple[ThresholdRule, ...] = ()
+        self._zones_seen: dict[str, tuple[str, ...]] = {}  # stream -> zones in its counts
 
         self._loop: asyncio.AbstractEventLoop | None = None
         self._last_sent: dict[str, float] = {}  # topic -> monotonic time of last publish
@@ -127,6 +140,8 @@ class MqttNotifier:
             max_rate=cfg.max_rate,
             keepalive=cfg.keepalive,
             client_id=cfg.client_id,
+            home_assistant=cfg.home_assistant,
+            discovery_prefix=cfg.discovery_prefix,
         )
 
     # ------------------------------------------------------------------ Notifier (a sink)
@@ -149,6 +164,11 @@ class MqttNotifier:
         stream, t, total = result.frame.stream_id, result.frame.captured_at, result.count
         zones = result.zones
         base = f"{self.prefix}/{topic_level(stream)}"
+        if self.ha is not None:
+            names = tuple(sorted(zones))
+            if self._zones_seen.get(stream) != names:
+                self._zones_seen[stream] = names
+                self._discover(stream)
         self._limited(f"{base}/count", {"stream": stream, "t": t, "count": float(total)})
         for zone, value in zones.items():
             self._limited(
@@ -176,6 +196,19 @@ class MqttNotifier:
         self._cancel(topic)
         self._publish(topic, self._state_payload(event.stream), retain=True)
         self._last_sent[topic] = time.monotonic()
+
+    def set_rules(self, rules: tuple[ThresholdRule, ...]) -> None:
+        """The alert rules now in force (Home Assistant gets a binary sensor for each)."""
+        self._rules = tuple(rules)
+        if self.ha is not None and not self._closed:
+            for stream in list(self._zones_seen):
+                self._discover(stream)
+
+    def forget_stream(self, stream: str) -> None:
+        """A stream was removed: its Home Assistant entities are deleted."""
+        self._zones_seen.pop(stream, None)
+        if self.ha is not None and not self._closed:
+            self._send_discovery(self.ha.remove(stream))
 
     async def close(self, timeout: float = 2.0) -> None:
         """Say ``offline``, disconnect and stop paho's thread (idempotent)."""
@@ -217,8 +250,25 @@ class MqttNotifier:
             "alerts": alerts,
         }
 
-    def _publish(self, topic: str, payload: Mapping[str, Any], retain: bool = False) -> None:
-        info = self.client.publish(topic, dumps(payload), qos=self.qos, retain=retain)
+    def _discover(self, stream: str) -> None:
+        assert self.ha is not None
+        state = f"{self.prefix}/{topic_level(stream)}/state"
+        rules = [r for r in self._rules if r.stream == stream]
+        self._send_discovery(self.ha.sync(stream, state, self._zones_seen.get(stream, ()), rules))
+
+    def _send_discovery(self, messages: list[Message]) -> None:
+        """Discovery configs are retained, at least once (qos >= 1): a lost config is an
+        entity missing in Home Assistant until the next restart."""
+        for topic, payload in messages:
+            self._publish(topic, payload, retain=True, qos=max(self.qos, 1))
+
+    def _publish(
+        self, topic: str, payload: Mapping[str, Any] | None, retain: bool = False,
+        qos: int | None = None,
+    ) -> None:
+        body = b"" if payload is None else dumps(payload)
+        info = self.client.publish(topic, body, qos=self.qos if qos is None else qos,
+                                   retain=retain)
         if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
             self.published += 1
         else:
@@ -259,6 +309,8 @@ class MqttNotifier:
         """After a (re)connect: the broker may have restarted without our retained state."""
         if self._closed:
             return
+        if self.ha is not None:
+            self._send_discovery(self.ha.republish())
         for stream in self._state:
             topic = f"{self.prefix}/{topic_level(stream)}/state"
             self._cancel(topic)
@@ -282,11 +334,26 @@ class MqttNotifier:
         self.connected = True
         self.connects += 1
         client.publish(self.status_topic, "online", qos=1, retain=True)
+        if self.ha is not None:
+            client.subscribe(self.ha.ha_status_topic, qos=1)
         log.info("mqtt: connected to %s:%d", self.host, self.port)
         loop = self._loop
         if loop is not None and not loop.is_closed():
             with contextlib.suppress(RuntimeError):  # loop closing under us
                 loop.call_soon_threadsafe(self._republish_state)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        """Home Assistant's birth message: it (re)started and wants the configs again."""
+        if self.ha is None or msg.topic != self.ha.ha_status_topic or msg.payload != b"online":
+            return
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._rediscover)
+
+    def _rediscover(self) -> None:
+        if self.ha is not None and not self._closed:
+            self._send_discovery(self.ha.republish())
 
     def _on_disconnect(
         self,

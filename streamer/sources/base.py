@@ -10,18 +10,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from crowdcount.model.types import Frame
+from crowdcount.model.types import RGB, Frame
 from crowdcount.streamer.status import RateMeter, StreamState, StreamStatus
 
+if TYPE_CHECKING:
+    import av
+
 log = logging.getLogger(__name__)
+
+
+def rgb_later(frame: av.VideoFrame) -> Callable[[], RGB]:
+    """A decoded frame's RGB conversion, to run only if the model takes the frame (see
+    ``Frame.pixels``). The decoder's picture is reference-counted, so it stays valid after
+    the decoder moves on or closes."""
+    return functools.partial(frame.to_ndarray, format="rgb24")
 
 
 class SourceEnded(Exception):
@@ -56,9 +68,14 @@ class Source(ABC):
         self._loop = asyncio.get_running_loop()
         self._ready = asyncio.Event()
 
-    def _publish(self, image: object, captured_at: float | None = None) -> None:
-        """Thread-safe: replace the pending frame by a newer one (counting the drop)."""
-        frame = Frame(self.stream_id, self._seq, captured_at or time.time(), np.asarray(image))
+    def _publish(self, image: RGB | Callable[[], RGB], captured_at: float | None = None
+                 ) -> None:
+        """Thread-safe: replace the pending frame by a newer one (counting the drop).
+
+        ``image`` is an RGB array or, from decoders, ``rgb_later(frame)``, so that frames
+        dropped on the way to the model are never converted."""
+        pixels = image if callable(image) else np.asarray(image)
+        frame = Frame(self.stream_id, self._seq, captured_at or time.time(), pixels)
         self._seq += 1
         with self._lock:
             if self._latest is not None:

@@ -3,7 +3,7 @@
 Decoding a file is far faster than real time; pushed unpaced, a file would flood the
 newest-frame slot and the model would see an arbitrary sample of it. So frames are released
 at their own timestamps (the file's frame rate), and ``loop=True`` keeps that pacing across
-restarts, which is where aiortc's ``MediaPlayer(loop=True)`` lost it (NOTES.md).
+restarts, which is where aiortc's ``MediaPlayer(loop=True)`` lost it (docs/runtime-notes.md).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import av
 
-from crowdcount.streamer.sources.base import ThreadedSource
+from crowdcount.streamer.sources.base import ThreadedSource, rgb_later
 from crowdcount.streamer.status import StreamState
 from crowdcount.streamer.urls import mask_url
 
@@ -93,7 +93,7 @@ class FileSource(ThreadedSource):
                     clock_start -= delay  # fell behind: re-anchor rather than burst
                 if self._stop.is_set():
                     return None
-                image = frame.to_ndarray(format="rgb24")
+                image = rgb_later(frame)
                 if self.status.state != StreamState.RUNNING:
                     self.status.state = StreamState.RUNNING
                 self._publish(image)

@@ -1,7 +1,7 @@
 """RTSP cameras: PyAV on a thread of its own, reconnecting forever (or up to a limit).
 
 Cameras drop off the network, reboot and hang; a counting service must ride through all of
-it without an operator. What this module relies on (measured, see NOTES.md):
+it without an operator. What this module relies on (measured; docs/runtime-notes.md):
 
 - When the server dies, PyAV's decode loop simply *ends* without an exception, so the end
   of the loop is treated as a failure, not as the end of the stream.
@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 
 import av
 
-from crowdcount.streamer.sources.base import ThreadedSource
+from crowdcount.streamer.sources.base import ThreadedSource, rgb_later
 from crowdcount.streamer.status import StreamState
 from crowdcount.streamer.urls import mask_url
 
@@ -154,7 +154,7 @@ class RtspSource(ThreadedSource):
             for frame in container.decode(container.streams.video[0]):
                 if self._stop.is_set():
                     break
-                image = frame.to_ndarray(format="rgb24")
+                image = rgb_later(frame)
                 self._last_frame = time.monotonic()
                 got_frame = True
                 if self.status.state != StreamState.RUNNING:

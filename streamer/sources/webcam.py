@@ -13,7 +13,7 @@ import logging
 
 import av
 
-from crowdcount.streamer.sources.base import ThreadedSource
+from crowdcount.streamer.sources.base import ThreadedSource, rgb_later
 from crowdcount.streamer.sources.file import describe
 from crowdcount.streamer.status import StreamState
 
@@ -66,7 +66,7 @@ class WebcamSource(ThreadedSource):
             for frame in container.decode(container.streams.video[0]):
                 if self._stop.is_set():
                     return
-                image = frame.to_ndarray(format="rgb24")
+                image = rgb_later(frame)
                 self.status.state = StreamState.RUNNING
                 self._publish(image)
             if not self._stop.is_set():

@@ -2,9 +2,9 @@
 
 aiortc decodes on its own thread and queues every decoded frame on the remote track with no
 bound, so this source must drain the track continuously: a reader task takes each frame as it
-comes and replaces the pending one (the base class counts the drops). The RGB conversion of a
-640x480 frame costs ~0.5 ms, cheaper than a thread hop, so it stays on the event loop; only
-frames larger than ``thread_pixels`` are converted on a worker thread.
+comes and replaces the pending one (the base class counts the drops). Frames are published
+unconverted (``rgb_later``): the RGB conversion runs on the inference thread, for the frames
+the model takes, and never on the event loop.
 """
 
 from __future__ import annotations
@@ -17,16 +17,12 @@ import weakref
 from collections.abc import Callable
 
 import av
-import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
-from numpy.typing import NDArray
 
-from crowdcount.streamer.sources.base import Source
+from crowdcount.streamer.sources.base import Source, rgb_later
 from crowdcount.streamer.status import StreamState
 
 log = logging.getLogger(__name__)
-
-THREAD_PIXELS = 1280 * 720
 
 _live_sources: weakref.WeakSet[WebRtcSource] = weakref.WeakSet()
 
@@ -34,10 +30,6 @@ _live_sources: weakref.WeakSet[WebRtcSource] = weakref.WeakSet()
 def live_source_count() -> int:
     """WebRtcSources whose reader task is still running, process-wide (for leak tests)."""
     return sum(1 for s in list(_live_sources) if s.running)
-
-
-def _to_rgb(frame: av.VideoFrame) -> NDArray[np.uint8]:
-    return frame.to_ndarray(format="rgb24")
 
 
 class WebRtcSource(Source):
@@ -54,7 +46,6 @@ class WebRtcSource(Source):
         track: MediaStreamTrack,
         *,
         on_size: Callable[[tuple[int, int]], None] | None = None,
-        thread_pixels: int = THREAD_PIXELS,
     ) -> None:
         if track.kind != "video":
             raise ValueError(f"WebRtcSource needs a video track, got {track.kind!r}")
@@ -63,7 +54,6 @@ class WebRtcSource(Source):
         self.frame_size: tuple[int, int] | None = None
         self.last_frame_at: float | None = None  # time.monotonic() of the newest frame
         self._on_size = on_size
-        self._thread_pixels = thread_pixels
         self._task: asyncio.Task[None] | None = None
         self._stopped = False
 
@@ -90,10 +80,6 @@ class WebRtcSource(Source):
                 if not isinstance(frame, av.VideoFrame):
                     continue
                 size = (frame.width, frame.height)
-                if frame.width * frame.height > self._thread_pixels:
-                    rgb = await asyncio.to_thread(_to_rgb, frame)
-                else:
-                    rgb = _to_rgb(frame)
                 self.last_frame_at = time.monotonic()
                 if size != self.frame_size:
                     self.frame_size = size
@@ -104,7 +90,7 @@ class WebRtcSource(Source):
                             log.exception("on_size callback of %s failed", self.stream_id)
                 if self.status.state is not StreamState.RUNNING:
                     self.status.state = StreamState.RUNNING
-                self._publish(rgb, time.time())
+                self._publish(rgb_later(frame), time.time())
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a decoder surprise must end the stream, not hang it

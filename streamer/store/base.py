@@ -104,7 +104,10 @@ class CountHistory(Protocol):
         Without ``step``: raw rows ``{"t", "count", "smoothed"}`` (plus ``"zones"`` with
         ``with_zones``). With ``step`` seconds: one item per non-empty bucket aligned to
         multiples of ``step`` since the epoch, ``{"t": bucket start, "count": mean,
-        "smoothed": mean, "min", "max", "n"}``.
+        "smoothed": mean, "min", "max", "n"}``; with ``with_zones`` also ``"zones"`` (means),
+        ``"zones_min"`` and ``"zones_max"`` per zone. A whole-second ``step`` is answered
+        from per-second or per-minute rollups kept as counts arrive (so it stays fast, and
+        works after the raw rows were pruned); its range is taken at that unit.
         """
         ...
 
@@ -126,8 +129,12 @@ class CountHistory(Protocol):
         ...
 
     def delete(self, stream_id: str | None = None, before: float | None = None) -> int:
-        """Purge rows (one stream or all, optionally only those older than ``before``);
-        returns how many."""
+        """Purge rows and their rollups (one stream or all, optionally only those older
+        than ``before``); returns how many raw rows."""
+        ...
+
+    def prune_raw(self, before: float) -> int:
+        """Delete raw rows older than ``before`` but keep their rollups; how many."""
         ...
 
 

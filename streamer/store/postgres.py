@@ -306,18 +306,40 @@ class PostgresHistory:
             return out
         if not step > 0:
             raise ValueError("step must be > 0")
+        named = {**args, "step": float(step), "limit": int(limit)}
         sql = (
             "SELECT floor(t / %(step)s)::bigint AS b, AVG(count), AVG(smoothed), MIN(count), "
             f"MAX(count), COUNT(*) FROM counts WHERE {where} GROUP BY b ORDER BY b DESC "
             "LIMIT %(limit)s"
         )
         with self._db.conn() as conn:
-            rows = conn.execute(sql, {**args, "step": float(step), "limit": int(limit)}).fetchall()
-        rows.reverse()
-        return [
-            {"t": b * float(step), "count": mean, "smoothed": smean, "min": lo, "max": hi, "n": n}
-            for b, mean, smean, lo, hi, n in rows
-        ]
+            rows = conn.execute(sql, named).fetchall()
+            rows.reverse()
+            out = [
+                {"t": b * float(step), "count": mean, "smoothed": smean, "min": lo, "max": hi,
+                 "n": n}
+                for b, mean, smean, lo, hi, n in rows
+            ]
+            if with_zones and rows:
+                # Per zone, over the rows that have it (zones come and go).
+                named["first"] = rows[0][0]
+                zsql = (
+                    "SELECT floor(t / %(step)s)::bigint AS b, z.key, AVG(z.value::float8), "
+                    "MIN(z.value::float8), MAX(z.value::float8) "
+                    f"FROM counts, jsonb_each_text(zones) AS z WHERE {where} "
+                    "AND zones IS NOT NULL AND floor(t / %(step)s)::bigint >= %(first)s "
+                    "GROUP BY b, z.key"
+                )
+                by_bucket = {row[0]: item for row, item in zip(rows, out, strict=True)}
+                for item in out:
+                    item.update(zones={}, zones_min={}, zones_max={})
+                for b, key, mean, lo, hi in conn.execute(zsql, named):
+                    item = by_bucket.get(b)
+                    if item is not None:
+                        item["zones"][key] = mean
+                        item["zones_min"][key] = lo
+                        item["zones_max"][key] = hi
+        return out
 
     def rows(
         self,
@@ -337,6 +359,12 @@ class PostgresHistory:
         sql = f"SELECT t, count, smoothed FROM counts WHERE {where} ORDER BY t LIMIT %(limit)s"
         with self._db.conn() as conn:
             return [tuple(r) for r in conn.execute(sql, {**args, "limit": int(limit)})]
+
+    def prune_raw(self, before: float) -> int:
+        """Keeps every row: this store has no rollup tables to answer from once raw rows
+        are gone (PostgreSQL aggregates the raw rows in SQL), so ``server.retention_days``
+        is what bounds its history. Returns 0."""
+        return 0
 
     def delete(self, stream_id: str | None = None, before: float | None = None) -> int:
         clauses, args = [], []

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sqlite3
 import threading
 import time
@@ -43,7 +44,9 @@ T = TypeVar("T")
 # 2: counts are unique on (stream_id, t), so a retried or replayed batch cannot duplicate
 # rows. Older builds must refuse such a file: their plain INSERT would fail on a duplicate.
 # (The alerts table did not bump it: it is additive and older builds never read it.)
-SCHEMA_VERSION = 2
+# 3: per-second and per-minute rollups (totals and zones), filled from the raw rows on
+# migration; an older build would write raw rows without them, so it must refuse the file.
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS streams (
@@ -73,7 +76,83 @@ CREATE TABLE IF NOT EXISTS alerts (
     UNIQUE (stream, rule, raised_at)
 );
 CREATE INDEX IF NOT EXISTS alerts_raised ON alerts (raised_at);
+CREATE TABLE IF NOT EXISTS counts_1s (
+    stream_id TEXT NOT NULL, t INTEGER NOT NULL, n INTEGER NOT NULL,
+    sum REAL NOT NULL, min REAL NOT NULL, max REAL NOT NULL, ssum REAL NOT NULL,
+    PRIMARY KEY (stream_id, t)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS counts_1m (
+    stream_id TEXT NOT NULL, t INTEGER NOT NULL, n INTEGER NOT NULL,
+    sum REAL NOT NULL, min REAL NOT NULL, max REAL NOT NULL, ssum REAL NOT NULL,
+    PRIMARY KEY (stream_id, t)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS zone_counts_1s (
+    stream_id TEXT NOT NULL, zone TEXT NOT NULL, t INTEGER NOT NULL, n INTEGER NOT NULL,
+    sum REAL NOT NULL, min REAL NOT NULL, max REAL NOT NULL,
+    PRIMARY KEY (stream_id, t, zone)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS zone_counts_1m (
+    stream_id TEXT NOT NULL, zone TEXT NOT NULL, t INTEGER NOT NULL, n INTEGER NOT NULL,
+    sum REAL NOT NULL, min REAL NOT NULL, max REAL NOT NULL,
+    PRIMARY KEY (stream_id, t, zone)
+) WITHOUT ROWID;
 """
+
+# Rollups: why. A 30 fps camera stores ~2.6 M raw rows a day; aggregating a day or a week of
+# them per chart request takes seconds. Each commit therefore recomputes, from the raw rows,
+# the seconds its rows fall in (counts_1s: frames, sum, min, max, sum of smoothed; and the
+# same per zone), then the minutes those seconds fall in from counts_1s. Recomputing (not
+# adding) keeps the rollups exact under the idempotent inserts: a replayed batch changes
+# nothing. Queries with a step of whole seconds or minutes read the coarsest table whose
+# unit divides the step, so raw rows are only needed for a short window (``prune_raw``).
+_FLOOR_T = "(CAST(t AS INTEGER) - (t < CAST(t AS INTEGER)))"
+_ROLLUP_SQL = (
+    "INSERT OR REPLACE INTO counts_1s (stream_id, t, n, sum, min, max, ssum) "
+    f"SELECT stream_id, {_FLOOR_T} AS s, COUNT(*), SUM(count), MIN(count), MAX(count), "
+    "SUM(smoothed) FROM counts WHERE stream_id = ? AND t >= ? AND t < ? GROUP BY s",
+    "INSERT OR REPLACE INTO zone_counts_1s (stream_id, zone, t, n, sum, min, max) "
+    "SELECT c.stream_id, j.key, (CAST(c.t AS INTEGER) - (c.t < CAST(c.t AS INTEGER))) AS s, "
+    "COUNT(*), SUM(j.value), MIN(j.value), MAX(j.value) "
+    "FROM counts AS c, json_each(c.zones) AS j "
+    "WHERE c.stream_id = ? AND c.t >= ? AND c.t < ? AND c.zones IS NOT NULL "
+    "GROUP BY j.key, s",
+)
+_ROLLUP_MINUTE_SQL = (
+    "INSERT OR REPLACE INTO counts_1m (stream_id, t, n, sum, min, max, ssum) "
+    "SELECT stream_id, (t / 60) * 60 AS m, SUM(n), SUM(sum), MIN(min), MAX(max), SUM(ssum) "
+    "FROM counts_1s WHERE stream_id = ? AND t >= ? AND t < ? GROUP BY m",
+    "INSERT OR REPLACE INTO zone_counts_1m (stream_id, zone, t, n, sum, min, max) "
+    "SELECT stream_id, zone, (t / 60) * 60 AS m, SUM(n), SUM(sum), MIN(min), MAX(max) "
+    "FROM zone_counts_1s WHERE stream_id = ? AND t >= ? AND t < ? GROUP BY zone, m",
+)
+_ROLLUP_TABLES = ("counts_1s", "counts_1m", "zone_counts_1s", "zone_counts_1m")
+
+
+def _update_rollups(conn: sqlite3.Connection, rows: Sequence[_Row]) -> None:
+    """Recompute the seconds and minutes that ``rows`` touch (inside the commit)."""
+    spans: dict[str, tuple[float, float]] = {}
+    for sid, t, *_ in rows:
+        lo, hi = spans.get(sid, (t, t))
+        spans[sid] = (min(lo, t), max(hi, t))
+    for sid, (lo, hi) in spans.items():
+        s_lo, s_hi = math.floor(lo), math.floor(hi) + 1
+        for sql in _ROLLUP_SQL:
+            conn.execute(sql, (sid, s_lo, s_hi))
+        m_lo, m_hi = (s_lo // 60) * 60, ((s_hi - 1) // 60) * 60 + 60
+        for sql in _ROLLUP_MINUTE_SQL:
+            conn.execute(sql, (sid, m_lo, m_hi))
+
+
+def _rebuild_rollups(conn: sqlite3.Connection) -> None:
+    """Every rollup from the raw rows (the migration to schema 3)."""
+    for table in _ROLLUP_TABLES:
+        conn.execute(f"DELETE FROM {table}")
+    for sql in _ROLLUP_SQL:
+        conn.execute(sql.replace("WHERE stream_id = ? AND t >= ? AND t < ?", "WHERE 1")
+                     .replace("WHERE c.stream_id = ? AND c.t >= ? AND c.t < ? AND",
+                              "WHERE"))
+    for sql in _ROLLUP_MINUTE_SQL:
+        conn.execute(sql.replace("WHERE stream_id = ? AND t >= ? AND t < ?", "WHERE 1"))
 
 # Version 1 files have a plain index under the same name: keep the first row of each
 # (stream_id, t), then make the index unique.
@@ -136,6 +215,8 @@ def _open_schema(conn: sqlite3.Connection, path: Path) -> None:
             if version == 1:
                 for sql in _MIGRATE_1_TO_2:
                     conn.execute(sql)
+            if 0 < version < 3:
+                _rebuild_rollups(conn)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
         except BaseException:
@@ -292,6 +373,8 @@ class _Writer:
             before = conn.total_changes
             conn.executemany(_INSERT_COUNT_SQL, rows)
             inserted = conn.total_changes - before  # duplicates of (stream_id, t) are skipped
+            if rows:
+                _update_rollups(conn, rows)
             for sql, args in ops:
                 conn.execute(sql, args)
             conn.execute("COMMIT")
@@ -425,6 +508,10 @@ class SQLiteHistory:
 
         if not step > 0:
             raise ValueError("step must be > 0")
+        # Whole-second steps read the rollups; a step past SQLite's 64-bit integers (a whole
+        # history in one bucket, in effect) takes the float path below, which copes.
+        if 1 <= step < 2**62 and float(step).is_integer():
+            return self._rolled_up(stream_id, since, until, int(step), int(limit), with_zones)
         # floor(t / step) without relying on SQLite's optional math functions: CAST truncates
         # toward zero, so subtract one for negative non-integral quotients.
         bucket = (
@@ -443,6 +530,49 @@ class SQLiteHistory:
             {"t": b * float(step), "count": mean, "smoothed": smean, "min": lo, "max": hi, "n": n}
             for b, mean, smean, lo, hi, n in rows
         ]
+
+    def _rolled_up(
+        self, stream_id: str, since: float | None, until: float | None, step: int, limit: int,
+        with_zones: bool,
+    ) -> list[dict[str, Any]]:
+        """A whole-second ``step`` from the coarsest rollup whose unit divides it; the range
+        is taken at that unit (``since`` rounded down to it)."""
+        unit = 60 if step % 60 == 0 else 1
+        suffix = "1m" if unit == 60 else "1s"
+        lo = -(2**62) if since is None else math.floor(since / unit) * unit
+        hi = 2**62 if until is None else math.ceil(until)
+        args = {"sid": stream_id, "lo": lo, "hi": hi, "step": step, "limit": limit}
+        # Integer division floors for t >= 0; the rare negative t is shifted to floor too.
+        bucket = "((t - (t < 0) * (:step - 1)) / :step)"
+        sql = (
+            f"SELECT {bucket} AS b, SUM(sum) / SUM(n), SUM(ssum) / SUM(n), MIN(min), MAX(max), "
+            f"SUM(n) FROM counts_{suffix} WHERE stream_id = :sid AND t >= :lo AND t < :hi "
+            "GROUP BY b ORDER BY b DESC LIMIT :limit"
+        )
+        with self._readers.borrow() as conn:
+            rows = conn.execute(sql, args).fetchall()
+            rows.reverse()
+            zones: dict[int, dict[str, tuple[float, float, float]]] = {}
+            if with_zones and rows:
+                zsql = (
+                    f"SELECT {bucket} AS b, zone, SUM(sum) / SUM(n), MIN(min), MAX(max) "
+                    f"FROM zone_counts_{suffix} WHERE stream_id = :sid AND t >= :lo "
+                    "AND t < :hi AND t >= :first GROUP BY b, zone"
+                )
+                first = rows[0][0] * step
+                for b, zone, mean, zlo, zhi in conn.execute(zsql, {**args, "first": first}):
+                    zones.setdefault(b, {})[zone] = (mean, zlo, zhi)
+        out = []
+        for b, mean, smean, mn, mx, n in rows:
+            item: dict[str, Any] = {"t": float(b * step), "count": mean, "smoothed": smean,
+                                    "min": mn, "max": mx, "n": n}
+            if with_zones:
+                z = zones.get(b, {})
+                item["zones"] = {k: v[0] for k, v in z.items()}
+                item["zones_min"] = {k: v[1] for k, v in z.items()}
+                item["zones_max"] = {k: v[2] for k, v in z.items()}
+            out.append(item)
+        return out
 
     def rows(
         self,
@@ -472,8 +602,22 @@ class SQLiteHistory:
         if before is not None:
             clauses.append("t < ?")
             args.append(float(before))
-        sql = f"DELETE FROM counts WHERE {' AND '.join(clauses) or '1'}"
-        return self._writer.call(lambda conn: conn.execute(sql, args).rowcount)
+        where = " AND ".join(clauses) or "1"
+
+        def purge(conn: sqlite3.Connection) -> int:
+            deleted = conn.execute(f"DELETE FROM counts WHERE {where}", args).rowcount
+            for table in _ROLLUP_TABLES:  # a minute starting before ``before`` goes too
+                conn.execute(f"DELETE FROM {table} WHERE {where}", args)
+            return deleted
+
+        return self._writer.call(purge)
+
+    def prune_raw(self, before: float) -> int:
+        """Delete raw rows older than ``before`` and keep their rollups: charts of old
+        ranges read the rollups; only sub-second detail and the raw CSV of them go."""
+        return self._writer.call(
+            lambda conn: conn.execute("DELETE FROM counts WHERE t < ?", (float(before),)).rowcount
+        )
 
 
 class SQLiteStreams:

@@ -1,0 +1,93 @@
+"""Alert rules through the API: thresholds with hysteresis, created, edited and deleted.
+
+``GET /api/alerts/rules?stream=`` -> ``{"rules": [{"name", "stream", "zone", "above",
+"below", "for_seconds", "origin": "config"|"api", "active"}]}``
+
+``POST /api/alerts/rules`` ``{"name", "stream", "zone"?, "above", "below", "for_seconds"?}``
+-> 201 and the rule; ``PUT /api/alerts/rules/{name}`` (same body, ``name`` optional) replaces
+it; ``DELETE`` -> 204. A body is checked like a ``[[thresholds]]`` table of the config file
+(so ``below`` must be under ``above``), and a zone must be one of the stream's when the
+stream is live. Config-file rules are listed but answer 409 to changes. Changing or deleting
+a rule clears its active alert (recorded as cleared with reason ``rule_changed``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from crowdcount.streamer.alerts import ThresholdRule
+from crowdcount.streamer.config import ThresholdConfig, to_config_error
+from crowdcount.streamer.routes.common import ApiError, read_json_object, service_of
+from crowdcount.streamer.rules import RuleConflict, RuleNotFound
+
+FIELDS = {"name", "stream", "zone", "above", "below", "for_seconds"}
+
+
+def parse_rule(data: dict[str, Any]) -> ThresholdRule:
+    try:
+        cfg = ThresholdConfig.model_validate(data)
+    except ValidationError as exc:
+        err = to_config_error(exc, "request")
+        raise ApiError(400, f"{err.path}: {err.problem}" if err.path else err.problem) from None
+    return ThresholdRule(cfg.name, cfg.stream, cfg.zone, cfg.above, cfg.below, cfg.for_seconds)
+
+
+async def _put(request: web.Request, rule: ThresholdRule, create: bool) -> dict[str, Any]:
+    try:
+        return await service_of(request).rules.put(rule, create=create)
+    except RuleNotFound as exc:
+        raise ApiError(404, str(exc)) from None
+    except RuleConflict as exc:
+        raise ApiError(409, str(exc)) from None
+    except ValueError as exc:
+        raise ApiError(400, str(exc)) from None
+
+
+async def list_rules(request: web.Request) -> web.Response:
+    stream = request.query.get("stream") or None
+    return web.json_response({"rules": service_of(request).rules.list(stream)})
+
+
+async def get_rule(request: web.Request) -> web.Response:
+    try:
+        return web.json_response(service_of(request).rules.get(request.match_info["name"]))
+    except RuleNotFound as exc:
+        raise ApiError(404, str(exc)) from None
+
+
+async def create_rule(request: web.Request) -> web.Response:
+    rule = parse_rule(await read_json_object(request, FIELDS))
+    body = await _put(request, rule, create=True)
+    return web.json_response(body, status=201,
+                             headers={"Location": f"/api/alerts/rules/{rule.name}"})
+
+
+async def replace_rule(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    data = await read_json_object(request, FIELDS)
+    if data.setdefault("name", name) != name:
+        raise ApiError(400, f"field 'name' ({data['name']!r}) differs from the rule in the "
+                            f"path ({name!r}); rules cannot be renamed, create a new one")
+    return web.json_response(await _put(request, parse_rule(data), create=False))
+
+
+async def delete_rule(request: web.Request) -> web.Response:
+    try:
+        await service_of(request).rules.delete(request.match_info["name"])
+    except RuleNotFound as exc:
+        raise ApiError(404, str(exc)) from None
+    except RuleConflict as exc:
+        raise ApiError(409, str(exc)) from None
+    return web.Response(status=204)
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_get("/api/alerts/rules", list_rules)
+    r.add_post("/api/alerts/rules", create_rule)
+    r.add_get("/api/alerts/rules/{name}", get_rule)
+    r.add_put("/api/alerts/rules/{name}", replace_rule)
+    r.add_delete("/api/alerts/rules/{name}", delete_rule)
