@@ -9,13 +9,21 @@ kills a worker node outright.
 
 from __future__ import annotations
 
+from tests.fixtures.components import need_modules
+
+need_modules("the cluster", "psycopg", "ray", hint="pip install crowdcount[cluster]")
+
 import asyncio
+import contextlib
+import glob
 import itertools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -26,9 +34,11 @@ from typing import Any
 import aiohttp
 import psycopg
 import pytest
+import ray
 from aiohttp.test_utils import TestClient, TestServer
 
 from crowdcount.streamer.app import build_app
+from crowdcount.streamer.cluster.placement import shard_name
 from crowdcount.streamer.config import parse_config
 from tests.fixtures.media import write_clip
 from tests.fixtures.postgres import PostgresServer, free_port
@@ -41,6 +51,7 @@ FPS = 4
 SIZE = (160, 128)
 CAMERAS = ("cam0", "cam1")
 ROOT = Path(__file__).resolve().parents[1]
+SHARD_DIRS = str(Path(tempfile.gettempdir()) / "crowdcount-shard-*")
 
 
 @pytest.fixture(scope="module")
@@ -87,11 +98,12 @@ def webhook() -> Iterator[WebhookReceiver]:
 @pytest.fixture(scope="module")
 def cluster_config(ray_cluster: Any, cluster_dsn: str, brightness_model: Path, clip: Path,
                    webhook: WebhookReceiver, tmp_path_factory: pytest.TempPathFactory
-                   ) -> dict[str, Any]:
+                   ) -> Iterator[dict[str, Any]]:
     """The operator's config (as a dict): two shards, two file cameras, loopback ICE, an
     alert rule on cam0 that its counts (~25-40) always exceed, and a webhook."""
     folder = tmp_path_factory.mktemp("api")
-    return {
+    before = set(glob.glob(SHARD_DIRS))
+    yield {
         "server": {"database": str(folder / "unused.sqlite3"), "max_streams": 32},
         "model": {"path": str(brightness_model), "threads": 1},
         "streams": [{"name": c, "url": str(clip), "loop": True} for c in CAMERAS],
@@ -101,6 +113,14 @@ def cluster_config(ray_cluster: Any, cluster_dsn: str, brightness_model: Path, c
         "cluster": {"address": ray_cluster.address, "database": cluster_dsn, "shards": 2,
                     "ice_addresses": ["127.0.0.1"], "outage_after": 2.5},
     }
+    # Stop the shards (cameras, peers, their local side files) before the cluster goes;
+    # a shard killed with its node leaves its side directory, removed here too.
+    for index in range(2):
+        with contextlib.suppress(Exception):
+            actor = ray.get_actor(shard_name(index), namespace="crowdcount")
+            ray.get(actor.stop.remote(), timeout=30)
+    for leftover in set(glob.glob(SHARD_DIRS)) - before:
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 @pytest.fixture
@@ -303,6 +323,7 @@ async def test_edits_through_one_api_reach_the_shard_and_the_other_api(
         second = f"rtsp://127.0.0.1:{free_port()}/b"
         async with http.post(f"{api_b}/api/streams", json={"name": "gate", "url": first}) as r:
             assert r.status == 201, await r.text()
+        await wait_until_async(lambda s: "gate" in s, api, "the new camera in A")
         async with api.patch("/api/streams/gate", json={"url": second}) as resp:
             assert resp.status == 200, await resp.text()
         await wait_until_async(

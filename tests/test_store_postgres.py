@@ -8,6 +8,10 @@ the cluster's store does: replays across writers, shard scoping, status, setting
 
 from __future__ import annotations
 
+from tests.fixtures.components import need_modules
+
+need_modules("PostgreSQL store", "psycopg", hint="pip install crowdcount[cluster]")
+
 import json
 import threading
 

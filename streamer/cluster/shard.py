@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 import tempfile
 import threading
 import time
@@ -81,6 +82,7 @@ class ShardRuntime:
         self.service: Service | None = None
         self.failures: dict[str, str] = {}  # camera -> why it could not be started
         self._rows: dict[str, tuple[str, dict[str, Any]]] = {}  # url, options started with
+        self._local_dir: Path | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._sync_lock = asyncio.Lock()
 
@@ -102,7 +104,8 @@ class ShardRuntime:
         # Zones and rules the API saves, and the gathering maps, live in a SQLite file
         # beside the store; a shard's copy stays on its node (the rows in PostgreSQL are
         # the record of its cameras).
-        local = Path(tempfile.gettempdir()) / f"crowdcount-shard-{self.index}.sqlite3"
+        self._local_dir = Path(tempfile.mkdtemp(prefix=f"crowdcount-shard-{self.index}-"))
+        local = self._local_dir / "local.sqlite3"
         data = settings.get("config", {})
         data = {**data, "server": {**data.get("server", {}), "database": str(local)}}
         config = parse_config(data, "cluster settings")
@@ -254,6 +257,8 @@ class ShardRuntime:
                 await task
         if self.service is not None:
             await self.service.close()  # closes the store too
+        if self._local_dir is not None:
+            shutil.rmtree(self._local_dir, ignore_errors=True)
 
 
 class Shard:
