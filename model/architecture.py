@@ -21,6 +21,8 @@ from typing import Any
 import keras
 from keras import layers
 
+from crowdcount.model.errors import UserError
+
 #: MobileNetV2 layers whose outputs feed the decoder, by stride.
 SKIPS = {4: "block_2_add", 8: "block_5_add", 16: "block_12_add", 32: "out_relu"}
 
@@ -69,7 +71,7 @@ def _backbone(
         if not path.is_file():
             raise BackboneWeightsError(f"backbone weights file not found: {path}")
         if alpha != 1.0:
-            raise ValueError(f"the ImageNet weights are for alpha 1.0, not {alpha}")
+            raise UserError(f"the ImageNet weights are for alpha 1.0, not {alpha}")
     inputs = keras.Input(shape=input_shape, batch_size=batch_size, name="image")
     net = keras.applications.MobileNetV2(
         input_tensor=inputs, alpha=alpha, include_top=False, weights=None

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from crowdcount.model.errors import UserError
+
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DEFAULT_ONNX = WEIGHTS_DIR / "default.onnx"
 DEFAULT_KERAS = WEIGHTS_DIR / "default.keras"
@@ -18,7 +20,7 @@ def default_model(backend: str | None = None) -> Path:
     path = {None: DEFAULT_ONNX, "onnx": DEFAULT_ONNX, "openvino": DEFAULT_ONNX,
             "keras": DEFAULT_KERAS}.get(backend)
     if path is None:
-        raise ValueError(f"no bundled {backend} model; export one with `crowdcount export`")
+        raise UserError(f"no bundled {backend} model; export one with `crowdcount export`")
     if not path.is_file():
         raise FileNotFoundError(f"bundled model missing: {path}")
     return path

@@ -24,6 +24,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from crowdcount.model.errors import UserError
+
 if TYPE_CHECKING:
     import numpy as np
     from numpy.typing import NDArray
@@ -114,7 +116,7 @@ def folder_images(folder: Path, recursive: bool) -> list[Path]:
     )
     if not images:
         hint = "" if recursive else " (--recursive also looks in sub-folders)"
-        raise ValueError(f"{folder}: no images in this folder{hint}")
+        raise UserError(f"{folder}: no images in this folder{hint}")
     return images
 
 
@@ -138,20 +140,20 @@ def load_zones_file(path: Path) -> list[Zone]:
     try:
         data = json.loads(path.read_text())
     except OSError as exc:
-        raise ValueError(f"{path}: cannot read zones ({exc.strerror or exc})") from None
+        raise UserError(f"{path}: cannot read zones ({exc.strerror or exc})") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: not JSON ({exc})") from None
+        raise UserError(f"{path}: not JSON ({exc})") from None
     items = data.get("zones") if isinstance(data, dict) else data
     if not isinstance(items, list):
-        raise ValueError(f'{path}: expected a list of {{"name", "points"}} zones')
+        raise UserError(f'{path}: expected a list of {{"name", "points"}} zones')
     zones = []
     for i, item in enumerate(items):
         try:
             zones.append(Zone.from_dict(item))
         except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"{path}: zones[{i}]: {exc}") from None
+            raise UserError(f"{path}: zones[{i}]: {exc}") from None
     if len({z.name for z in zones}) != len(zones):
-        raise ValueError(f"{path}: zone names must be unique")
+        raise UserError(f"{path}: zone names must be unique")
     return zones
 
 
@@ -171,11 +173,11 @@ def apply_config(args: argparse.Namespace) -> list[Zone]:
         streams = [s for s in config.streams if s.name == args.stream]
         if not streams:
             names = ", ".join(s.name for s in config.streams) or "none"
-            raise ValueError(f"{args.config}: no stream {args.stream!r} (streams: {names})")
+            raise UserError(f"{args.config}: no stream {args.stream!r} (streams: {names})")
     else:
         streams = [s for s in config.streams if s.zones]
         if len(streams) > 1:
-            raise ValueError(f"{args.config}: several streams have zones; choose one with "
+            raise UserError(f"{args.config}: several streams have zones; choose one with "
                              "--stream")
     if not streams:
         return []
@@ -232,11 +234,11 @@ def run_count(args: argparse.Namespace) -> int:
     from crowdcount.model.zones import ZoneCounter
 
     if args.batch < 1:
-        raise ValueError(f"--batch must be at least 1, got {args.batch}")
+        raise UserError(f"--batch must be at least 1, got {args.batch}")
     if args.every is not None and not args.every > 0:
-        raise ValueError(f"--every must be positive, got {args.every}")
+        raise UserError(f"--every must be positive, got {args.every}")
     if args.stream is not None and args.config is None:
-        raise ValueError("--stream chooses a stream of --config FILE")
+        raise UserError("--stream chooses a stream of --config FILE")
     args.threads = None
     zones: list[Zone] = []
     if args.zones is not None:
@@ -249,7 +251,7 @@ def run_count(args: argparse.Namespace) -> int:
         args.overlay.mkdir(parents=True, exist_ok=True)
     elif args.overlay and inputs[0].video and (
             args.overlay.suffix.lower() not in OVERLAY_VIDEO_SUFFIXES):
-        raise ValueError(f"{args.overlay}: a video's overlay is H.264 video: name it .mp4")
+        raise UserError(f"{args.overlay}: a video's overlay is H.264 video: name it .mp4")
     from crowdcount.model.video import probe_video
 
     infos = {i.path: probe_video(i.path) for i in inputs if i.video}  # fail before the model
@@ -298,7 +300,7 @@ def _count_image(runtime: Runtime, counter: Any, path: Path, out: Output,
     if overlay is not None:
         picture = _picture(image, density, count, zones, zone_counts)
         if not cv2.imwrite(str(overlay), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR)):
-            raise ValueError(f"cannot write overlay to {overlay}")
+            raise UserError(f"cannot write overlay to {overlay}")
 
 
 def _video_results(

@@ -8,11 +8,13 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
+from crowdcount.model.errors import UserError
+
 #: Images above this many pixels are refused before decoding (decompression bombs).
 MAX_PIXELS = 40_000_000
 
 
-class ImageError(ValueError):
+class ImageError(UserError):
     """Not an image we can read; the message says why in one line."""
 
 

@@ -25,6 +25,7 @@ import av
 import numpy as np
 from numpy.typing import NDArray
 
+from crowdcount.model.errors import UserError
 from crowdcount.model.runtime import Runtime
 
 __all__ = ["TimedFrame", "VideoInfo", "VideoWriter", "count_video", "decode_video",
@@ -70,10 +71,10 @@ def _open(path: Path) -> av.container.InputContainer:
     try:
         container = av.open(str(path))
     except av.FFmpegError as exc:
-        raise ValueError(f"{path}: not a readable video ({exc.strerror or exc})") from None
+        raise UserError(f"{path}: not a readable video ({exc.strerror or exc})") from None
     if not container.streams.video:
         container.close()
-        raise ValueError(f"{path}: no video stream")
+        raise UserError(f"{path}: no video stream")
     return container
 
 
@@ -99,7 +100,7 @@ def decode_video(path: Path, every: float | None = None) -> Iterator[TimedFrame]
     """Every frame of ``path`` as RGB (or the first at or after each multiple of ``every``
     seconds), as fast as it decodes. Frames not chosen are never converted to RGB."""
     if every is not None and not every > 0:
-        raise ValueError(f"--every must be positive, got {every}")
+        raise UserError(f"--every must be positive, got {every}")
     with _open(path) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"  # FFmpeg's frame threads: decoding is not our bottleneck
@@ -119,7 +120,7 @@ def decode_video(path: Path, every: float | None = None) -> Iterator[TimedFrame]
                     next_t = (math.floor(t / every + 1e-6) + 1) * every
                 yield TimedFrame(index, t, frame.to_ndarray(format="rgb24"))
         except av.FFmpegError as exc:
-            raise ValueError(f"{path}: cannot decode ({exc.strerror or exc})") from None
+            raise UserError(f"{path}: cannot decode ({exc.strerror or exc})") from None
 
 
 _END = object()
@@ -167,7 +168,7 @@ def count_video(
     decode. Closing the generator early stops the decoder.
     """
     if batch < 1:
-        raise ValueError(f"batch must be at least 1, got {batch}")
+        raise UserError(f"batch must be at least 1, got {batch}")
     decoder = _Decoder(path, every, QUEUE_BATCHES * batch)
     decoder.start()
     try:

@@ -60,7 +60,7 @@ class Zone:
         points = data["points"]
         if not isinstance(points, Iterable):
             raise ValueError("points must be a list of [x, y] pairs")
-        return cls(str(data["name"]), tuple((float(x), float(y)) for x, y in points))  # type: ignore[misc]
+        return cls(str(data["name"]), tuple((float(x), float(y)) for x, y in points))
 
     def to_dict(self) -> dict[str, object]:
         return {"name": self.name, "points": [list(p) for p in self.points]}

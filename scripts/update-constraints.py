@@ -12,6 +12,7 @@ every machine (developers' and CI's) gets the versions that were tested.
 from __future__ import annotations
 
 import sys
+import tomllib
 from importlib import metadata
 from pathlib import Path
 
@@ -41,11 +42,33 @@ def _applies(req: Requirement, extras: set[str]) -> bool:
     return any(req.marker.evaluate({**env, "extra": e}) for e in (extras or {""}))
 
 
-def pinned(project: str = PROJECT, extras: tuple[str, ...] = ("dev",)) -> dict[str, str]:
-    """Canonical name -> installed version for every distribution ``project[extras]``
-    needs, transitively, excluding ``project`` itself and the packaging tools."""
+def _project_requirements(extras: set[str]) -> list[Requirement]:
+    """The project's own requirements from pyproject.toml (not from its installed metadata,
+    which is as old as the last install), with ``extras`` and the extras they name."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    optional = project.get("optional-dependencies", {})
+    reqs = [Requirement(r) for r in project.get("dependencies", [])]
+    todo, done = list(extras), set()
+    while todo:
+        extra = todo.pop()
+        if extra in done:
+            continue
+        done.add(extra)
+        for line in optional.get(extra, []):
+            req = Requirement(line)
+            if canonicalize_name(req.name) == PROJECT:
+                todo.extend(req.extras)
+            else:
+                reqs.append(req)
+    return reqs
+
+
+def pinned(extras: tuple[str, ...] = ("dev",)) -> dict[str, str]:
+    """Canonical name -> installed version for every distribution the project with
+    ``extras`` needs, transitively, excluding the project itself and the packaging tools."""
     found: dict[str, str] = {}
-    todo: list[tuple[str, set[str]]] = [(project, set(extras))]
+    todo = [(req.name, set(req.extras)) for req in _project_requirements(set(extras))
+            if _applies(req, set())]
     seen: set[tuple[str, frozenset[str]]] = set()
     while todo:
         name, wanted = todo.pop()
@@ -58,7 +81,7 @@ def pinned(project: str = PROJECT, extras: tuple[str, ...] = ("dev",)) -> dict[s
         except metadata.PackageNotFoundError:
             sys.exit(f"update-constraints: {name} is required but not installed; "
                      "run `bash scripts/setup-venv.sh dev` first")
-        if canonicalize_name(name) not in UNPINNED | {PROJECT}:
+        if canonicalize_name(name) not in UNPINNED:
             found[canonicalize_name(name)] = dist.version
         for line in dist.requires or []:
             req = Requirement(line)

@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from crowdcount.model.bundled import default_model
 from crowdcount.model.runtime import Runtime
@@ -92,7 +93,7 @@ def build_app(
         service = Service(config, runtime, model_path=model_path, store_rate=store_rate,
                           upload_counter=upload_counter)
 
-    middlewares = [json_errors]
+    middlewares: list[Middleware] = [json_errors]
     if token:
         middlewares.append(token_middleware(token))
     app = web.Application(

@@ -17,6 +17,7 @@ import hmac
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from crowdcount.streamer.routes.common import json_error
 
@@ -33,7 +34,7 @@ def _same(a: str, b: str) -> bool:
                                b.encode("utf-8", "surrogatepass"))
 
 
-def token_middleware(token: str) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def token_middleware(token: str) -> Middleware:
     """Middleware refusing (401) every request without the token or the session cookie."""
     session = session_value(token)
 

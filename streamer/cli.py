@@ -2,43 +2,15 @@
 so ``serve`` and ``count`` start without TensorFlow.
 
 Errors a user can fix (a missing file, a bad dataset, a bad config) end with exit code 2
-and one line on stderr; anything else is a bug and keeps its traceback.
+and one line on stderr; anything else is a bug and keeps its traceback (``model/errors.py``).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-#: Exceptions that are the user's input, not our bug.
-USER_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, FileExistsError, ValueError,
-                                                PermissionError, IsADirectoryError)
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    extra: list[type[BaseException]] = []
-    for module, name in (("crowdcount.training.readers.base", "DatasetError"),
-                         ("crowdcount.streamer.config", "ConfigError")):
-        mod = sys.modules.get(module)
-        if mod is not None and hasattr(mod, name):
-            extra.append(getattr(mod, name))
-    return USER_ERRORS + tuple(extra)
-
-
-def run_parser(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
-    # TensorFlow (train/evaluate/export) logs pages of C++ INFO lines; keep warnings only.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    args = parser.parse_args(argv)
-    try:
-        return int(args.run(args) or 0)
-    except KeyboardInterrupt:
-        return 130
-    except Exception as exc:
-        if isinstance(exc, _user_errors()):
-            print(f"{parser.prog} {args.command}: error: {exc}", file=sys.stderr)
-            return 2
-        raise
+from crowdcount.model.errors import run_parser
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -80,7 +80,11 @@ from pydantic import (
     model_validator,
 )
 
+from crowdcount.model.errors import UserError
+
 __all__ = [
+    "STREAM_NAME_RE",
+    "STREAM_NAME_RULE",
     "ClusterConfig",
     "Config",
     "ConfigError",
@@ -89,6 +93,8 @@ __all__ = [
     "ServerConfig",
     "SinksConfig",
     "StreamConfig",
+    "StreamName",
+    "StreamSettings",
     "ThresholdConfig",
     "WebhookConfig",
     "ZoneConfig",
@@ -99,13 +105,17 @@ __all__ = [
 StreamKind = Literal["rtsp", "file", "device", "webcam"]
 
 # Stream names become ids in API paths, metric labels and the database: keep them plain.
+# The one definition: the config file, the API bodies and the WebRTC signalling use it.
 _NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+STREAM_NAME_RE = re.compile(_NAME_RE)
+STREAM_NAME_RULE = "1-64 letters, digits, '_', '.' or '-' starting with a letter or digit"
+StreamName = Annotated[str, Field(pattern=_NAME_RE)]
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _WEBCAM_RE = re.compile(r"^webcam:\d+$")
 _DEVICE_RE = re.compile(r"^/dev/video\d+$")
 
 
-class ConfigError(Exception):
+class ConfigError(UserError):
     """A configuration problem; ``str()`` is one line: ``file: key.path: problem``."""
 
     def __init__(self, source: str, path: str, problem: str) -> None:
@@ -166,19 +176,28 @@ class ZoneConfig(_Strict):
         return pts
 
 
-class StreamConfig(_Strict):
-    """One video source: ``rtsp://``/``rtsps://`` url, a file path, ``/dev/videoN`` or
-    ``webcam:N``."""
+class StreamSettings(_Strict):
+    """How one stream is processed. The config file's ``[[streams]]`` and the API's
+    ``POST /api/streams`` body both build on this class, so there is one table of bounds."""
 
-    name: Annotated[str, Field(pattern=_NAME_RE)]
-    url: Annotated[str, Field(min_length=1)]
-    loop: bool = False
     max_side: Annotated[int, Field(ge=32, le=8192)] | None = None
     fps_limit: Annotated[float, Field(gt=0, le=240)] | None = None
     stall_timeout: Annotated[float, Field(gt=0, le=3600)] = 5.0
     #: consecutive failed connections before an RTSP stream gives up (state ``failed``);
     #: unset = keep retrying (backoff 0.5 s doubling to 10 s), as cameras do come back
     max_retries: Annotated[int, Field(ge=0, le=1_000_000)] | None = None
+    #: decode an RTSP camera in a supervised child process: a decoder that crashes or hangs
+    #: in native code is restarted instead of taking the server down (one process per camera)
+    isolate_decoder: bool = False
+
+
+class StreamConfig(StreamSettings):
+    """One video source: ``rtsp://``/``rtsps://`` url, a file path, ``/dev/videoN`` or
+    ``webcam:N``."""
+
+    name: StreamName
+    url: Annotated[str, Field(min_length=1)]
+    loop: bool = False
     zones: Annotated[tuple[ZoneConfig, ...], BeforeValidator(_as_tuple)] = ()
 
     @field_validator("url")
@@ -213,6 +232,8 @@ class StreamConfig(_Strict):
     def _loop_only_for_files(self) -> Self:
         if self.loop and self.kind != "file":
             raise ValueError(f"loop = true only applies to video files, not {self.kind} urls")
+        if self.isolate_decoder and self.kind != "rtsp":
+            raise ValueError(f"isolate_decoder only applies to rtsp urls, not {self.kind} urls")
         return self
 
     @property
@@ -336,8 +357,8 @@ class ThresholdConfig(_Strict):
     flapping while the count hovers around one level (see ``streamer.alerts``).
     """
 
-    name: Annotated[str, Field(pattern=_NAME_RE)]
-    stream: Annotated[str, Field(pattern=_NAME_RE)]
+    name: StreamName
+    stream: StreamName
     zone: Annotated[str, Field(min_length=1, max_length=64)] | None = None
     above: Annotated[float, Field(ge=0, allow_inf_nan=False)]
     below: Annotated[float, Field(ge=0, allow_inf_nan=False)]

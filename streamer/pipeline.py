@@ -73,7 +73,6 @@ class PipelineStats:
 class _Stream:
     source: Source
     pump: asyncio.Task[None] | None = None
-    reported_drops: int = 0  # batcher drops already added to status.dropped
     fps_out: RateMeter = field(default_factory=RateMeter)
 
 
@@ -198,8 +197,9 @@ class Pipeline:
     def remove_sink(self, sink: Sink) -> None:
         with contextlib.suppress(ValueError):
             self._sinks.remove(sink)
-        with contextlib.suppress(ValueError):
-            self._alert_sinks.remove(sink)  # type: ignore[arg-type]
+        if isinstance(sink, AlertSink):
+            with contextlib.suppress(ValueError):
+                self._alert_sinks.remove(sink)
 
     def publish_alerts(self, events: Sequence[AlertEvent]) -> None:
         """Deliver alert events to every alert sink (the pipeline's own, from ``analysis``,
@@ -218,11 +218,9 @@ class Pipeline:
         try:
             while True:
                 self.batcher.submit(await source.recv())
-                # Every batcher drop happens inside submit, so syncing here keeps
-                # status.dropped exact at all times (the source adds its own drops).
-                drops = self.batcher.dropped(sid)
-                source.status.dropped += drops - entry.reported_drops
-                entry.reported_drops = drops
+                # Every batcher drop happens inside submit: copying the batcher's total
+                # here keeps the status exact, and the pump is its only writer.
+                source.status.batch_dropped = self.batcher.dropped(sid)
         except SourceEnded:
             return  # the source has already set its own state (ended, failed)
         except Exception as exc:

@@ -33,6 +33,7 @@ from typing import Any, Literal
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.rtcrtptransceiver import RTCRtpTransceiver
 
+from crowdcount.streamer.config import STREAM_NAME_RE, STREAM_NAME_RULE
 from crowdcount.streamer.sinks.viewer import AnnotatedTrack, ViewerRegistry, ViewerSink
 from crowdcount.streamer.sources.webrtc import WebRtcSource
 
@@ -41,7 +42,6 @@ log = logging.getLogger(__name__)
 Mode = Literal["publish", "view"]
 MODES: tuple[Mode, ...] = ("publish", "view")
 MAX_SDP_BYTES = 64 * 1024
-STREAM_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _MLINE_RE = re.compile(r"^m=(\w+) (\d+) ", re.MULTILINE)
 _FINGERPRINT_RE = re.compile(r"^a=fingerprint:\S+ \S", re.MULTILINE)
 _DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
@@ -135,10 +135,10 @@ def validate_offer(sdp: object, type: object, mode: object, stream_id: object) -
     if mode == "view" and stream_id is None:
         raise OfferError("view mode needs a stream_id")
     if stream_id is not None and (
-        not isinstance(stream_id, str) or STREAM_ID_RE.fullmatch(stream_id) is None
+        not isinstance(stream_id, str) or STREAM_NAME_RE.fullmatch(stream_id) is None
     ):
         raise OfferError(
-            f"stream_id must match {STREAM_ID_RE.pattern} (letters, digits, _ . -), "
+            f"stream_id must match {STREAM_NAME_RE.pattern} ({STREAM_NAME_RULE}), "
             f"got {stream_id!r}"
         )
 
@@ -252,7 +252,9 @@ class PeerManager:
             if sid in self._publishers or sid in self.viewers:
                 raise OfferError(f"stream_id {sid!r} is already in use")
 
-        peer = Peer(secrets.token_urlsafe(12), mode, sid, RTCPeerConnection(self.configuration()))
+        peer_mode: Mode = "view" if mode == "view" else "publish"  # validate_offer checked it
+        peer = Peer(secrets.token_urlsafe(12), peer_mode, sid,
+                    RTCPeerConnection(self.configuration()))
         self._peers[peer.id] = peer
         if mode == "publish":
             self._publishers[sid] = peer

@@ -27,15 +27,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from crowdcount.model.errors import UserError
 from crowdcount.model.runtime import Runtime
 from crowdcount.model.zones import Zone
-from crowdcount.streamer.config import Config, StreamConfig
+from crowdcount.streamer.config import STREAM_NAME_RE, Config, StreamConfig
 from crowdcount.streamer.feed import CountFeed
 from crowdcount.streamer.gathering import GatheringMap
 from crowdcount.streamer.integrations import Integrations, rules_from_config, zones_from_config
 from crowdcount.streamer.metrics import Metrics
 from crowdcount.streamer.pipeline import Pipeline
-from crowdcount.streamer.rtc import STREAM_ID_RE, PeerManager
+from crowdcount.streamer.rtc import PeerManager
 from crowdcount.streamer.rules import RuleBook
 from crowdcount.streamer.saved import SavedSettings
 from crowdcount.streamer.sinks.counts import CountSink
@@ -93,6 +94,11 @@ class StreamEntry:
 def make_source(stream: StreamConfig) -> Source:
     """The source for one configured stream (imports only the module it needs)."""
     kind = stream.kind
+    if kind == "rtsp" and stream.isolate_decoder:
+        from crowdcount.streamer.sources.isolated import IsolatedRtspSource
+
+        return IsolatedRtspSource(stream.name, stream.url, stall_timeout=stream.stall_timeout,
+                                  max_retries=stream.max_retries)
     if kind == "rtsp":
         from crowdcount.streamer.sources.rtsp import RtspSource
 
@@ -136,7 +142,7 @@ class Service:
             try:
                 self.store = open_store(config.server.database)
             except (sqlite3.Error, OSError) as exc:
-                raise ValueError(f"cannot open database {config.server.database}: {exc}") from None
+                raise UserError(f"cannot open database {config.server.database}: {exc}") from None
         # Zones, alert rules and notifiers; the pipeline's analysis stage fills
         # ``Result.zones`` before any sink sees a result, so every sink agrees.
         self.integrations = Integrations.from_config(config)
@@ -287,8 +293,8 @@ class Service:
             fps_limit=stream.fps_limit, max_side=stream.max_side, persist=persist,
             zones=[z.model_dump() for z in stream.zones],
             # non-default source settings, recorded so that a resumed stream keeps them
-            settings=stream.model_dump(include={"stall_timeout", "max_retries"},
-                                       exclude_defaults=True),
+            settings=stream.model_dump(include={"stall_timeout", "max_retries",
+                                                "isolate_decoder"}, exclude_defaults=True),
         )
         return entry
 
@@ -345,7 +351,7 @@ class Service:
         sink is its own, not a name clash."""
         if self._closed:
             raise StreamConflict("server is shutting down")
-        if STREAM_ID_RE.fullmatch(sid) is None:
+        if STREAM_NAME_RE.fullmatch(sid) is None:
             raise StreamConflict(f"invalid stream name {sid!r}")
         if sid in self.streams or (sid in self.viewers and origin != "webrtc"):
             raise StreamConflict(f"a stream named {sid!r} already exists")
@@ -480,5 +486,5 @@ class Service:
 
 def _stream_options(options: dict[str, Any]) -> dict[str, Any]:
     """The saved options that ``StreamConfig`` knows (older rows may hold others)."""
-    known = ("fps_limit", "max_side", "stall_timeout", "max_retries", "zones")
+    known = ("fps_limit", "max_side", "stall_timeout", "max_retries", "isolate_decoder", "zones")
     return {k: options[k] for k in known if k in options}

@@ -20,22 +20,45 @@ class StreamState(StrEnum):
 
 @dataclass(slots=True)
 class StreamStatus:
-    """Mutable, owned by one source; read by the API. ``fps_in`` counts decoded frames,
-    ``fps_out`` processed ones, ``dropped`` frames replaced by a newer one before the model
-    saw them."""
+    """One stream's live figures; read by the API and metrics at any time.
+
+    Why every counter has exactly one writer: the source's decode thread, the pipeline's
+    pump and its dispatcher all update a stream's figures, and ``x += n`` from two threads
+    can lose updates (read, add, write is not atomic). So each counter belongs to one of
+    them and a figure fed by two is a sum read on demand:
+
+    * the source's thread: ``state`` (and ``last_error``) while it runs, ``frames_in``,
+      ``fps_in``, ``reconnects`` and ``source_dropped`` (frames it replaced before the
+      pipeline took them);
+    * the pipeline, on the event loop: ``batch_dropped`` (frames the batcher replaced),
+      ``frames_out``, ``fps_out`` and ``last_count``; it also sets ``state``/``last_error``
+      once when a source fails outside its own thread (plain assignments: the last wins).
+
+    ``dropped`` (frames replaced by a newer one before the model saw them) is
+    ``source_dropped + batch_dropped``; ``to_dict`` reports it in place of the parts.
+    """
 
     state: StreamState = StreamState.STARTING
     fps_in: float = 0.0
     fps_out: float = 0.0
     frames_in: int = 0
     frames_out: int = 0
-    dropped: int = 0
+    source_dropped: int = 0
+    batch_dropped: int = 0
     reconnects: int = 0
     last_error: str | None = None
     last_count: float | None = None
 
+    @property
+    def dropped(self) -> int:
+        return self.source_dropped + self.batch_dropped
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        parts = out.pop("source_dropped") + out.pop("batch_dropped")
+        return {**{k: out[k] for k in ("state", "fps_in", "fps_out", "frames_in", "frames_out")},
+                "dropped": parts,
+                **{k: out[k] for k in ("reconnects", "last_error", "last_count")}}
 
 
 @dataclass(slots=True)

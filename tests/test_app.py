@@ -184,6 +184,15 @@ async def test_api_streams_are_persisted_and_resumed(serve, make_config) -> None
         ({"name": "a", "url": "rtsp://h/x", "fps_limit": "5"}, 400, "'fps_limit'"),
         ({"name": "a", "url": "rtsp://h/x", "fps_limit": True}, 400, "'fps_limit'"),
         ({"name": "a", "url": "rtsp://h/x", "max_side": 1.5}, 400, "'max_side'"),
+        # the config file's bounds, in the API's words
+        ({"name": "a", "url": "rtsp://h/x", "fps_limit": 500}, 400,
+         "field 'fps_limit' must be less than or equal to 240, got 500"),
+        ({"name": "a", "url": "rtsp://h/x", "stall_timeout": 0}, 400,
+         "field 'stall_timeout' must be greater than 0, got 0"),
+        ({"name": "a", "url": "rtsp://h/x", "max_retries": "3"}, 400,
+         "field 'max_retries' must be an integer, got a string"),
+        ({"name": "-a", "url": "rtsp://h/x"}, 400,
+         "field 'name' must be 1-64 letters, digits, '_', '.' or '-' starting with a letter"),
         ({"name": "a", "url": "rtsp://h/x", "colour": "red"}, 400, "unknown field 'colour'"),
         ([1, 2], 400, "JSON object"),
     ],
@@ -266,6 +275,25 @@ async def test_counts_one_row_per_processed_frame_and_queries(serve) -> None:
     lines = (await r.text()).strip().splitlines()
     assert lines[0] == "t,count,smoothed" and len(lines) == processed + 1
     assert svc.store.stats()["dropped"] == 0
+
+
+async def test_history_defaults_to_the_last_day(serve) -> None:
+    client = await serve()
+    history = service(client).store.history
+    now = time.time()
+    for age_h in (49, 25, 23, 1):
+        history.add("old-cam", now - age_h * 3600, float(age_h), float(age_h))
+    await asyncio.to_thread(service(client).store.flush)
+    r = await client.get("/api/streams/old-cam/counts")
+    assert [x["count"] for x in (await r.json())["counts"]] == [23.0, 1.0]
+    r = await client.get("/api/streams/old-cam/counts", params={"until": now - 24 * 3600})
+    assert [x["count"] for x in (await r.json())["counts"]] == [25.0]  # the day before
+    text = await (await client.get("/api/streams/old-cam/counts.csv")).text()
+    assert [float(line.split(",")[1]) for line in text.splitlines()[1:]] == [23.0, 1.0]
+    text = await (await client.get("/api/streams/old-cam/counts.csv?since=0")).text()
+    assert [float(line.split(",")[1]) for line in text.splitlines()[1:]] == [49, 25, 23, 1]
+    r = await client.get("/api/streams/old-cam/counts", params={"since": 0, "step": 86400})
+    assert sum(b["n"] for b in (await r.json())["counts"]) == 4
 
 
 @pytest.mark.parametrize(

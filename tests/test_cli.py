@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import av
@@ -13,6 +15,9 @@ import cv2
 import numpy as np
 import pytest
 
+from crowdcount.model.errors import UserError, run_parser
+from crowdcount.model.imageio import ImageError
+from crowdcount.streamer.config import ConfigError
 from tests.fixtures.datasets import crowd_picture
 from tests.fixtures.media import level, write_levels_clip
 
@@ -256,3 +261,77 @@ def test_empty_folder_exits_2(tmp_path):
     assert result.stderr.strip().splitlines() == [
         f"crowdcount count: error: {tmp_path / 'empty'}: no images in this folder "
         "(--recursive also looks in sub-folders)"]
+# -- user errors and bugs ------------------------------------------------------------------------
+
+
+def _parser(run: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="crowdcount")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("job").set_defaults(run=run)
+    return parser
+
+
+@pytest.mark.parametrize("error", [
+    UserError("photo.jpg: not a\nreadable image"),
+    ImageError("photo.jpg: not a\nreadable image"),
+    ConfigError("crowd.toml", "streams[0].name", "not a\nreadable image"),
+    FileNotFoundError("photo.jpg: not a readable image"),
+])
+def test_user_error_exits_2_with_one_line(capsys, error: Exception) -> None:
+    def run(args: argparse.Namespace) -> int:
+        raise error
+
+    assert run_parser(_parser(run), ["job"]) == 2
+    out = capsys.readouterr()
+    assert out.out == ""
+    assert out.err.startswith("crowdcount job: error: ") and out.err.endswith("\n")
+    assert out.err.count("\n") == 1 and "not a readable image" in out.err
+
+
+@pytest.mark.parametrize("bug", [ValueError("operands could not be broadcast"),
+                                 KeyError("zones"), RuntimeError("worker died")])
+def test_a_bug_keeps_its_traceback(capsys, bug: Exception) -> None:
+    """A plain ValueError is a bug in this code, not the user's input: it propagates (the
+    interpreter prints the traceback and exits 1)."""
+    def run(args: argparse.Namespace) -> int:
+        raise bug
+
+    with pytest.raises(type(bug)):
+        run_parser(_parser(run), ["job"])
+    assert capsys.readouterr().err == ""
+
+
+def test_a_bug_in_the_command_prints_a_traceback(tmp_path: Path) -> None:
+    """End to end: the real ``main`` with a sub-command whose code raises a ValueError."""
+    script = tmp_path / "bug.py"
+    script.write_text(
+        "import sys\n"
+        "from crowdcount.model import cli\n"
+        "def broken(args):\n"
+        "    raise ValueError('shapes (3,) and (4,) not aligned')\n"
+        "cli.run_count = broken\n"
+        "from crowdcount.streamer.cli import main\n"
+        "sys.exit(main(['count', 'x.jpg']))\n"
+    )
+    # run_count is bound when the parser is built, after the patch above.
+    result = subprocess.run([sys.executable, str(script)], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 1
+    assert "Traceback (most recent call last)" in result.stderr
+    assert "ValueError: shapes (3,) and (4,) not aligned" in result.stderr
+
+
+def test_training_cli_does_not_import_the_server() -> None:
+    code = (
+        "import sys\n"
+        "from crowdcount.training import cli\n"
+        "try:\n"
+        "    cli.main(['export', '--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(sorted(m for m in sys.modules if m.startswith('crowdcount.streamer')))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"

@@ -196,6 +196,8 @@ def test_unknown_keys_rejected_with_key_path(
         ("[[streams]]\nname = 'a b'\nurl = 'x.mp4'\n", "streams[0].name", "pattern"),
         ("[[streams]]\nname = 'a'\nurl = 'http://h/x'\n", "streams[0].url", "scheme 'http'"),
         ("[[streams]]\nname = 'a'\nurl = 'webcam:x'\n", "streams[0].url", "webcam:0"),
+        ("[[streams]]\nname = 'a'\nurl = 'x.mp4'\nisolate_decoder = true\n", "streams[0]",
+         "isolate_decoder only applies to rtsp urls"),
         ("[[streams]]\nname = 'a'\nurl = 'x.mp4'\nloop = 'yes'\n", "streams[0].loop", "boolean"),
         ("[[streams]]\nname = 'a'\nurl = 'rtsp://h'\nloop = true\n", "streams[0]", "loop = true"),
         ("[[streams]]\nname = 'a'\nurl = 'x.mp4'\nfps_limit = 0\n", "streams[0].fps_limit", "0"),

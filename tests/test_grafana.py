@@ -46,7 +46,7 @@ async def test_every_dashboard_metric_is_exported(serve) -> None:
 
     async def ready() -> bool:
         labels.update(await scrape())
-        return {"crowdcount_zone_count", "crowdcount_alerts_active"} <= set(labels)
+        return {"crowdcount_zone_people", "crowdcount_alerts_active"} <= set(labels)
 
     deadline = time.monotonic() + 10
     while not await ready():  # polls the scrape itself (wait_until takes a plain predicate)
@@ -73,7 +73,7 @@ async def test_every_dashboard_metric_is_exported(serve) -> None:
         assert m, query
         assert m.group(1) in labels and m.group(2) in labels[m.group(1)]
     # Counts, zones, alerts and latency are all on the dashboard.
-    for needed in ("crowdcount_zone_count", "crowdcount_alerts_active",
+    for needed in ("crowdcount_zone_people", "crowdcount_alerts_active",
                    "crowdcount_e2e_latency_seconds_bucket"):
         assert needed in used
     # Panels are importable: unique ids, a grid position, the datasource input.

@@ -111,6 +111,68 @@ async def test_stalled_server_is_dropped_by_watchdog(rtsp_server, h264_clip):
         await source.stop()
 
 
+@pytest.mark.slow
+async def test_stall_is_caught_without_proc_by_ffmpegs_socket_timeout(
+    rtsp_server, h264_clip, monkeypatch
+):
+    """Where the watchdog cannot find the connection's socket (no /proc, as on macOS), a
+    frozen server still ends the session: FFmpeg's own socket timeout, not PyAV's 30 s."""
+    from crowdcount.streamer.sources import rtsp
+
+    monkeypatch.setattr(rtsp, "_proc_available", lambda: False)
+    monkeypatch.setattr(rtsp, "_process_sockets", lambda: {})
+    server = rtsp_server(h264_clip)
+    source = RtspSource(
+        "cam", server.url, open_timeout=1, read_timeout=30, stall_timeout=1, backoff_max=1
+    )
+    await source.start()
+    try:
+        await next_frame(source, 5)
+        server.pause()
+        detected = await wait_until(lambda: source.status.state == StreamState.RECONNECTING, 10)
+        print(f"\nwithout /proc: stall ended the session {detected:.2f} s after SIGSTOP "
+              f"(socket timeout 1 s); last_error: {source.status.last_error}")
+        assert detected < 5  # PyAV's read timeout (30 s) alone would still be waiting
+        resumed = time.time()
+        server.resume()
+        await drain_until_fresh(source, resumed, 15)
+        assert source.status.state == StreamState.RUNNING
+    finally:
+        server.resume()
+        await source.stop()
+
+
+async def test_host_name_is_resolved_on_the_decode_thread_at_each_attempt(monkeypatch):
+    """Creating the source (on the event loop) does no DNS; each connection attempt
+    resolves again on the source's own thread, so a slow resolver never blocks the loop and
+    a camera that moved is followed."""
+    import socket
+
+    calls: list[tuple[str, str]] = []
+    real = socket.getaddrinfo
+
+    def slow_getaddrinfo(host, *args, **kwargs):
+        calls.append((threading.current_thread().name, str(host)))
+        if host == "camera.example":
+            time.sleep(0.3)  # a slow resolver
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow_getaddrinfo)
+    t0 = time.monotonic()
+    source = RtspSource("cam", "rtsp://camera.example:8554/x", open_timeout=1,
+                        backoff_initial=0.05, backoff_max=0.1)
+    await source.start()
+    try:
+        assert time.monotonic() - t0 < 0.2  # the resolver takes 0.3 s: not waited for here
+        await wait_until(lambda: source.attempts >= 3, 20)
+        mine = [name for name, host in calls if host == "camera.example"]
+        assert len(mine) >= 2 and set(mine) == {"rtsp-cam"}
+        assert source.status.state == StreamState.RECONNECTING
+    finally:
+        await source.stop()
+
+
 async def test_nothing_listening_fails_after_bounded_retries():
     url = f"rtsp://127.0.0.1:{free_port()}/nothing"
     source = RtspSource("cam", url, open_timeout=2, backoff_initial=0.2, max_retries=2)

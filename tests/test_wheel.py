@@ -29,6 +29,7 @@ from pathlib import Path
 import cv2
 import pytest
 
+from crowdcount.model.backends import default_backend
 from tests.fixtures.datasets import crowd_picture
 from tests.fixtures.rtsp import free_port
 
@@ -152,7 +153,7 @@ def test_installed_serve_answers_with_page_scripts_and_bundled_model(
                 time.sleep(0.1)
         assert status == 200
         model = json.loads(body)["model"]
-        assert model["backend"] == "onnx"
+        assert model["backend"] == default_backend()  # the same rule as in this checkout
         assert Path(model["path"]).is_relative_to(installed.site)
 
         status, kind, page = _fetch(f"{base}/")

@@ -147,7 +147,7 @@ def run_export(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """``python -m training``: the same sub-commands without the server's dependencies
     (used on GPU machines that have Keras and JAX but not aiortc)."""
-    from crowdcount.streamer.cli import run_parser
+    from crowdcount.model.errors import run_parser
 
     parser = argparse.ArgumentParser(prog="python -m training")
     sub = parser.add_subparsers(dest="command", required=True)

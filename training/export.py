@@ -14,8 +14,15 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+from numpy.typing import NDArray
+
+if TYPE_CHECKING:
+    import keras
+
+from crowdcount.model.errors import UserError
 
 #: Where progress lines go while ``quiet_tensorflow`` holds stdout and stderr (a duplicate
 #: of the real stderr), ``None`` when nothing is captured.
@@ -79,7 +86,7 @@ def quiet_tensorflow(verbose: bool = False) -> Iterator[None]:
             sys.stderr.flush()
 
 
-def _load(path: str | Path):  # noqa: ANN202 - keras.Model, imported lazily
+def _load(path: str | Path) -> keras.Model:
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     import keras
 
@@ -113,16 +120,16 @@ def export_onnx(model_path: str | Path, output: str | Path, opset: int = 17) -> 
     return output
 
 
-def fixed_copy(model_path: str | Path, size: tuple[int, int]):  # noqa: ANN201
+def fixed_copy(model_path: str | Path, size: tuple[int, int]) -> keras.Model:
     """The same network with batch 1 and input ``size`` (h, w), weights copied."""
     import keras
 
     model = _load(model_path)
     shape = model.input_shape
     if shape[1] is not None and tuple(shape[1:3]) != tuple(size):
-        raise ValueError(f"model takes {shape[1]}x{shape[2]} only, not {size[0]}x{size[1]}")
+        raise UserError(f"model takes {shape[1]}x{shape[2]} only, not {size[0]}x{size[1]}")
     if size[0] % 32 or size[1] % 32:
-        raise ValueError(f"input size {size[0]}x{size[1]} must be multiples of 32")
+        raise UserError(f"input size {size[0]}x{size[1]} must be multiples of 32")
     inp = keras.Input(shape=(*size, 3), batch_size=1, name="image")
     clone = keras.models.clone_model(model, input_tensors=inp)
     clone.set_weights(model.get_weights())
@@ -157,13 +164,13 @@ def export_tflite(
             reader = open_dataset(representative)
             picks = np.linspace(0, len(reader) - 1, min(calibration_images, len(reader)))
 
-            def samples():  # noqa: ANN202 - generator of calibration inputs
+            def samples() -> Iterator[list[NDArray[np.float32]]]:  # calibration inputs
                 for i in picks.astype(int):
                     yield [prepare(reader[int(i)].image, size)[None]]
 
             converter.representative_dataset = samples
     elif quantize != "fp32":
-        raise ValueError(f"unknown quantization {quantize!r}: fp32, fp16 or int8")
+        raise UserError(f"unknown quantization {quantize!r}: fp32, fp16 or int8")
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     _progress(f"converting to TFLite ({quantize}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import keras
 
 from crowdcount.model.architecture import ModelSpec, build, default_backbone_weights
+from crowdcount.model.types import Sample
 from crowdcount.training.callbacks import CountValidation, MemoryCleanup, TimeBudget
 from crowdcount.training.data import DensityDataset, WeightedReader
 from crowdcount.training.losses import (
@@ -99,10 +101,12 @@ def parse_data(spec: str) -> tuple[str, Reader, float]:
     return name or reader.name, reader, weight
 
 
-def _split(cfg: TrainConfig) -> tuple[list[WeightedReader], dict[str, list[Any]]]:
+def _split(cfg: TrainConfig) -> tuple[list[WeightedReader], dict[str, Sequence[Sample]]]:
     augment = None if cfg.preset == "seed" else Augment()
-    sources, val_sets = [], {}
+    sources: list[WeightedReader] = []
+    val_sets: dict[str, Reader] = {}
     explicit = [parse_data(v) for v in cfg.val]
+    reader: Reader
     for name, reader, weight in (parse_data(d) for d in cfg.data):
         if not explicit and cfg.val_every > 1 and len(reader) >= cfg.val_every:
             k = cfg.val_every

@@ -16,6 +16,8 @@ from typing import Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from crowdcount.model.errors import UserError
+
 log = logging.getLogger(__name__)
 
 
@@ -67,14 +69,14 @@ def backend_for(path: str | Path, name: str | None = None) -> str:
     implies (``.onnx``: ``default_backend()``)."""
     if name is not None:
         if name not in NAMES:
-            raise ValueError(f"unknown backend {name!r}; choose {', '.join(NAMES)}")
+            raise UserError(f"unknown backend {name!r}; choose {', '.join(NAMES)}")
         return name
     suffix = Path(path).suffix
     if suffix == ".onnx":
         return default_backend()
     by_suffix = {".tflite": "tflite", ".keras": "keras"}
     if suffix not in by_suffix:
-        raise ValueError(f"cannot tell the backend of {path}: use .onnx, .tflite or .keras")
+        raise UserError(f"cannot tell the backend of {path}: use .onnx, .tflite or .keras")
     return by_suffix[suffix]
 
 
@@ -88,7 +90,7 @@ def load_backend(path: str | Path, name: str | None = None, threads: int | None 
         try:
             from crowdcount.model.backends.openvino import OpenVinoBackend
         except ImportError:
-            raise ValueError(
+            raise UserError(
                 "the openvino backend needs the openvino package: pip install openvino"
             ) from None
 
@@ -101,7 +103,7 @@ def load_backend(path: str | Path, name: str | None = None, threads: int | None 
         try:
             from crowdcount.model.backends.tflite import TFLiteBackend
         except ImportError:
-            raise ValueError(
+            raise UserError(
                 "the tflite backend needs ai-edge-litert: pip install 'crowdcount[edge]'"
             ) from None
 

@@ -15,6 +15,8 @@ from numpy.typing import NDArray
 class TFLiteBackend:
     name = "tflite"
     max_batch = 1
+    fixed_size: tuple[int, int] | None
+    fixed_batch: int | None
 
     def __init__(self, path: Path, threads: int | None = None) -> None:
         self._interp = Interpreter(model_path=str(path), num_threads=threads)

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
+from pydantic import BaseModel, ValidationError
 
+from crowdcount.streamer.config import STREAM_NAME_RE, STREAM_NAME_RULE, to_config_error
 from crowdcount.streamer.service import Service
+
+M = TypeVar("M", bound=BaseModel)
 
 SERVICE = web.AppKey("service", Service)
 #: JSON bodies (stream definitions, SDP offers of at most 64 KiB) stay well below this.
@@ -54,8 +58,11 @@ async def read_body(request: web.Request, limit: int, what: str = "body") -> byt
     return b"".join(chunks)
 
 
-async def read_json_object(request: web.Request, allowed: set[str]) -> dict[str, Any]:
-    """A JSON object body whose keys are all in ``allowed`` (400 otherwise, 413 if big)."""
+async def read_json_object(
+    request: web.Request, allowed: set[str] | None = None
+) -> dict[str, Any]:
+    """A JSON object body (400 otherwise, 413 if big) whose keys are all in ``allowed``, if
+    given (a body parsed with ``parse_body`` leaves that to its model)."""
     raw = await read_body(request, MAX_JSON_BYTES, "JSON body")
     if not raw.strip():
         raise ApiError(400, "request body is empty; expected a JSON object")
@@ -68,7 +75,7 @@ async def read_json_object(request: web.Request, allowed: set[str]) -> dict[str,
                             f"{exc.colno}") from None
     if not isinstance(data, dict):
         raise ApiError(400, f"expected a JSON object, got {_json_type(data)}")
-    unknown = sorted(set(data) - allowed)
+    unknown = sorted(set(data) - allowed) if allowed is not None else []
     if unknown:
         raise ApiError(400, f"unknown field {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}")
     return data
@@ -79,30 +86,48 @@ def _json_type(value: Any) -> str:
             type(None): "null", int: "a number", float: "a number"}.get(type(value), "a value")
 
 
-def field_str(data: dict[str, Any], key: str, *, required: bool = True) -> str | None:
-    value = data.get(key)
-    if value is None:
-        if required:
-            raise ApiError(400, f"field {key!r} is required")
-        return None
-    if not isinstance(value, str):
-        raise ApiError(400, f"field {key!r} must be a string, got {_json_type(value)}")
-    return value
+def parse_body(model: type[M], data: dict[str, Any]) -> M:
+    """``data`` validated by a pydantic request model (strict, unknown keys refused), or
+    ``ApiError(400)`` with one line naming the field: request models reuse the config's
+    field types, so the API and the config file accept exactly the same values."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ApiError(400, body_error(exc, model)) from None
 
 
-def field_number(
-    data: dict[str, Any], key: str, *, lo: float, hi: float, integer: bool = False
-) -> float | int | None:
-    value = data.get(key)
-    if value is None:
-        return None
-    ok = isinstance(value, int) if integer else isinstance(value, int | float)
-    if isinstance(value, bool) or not ok:
-        kind = "an integer" if integer else "a number"
-        raise ApiError(400, f"field {key!r} must be {kind}, got {_json_type(value)}")
-    if not (math.isfinite(value) and lo <= value <= hi):
-        raise ApiError(400, f"field {key!r} must be between {lo:g} and {hi:g}, got {value!r}")
-    return value
+#: pydantic error types that mean "wrong JSON type", in the words a client developer uses.
+_TYPE_WORDS = {
+    "string_type": "a string",
+    "int_type": "an integer",
+    "int_from_float": "an integer",
+    "float_type": "a number",
+    "bool_type": "a boolean",
+    "list_type": "a list",
+    "tuple_type": "a list",
+    "dict_type": "an object",
+    "model_type": "an object",
+}
+
+
+def body_error(exc: ValidationError, model: type[BaseModel]) -> str:
+    """The first problem as one line: ``field 'fps_limit' must be a number, got a string``."""
+    err = exc.errors(include_url=False)[0]
+    key = to_config_error(exc, "request").path or "body"
+    kind = err["type"]
+    value = err.get("input")
+    if kind == "missing":
+        return f"field {key!r} is required"
+    if kind == "extra_forbidden":
+        return f"unknown field {key!r}; allowed: {', '.join(sorted(model.model_fields))}"
+    if kind in _TYPE_WORDS:
+        return f"field {key!r} must be {_TYPE_WORDS[kind]}, got {_json_type(value)}"
+    if kind == "string_pattern_mismatch" and err["ctx"].get("pattern") == STREAM_NAME_RE.pattern:
+        return f"field {key!r} must be {STREAM_NAME_RULE}, got {str(value)[:70]!r}"
+    msg = str(err["msg"])
+    if msg.startswith("Input should be "):  # bounds: "must be less than or equal to 240"
+        return f"field {key!r} must be {msg.removeprefix('Input should be ')}, got {value!r:.40}"
+    return f"field {key!r}: {to_config_error(exc, 'request').problem}"
 
 
 def query_float(request: web.Request, name: str, *, positive: bool = False) -> float | None:

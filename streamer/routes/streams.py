@@ -3,6 +3,11 @@
 History outlives streams (see ``streamer.store``): ``/counts`` and ``/counts.csv`` answer
 for a live stream or for any id that has recorded counts (a removed camera's report still
 works); 404 only when neither. Live feeds need a live stream.
+
+Both history routes default to the last ``DEFAULT_RANGE_S`` seconds (before ``until``, or
+now) when ``since`` is not given: at ~2.6 million rows a day per 30 fps stream, "everything"
+is never a sensible default. The JSON route is also bounded by ``limit`` rows (the newest
+are kept); the CSV route streams any range asked for in constant memory.
 """
 
 from __future__ import annotations
@@ -10,27 +15,32 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import time
 from typing import Any
 
 from aiohttp import web
 
-from crowdcount.streamer.config import StreamConfig
+from crowdcount.streamer.config import (
+    STREAM_NAME_RE,
+    StreamConfig,
+    StreamName,
+    StreamSettings,
+)
 from crowdcount.streamer.feed import sse_response
 from crowdcount.streamer.routes.common import (
     ApiError,
-    field_number,
-    field_str,
+    parse_body,
     query_flag,
     query_float,
     query_int,
     read_json_object,
     service_of,
 )
-from crowdcount.streamer.rtc import STREAM_ID_RE
 from crowdcount.streamer.service import StreamConflict, StreamNotFound
 from crowdcount.streamer.urls import validate_api_url
 
 MAX_LIMIT = 100_000
+DEFAULT_RANGE_S = 86_400.0
 EXPORT_CHUNK_ROWS = 5000
 
 
@@ -39,42 +49,35 @@ async def list_streams(request: web.Request) -> web.Response:
     return web.json_response({"streams": [e.to_dict() for e in svc.streams.values()]})
 
 
-#: Per-stream options the API accepts: (lowest, highest, integer only).
-OPTION_LIMITS: dict[str, tuple[float, float, bool]] = {
-    "fps_limit": (0.1, 240, False),
-    "max_side": (32, 8192, True),
-    "stall_timeout": (0.1, 3600, False),
-    "max_retries": (0, 1_000_000, True),
-}
+class AddStreamBody(StreamSettings):
+    """``POST /api/streams``: a name and an rtsp/rtsps url (checked by ``validate_api_url``)
+    plus the same per-stream settings, with the same bounds, as the config file."""
+
+    name: StreamName
+    url: str
 
 
 async def add_stream(request: web.Request) -> web.Response:
     """Body ``{"name", "url", "fps_limit"?, "max_side"?, "stall_timeout"?, "max_retries"?}``;
     rtsp/rtsps only."""
     svc = service_of(request)
-    data = await read_json_object(request, {"name", "url", *OPTION_LIMITS})
-    name = field_str(data, "name")
-    assert name is not None
-    if STREAM_ID_RE.fullmatch(name) is None:
-        raise ApiError(400, f"field 'name' must be 1-64 letters, digits, '_', '.' or '-' "
-                            f"starting with a letter or digit, got {name[:70]!r}")
-    raw_url = field_str(data, "url")
+    body = parse_body(AddStreamBody, await read_json_object(request))
     try:
-        url = validate_api_url(raw_url)
+        url = validate_api_url(body.url)
     except ValueError as exc:
         raise ApiError(400, str(exc)) from None
-    options = {}
-    for key, (lo, hi, integer) in OPTION_LIMITS.items():
-        value = field_number(data, key, lo=lo, hi=hi, integer=integer)
-        if value is not None:
-            options[key] = value if integer else float(value)
-    stream = StreamConfig.model_validate({"name": name, "url": url, **options})
+    settings = body.model_dump(exclude_unset=True, exclude={"name", "url"})
+    stream = StreamConfig.model_validate({"name": body.name, "url": url, **settings})
     try:
         entry = await svc.add_stream(stream, origin="api", persist=True)
     except StreamConflict as exc:
         raise ApiError(409, str(exc)) from None
     return web.json_response(entry.to_dict(), status=201,
                              headers={"Location": f"/api/streams/{entry.id}"})
+
+
+#: What ``PATCH /api/streams/{id}`` may change (a stream's name is its id: never).
+EDITABLE = frozenset({"url", *StreamSettings.model_fields})
 
 
 async def edit_stream(request: web.Request) -> web.Response:
@@ -86,22 +89,21 @@ async def edit_stream(request: web.Request) -> web.Response:
         entry = svc.get(request.match_info["id"])
     except StreamNotFound as exc:
         raise ApiError(404, str(exc)) from None
-    data = await read_json_object(request, {"url", *OPTION_LIMITS})
-    url = entry.url
+    data = await read_json_object(request, set(EDITABLE))
+    # ``null`` removes an option (back to its default); the merged settings are then checked
+    # by the same request model as a new stream's, so both accept exactly the same values.
+    kept = {k: v for k, v in entry.options.items() if k in EDITABLE}
+    merged = {**kept, **{k: v for k, v in data.items() if v is not None}}
+    for key in [k for k, v in data.items() if v is None]:
+        merged.pop(key, None)
+    body = parse_body(AddStreamBody, {"name": entry.id, "url": entry.url, **merged})
+    url = body.url
     if data.get("url") is not None:
         try:
-            url = validate_api_url(field_str(data, "url"))
+            url = validate_api_url(url)
         except ValueError as exc:
             raise ApiError(400, str(exc)) from None
-    options = {k: v for k, v in entry.options.items() if k in OPTION_LIMITS}
-    for key, (lo, hi, integer) in OPTION_LIMITS.items():
-        if key not in data:
-            continue
-        value = field_number(data, key, lo=lo, hi=hi, integer=integer)
-        if value is None:
-            options.pop(key, None)
-        else:
-            options[key] = value if integer else float(value)
+    options = body.model_dump(exclude_unset=True, exclude={"name", "url"})
     stream = StreamConfig.model_validate({"name": entry.id, "url": url, **options})
     try:
         entry = await svc.replace_stream(stream)
@@ -139,17 +141,22 @@ async def _known(request: web.Request) -> str:
     return sid
 
 
-def _range(request: web.Request) -> tuple[float | None, float | None]:
+def _range(request: web.Request) -> tuple[float, float | None]:
+    """``[since, until)`` from the query; ``since`` defaults to ``DEFAULT_RANGE_S`` before
+    ``until`` (or now)."""
     since, until = query_float(request, "since"), query_float(request, "until")
     if since is not None and until is not None and since >= until:
         raise ApiError(400, f"parameter 'since' ({since:g}) must be before 'until' ({until:g})")
+    if since is None:
+        since = (time.time() if until is None else until) - DEFAULT_RANGE_S
     return since, until
 
 
 async def counts(request: web.Request) -> web.Response:
-    """``?since=&until=`` (unix seconds, [since, until)), ``step`` (seconds per bucket),
-    ``limit`` (newest rows kept), ``zones=1`` (per-zone counts: raw, or with a step their
-    mean, ``zones_min`` and ``zones_max``). Whole-second steps read the rollups."""
+    """``?since=&until=`` (unix seconds, [since, until); default: the last day),
+    ``step`` (seconds per bucket), ``limit`` (newest rows kept), ``zones=1`` (per-zone counts:
+    raw, or with a step their mean, ``zones_min`` and ``zones_max``). Whole-second steps read
+    the rollups."""
     since, until = _range(request)
     step = query_float(request, "step", positive=True)
     limit = query_int(request, "limit", 10_000, 1, MAX_LIMIT)
@@ -224,7 +231,7 @@ async def feed_all(request: web.Request) -> web.StreamResponse:
         if len(names) > MAX_FEED_STREAMS:
             raise ApiError(400, f"parameter 'streams' names {len(names)} streams; "
                                 f"at most {MAX_FEED_STREAMS}")
-        bad = [n for n in names if STREAM_ID_RE.fullmatch(n) is None]
+        bad = [n for n in names if STREAM_NAME_RE.fullmatch(n) is None]
         if bad:
             raise ApiError(400, f"parameter 'streams': invalid stream id {bad[0][:70]!r}")
         only = frozenset(names)

@@ -21,6 +21,7 @@ import time
 import weakref
 from collections.abc import Callable, Sequence
 from fractions import Fraction
+from typing import cast
 
 import av
 import cv2
@@ -62,7 +63,7 @@ def _to_picture(rgb: NDArray[np.uint8]) -> Picture:
     if w % 2 or h % 2:
         return "rgb24", np.ascontiguousarray(rgb)
     frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
-    return "yuv420p", frame.reformat(format="yuv420p").to_ndarray()
+    return "yuv420p", cast(NDArray[np.uint8], frame.reformat(format="yuv420p").to_ndarray())
 
 
 def _placeholder_rgb(size: tuple[int, int], title: str | None) -> NDArray[np.uint8]:

@@ -3,7 +3,7 @@
 A source decodes on a thread of its own (or, for WebRTC, inside aiortc) and keeps only the
 newest frame: ``recv()`` returns the newest frame not returned before and waits when there is
 none. A consumer slower than the source therefore drops frames instead of building delay;
-each dropped frame is counted in ``status.dropped``.
+each dropped frame is counted in ``status.source_dropped``.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ class Source(ABC):
         self._seq += 1
         with self._lock:
             if self._latest is not None:
-                self.status.dropped += 1
+                self.status.source_dropped += 1
             self._latest = frame
         self.status.frames_in += 1
         self.status.fps_in = self._fps_in.tick()

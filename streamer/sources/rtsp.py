@@ -13,8 +13,18 @@ it without an operator. What this module relies on (measured; docs/runtime-notes
   ``av_read_frame`` would free the demuxer under its feet (use-after-free, a crash of the
   whole service). The watchdog instead ``shutdown()``s the container's TCP socket, found in
   ``/proc`` (Linux): FFmpeg sees the server hang up, the decode loop ends at once (measured:
-  under 5 ms), and the decode thread closes its own container. Where ``/proc`` is missing,
-  PyAV's read timeout remains the fallback.
+  under 5 ms), and the decode thread closes its own container.
+- Where ``/proc`` is missing (macOS, BSD), FFmpeg's own RTSP socket timeout (the
+  demuxer's ``timeout`` option, microseconds) is set to ``max(stall_timeout,
+  open_timeout)`` instead: a frozen server then ends the read with ``TimeoutError`` after
+  about twice that (measured: 2.2 s for 1 s), where PyAV's ``timeout=`` alone let a frozen
+  server hold the session for 30 s. It is not set where ``/proc`` works because it slows
+  the watchdog's path: after the shutdown FFmpeg then sometimes waits out that timeout
+  before giving up (measured: 1.5 s stall detected after 3.1-3.4 s instead of 1.6 s).
+- The camera's host name is resolved on the decode thread at the start of every
+  connection attempt, never on the event loop (a slow DNS server would freeze every
+  stream and the API), and again after each failure, so the watchdog follows a camera whose
+  address changed.
 """
 
 from __future__ import annotations
@@ -94,7 +104,11 @@ class RtspSource(ThreadedSource):
         self._sockets_before: set[int] | None = None  # set while a connection may be open
         self._last_frame = 0.0
         self._stalled = False
-        self._remote = _remote_endpoint(url)
+        # Resolved on the decode thread at each attempt (see the module docstring).
+        self._remote: tuple[set[ipaddress.IPv4Address | ipaddress.IPv6Address], int] = (
+            set(), 0)
+        socket_timeout_us = int(max(stall_timeout, open_timeout) * 1_000_000)
+        self._fallback_options = {**AV_OPTIONS, "timeout": str(socket_timeout_us)}
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -140,13 +154,17 @@ class RtspSource(ThreadedSource):
         got_frame = False
         container = None
         self._stalled = False
+        remote = _remote_endpoint(self.url)  # blocking DNS: this thread, never the loop
         with self._conn_lock:
-            self._sockets_before = _socket_inodes(self._remote)
+            self._remote = remote
+            self._sockets_before = _socket_inodes(remote)
             self._last_frame = 0.0  # the watchdog waits for the open to finish
         opening = time.monotonic()
         try:
+            options = AV_OPTIONS if _proc_available() else self._fallback_options
             container = av.open(
-                self.url, options=AV_OPTIONS, timeout=(self.open_timeout, self.read_timeout)
+                self.url, options=options,
+                timeout=(self.open_timeout, self.read_timeout),
             )
             if not container.streams.video:
                 return False, self._line("no video stream in the RTSP session")
@@ -210,10 +228,10 @@ class RtspSource(ThreadedSource):
         dropped too and simply reconnects.
         """
         with self._conn_lock:
-            before = self._sockets_before
+            before, remote = self._sockets_before, self._remote
             if before is None:
                 return
-            mine = _socket_inodes(self._remote) - before
+            mine = _socket_inodes(remote) - before
         for inode, fd in _process_sockets().items():
             if inode in mine:
                 _shutdown_fd(fd, inode)
@@ -230,7 +248,7 @@ def _remote_endpoint(url: str) -> tuple[set[ipaddress.IPv4Address | ipaddress.IP
         infos = socket.getaddrinfo(parts.hostname or "", port, type=socket.SOCK_STREAM)
     except (OSError, ValueError, UnicodeError):
         return set(), 0
-    return {ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos}, port
+    return {ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos}, port
 
 
 def _socket_inodes(remote: tuple[set[ipaddress.IPv4Address | ipaddress.IPv6Address], int]
@@ -266,6 +284,11 @@ def _proc_address(hex_address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Add
     raw = bytes.fromhex(hex_address)
     raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
     return ipaddress.ip_address(raw)
+
+
+def _proc_available() -> bool:
+    """Whether this process's descriptors can be listed (the watchdog's socket search)."""
+    return os.path.isdir("/proc/self/fd")
 
 
 def _process_sockets() -> dict[int, int]:

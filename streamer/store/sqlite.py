@@ -585,10 +585,14 @@ class SQLiteHistory:
     ) -> list[CountRow]:
         if limit < 1:
             raise ValueError("limit must be >= 1")
-        where, args = _where(stream_id, since, until)
-        if after is not None:
+        if after is not None and (since is None or after >= since):
+            # One lower bound, not two: with both, SQLite seeks the index on ``since`` and
+            # filters ``after`` row by row, which makes paging quadratic.
+            where, args = _where(stream_id, None, until)
             where += " AND t > :after"
             args["after"] = float(after)
+        else:
+            where, args = _where(stream_id, since, until)
         sql = f"SELECT t, count, smoothed FROM counts WHERE {where} ORDER BY t LIMIT :limit"
         with self._readers.borrow() as conn:
             return conn.execute(sql, {**args, "limit": int(limit)}).fetchall()

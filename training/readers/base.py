@@ -11,10 +11,11 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
+from crowdcount.model.errors import UserError
 from crowdcount.model.types import Sample
 
 
-class DatasetError(Exception):
+class DatasetError(UserError):
     """A dataset file is missing, corrupt or inconsistent. The message names the file and,
     where there is one, the item's index, so a user can find and fix it."""
 
@@ -69,9 +70,8 @@ def load_image(path: Path, index: int | None = None) -> NDArray[np.uint8]:
 def check_points(points: object, where: str) -> NDArray[np.float32]:
     """Head points as an (N, 2) float32 array of finite numbers."""
     try:
-        arr = np.asarray(points, dtype=np.float32).reshape(-1, 2) if np.size(points) else (
-            np.zeros((0, 2), np.float32)
-        )
+        arr = np.asarray(points, dtype=np.float32)
+        arr = arr.reshape(-1, 2) if arr.size else np.zeros((0, 2), np.float32)
     except (TypeError, ValueError):
         raise DatasetError(f"{where}: head points are not an N x 2 array of numbers") from None
     if not np.isfinite(arr).all():

@@ -53,7 +53,7 @@ class GenericReader:
                 self.kernel = Kernel(**doc["kernel"])
             except TypeError as exc:
                 raise DatasetError(f"{path}: bad 'kernel' ({exc})") from None
-        items = []
+        items: list[tuple[str, np.ndarray | None, float]] = []
         for i, entry in enumerate(doc["images"]):
             where = f"{path} (item {i})"
             if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
