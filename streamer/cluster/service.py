@@ -202,7 +202,7 @@ class ClusterService:
         except psycopg.Error as exc:
             raise ValueError(f"cannot open database {mask_url(self.cluster.database)}: "
                              f"{' '.join(str(exc).split())}") from None
-        self.runtime = ModelInfo(config.model.backend)
+        self.runtime = ModelInfo(config.model.backend or "default (chosen on each shard)")
         self.model_path = str(config.model.path or "(bundled, on the shards)")
         self.feed = CountFeed()
         self.streams: dict[str, ClusterEntry] = {}
@@ -224,14 +224,18 @@ class ClusterService:
     # -- views -------------------------------------------------------------------------------
 
     def statuses(self) -> dict[str, StreamStatus]:
+        """The shards' reports as ``StreamStatus`` for the metrics (a report carries the
+        sum of the drops; ``unavailable`` counts as not up)."""
         out = {}
         for sid, entry in self.streams.items():
             st = entry.status()
             state = st["state"]
+            known = {k: st[k] for k in ("fps_in", "fps_out", "frames_in", "frames_out",
+                                        "reconnects", "last_error", "last_count") if k in st}
             out[sid] = StreamStatus(
                 state=StreamState(state) if state in StreamState.__members__.values()
                 else StreamState.FAILED,
-                **{k: v for k, v in st.items() if k != "state"})
+                source_dropped=int(st.get("dropped") or 0), **known)
         return out
 
     def _gauges(self) -> dict[str, float]:
@@ -391,9 +395,10 @@ class ClusterService:
     async def _register(self, stream: StreamConfig, *, origin: str) -> int:
         """Save a camera with its shard (the least loaded, for a new one); its shard."""
         options = stream.model_dump(mode="json", exclude={"name", "url"}, exclude_defaults=True)
-        saved = await asyncio.to_thread(self.store.streams.get, stream.name)
-        shard = saved["shard"] if saved is not None else choose_shard(
-            await asyncio.to_thread(self.store.cluster.shard_loads, self.cluster.shards))
+        shard = await asyncio.to_thread(self.store.streams.shard_of, stream.name)
+        if shard is None:
+            shard = choose_shard(
+                await asyncio.to_thread(self.store.cluster.shard_loads, self.cluster.shards))
         await asyncio.to_thread(self.store.streams.save, stream.name, stream.name, stream.url,
                                 stream.kind, options, shard=shard, origin=origin)
         return shard

@@ -27,7 +27,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -52,7 +52,7 @@ SYNC_EVERY = 5
 CONFIG_KEY = "shard_config"
 
 
-def stream_config(saved: dict[str, Any]) -> StreamConfig:
+def stream_config(saved: Mapping[str, Any]) -> StreamConfig:
     """The ``StreamConfig`` of a camera row (its options are ``StreamConfig`` fields)."""
     return StreamConfig.model_validate({**saved.get("options", {}), "name": saved["id"],
                                         "url": saved["url"]})
