@@ -24,6 +24,7 @@ from typing import Any
 
 import psycopg
 
+from crowdcount.model.errors import UserError
 from crowdcount.model.zones import Zone
 from crowdcount.streamer.cluster.placement import choose_shard
 from crowdcount.streamer.cluster.shard import CONFIG_KEY, shard_actor, shard_config
@@ -200,7 +201,7 @@ class ClusterService:
         try:
             self.store = PostgresStore(self.cluster.database)
         except psycopg.Error as exc:
-            raise ValueError(f"cannot open database {mask_url(self.cluster.database)}: "
+            raise UserError(f"cannot open database {mask_url(self.cluster.database)}: "
                              f"{' '.join(str(exc).split())}") from None
         self.runtime = ModelInfo(config.model.backend or "default (chosen on each shard)")
         self.model_path = str(config.model.path or "(bundled, on the shards)")
