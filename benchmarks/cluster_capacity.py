@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import shutil
 import sys
 import tempfile
 import time
@@ -37,7 +38,8 @@ async def measure(n: int, args: argparse.Namespace, tmp: Path, clip: Path) -> di
     from tests.fixtures.postgres import PostgresServer
     from tests.fixtures.ray_cluster import start_cluster, stop_cluster
 
-    pg = PostgresServer(Path(tempfile.mkdtemp(prefix="crowdcount-pg-")))
+    pg_root = Path(tempfile.mkdtemp(prefix="crowdcount-pg-"))
+    pg = PostgresServer(pg_root)
     cluster = start_cluster(1, 1)
     client = None
     try:
@@ -75,6 +77,7 @@ async def measure(n: int, args: argparse.Namespace, tmp: Path, clip: Path) -> di
             await client.close()
         stop_cluster(cluster)
         pg.stop()
+        shutil.rmtree(pg_root, ignore_errors=True)
 
 
 def main() -> None:

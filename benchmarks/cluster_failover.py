@@ -30,6 +30,7 @@ import asyncio
 import itertools
 import json
 import logging
+import shutil
 import sys
 import tempfile
 import time
@@ -76,7 +77,8 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     clip = write_clip(tmp / "clip.mp4", width, height, fps=args.fps, seconds=5.0, gop=args.fps)
     model = brightness_onnx(tmp / "brightness.onnx")
     log("starting PostgreSQL")
-    pg = PostgresServer(Path(tempfile.mkdtemp(prefix="crowdcount-pg-")))
+    pg_root = Path(tempfile.mkdtemp(prefix="crowdcount-pg-"))
+    pg = PostgresServer(pg_root)
     cluster = None
     client = None
     try:
@@ -139,6 +141,7 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         if cluster is not None:
             stop_cluster(cluster)
         pg.stop()
+        shutil.rmtree(pg_root, ignore_errors=True)
 
 
 def main() -> None:

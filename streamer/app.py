@@ -108,11 +108,18 @@ def build_app(
     rtc.add_routes(app)
     zones.add_routes(app)
     rules.add_routes(app)
-    gathering.add_routes(app)
+    if config.cluster is None:
+        gathering.add_routes(app)
+    else:  # the gathering maps live in the shards' processes, not in the database (yet)
+        app.router.add_get("/api/streams/{id}/heatmap", _no_heatmap_on_cluster)
     app.on_startup.append(_startup)
     app.on_shutdown.append(_shutdown)
     app.on_cleanup.append(_cleanup)
     return app
+
+
+async def _no_heatmap_on_cluster(request: web.Request) -> web.Response:
+    return json_error(501, "gathering heatmaps are not available on a cluster")
 
 
 async def _startup(app: web.Application) -> None:

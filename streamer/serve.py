@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from crowdcount.model.errors import UserError
+
 LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -113,16 +115,16 @@ def load(args: argparse.Namespace) -> Any:
         if postgres:
             cluster["database"] = database
         elif database is not None:
-            raise ValueError("--cluster needs a PostgreSQL --database (postgresql://...)")
+            raise UserError("--cluster needs a PostgreSQL --database (postgresql://...)")
         if args.shards is not None:
             cluster["shards"] = args.shards
         if "database" not in cluster:
-            raise ValueError("--cluster needs --database postgresql://... (or [cluster] "
+            raise UserError("--cluster needs --database postgresql://... (or [cluster] "
                              "database in the config file)")
         data["cluster"] = cluster
         database = None
     elif postgres and not data.get("cluster"):
-        raise ValueError("a PostgreSQL --database is the store of a cluster: add --cluster")
+        raise UserError("a PostgreSQL --database is the store of a cluster: add --cluster")
     elif postgres:
         data["cluster"]["database"] = database
         database = None

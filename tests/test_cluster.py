@@ -9,28 +9,41 @@ kills a worker node outright.
 
 from __future__ import annotations
 
+from tests.fixtures.components import need_modules
+
+need_modules("the cluster", "psycopg", "ray", hint="pip install crowdcount[cluster]")
+
 import asyncio
+import contextlib
+import glob
 import itertools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import psycopg
 import pytest
+import ray
 from aiohttp.test_utils import TestClient, TestServer
 
 from crowdcount.streamer.app import build_app
+from crowdcount.streamer.cluster.placement import shard_name
 from crowdcount.streamer.config import parse_config
 from tests.fixtures.media import write_clip
 from tests.fixtures.postgres import PostgresServer, free_port
 from tests.fixtures.rtc import make_client
+from tests.fixtures.waiting import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.postgres]
 
@@ -38,6 +51,7 @@ FPS = 4
 SIZE = (160, 128)
 CAMERAS = ("cam0", "cam1")
 ROOT = Path(__file__).resolve().parents[1]
+SHARD_DIRS = str(Path(tempfile.gettempdir()) / "crowdcount-shard-*")
 
 
 @pytest.fixture(scope="module")
@@ -51,18 +65,62 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_clip(path, SIZE[0], SIZE[1], fps=FPS, seconds=5.0, gop=FPS)
 
 
+class WebhookReceiver(ThreadingHTTPServer):
+    """A real HTTP endpoint on loopback that keeps every JSON body POSTed to it."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict[str, Any]] = []
+        bodies = self.bodies
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", 0))
+                bodies.append(json.loads(self.rfile.read(length)))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+
+
+@pytest.fixture(scope="module")
+def webhook() -> Iterator[WebhookReceiver]:
+    server = WebhookReceiver()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
 @pytest.fixture(scope="module")
 def cluster_config(ray_cluster: Any, cluster_dsn: str, brightness_model: Path, clip: Path,
-                   tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """The operator's config (as a dict): two shards, two file cameras, loopback ICE."""
+                   webhook: WebhookReceiver, tmp_path_factory: pytest.TempPathFactory
+                   ) -> Iterator[dict[str, Any]]:
+    """The operator's config (as a dict): two shards, two file cameras, loopback ICE, an
+    alert rule on cam0 that its counts (~25-40) always exceed, and a webhook."""
     folder = tmp_path_factory.mktemp("api")
-    return {
+    before = set(glob.glob(SHARD_DIRS))
+    yield {
         "server": {"database": str(folder / "unused.sqlite3"), "max_streams": 32},
         "model": {"path": str(brightness_model), "threads": 1},
         "streams": [{"name": c, "url": str(clip), "loop": True} for c in CAMERAS],
+        "thresholds": [{"name": "cam0-busy", "stream": "cam0", "above": 1.0, "below": 0.5}],
+        "sinks": {"webhook": {"url": f"http://127.0.0.1:{webhook.server_port}/hook",
+                              "secret": "s3cret"}},
         "cluster": {"address": ray_cluster.address, "database": cluster_dsn, "shards": 2,
                     "ice_addresses": ["127.0.0.1"], "outage_after": 2.5},
     }
+    # Stop the shards (cameras, peers, their local side files) before the cluster goes;
+    # a shard killed with its node leaves its side directory, removed here too.
+    for index in range(2):
+        with contextlib.suppress(Exception):
+            actor = ray.get_actor(shard_name(index), namespace="crowdcount")
+            ray.get(actor.stop.remote(), timeout=30)
+    for leftover in set(glob.glob(SHARD_DIRS)) - before:
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 @pytest.fixture
@@ -75,10 +133,24 @@ async def api(cluster_config: dict[str, Any]) -> AsyncIterator[TestClient]:
 
 
 def _toml(data: dict[str, Any]) -> str:
-    lines = []
-    for table, values in data.items():
-        lines.append(f"[{table}]")
-        lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
+    """Enough TOML for these configs: tables of scalars and lists, nested tables (sinks),
+    arrays of tables (thresholds)."""
+    lines: list[str] = []
+
+    def table(name: str, values: dict[str, Any]) -> None:
+        lines.append(f"[{name}]")
+        nested = {k: v for k, v in values.items() if isinstance(v, dict)}
+        lines.extend(f"{k} = {json.dumps(v)}" for k, v in values.items() if k not in nested)
+        for key, sub in nested.items():
+            table(f"{name}.{key}", sub)
+
+    for name, values in data.items():
+        if isinstance(values, list):
+            for item in values:
+                lines.append(f"[[{name}]]")
+                lines.extend(f"{k} = {json.dumps(v)}" for k, v in item.items())
+        else:
+            table(name, values)
     return "\n".join(lines) + "\n"
 
 
@@ -149,6 +221,11 @@ async def test_two_api_processes_share_cameras_counts_and_feed(
     # The head node has no camera slots: every shard runs on a worker node.
     assert {streams[c]["node"] for c in CAMERAS} <= workers
     assert {streams[c]["origin"] for c in CAMERAS} == {"config"}
+    async with api.get("/api/health") as resp:
+        assert (await resp.json())["streams"] == len(CAMERAS)
+    async with api.get("/metrics") as resp:
+        text = await resp.text()
+    assert 'crowdcount_stream_up{stream="cam0"} 1.0' in text, text[:2000]
 
     async with aiohttp.ClientSession() as http:
         # B learnt the cameras (and their status) from the database alone.
@@ -212,6 +289,78 @@ async def wait_until_async(predicate: Any, http: Any, what: str, base: str = "",
         assert time.monotonic() - t0 < timeout, f"timed out waiting for {what}: {latest}"
         await asyncio.sleep(0.1)
         await fetch()
+
+
+async def test_edits_through_one_api_reach_the_shard_and_the_other_api(
+    api: TestClient, api_b: str, ray_cluster: Any
+) -> None:
+    """Zones put through B are applied by cam1's shard (its counts gain the zone) and shown
+    by A; an API camera edited through A restarts with its new URL; rules are the config's
+    (read-only on a cluster); heatmaps are not served by a cluster (501)."""
+    await _wait_running(api, _worker_ids(ray_cluster), ("cam1",))
+    zone = {"name": "left", "points": [[0, 0], [80, 0], [80, 128], [0, 128]]}
+    async with aiohttp.ClientSession() as http:
+        async with http.put(f"{api_b}/api/streams/cam1/zones", json={"zones": [zone]}) as r:
+            assert r.status == 200, await r.text()
+        await wait_until_async(  # A follows the row change (NOTIFY, then a refresh)
+            lambda s: [z["name"] for z in s["cam1"]["options"].get("zones", [])] == ["left"],
+            api, "the zones in A")
+        async with api.get("/api/streams/cam1/zones") as resp:
+            assert [z["name"] for z in (await resp.json())["zones"]] == ["left"]
+
+        async def zone_counted() -> bool:
+            async with api.get("/api/streams/cam1/counts",
+                               params={"limit": "1", "zones": "1"}) as resp:
+                rows = (await resp.json())["counts"]
+            return bool(rows) and 0 < rows[-1]["zones"].get("left", 0) < rows[-1]["count"]
+
+        t0 = time.monotonic()
+        while not await zone_counted():
+            assert time.monotonic() - t0 < 30, "cam1's shard never counted the new zone"
+            await asyncio.sleep(0.2)
+
+        first = f"rtsp://127.0.0.1:{free_port()}/a"
+        second = f"rtsp://127.0.0.1:{free_port()}/b"
+        async with http.post(f"{api_b}/api/streams", json={"name": "gate", "url": first}) as r:
+            assert r.status == 201, await r.text()
+        await wait_until_async(lambda s: "gate" in s, api, "the new camera in A")
+        async with api.patch("/api/streams/gate", json={"url": second}) as resp:
+            assert resp.status == 200, await resp.text()
+        await wait_until_async(
+            lambda s: "gate" in s and s["gate"]["url"] == second
+            and second.rsplit(":", 1)[1] in (s["gate"]["status"]["last_error"] or ""),
+            http, "the edited camera's new URL in use", base=api_b)
+        async with http.delete(f"{api_b}/api/streams/gate") as resp:
+            assert resp.status == 204
+
+        async with http.get(f"{api_b}/api/alerts/rules") as resp:
+            assert [r["name"] for r in (await resp.json())["rules"]] == ["cam0-busy"]
+        rule = {"name": "x", "stream": "cam1", "above": 5.0, "below": 1.0}
+        async with http.post(f"{api_b}/api/alerts/rules", json=rule) as resp:
+            assert resp.status == 409
+        async with api.get("/api/streams/cam1/heatmap") as resp:
+            assert resp.status == 501 and "error" in await resp.json()
+
+
+async def test_alert_is_sent_once_by_the_owning_shard(
+    api: TestClient, api_b: str, webhook: WebhookReceiver, cluster_dsn: str
+) -> None:
+    """Both shards load the rule and the webhook, but only cam0's shard sees cam0: one
+    stored alert, one webhook delivery, the same list from both API processes."""
+    await wait_until(lambda: any(b.get("type") == "alert" for b in webhook.bodies), 60,
+                     "the webhook's alert")
+    async with aiohttp.ClientSession() as http:
+        lists = []
+        for get in (lambda: api.get("/api/alerts"), lambda: http.get(f"{api_b}/api/alerts")):
+            async with get() as resp:
+                lists.append((await resp.json())["alerts"])
+    assert [[(a["stream"], a["rule"], a["raised_at"]) for a in alerts] for alerts in lists] == [
+        [("cam0", "cam0-busy", lists[0][0]["raised_at"])]] * 2
+    alerts = [b for b in webhook.bodies if b.get("type") == "alert"]
+    assert [(a["event"], a["stream"], a["raised_at"]) for a in alerts] == [
+        ("raised", "cam0", lists[0][0]["raised_at"])]
+    with psycopg.connect(cluster_dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM alerts").fetchone() == (1,)
 
 
 async def test_viewer_through_api_gets_annotated_frames_from_worker_node(

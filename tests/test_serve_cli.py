@@ -182,3 +182,21 @@ def test_token_order_flag_then_env_then_config(brightness_model: Path, tmp_path:
         assert _status(f"{base}/api/health", "from-flag") == 200
     finally:
         _stop(proc)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--cluster", "127.0.0.1:6379"], "needs --database postgresql://"),
+    (["--cluster", "127.0.0.1:6379", "--database", "counts.sqlite3"],
+     "needs a PostgreSQL --database"),
+    (["--database", "postgresql://crowd@127.0.0.1:5432/x"], "add --cluster"),
+    (["--cluster", "127.0.0.1:6379", "--database", "postgresql://crowd@127.0.0.1:{port}/x"],
+     "cannot open database postgresql://***@127.0.0.1"),  # the user is masked
+])
+def test_cluster_arguments_refused_with_one_line(args: list[str], message: str) -> None:
+    """A cluster needs its PostgreSQL database, and PostgreSQL only makes sense in a cluster;
+    an unreachable database is refused before listening (nothing listens on that port)."""
+    args = [a.format(port=free_port()) for a in args]
+    proc = subprocess.run(_cmd(*args), capture_output=True, text=True, timeout=60, env=_env())
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr

@@ -8,13 +8,19 @@ the cluster's store does: replays across writers, shard scoping, status, setting
 
 from __future__ import annotations
 
+from tests.fixtures.components import need_modules
+
+need_modules("PostgreSQL store", "psycopg", hint="pip install crowdcount[cluster]")
+
 import json
 import threading
 
+import numpy as np
 import psycopg
 import pytest
 
 from crowdcount.streamer.store.postgres import FEED_CHANNEL, STREAMS_CHANNEL, PostgresStore
+from tests.test_history import T0, expected, fill
 from tests.test_store import (  # noqa: F401  (collected here: the same tests, on PostgreSQL)
     test_aggregation_floors_negative_times,
     test_aggregation_per_step,
@@ -158,3 +164,26 @@ def test_notify_reaches_listeners(postgres_dsn: str) -> None:
     assert got[0] == (FEED_CHANNEL, json.dumps({"stream": "a", "count": 3.5},
                                                separators=(",", ":")))
     assert got[1:] == [(STREAMS_CHANNEL, "a"), (STREAMS_CHANNEL, "a")]
+
+
+@pytest.mark.parametrize("step", [1, 60])
+def test_stepped_counts_with_zones_equal_raw_aggregation(store: PostgresStore, step: int) -> None:
+    """The SQLite store answers these from rollups; PostgreSQL aggregates raw rows in SQL,
+    with the same result (zones that come and go included). Raw rows are never pruned."""
+    data = fill(store, seconds=130)
+    got = store.history.counts("cam", step=step, with_zones=True)
+    want = expected(data, "count", step)
+    assert [r["t"] for r in got] == list(want)
+    door = expected(data, "door", step)
+    half = np.arange(len(data["t"])) >= len(data["t"]) // 2
+    queue = expected(data, "queue", step, half)
+    for r in got:
+        mean, lo, hi, n = want[r["t"]]
+        assert r["n"] == n and r["min"] == pytest.approx(lo) and r["max"] == pytest.approx(hi)
+        assert r["count"] == pytest.approx(mean) and r["smoothed"] == pytest.approx(mean / 2)
+        assert (r["zones"]["door"], r["zones_min"]["door"], r["zones_max"]["door"]) == (
+            pytest.approx(door[r["t"]][0]), pytest.approx(door[r["t"]][1]),
+            pytest.approx(door[r["t"]][2]))
+        assert ("queue" in r["zones"]) == (r["t"] in queue)
+    assert store.history.prune_raw(T0 + 120) == 0
+    assert len(store.history.counts("cam", limit=100_000)) == len(data["t"])

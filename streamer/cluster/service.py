@@ -24,6 +24,7 @@ from typing import Any
 
 import psycopg
 
+from crowdcount.model.errors import UserError
 from crowdcount.model.zones import Zone
 from crowdcount.streamer.cluster.placement import choose_shard
 from crowdcount.streamer.cluster.shard import CONFIG_KEY, shard_actor, shard_config
@@ -31,6 +32,7 @@ from crowdcount.streamer.config import ClusterConfig, Config, StreamConfig
 from crowdcount.streamer.feed import CountFeed
 from crowdcount.streamer.metrics import Metrics
 from crowdcount.streamer.rtc import OfferError, PeerLimitReached, UnknownStream, validate_offer
+from crowdcount.streamer.rules import RuleConflict, RuleNotFound
 from crowdcount.streamer.service import StreamConflict, StreamNotFound
 from crowdcount.streamer.status import StreamState, StreamStatus
 from crowdcount.streamer.store.postgres import FEED_CHANNEL, STREAMS_CHANNEL, PostgresStore
@@ -120,6 +122,39 @@ class ClusterZones:
         return []
 
 
+class ClusterRules:
+    """The ``rules`` the alert-rule routes read. On a cluster the rules are the config
+    file's ``[[thresholds]]`` (the shards load them from the cluster settings); editing
+    them through the API is refused (409) rather than applied to one process only."""
+
+    def __init__(self, config: Config) -> None:
+        self._rules = {r.name: r for r in config.thresholds}
+
+    def list(self, stream: str | None = None) -> list[dict[str, Any]]:
+        out = [self.describe(r) for r in self._rules.values()
+               if stream is None or r.stream == stream]
+        return sorted(out, key=lambda r: (r["stream"], r["name"]))
+
+    def get(self, name: str) -> dict[str, Any]:
+        rule = self._rules.get(name)
+        if rule is None:
+            raise RuleNotFound(f"no alert rule {name!r}")
+        return self.describe(rule)
+
+    @staticmethod
+    def describe(rule: Any) -> dict[str, Any]:
+        return {**rule.model_dump(mode="json"), "origin": "config", "active": None}
+
+    async def put(self, rule: Any, *, create: bool) -> dict[str, Any]:
+        raise RuleConflict("alert rules of a cluster come from the config file's "
+                           "[[thresholds]]; edit them there and restart the API processes")
+
+    async def delete(self, name: str) -> None:
+        if name not in self._rules:
+            raise RuleNotFound(f"no alert rule {name!r}")
+        await self.put(None, create=False)
+
+
 class ShardPeers:
     """The ``peers`` the WebRTC routes call: offers go to the camera's shard. Peer ids
     carry the shard (``"<shard>.<id>"``) so a hang-up reaches the same shard from any API
@@ -166,13 +201,14 @@ class ClusterService:
         try:
             self.store = PostgresStore(self.cluster.database)
         except psycopg.Error as exc:
-            raise ValueError(f"cannot open database {mask_url(self.cluster.database)}: "
+            raise UserError(f"cannot open database {mask_url(self.cluster.database)}: "
                              f"{' '.join(str(exc).split())}") from None
-        self.runtime = ModelInfo(config.model.backend)
+        self.runtime = ModelInfo(config.model.backend or "default (chosen on each shard)")
         self.model_path = str(config.model.path or "(bundled, on the shards)")
         self.feed = CountFeed()
         self.streams: dict[str, ClusterEntry] = {}
         self.integrations = ClusterZones(self)
+        self.rules = ClusterRules(config)
         self.peers = ShardPeers(self)
         self.metrics = Metrics(self.statuses, self._gauges, zones=self._zone_names,
                                alerts=self.integrations.active_alerts)
@@ -182,7 +218,6 @@ class ClusterService:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._background: set[asyncio.Future[Any]] = set()
         self._listener: threading.Thread | None = None
         self._listen_conn: psycopg.Connection[Any] | None = None
         self._closed = False
@@ -190,14 +225,18 @@ class ClusterService:
     # -- views -------------------------------------------------------------------------------
 
     def statuses(self) -> dict[str, StreamStatus]:
+        """The shards' reports as ``StreamStatus`` for the metrics (a report carries the
+        sum of the drops; ``unavailable`` counts as not up)."""
         out = {}
         for sid, entry in self.streams.items():
             st = entry.status()
             state = st["state"]
+            known = {k: st[k] for k in ("fps_in", "fps_out", "frames_in", "frames_out",
+                                        "reconnects", "last_error", "last_count") if k in st}
             out[sid] = StreamStatus(
                 state=StreamState(state) if state in StreamState.__members__.values()
                 else StreamState.FAILED,
-                **{k: v for k, v in st.items() if k != "state"})
+                source_dropped=int(st.get("dropped") or 0), **known)
         return out
 
     def _gauges(self) -> dict[str, float]:
@@ -357,9 +396,10 @@ class ClusterService:
     async def _register(self, stream: StreamConfig, *, origin: str) -> int:
         """Save a camera with its shard (the least loaded, for a new one); its shard."""
         options = stream.model_dump(mode="json", exclude={"name", "url"}, exclude_defaults=True)
-        saved = await asyncio.to_thread(self.store.streams.get, stream.name)
-        shard = saved["shard"] if saved is not None else choose_shard(
-            await asyncio.to_thread(self.store.cluster.shard_loads, self.cluster.shards))
+        shard = await asyncio.to_thread(self.store.streams.shard_of, stream.name)
+        if shard is None:
+            shard = choose_shard(
+                await asyncio.to_thread(self.store.cluster.shard_loads, self.cluster.shards))
         await asyncio.to_thread(self.store.streams.save, stream.name, stream.name, stream.url,
                                 stream.kind, options, shard=shard, origin=origin)
         return shard
@@ -391,16 +431,32 @@ class ClusterService:
         await self.refresh()
 
     async def set_zones(self, stream_id: str, zones: list[Zone]) -> None:
-        """Record the zones in the camera's options and save its row (its shard reads zones
-        from the database; the save's NOTIFY makes the shard apply them)."""
+        """Save a camera's zones in its row (any origin: the shards read zones from the
+        database); the row's NOTIFY makes its shard apply them."""
         entry = self.get(stream_id)
         if zones:
             entry.options["zones"] = [z.to_dict() for z in zones]
         else:
             entry.options.pop("zones", None)
-        await asyncio.to_thread(
-            self.store.streams.save, entry.id, entry.id, entry.url, entry.kind,
-            dict(entry.options), origin=entry.origin)
+        await asyncio.to_thread(self.store.streams.save, entry.id, entry.id, entry.url,
+                                entry.kind, dict(entry.options), origin=entry.origin)
+
+    async def replace_stream(self, stream: StreamConfig) -> ClusterEntry:
+        """Edit an API camera (url or options) in place: same id, same shard, zones kept;
+        its shard restarts it when the row changes."""
+        entry = self.get(stream.name)
+        if entry.origin != "api":
+            raise StreamConflict(f"stream {stream.name!r} comes from the config file; edit it "
+                                 "there and restart")
+        options = stream.model_dump(mode="json", exclude={"name", "url", "zones"},
+                                    exclude_defaults=True)
+        if entry.options.get("zones"):
+            options["zones"] = entry.options["zones"]
+        await asyncio.to_thread(self.store.streams.save, entry.id, entry.id, stream.url,
+                                stream.kind, options, origin=entry.origin)
+        await self._sync_shard(entry.shard)
+        await self.refresh()
+        return self.get(stream.name)
 
     async def has_history(self, stream_id: str) -> bool:
         rows = await asyncio.to_thread(self.store.history.counts, stream_id, None, None, None, 1)

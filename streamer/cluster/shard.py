@@ -23,9 +23,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
+import tempfile
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
+from pathlib import Path
 from typing import Any, TypeVar
 
 import psycopg
@@ -49,7 +52,7 @@ SYNC_EVERY = 5
 CONFIG_KEY = "shard_config"
 
 
-def stream_config(saved: dict[str, Any]) -> StreamConfig:
+def stream_config(saved: Mapping[str, Any]) -> StreamConfig:
     """The ``StreamConfig`` of a camera row (its options are ``StreamConfig`` fields)."""
     return StreamConfig.model_validate({**saved.get("options", {}), "name": saved["id"],
                                         "url": saved["url"]})
@@ -78,6 +81,8 @@ class ShardRuntime:
         self.store: PostgresStore | None = None
         self.service: Service | None = None
         self.failures: dict[str, str] = {}  # camera -> why it could not be started
+        self._rows: dict[str, tuple[str, dict[str, Any]]] = {}  # url, options started with
+        self._local_dir: Path | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._sync_lock = asyncio.Lock()
 
@@ -95,10 +100,17 @@ class ShardRuntime:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
         store = self.store
-        config = parse_config(await asyncio.to_thread(store.cluster.get_setting, CONFIG_KEY, {}),
-                              "cluster settings")
-        if config.cluster is not None and config.cluster.ice_addresses:
-            restrict_ice(config.cluster.ice_addresses)
+        settings = await asyncio.to_thread(store.cluster.get_setting, CONFIG_KEY, {})
+        # Zones and rules the API saves, and the gathering maps, live in a SQLite file
+        # beside the store; a shard's copy stays on its node (the rows in PostgreSQL are
+        # the record of its cameras).
+        self._local_dir = Path(tempfile.mkdtemp(prefix=f"crowdcount-shard-{self.index}-"))
+        local = self._local_dir / "local.sqlite3"
+        data = settings.get("config", {})
+        data = {**data, "server": {**data.get("server", {}), "database": str(local)}}
+        config = parse_config(data, "cluster settings")
+        if settings.get("ice_addresses"):
+            restrict_ice(tuple(settings["ice_addresses"]))
         runtime = await asyncio.to_thread(Runtime.open, config.model.path, config.model.backend,
                                           threads=config.model.threads)
         model_path = str(config.model.path or default_model(config.model.backend))
@@ -123,17 +135,23 @@ class ShardRuntime:
         async with self._sync_lock:
             saved = {s["id"]: s for s in await asyncio.to_thread(store.streams.all)}
             for sid in [s for s in svc.streams if s not in saved]:
+                self._rows.pop(sid, None)
                 with contextlib.suppress(Exception):
                     await svc.remove_stream(sid)
             for sid, row in saved.items():
                 entry = svc.streams.get(sid)
-                zones = row.get("options", {}).get("zones") or []
+                options = dict(row.get("options") or {})
+                zones = options.pop("zones", None) or []
                 if entry is not None:
-                    if (entry.options.get("zones") or []) != zones:
-                        await svc.set_zones(sid, [Zone(z["name"], z["points"]) for z in zones])
+                    if self._rows.get(sid) != (row["url"], options):
+                        await svc.replace_stream(stream_config(row))  # edited: restart it
+                        self._rows[sid] = (row["url"], options)
+                    elif (entry.options.get("zones") or []) != zones:
+                        self._apply_zones(svc, sid, zones)
                     continue
                 try:
                     await svc.add_stream(stream_config(row), origin="api")
+                    self._rows[sid] = (row["url"], options)
                     self.failures.pop(sid, None)
                 except Exception as exc:
                     message = " ".join(str(exc).split()) or type(exc).__name__
@@ -144,6 +162,17 @@ class ShardRuntime:
             for sid in [s for s in self.failures if s not in saved]:
                 del self.failures[sid]
             return sorted(svc.streams)
+
+    @staticmethod
+    def _apply_zones(svc: Service, sid: str, zones: list[dict[str, Any]]) -> None:
+        """In memory only: the row is the record (``Service.set_zones`` would save the
+        shard's partial view of the options over it)."""
+        svc.integrations.set_zones(sid, [Zone.from_dict(z) for z in zones])
+        entry = svc.streams[sid]
+        if zones:
+            entry.options["zones"] = zones
+        else:
+            entry.options.pop("zones", None)
 
     def statuses(self) -> dict[str, dict[str, Any]]:
         svc, _ = self._require()
@@ -228,6 +257,8 @@ class ShardRuntime:
                 await task
         if self.service is not None:
             await self.service.close()  # closes the store too
+        if self._local_dir is not None:
+            shutil.rmtree(self._local_dir, ignore_errors=True)
 
 
 class Shard:
@@ -283,9 +314,16 @@ def shard_actor(index: int, dsn: str, namespace: str) -> Any:
 
 def shard_config(config: Config) -> dict[str, Any]:
     """What the shards need of the operator's config: the model, alert rules, notifiers,
-    viewer limits and ICE addresses (not the API's host, token or streams)."""
+    viewer limits, history retention and ICE addresses (not the API's host, token or
+    streams)."""
     data = config.model_dump(mode="json", exclude_none=True,
-                             include={"model", "thresholds", "sinks", "cluster"})
+                             include={"model", "thresholds", "sinks"})
+    server = config.server
     data["server"] = {"max_streams": 4096,
-                      "max_viewers_per_stream": config.server.max_viewers_per_stream}
-    return data
+                      "max_viewers_per_stream": server.max_viewers_per_stream}
+    if server.retention_days is not None:  # every shard purges (the same old rows)
+        data["server"]["retention_days"] = server.retention_days
+    # Not the [cluster] table: its database URL may hold a password, and shards get theirs
+    # from Ray (the actor's arguments).
+    ice = list(config.cluster.ice_addresses) if config.cluster is not None else []
+    return {"config": data, "ice_addresses": ice}

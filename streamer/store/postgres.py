@@ -30,10 +30,12 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 from psycopg.types.json import Jsonb
+
+from crowdcount.streamer.store.base import AlertRow, CountRow, SavedStream, StoreStats
 
 log = logging.getLogger(__name__)
 
@@ -251,7 +253,8 @@ class _Db:
 
 def _where(stream_id: str, since: float | None, until: float | None) -> tuple[str, dict[str, Any]]:
     """``since`` inclusive, ``until`` exclusive, as in the SQLite store."""
-    clauses, args = ["stream_id = %(sid)s"], {"sid": stream_id}
+    clauses: list[str] = ["stream_id = %(sid)s"]
+    args: dict[str, Any] = {"sid": stream_id}
     if since is not None:
         clauses.append("t >= %(since)s")
         args["since"] = float(since)
@@ -306,18 +309,40 @@ class PostgresHistory:
             return out
         if not step > 0:
             raise ValueError("step must be > 0")
+        named = {**args, "step": float(step), "limit": int(limit)}
         sql = (
             "SELECT floor(t / %(step)s)::bigint AS b, AVG(count), AVG(smoothed), MIN(count), "
             f"MAX(count), COUNT(*) FROM counts WHERE {where} GROUP BY b ORDER BY b DESC "
             "LIMIT %(limit)s"
         )
         with self._db.conn() as conn:
-            rows = conn.execute(sql, {**args, "step": float(step), "limit": int(limit)}).fetchall()
-        rows.reverse()
-        return [
-            {"t": b * float(step), "count": mean, "smoothed": smean, "min": lo, "max": hi, "n": n}
-            for b, mean, smean, lo, hi, n in rows
-        ]
+            rows = conn.execute(sql, named).fetchall()
+            rows.reverse()
+            out = [
+                {"t": b * float(step), "count": mean, "smoothed": smean, "min": lo, "max": hi,
+                 "n": n}
+                for b, mean, smean, lo, hi, n in rows
+            ]
+            if with_zones and rows:
+                # Per zone, over the rows that have it (zones come and go).
+                named["first"] = rows[0][0]
+                zsql = (
+                    "SELECT floor(t / %(step)s)::bigint AS b, z.key, AVG(z.value::float8), "
+                    "MIN(z.value::float8), MAX(z.value::float8) "
+                    f"FROM counts, jsonb_each_text(zones) AS z WHERE {where} "
+                    "AND zones IS NOT NULL AND floor(t / %(step)s)::bigint >= %(first)s "
+                    "GROUP BY b, z.key"
+                )
+                by_bucket = {row[0]: item for row, item in zip(rows, out, strict=True)}
+                for item in out:
+                    item.update(zones={}, zones_min={}, zones_max={})
+                for b, key, mean, lo, hi in conn.execute(zsql, named):
+                    bucket = by_bucket.get(b)
+                    if bucket is not None:
+                        bucket["zones"][key] = mean
+                        bucket["zones_min"][key] = lo
+                        bucket["zones_max"][key] = hi
+        return out
 
     def rows(
         self,
@@ -327,7 +352,7 @@ class PostgresHistory:
         *,
         after: float | None = None,
         limit: int = 5000,
-    ) -> list[tuple[float, float, float]]:
+    ) -> list[CountRow]:
         if limit < 1:
             raise ValueError("limit must be >= 1")
         where, args = _where(stream_id, since, until)
@@ -336,10 +361,17 @@ class PostgresHistory:
             args["after"] = float(after)
         sql = f"SELECT t, count, smoothed FROM counts WHERE {where} ORDER BY t LIMIT %(limit)s"
         with self._db.conn() as conn:
-            return [tuple(r) for r in conn.execute(sql, {**args, "limit": int(limit)})]
+            return [(t, c, sm) for t, c, sm in conn.execute(sql, {**args, "limit": int(limit)})]
+
+    def prune_raw(self, before: float) -> int:
+        """Keeps every row: this store has no rollup tables to answer from once raw rows
+        are gone (PostgreSQL aggregates the raw rows in SQL), so ``server.retention_days``
+        is what bounds its history. Returns 0."""
+        return 0
 
     def delete(self, stream_id: str | None = None, before: float | None = None) -> int:
-        clauses, args = [], []
+        clauses: list[str] = []
+        args: list[Any] = []
         if stream_id is not None:
             clauses.append("stream_id = %s")
             args.append(stream_id)
@@ -391,14 +423,21 @@ class PostgresStreams:
             conn.execute("SELECT pg_notify(%s, %s)", (STREAMS_CHANNEL, stream_id))
         return n > 0
 
-    def get(self, stream_id: str) -> dict[str, Any] | None:
+    def get(self, stream_id: str) -> SavedStream | None:
         with self._db.conn() as conn:
             row = conn.execute(
                 f"SELECT {_STREAM_COLS} FROM streams WHERE id = %s", (stream_id,)
             ).fetchone()
-        return None if row is None else _stream_dict(row)
+        return None if row is None else cast(SavedStream, _stream_dict(row))
 
-    def all(self) -> list[dict[str, Any]]:
+    def shard_of(self, stream_id: str) -> int | None:
+        """The shard a saved camera was placed on (``None``: no such camera)."""
+        with self._db.conn() as conn:
+            row = conn.execute("SELECT shard FROM streams WHERE id = %s",
+                               (stream_id,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def all(self) -> list[SavedStream]:
         """Saved streams oldest first (only this shard's when the store is scoped)."""
         sql = f"SELECT {_STREAM_COLS} FROM streams"
         args: tuple[Any, ...] = ()
@@ -407,7 +446,7 @@ class PostgresStreams:
             args = (self._shard,)
         with self._db.conn() as conn:
             rows = conn.execute(sql + " ORDER BY created_at, id", args).fetchall()
-        return [_stream_dict(r) for r in rows]
+        return [cast(SavedStream, _stream_dict(r)) for r in rows]
 
 
 class PostgresAlerts:
@@ -436,10 +475,11 @@ class PostgresAlerts:
         until: float | None = None,
         active: bool | None = None,
         limit: int = 1000,
-    ) -> list[dict[str, Any]]:
+    ) -> list[AlertRow]:
         if limit < 1:
             raise ValueError("limit must be >= 1")
-        clauses, args = [], []
+        clauses: list[str] = []
+        args: list[Any] = []
         if stream is not None:
             clauses.append("stream = %s")
             args.append(stream)
@@ -458,8 +498,8 @@ class PostgresAlerts:
         )
         with self._db.conn() as conn:
             rows = conn.execute(sql, (*args, int(limit))).fetchall()
-        keys = ("id", "stream", "zone", "rule", "raised_at", "cleared_at", "peak")
-        return [dict(zip(keys, r, strict=True)) for r in rows]
+        return [AlertRow(id=i, stream=st, zone=z, rule=ru, raised_at=ra, cleared_at=cl, peak=pk)
+                for i, st, z, ru, ra, cl, pk in rows]
 
     def close_open(self, at: float) -> int:
         """Every open alert, or in a shard's store only its cameras' (the other shards'
@@ -519,13 +559,11 @@ class ClusterState:
         )
         with self._db.conn() as conn:
             rows = conn.execute(sql).fetchall()
-        out = []
+        out: list[dict[str, Any]] = []
         for r in rows:
-            item = _stream_dict(r[:8])
             age = r[10]
-            item["status"], item["node"] = r[8], r[9]
-            item["status_age_s"] = None if age is None else float(age)
-            out.append(item)
+            out.append({**_stream_dict(r[:8]), "status": r[8], "node": r[9],
+                        "status_age_s": None if age is None else float(age)})
         return out
 
     def set_setting(self, key: str, value: Any) -> None:
@@ -583,10 +621,10 @@ class PostgresStore:
     def flush(self) -> int:
         return self._db.flush()
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> StoreStats:
         db = self._db
-        return {"pending": db.pending(), "written": db.written, "dropped": db.dropped,
-                "last_error": db.last_error}
+        return StoreStats(pending=db.pending(), written=db.written, dropped=db.dropped,
+                          last_error=db.last_error)
 
     @property
     def duplicates(self) -> int:
@@ -604,14 +642,7 @@ class PostgresStore:
 
 
 def _stream_dict(row: Any) -> dict[str, Any]:
+    """A camera row: the ``SavedStream`` keys plus the cluster's ``shard`` and ``origin``."""
     sid, name, url, kind, options, created_at, shard, origin = row
-    return {
-        "id": sid,
-        "name": name,
-        "url": url,
-        "kind": kind,
-        "options": options or {},
-        "created_at": created_at,
-        "shard": shard,
-        "origin": origin,
-    }
+    return {"id": sid, "name": name, "url": url, "kind": kind, "options": options or {},
+            "created_at": created_at, "shard": shard, "origin": origin}
