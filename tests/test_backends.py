@@ -54,7 +54,19 @@ def test_openvino_counts_exactly_and_compiles_each_shape_once(brightness_model):
     batched = rt.backend.predict(np.stack([images[0], images[2]]).astype(np.float32))
     assert batched.shape == (2, 60, 80)
     assert batched[1].sum() == pytest.approx(expected_count(images[2]), rel=1e-5)
-    assert rt.backend.compiled_shapes == [(1, 480, 640), (1, 256, 320), (2, 480, 640)]
+    assert rt.backend.compiled_shapes == [(1, 256, 320), (1, 480, 640), (2, 480, 640)]
+
+
+@needs_openvino
+def test_openvino_keeps_a_bounded_number_of_compiled_shapes(brightness_model, monkeypatch):
+    from crowdcount.model.backends import openvino as ov_backend
+
+    monkeypatch.setattr(ov_backend, "MAX_SHAPES", 2)
+    backend = load_backend(brightness_model, "openvino", threads=1)
+    for side in (32, 64, 32, 96):
+        out = backend.predict(np.full((1, side, side, 3), 255, np.float32))
+        assert out.sum() == pytest.approx((side // 8) ** 2)
+    assert backend.compiled_shapes == [(1, 32, 32), (1, 96, 96)]
 
 
 @needs_openvino

@@ -11,6 +11,7 @@ thread and a single caller waits for one request at a time. Inference releases t
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,10 @@ import openvino as ov
 from numpy.typing import NDArray
 
 HINT = "LATENCY"
+# Compiled shapes kept at once. Streams use one or two shapes each, but uploads and
+# `crowdcount count` bring a new one per picture size; the least recently used shape is
+# released beyond this, so memory stays bounded (each holds its activation buffers).
+MAX_SHAPES = 16
 
 
 def cpu_supported() -> bool:
@@ -49,21 +54,25 @@ class OpenVinoBackend:
         self._config: dict[str, str | int] = {"PERFORMANCE_HINT": hint}
         if threads:
             self._config["INFERENCE_NUM_THREADS"] = threads
-        self._requests: dict[tuple[int, int, int], ov.InferRequest] = {}
+        self._requests: OrderedDict[tuple[int, int, int], ov.InferRequest] = OrderedDict()
 
     def _request(self, shape: tuple[int, int, int]) -> ov.InferRequest:
         """The infer request of the model compiled for (batch, h, w), compiling it once."""
         request = self._requests.get(shape)
-        if request is None:
-            model = self._model.clone()
-            model.reshape({model.inputs[0]: ov.PartialShape([*shape, 3])})
-            compiled = self._core.compile_model(model, "CPU", self._config)
-            request = self._requests[shape] = compiled.create_infer_request()
+        if request is not None:
+            self._requests.move_to_end(shape)
+            return request
+        model = self._model.clone()
+        model.reshape({model.inputs[0]: ov.PartialShape([*shape, 3])})
+        compiled = self._core.compile_model(model, "CPU", self._config)
+        request = self._requests[shape] = compiled.create_infer_request()
+        while len(self._requests) > MAX_SHAPES:
+            self._requests.popitem(last=False)
         return request
 
     @property
     def compiled_shapes(self) -> list[tuple[int, int, int]]:
-        """(batch, h, w) of every shape compiled so far (health, tests)."""
+        """(batch, h, w) of the compiled shapes held now, least recently used first."""
         return list(self._requests)
 
     def predict(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
