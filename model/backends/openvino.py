@@ -1,14 +1,13 @@
 """OpenVINO: the fastest runtime for the bundled ``.onnx`` on x86 CPUs (the serving default
 where it is installed, see ``default_backend``).
 
-Measured on a 2-core AVX-512 machine (README, "Performance"): a 640x480 frame takes about
-half of ONNX Runtime's time. OpenVINO compiles a network for one input shape, so compiled
-models are kept per (batch, h, w): a stream's first frame at a new size pays the compile
-once (tens of milliseconds), every later frame reuses it. The LATENCY hint (one stream using
-every thread for each request) beat THROUGHPUT on 2 cores, where each request gets one
-thread and a single caller waits for one request at a time. Inference releases the GIL.
+Measured on a 2-core AVX-512 machine (README, "Speed"): a 640x480 frame takes about half of
+ONNX Runtime's time. OpenVINO compiles a network for one input shape, so compiled models are
+kept per (batch, h, w): a stream's first frame at a new size pays the compile once (0.1-0.2 s
+for the bundled model), every later frame reuses it. The LATENCY hint (every thread on each
+request) matched THROUGHPUT's best on 2 cores and was twice as fast for a single request,
+which is what the one inference thread sends. Inference releases the GIL.
 """
-
 from __future__ import annotations
 
 from collections import OrderedDict
