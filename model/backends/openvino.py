@@ -8,6 +8,7 @@ for the bundled model), every later frame reuses it. The LATENCY hint (every thr
 request) matched THROUGHPUT's best on 2 cores and was twice as fast for a single request,
 which is what the one inference thread sends. Inference releases the GIL.
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
