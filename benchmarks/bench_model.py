@@ -14,7 +14,9 @@ spinning. ``*`` marks the serving default.
 Table 2 (``--video``, default: the Mall test clip when ../shared is there): what inference
 costs the decoders that share the CPU with it. One thread runs the model back to back (a
 saturated service), another decodes a 640x480 H.264 file to RGB as fast as it can; both
-rates are reported. Spinning inference threads take the CPU the decoders need.
+rates are reported. Spinning inference threads take the CPU the decoders need;
+``openvino-pinned`` shows OpenVINO with its threads pinned to cores (its own default, which
+the backend turns off).
 
 Machines are noisy: compare rows of one run, not numbers across runs.
 """
@@ -92,6 +94,21 @@ def ov_throughput(path: Path, threads: int | None) -> Call:
         return results
 
     return call
+
+
+def ov_pinned(path: Path, threads: int | None) -> Call:
+    """OpenVINO as the backend runs it, but with its threads pinned to cores (its default)."""
+    import openvino as ov
+
+    core = ov.Core()
+    model = core.read_model(str(path))
+    model.reshape({model.inputs[0]: ov.PartialShape([1, 480, 640, 3])})
+    config: dict[str, str | int | bool] = {"PERFORMANCE_HINT": "LATENCY",
+                                           "ENABLE_CPU_PINNING": True}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    request = core.compile_model(model, "CPU", config).create_infer_request()
+    return lambda x: request.infer(x, share_inputs=True)
 
 
 def decode_beside(call: Call | None, video: Path, seconds: float) -> tuple[float, float]:
@@ -196,7 +213,11 @@ def main() -> None:
     print(f"\ndecoding {args.video.name} to RGB beside back-to-back inference, "
           f"{args.decode_seconds:g} s each")
     print(f"{'inference':22s} {'inferences/s':>12s} {'decoded fps':>12s}")
-    for name, call in [("(none)", None), *((n, c) for n, c in variants if "throughput" not in n)]:
+    beside: list[tuple[str, Call | None]] = [("(none)", None)]
+    beside += [(n, c) for n, c in variants if "throughput" not in n]
+    if default == "openvino":
+        beside.insert(2, ("openvino-pinned", ov_pinned(args.onnx, args.threads)))
+    for name, call in beside:
         inf, dec = decode_beside(call, args.video, args.decode_seconds)
         print(f"{name:22s} {inf:12.1f} {dec:12.1f}", flush=True)
 

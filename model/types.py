@@ -48,11 +48,6 @@ class Frame:
         return rgb
 
     @property
-    def converted(self) -> bool:
-        """Whether ``image`` has been made (benchmarks and tests count conversions)."""
-        return isinstance(self.pixels, np.ndarray)
-
-    @property
     def size(self) -> tuple[int, int]:
         """(width, height) as video APIs report it."""
         return int(self.image.shape[1]), int(self.image.shape[0])

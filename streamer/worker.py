@@ -1,11 +1,12 @@
 """The one inference thread.
 
 Runtimes are not thread-safe and a CPU has no spare cores to share between two of them, so
-exactly one thread owns the runtime. ONNX Runtime releases the GIL, so the event loop stays
-responsive while it runs. Results go back to the loop in one ``call_soon_threadsafe`` per
-batch, and the thread takes no new batch while ``max_in_flight`` batches are still waiting
-for the loop: a stalled loop then leaves frames pending in the batcher (where newer ones
-replace them) instead of piling results up in the loop's callback queue.
+exactly one thread owns the runtime. OpenVINO and ONNX Runtime release the GIL, so the
+event loop stays responsive while it runs. It also converts the frames it takes to RGB (see
+``Frame.pixels``). Results go back to the loop in one ``call_soon_threadsafe`` per batch,
+and the thread takes no new batch while ``max_in_flight`` batches are still waiting for the
+loop: a stalled loop then leaves frames pending in the batcher (where newer ones replace
+them) instead of piling results up in the loop's callback queue.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
-"""All backends agree on the bundled model, and exports round-trip to the Keras counts."""
+"""All backends agree on the bundled model (OpenVINO with ONNX Runtime, the exports with
+Keras), and exports round-trip to the Keras counts."""
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 
@@ -31,6 +33,18 @@ def test_onnx_matches_keras(crowd_image, keras_count):
     onnx_count = Runtime.open(DEFAULT_ONNX, "onnx").count(crowd_image)
     assert keras_count > 5
     assert onnx_count == pytest.approx(keras_count, rel=1e-3)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None,
+                    reason="the openvino package is not installed")
+def test_openvino_matches_onnx_runtime():
+    """The serving default and its fallback count the same: within 1 % on crowd pictures."""
+    ov_rt, ort_rt = Runtime.open(DEFAULT_ONNX, "openvino"), Runtime.open(DEFAULT_ONNX, "onnx")
+    for n, seed in ((40, 1), (80, 2)):
+        image = crowd_picture(n, seed=seed)
+        ort_count = ort_rt.count(image)
+        assert ort_count > 5
+        assert ov_rt.count(image) == pytest.approx(ort_count, rel=0.01)
 
 
 def test_tflite_exports_match_keras(tmp_path, crowd_image, keras_count, generic_dataset):

@@ -196,3 +196,40 @@ async def test_close_releases_all_threads(runtime):
     await pipe.close()  # idempotent
     with pytest.raises(RuntimeError):
         await pipe.add_stream(SyntheticSource("late", 96, 64))
+
+
+@pytest.mark.slow
+async def test_frames_the_model_never_takes_are_never_converted(runtime, h264_clip, monkeypatch):
+    """A 10 fps file with ``fps_limit = 2``: the batcher refuses about 4 frames in 5, and only
+    the frames the model took were ever converted from the decoder's YUV to RGB."""
+    from crowdcount.streamer.sources import file as file_source
+
+    conversions: list[int] = []
+    real = file_source.rgb_later
+
+    def counting(frame):
+        convert = real(frame)
+
+        def run():
+            conversions.append(frame.pts)
+            return convert()
+
+        return run
+
+    monkeypatch.setattr(file_source, "rgb_later", counting)
+    rec = Recorder()
+    async with Pipeline(runtime) as pipe:
+        pipe.add_sink(rec)
+        src = file_source.FileSource("clip", h264_clip)
+        await pipe.add_stream(src, fps_limit=2)
+        await wait_until(lambda: src.status.state is StreamState.ENDED, what="clip end")
+        await wait_until(lambda: rec.count("clip") == pipe.batcher.stats("clip").taken,
+                         what="the last taken frame's result")
+        stats = pipe.batcher.stats("clip")
+    assert src.status.frames_in == 50
+    assert stats.skipped >= 30  # fps_limit refused most frames
+    assert 5 <= rec.count("clip") <= 15
+    assert len(conversions) == rec.count("clip")  # each taken frame once, nothing else
+    for result in rec.by_stream["clip"]:  # the converted picture is the one that was counted
+        assert result.frame.image.shape == (240, 320, 3)
+        assert result.count == pytest.approx(runtime.count(result.frame.image), rel=1e-5)

@@ -26,7 +26,7 @@ class Backend(Protocol):
     exports), ``None`` when any multiple of 32 works; ``fixed_batch`` likewise.
     ``max_batch`` is how many frames serving hands it per call unless configured otherwise:
     1 for ONNX Runtime and OpenVINO, whose time per frame did not drop with larger batches
-    on a 2-core machine (it rose by 10-20 %, see README "Performance")."""
+    on a 2-core machine (it rose by 10-20 %, see README "Speed")."""
 
     name: str
     fixed_size: tuple[int, int] | None
@@ -43,7 +43,7 @@ NAMES = ("openvino", "onnx", "tflite", "keras")
 def default_backend() -> str:
     """The fastest backend installed here for ``.onnx`` models: ``"openvino"`` where the
     package imports and its CPU plugin supports this processor (it ran the bundled model in
-    about half of ONNX Runtime's time, see README "Performance"), else ``"onnx"``.
+    about half of ONNX Runtime's time, see README "Speed"), else ``"onnx"``.
 
     Decided once per process; the fallback is logged once, as one line, so an operator who
     expected OpenVINO learns why it is not used. It is a warning on x86, where the default

@@ -1,16 +1,20 @@
 """OpenVINO: the fastest runtime for the bundled ``.onnx`` on x86 CPUs (the serving default
 where it is installed, see ``default_backend``).
 
-Measured on a 2-core AVX-512 machine (README, "Performance"): a 640x480 frame takes about
-half of ONNX Runtime's time. OpenVINO compiles a network for one input shape, so compiled
-models are kept per (batch, h, w): a stream's first frame at a new size pays the compile
-once (tens of milliseconds), every later frame reuses it. The LATENCY hint (one stream using
-every thread for each request) beat THROUGHPUT on 2 cores, where each request gets one
-thread and a single caller waits for one request at a time. Inference releases the GIL.
+Measured on a 2-core AVX-512 machine (README, "Speed"): a 640x480 frame takes about half of
+ONNX Runtime's time. OpenVINO compiles a network for one input shape, so compiled models are
+kept per (batch, h, w): a stream's first frame at a new size pays the compile once (0.1-0.2 s
+for the bundled model), every later frame reuses it. The LATENCY hint (every thread on each
+request) matched THROUGHPUT's best on 2 cores and was twice as fast for a single request,
+which is what the one inference thread sends. Its threads are not pinned to cores: they
+share the CPU with decoder and encoder threads, and unpinned inference ran ~12 % more frames
+per CPU-second beside eight paced decoders (three interleaved pairs of runs). Inference
+releases the GIL.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +22,10 @@ import openvino as ov
 from numpy.typing import NDArray
 
 HINT = "LATENCY"
+# Compiled shapes kept at once. Streams use one or two shapes each, but uploads and
+# `crowdcount count` bring a new one per picture size; the least recently used shape is
+# released beyond this, so memory stays bounded (each holds its activation buffers).
+MAX_SHAPES = 16
 
 
 def cpu_supported() -> bool:
@@ -46,24 +54,30 @@ class OpenVinoBackend:
             self.fixed_batch = dims[0]
             if dims[1] is not None and dims[2] is not None:
                 self.fixed_size = (dims[1], dims[2])
-        self._config: dict[str, str | int] = {"PERFORMANCE_HINT": hint}
+        self._config: dict[str, str | int | bool] = {
+            "PERFORMANCE_HINT": hint, "ENABLE_CPU_PINNING": False,
+        }
         if threads:
             self._config["INFERENCE_NUM_THREADS"] = threads
-        self._requests: dict[tuple[int, int, int], ov.InferRequest] = {}
+        self._requests: OrderedDict[tuple[int, int, int], ov.InferRequest] = OrderedDict()
 
     def _request(self, shape: tuple[int, int, int]) -> ov.InferRequest:
         """The infer request of the model compiled for (batch, h, w), compiling it once."""
         request = self._requests.get(shape)
-        if request is None:
-            model = self._model.clone()
-            model.reshape({model.inputs[0]: ov.PartialShape([*shape, 3])})
-            compiled = self._core.compile_model(model, "CPU", self._config)
-            request = self._requests[shape] = compiled.create_infer_request()
+        if request is not None:
+            self._requests.move_to_end(shape)
+            return request
+        model = self._model.clone()
+        model.reshape({model.inputs[0]: ov.PartialShape([*shape, 3])})
+        compiled = self._core.compile_model(model, "CPU", self._config)
+        request = self._requests[shape] = compiled.create_infer_request()
+        while len(self._requests) > MAX_SHAPES:
+            self._requests.popitem(last=False)
         return request
 
     @property
     def compiled_shapes(self) -> list[tuple[int, int, int]]:
-        """(batch, h, w) of every shape compiled so far (health, tests)."""
+        """(batch, h, w) of the compiled shapes held now, least recently used first."""
         return list(self._requests)
 
     def predict(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
