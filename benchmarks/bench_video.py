@@ -12,7 +12,10 @@ For each input size and batch, two numbers of frames per second:
 
 Their ratio is how much of the model's speed a recording gets (target: at least 85 %).
 The two are measured alternately, ``--rounds`` times, and the best of each is kept, since
-other processes on the machine slow whichever run they happen to overlap.
+other processes on the machine slow whichever run they happen to overlap. CPU ms per frame
+(this process's user + system time, all threads) is printed beside them: on a shared
+machine it moves much less than wall-clock rates do, and the difference between the two
+columns is what decoding, colour conversion and resizing cost.
 """
 
 from __future__ import annotations
@@ -35,9 +38,12 @@ SHARED = Path(os.environ.get("CROWD_SHARED") or ROOT.parent / "shared")
 CLIP = SHARED / "videos" / "mall_test_1601-2000_10fps.mp4"
 
 
-def video_fps(runtime: Runtime, clip: Path, batch: int, frames: int) -> float:
-    """Frames/s of counting the first ``frames`` frames of ``clip`` end to end."""
-    t0 = time.perf_counter()
+Rate = tuple[float, float]  # (frames per second, CPU ms per frame)
+
+
+def video_fps(runtime: Runtime, clip: Path, batch: int, frames: int) -> Rate:
+    """Counting the first ``frames`` frames of ``clip`` end to end."""
+    t0, c0 = time.perf_counter(), time.process_time()
     n = 0
     results = count_video(runtime, clip, batch=batch)
     for _frame, density in results:
@@ -46,21 +52,21 @@ def video_fps(runtime: Runtime, clip: Path, batch: int, frames: int) -> float:
         if n >= frames:
             break
     results.close()
-    return n / (time.perf_counter() - t0)
+    return n / (time.perf_counter() - t0), (time.process_time() - c0) * 1e3 / n
 
 
-def model_fps(runtime: Runtime, images: list[np.ndarray], batch: int, frames: int) -> float:
-    """Frames/s of the backend alone on prepared batches at the runtime's input size."""
+def model_fps(runtime: Runtime, images: list[np.ndarray], batch: int, frames: int) -> Rate:
+    """The backend alone on prepared batches at the runtime's input size."""
     size = runtime.size_for(images[0])
     batches = [prepare_batch(images[i : i + batch], size)
                for i in range(0, len(images) - batch + 1, batch)]
     runtime.backend.predict(batches[0])  # warm-up
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     n = 0
     while n < frames:
         runtime.backend.predict(batches[(n // batch) % len(batches)])
         n += batch
-    return n / (time.perf_counter() - t0)
+    return n / (time.perf_counter() - t0), (time.process_time() - c0) * 1e3 / n
 
 
 def main() -> int:
@@ -91,17 +97,22 @@ def main() -> int:
         runtime = Runtime.open(args.model, threads=args.threads, max_side=side)
         h, w = runtime.size_for(images[0])
         for batch in batches:
-            best_model = best_video = 0.0
+            best_model: Rate = (0.0, float("inf"))
+            best_video: Rate = (0.0, float("inf"))
             for _ in range(args.rounds):
-                best_model = max(best_model, model_fps(runtime, images, batch, frames))
-                best_video = max(best_video, video_fps(runtime, args.video, batch, frames))
+                m = model_fps(runtime, images, batch, frames)
+                v = video_fps(runtime, args.video, batch, frames)
+                best_model = (max(best_model[0], m[0]), min(best_model[1], m[1]))
+                best_video = (max(best_video[0], v[0]), min(best_video[1], v[1]))
             rows.append((f"{w}x{h}", batch, best_model, best_video))
-            print(f"  {w}x{h} batch {batch}: model {best_model:.1f}, video {best_video:.1f} "
-                  "frames/s", flush=True)
+            print(f"  {w}x{h} batch {batch}: model {best_model[0]:.1f}, video "
+                  f"{best_video[0]:.1f} frames/s", flush=True)
     print()
-    print("input    batch  model frames/s  video frames/s  video/model")
+    print("input    batch  model frames/s  video frames/s  video/model  "
+          "CPU ms/frame model  video")
     for size, batch, m, v in rows:
-        print(f"{size:8s} {batch:5d} {m:15.1f} {v:15.1f} {v / m:11.0%}")
+        print(f"{size:8s} {batch:5d} {m[0]:15.1f} {v[0]:15.1f} {v[0] / m[0]:12.0%}  "
+              f"{m[1]:18.1f} {v[1]:6.1f}")
     return 0
 
 

@@ -97,3 +97,13 @@ def test_tflite_export_cli_shows_only_our_lines(tmp_path):
     assert loud.returncode == 0, loud.stderr
     assert "TensorSpec(" in loud.stdout + loud.stderr
     assert "export: converting to TFLite (fp32)" in loud.stderr
+
+
+def test_export_user_error_stays_one_line(tmp_path):
+    missing = tmp_path / "none.keras"
+    result = subprocess.run(
+        [sys.executable, "-m", "crowdcount.streamer.cli", "export", str(missing), "-o",
+         str(tmp_path / "x.onnx")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"export: loading {missing}", f"crowdcount export: error: model not found: {missing}"]

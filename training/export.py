@@ -53,8 +53,8 @@ def quiet_tensorflow(verbose: bool = False) -> Iterator[None]:
     the converter), and TensorFlow's C++ logs INFO lines (oneDNN, CPU features) before its
     log level applies. Both stdout and stderr are therefore redirected into a temporary
     file while TensorFlow works; our progress lines go to the real stderr meanwhile, and
-    afterwards only warnings and errors are replayed. If the export fails, everything
-    captured is replayed, since it may explain why.
+    afterwards only warnings and errors are replayed (also when the export fails: a user
+    error such as a missing file stays one line; ``--verbose`` shows the rest).
     """
     global _report_fd
     if verbose or _report_fd is not None:
@@ -63,14 +63,12 @@ def quiet_tensorflow(verbose: bool = False) -> Iterator[None]:
     sys.stdout.flush()
     sys.stderr.flush()
     saved_out, saved_err = os.dup(1), os.dup(2)
-    failed = True
     with tempfile.TemporaryFile() as sink:
         os.dup2(sink.fileno(), 1)
         os.dup2(sink.fileno(), 2)
         _report_fd = saved_err
         try:
             yield
-            failed = False
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
@@ -81,7 +79,7 @@ def quiet_tensorflow(verbose: bool = False) -> Iterator[None]:
             _report_fd = None
             sink.seek(0)
             for line in sink.read().decode("utf-8", "replace").splitlines():
-                if failed or (_WORTH_SHOWING.search(line) and not _NOISE.search(line)):
+                if _WORTH_SHOWING.search(line) and not _NOISE.search(line):
                     print(line, file=sys.stderr)
             sys.stderr.flush()
 
