@@ -29,3 +29,17 @@ def default_model(backend: str | None = None) -> Path:
 def model_card() -> dict[str, Any]:
     """How the bundled model was built and how well it counts."""
     return json.loads(DEFAULT_CARD.read_text()) if DEFAULT_CARD.is_file() else {}
+
+
+def is_bundled(path: str | Path) -> bool:
+    """Whether ``path`` is one of the bundled model files."""
+    resolved = Path(path).resolve()
+    return resolved in (DEFAULT_ONNX.resolve(), DEFAULT_KERAS.resolve())
+
+
+def serving_max_side() -> int | None:
+    """The longer side the bundled model is run at when the caller sets none (chosen by
+    hold-out MAE, see the README's accuracy section): it learnt heads at a certain size in
+    pixels, and a 1024 px street photo counted at 768 px matches that size better."""
+    value = model_card().get("serving", {}).get("max_side")
+    return int(value) if value else None

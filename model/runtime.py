@@ -14,7 +14,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from crowdcount.model.backends import Backend, load_backend
-from crowdcount.model.bundled import default_model
+from crowdcount.model.bundled import default_model, is_bundled, serving_max_side
 from crowdcount.model.preprocess import input_size, prepare_batch
 
 
@@ -34,8 +34,12 @@ class Runtime:
         max_side: int | None = None,
     ) -> Runtime:
         """Load ``path`` (default: the bundled ONNX model) with ``backend`` (default: the one
-        ``model.backends.backend_for`` picks, OpenVINO where it runs, for ``.onnx``)."""
+        ``model.backends.backend_for`` picks, OpenVINO where it runs, for ``.onnx``). Without a
+        ``max_side`` the bundled model runs at its card's serving size (see
+        :func:`model.bundled.serving_max_side`); frames already smaller are not enlarged."""
         path = Path(path) if path is not None else default_model(backend)
+        if max_side is None and is_bundled(path):
+            max_side = serving_max_side()
         return cls(load_backend(path, backend, threads=threads), max_side=max_side)
 
     @property

@@ -41,3 +41,16 @@ def test_max_side_shrinks_input(brightness_model):
 def test_missing_model_is_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="model file not found"):
         Runtime.open(tmp_path / "nope.onnx")
+
+
+def test_bundled_model_runs_at_its_cards_serving_size(brightness_model):
+    from crowdcount.model.bundled import DEFAULT_ONNX, model_card, serving_max_side
+
+    chosen = serving_max_side()
+    assert chosen == model_card()["serving"]["max_side"]
+    assert Runtime.open().max_side == chosen
+    assert Runtime.open(DEFAULT_ONNX).max_side == chosen  # named explicitly: the same model
+    assert Runtime.open(max_side=512).max_side == 512  # the caller's choice wins
+    assert Runtime.open(brightness_model).max_side is None  # other models: their own size
+    assert Runtime.open().size_for(np.zeros((768, 1024, 3), np.uint8)) == (576, 768)
+    assert Runtime.open().size_for(np.zeros((480, 640, 3), np.uint8)) == (480, 640)
