@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import cast
 
 import av
 import numpy as np
@@ -27,6 +28,7 @@ from numpy.typing import NDArray
 
 from crowdcount.model.errors import UserError
 from crowdcount.model.runtime import Runtime
+from crowdcount.model.types import RGB
 
 __all__ = ["TimedFrame", "VideoInfo", "VideoWriter", "count_video", "decode_video",
            "probe_video"]
@@ -118,7 +120,7 @@ def decode_video(path: Path, every: float | None = None) -> Iterator[TimedFrame]
                     if t + 1e-3 < next_t:
                         continue
                     next_t = (math.floor(t / every + 1e-6) + 1) * every
-                yield TimedFrame(index, t, frame.to_ndarray(format="rgb24"))
+                yield TimedFrame(index, t, cast(RGB, frame.to_ndarray(format="rgb24")))
         except av.FFmpegError as exc:
             raise UserError(f"{path}: cannot decode ({exc.strerror or exc})") from None
 

@@ -475,11 +475,11 @@ class Config(_Strict):
 
     # Defaults built from {} (not a shared instance) so that a file without a [server] table
     # still gets its paths resolved against the file's folder.
-    server: ServerConfig = Field(default_factory=dict, validate_default=True)  # type: ignore[arg-type]
-    model: ModelConfig = Field(default_factory=dict, validate_default=True)  # type: ignore[arg-type]
+    server: ServerConfig = Field(default_factory=dict, validate_default=True)
+    model: ModelConfig = Field(default_factory=dict, validate_default=True)
     streams: Annotated[tuple[StreamConfig, ...], BeforeValidator(_as_tuple)] = ()
     thresholds: Annotated[tuple[ThresholdConfig, ...], BeforeValidator(_as_tuple)] = ()
-    sinks: SinksConfig = Field(default_factory=dict, validate_default=True)  # type: ignore[arg-type]
+    sinks: SinksConfig = Field(default_factory=dict, validate_default=True)
     cluster: ClusterConfig | None = None
 
     @field_validator("streams")

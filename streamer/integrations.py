@@ -174,7 +174,8 @@ class Integrations:
         if counter is not None:
             zones = counter.count(result.density, result.frame.size)
             result = dataclasses.replace(result, zones=zones)
-        values: dict[str | None, float] = {None: float(result.count), **result.zones}
+        values: dict[str | None, float] = {None: float(result.count)}
+        values.update(result.zones)
         return result, self.engine.update(sid, result.frame.captured_at, values)
 
     def stats(self) -> dict[str, Any]:

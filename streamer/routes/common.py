@@ -75,8 +75,7 @@ async def read_json_object(
                             f"{exc.colno}") from None
     if not isinstance(data, dict):
         raise ApiError(400, f"expected a JSON object, got {_json_type(data)}")
-    unknown = sorted(set(data) - allowed) if allowed is not None else []
-    if unknown:
+    if allowed is not None and (unknown := sorted(set(data) - allowed)):
         raise ApiError(400, f"unknown field {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}")
     return data
 

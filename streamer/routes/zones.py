@@ -137,7 +137,8 @@ async def list_alerts(request: web.Request) -> web.Response:
     active = query_flag(request, "active") if "active" in request.query else None
     limit = query_int(request, "limit", 100, 1, MAX_ALERTS)
     rows = await asyncio.to_thread(svc.store.alerts.query, stream, since, until, active, limit)
-    alerts = _merge_live(rows, svc.integrations.active_alerts(), stream, until, active)
+    alerts = _merge_live([dict(r) for r in rows], svc.integrations.active_alerts(), stream,
+                         until, active)
     return web.json_response({"alerts": alerts[:limit]})
 
 

@@ -16,7 +16,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
@@ -33,7 +33,7 @@ def rgb_later(frame: av.VideoFrame) -> Callable[[], RGB]:
     """A decoded frame's RGB conversion, to run only if the model takes the frame (see
     ``Frame.pixels``). The decoder's picture is reference-counted, so it stays valid after
     the decoder moves on or closes."""
-    return functools.partial(frame.to_ndarray, format="rgb24")
+    return cast(Callable[[], RGB], functools.partial(frame.to_ndarray, format="rgb24"))
 
 
 class SourceEnded(Exception):

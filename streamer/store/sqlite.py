@@ -476,7 +476,8 @@ class _Readers:
 
 
 def _where(stream_id: str, since: float | None, until: float | None) -> tuple[str, dict[str, Any]]:
-    clauses, args = ["stream_id = :sid"], {"sid": stream_id}
+    clauses = ["stream_id = :sid"]
+    args: dict[str, Any] = {"sid": stream_id}
     if since is not None:
         clauses.append("t >= :since")
         args["since"] = float(since)
