@@ -35,7 +35,9 @@ from typing import Any, cast
 import psycopg
 from psycopg.types.json import Jsonb
 
-from crowdcount.streamer.store.base import AlertRow, CountRow, SavedStream, StoreStats
+from crowdcount.streamer.store import common
+from crowdcount.streamer.store.base import SavedStream, StoreStats
+from crowdcount.streamer.store.common import SqlAlerts, SqlHistory
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +165,10 @@ class _Db:
             with self._pool_lock:
                 self._pool.append(conn)
 
+    def fetch(self, sql: str, args: Mapping[str, Any]) -> list[Any]:
+        with self.conn() as conn:
+            return conn.execute(sql, args).fetchall()
+
     def check_open(self) -> None:
         if self.closed:
             raise RuntimeError("PostgresStore is closed")
@@ -172,10 +178,7 @@ class _Db:
         with self._pending_lock:
             self._pending.append(row)
             n = len(self._pending)
-            if n > self.max_pending:
-                excess = n - self.max_pending
-                del self._pending[:excess]
-                self.dropped += excess
+            self.dropped += common.drop_oldest(self._pending, self.max_pending)
         if n >= self.batch_rows:
             self._wake.set()
 
@@ -211,10 +214,7 @@ class _Db:
                     # Back in front, so order is kept; then the bound again.
                     self._pending[:0] = rows
                     self._pending_ops[:0] = ops
-                    excess = len(self._pending) - self.max_pending
-                    if excess > 0:
-                        del self._pending[:excess]
-                        self.dropped += excess
+                    self.dropped += common.drop_oldest(self._pending, self.max_pending)
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 if isinstance(exc, psycopg.OperationalError):
                     self._wconn.close()
@@ -251,117 +251,48 @@ class _Db:
                 conn.close()
 
 
-def _where(stream_id: str, since: float | None, until: float | None) -> tuple[str, dict[str, Any]]:
-    """``since`` inclusive, ``until`` exclusive, as in the SQLite store."""
-    clauses: list[str] = ["stream_id = %(sid)s"]
-    args: dict[str, Any] = {"sid": stream_id}
-    if since is not None:
-        clauses.append("t >= %(since)s")
-        args["since"] = float(since)
-    if until is not None:
-        clauses.append("t < %(until)s")
-        args["until"] = float(until)
-    return " AND ".join(clauses), args
+class PostgresHistory(SqlHistory):
+    """``CountHistory`` on the ``counts`` table (primary key ``(stream_id, t)``); zones are
+    JSONB, and buckets are aggregated from the raw rows in SQL."""
 
-
-class PostgresHistory:
-    """``CountHistory`` on the ``counts`` table (primary key ``(stream_id, t)``)."""
+    ph = "%({})s"
 
     def __init__(self, db: _Db) -> None:
+        super().__init__(db.fetch, db.add_row)
         self._db = db
 
-    def add(
-        self,
-        stream_id: str,
-        t: float,
-        count: float,
-        smoothed: float,
-        zones: Mapping[str, float] | None = None,
-    ) -> None:
-        z = Jsonb({k: float(v) for k, v in zones.items()}) if zones else None
-        self._db.add_row((stream_id, float(t), float(count), float(smoothed), z))
+    def _encode_zones(self, zones: dict[str, float]) -> Jsonb:
+        return Jsonb(zones)
 
-    def counts(
-        self,
-        stream_id: str,
-        since: float | None = None,
-        until: float | None = None,
-        step: float | None = None,
-        limit: int = 10_000,
-        *,
-        with_zones: bool = False,
+    def _decode_zones(self, value: dict[str, float] | None) -> dict[str, float]:
+        return value or {}
+
+    def _bucketed(
+        self, stream_id: str, since: float | None, until: float | None, step: float,
+        limit: int, with_zones: bool,
     ) -> list[dict[str, Any]]:
-        if limit < 1:
-            raise ValueError("limit must be >= 1")
-        where, args = _where(stream_id, since, until)
-        if step is None:
-            cols = "t, count, smoothed" + (", zones" if with_zones else "")
-            sql = f"SELECT {cols} FROM counts WHERE {where} ORDER BY t DESC LIMIT %(limit)s"
-            with self._db.conn() as conn:
-                rows = conn.execute(sql, {**args, "limit": int(limit)}).fetchall()
-            rows.reverse()
-            out = []
-            for r in rows:
-                item: dict[str, Any] = {"t": r[0], "count": r[1], "smoothed": r[2]}
-                if with_zones:
-                    item["zones"] = r[3] or {}
-                out.append(item)
-            return out
-        if not step > 0:
-            raise ValueError("step must be > 0")
-        named = {**args, "step": float(step), "limit": int(limit)}
+        where, args = common.range_where(self.ph, stream_id, since, until)
+        named = {**args, "step": float(step), "limit": limit}
         sql = (
             "SELECT floor(t / %(step)s)::bigint AS b, AVG(count), AVG(smoothed), MIN(count), "
             f"MAX(count), COUNT(*) FROM counts WHERE {where} GROUP BY b ORDER BY b DESC "
             "LIMIT %(limit)s"
         )
-        with self._db.conn() as conn:
-            rows = conn.execute(sql, named).fetchall()
-            rows.reverse()
-            out = [
-                {"t": b * float(step), "count": mean, "smoothed": smean, "min": lo, "max": hi,
-                 "n": n}
-                for b, mean, smean, lo, hi, n in rows
-            ]
-            if with_zones and rows:
-                # Per zone, over the rows that have it (zones come and go).
-                named["first"] = rows[0][0]
-                zsql = (
-                    "SELECT floor(t / %(step)s)::bigint AS b, z.key, AVG(z.value::float8), "
-                    "MIN(z.value::float8), MAX(z.value::float8) "
-                    f"FROM counts, jsonb_each_text(zones) AS z WHERE {where} "
-                    "AND zones IS NOT NULL AND floor(t / %(step)s)::bigint >= %(first)s "
-                    "GROUP BY b, z.key"
-                )
-                by_bucket = {row[0]: item for row, item in zip(rows, out, strict=True)}
-                for item in out:
-                    item.update(zones={}, zones_min={}, zones_max={})
-                for b, key, mean, lo, hi in conn.execute(zsql, named):
-                    bucket = by_bucket.get(b)
-                    if bucket is not None:
-                        bucket["zones"][key] = mean
-                        bucket["zones_min"][key] = lo
-                        bucket["zones_max"][key] = hi
+        rows = self._fetch(sql, named)
+        rows.reverse()
+        out = common.bucket_items(rows, float(step))
+        if with_zones and rows:
+            # Per zone, over the rows that have it (zones come and go).
+            named["first"] = rows[0][0]
+            zsql = (
+                "SELECT floor(t / %(step)s)::bigint AS b, z.key, AVG(z.value::float8), "
+                "MIN(z.value::float8), MAX(z.value::float8) "
+                f"FROM counts, jsonb_each_text(zones) AS z WHERE {where} "
+                "AND zones IS NOT NULL AND floor(t / %(step)s)::bigint >= %(first)s "
+                "GROUP BY b, z.key"
+            )
+            common.add_zone_stats(out, [r[0] for r in rows], self._fetch(zsql, named))
         return out
-
-    def rows(
-        self,
-        stream_id: str,
-        since: float | None = None,
-        until: float | None = None,
-        *,
-        after: float | None = None,
-        limit: int = 5000,
-    ) -> list[CountRow]:
-        if limit < 1:
-            raise ValueError("limit must be >= 1")
-        where, args = _where(stream_id, since, until)
-        if after is not None:
-            where += " AND t > %(after)s"
-            args["after"] = float(after)
-        sql = f"SELECT t, count, smoothed FROM counts WHERE {where} ORDER BY t LIMIT %(limit)s"
-        with self._db.conn() as conn:
-            return [(t, c, sm) for t, c, sm in conn.execute(sql, {**args, "limit": int(limit)})]
 
     def prune_raw(self, before: float) -> int:
         """Keeps every row: this store has no rollup tables to answer from once raw rows
@@ -370,15 +301,7 @@ class PostgresHistory:
         return 0
 
     def delete(self, stream_id: str | None = None, before: float | None = None) -> int:
-        clauses: list[str] = []
-        args: list[Any] = []
-        if stream_id is not None:
-            clauses.append("stream_id = %s")
-            args.append(stream_id)
-        if before is not None:
-            clauses.append("t < %s")
-            args.append(float(before))
-        where = " AND ".join(clauses) or "TRUE"
+        where, args = common.delete_where(self.ph, stream_id, before)
         with self._db.conn() as conn:
             return conn.execute(f"DELETE FROM counts WHERE {where}", args).rowcount
 
@@ -449,57 +372,17 @@ class PostgresStreams:
         return [cast(SavedStream, _stream_dict(r)) for r in rows]
 
 
-class PostgresAlerts:
+class PostgresAlerts(SqlAlerts):
     """``AlertLog`` on the ``alerts`` table; changes ride the counts' queue and commit."""
 
+    ph = "%({})s"
+    raise_sql = _RAISE_SQL
+    clear_sql = _CLEAR_SQL
+
     def __init__(self, db: _Db, shard: int | None) -> None:
+        super().__init__(db.fetch, db.add_op)
         self._db = db
         self._shard = shard
-
-    def raised(
-        self, stream: str, zone: str | None, rule: str, raised_at: float, peak: float
-    ) -> None:
-        self._db.add_op(_RAISE_SQL, (stream, zone, rule, float(raised_at), float(peak)))
-
-    def cleared(
-        self, stream: str, rule: str, raised_at: float, cleared_at: float, peak: float
-    ) -> None:
-        self._db.add_op(
-            _CLEAR_SQL, (float(cleared_at), float(peak), stream, rule, float(raised_at))
-        )
-
-    def query(
-        self,
-        stream: str | None = None,
-        since: float | None = None,
-        until: float | None = None,
-        active: bool | None = None,
-        limit: int = 1000,
-    ) -> list[AlertRow]:
-        if limit < 1:
-            raise ValueError("limit must be >= 1")
-        clauses: list[str] = []
-        args: list[Any] = []
-        if stream is not None:
-            clauses.append("stream = %s")
-            args.append(stream)
-        if since is not None:
-            clauses.append("(cleared_at IS NULL OR cleared_at >= %s)")
-            args.append(float(since))
-        if until is not None:
-            clauses.append("raised_at < %s")
-            args.append(float(until))
-        if active is not None:
-            clauses.append("cleared_at IS NULL" if active else "cleared_at IS NOT NULL")
-        where = " AND ".join(clauses) or "TRUE"
-        sql = (
-            "SELECT id, stream, zone, rule, raised_at, cleared_at, peak FROM alerts "
-            f"WHERE {where} ORDER BY raised_at DESC, id DESC LIMIT %s"
-        )
-        with self._db.conn() as conn:
-            rows = conn.execute(sql, (*args, int(limit))).fetchall()
-        return [AlertRow(id=i, stream=st, zone=z, rule=ru, raised_at=ra, cleared_at=cl, peak=pk)
-                for i, st, z, ru, ra, cl, pk in rows]
 
     def close_open(self, at: float) -> int:
         """Every open alert, or in a shard's store only its cameras' (the other shards'
@@ -605,10 +488,7 @@ class PostgresStore:
         max_pending: int = 200_000,
         connect_timeout: float = 5.0,
     ) -> None:
-        if flush_interval <= 0:
-            raise ValueError("flush_interval must be > 0")
-        if batch_rows < 1 or max_pending < batch_rows:
-            raise ValueError("need 1 <= batch_rows <= max_pending")
+        common.check_writer_options(flush_interval, batch_rows, max_pending)
         self.dsn = dsn
         self.shard = shard
         self._db = _Db(dsn, flush_interval=float(flush_interval), batch_rows=int(batch_rows),

@@ -33,7 +33,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from crowdcount.streamer.store.base import AlertRow, CountRow, SavedStream, StoreStats
+from crowdcount.streamer.store import common
+from crowdcount.streamer.store.base import SavedStream, StoreStats
+from crowdcount.streamer.store.common import SqlAlerts, SqlHistory
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
@@ -294,9 +296,7 @@ class _Writer:
             self._check_open()
             self._rows.append(row)
             n = len(self._rows)
-            if n > self.max_pending:
-                del self._rows[: n - self.max_pending]
-                self.dropped += n - self.max_pending
+            self.dropped += common.drop_oldest(self._rows, self.max_pending)
         if n >= self.batch_rows and time.monotonic() >= self._retry_at:
             self._wake.set()
 
@@ -415,10 +415,7 @@ class _Writer:
                 # Back in front so the order is kept, then re-apply the bound.
                 self._rows[:0] = rows
                 self._ops[:0] = ops
-                excess = len(self._rows) - self.max_pending
-                if excess > 0:
-                    del self._rows[:excess]
-                    self.dropped += excess
+                self.dropped += common.drop_oldest(self._rows, self.max_pending)
             self.last_error = f"{type(exc).__name__}: {exc}"
             raise
         self.written += inserted
@@ -467,6 +464,10 @@ class _Readers:
                 else:
                     self._pool.append(conn)
 
+    def fetch(self, sql: str, args: Mapping[str, Any]) -> list[Any]:
+        with self.borrow() as conn:
+            return conn.execute(sql, args).fetchall()
+
     def close(self) -> None:
         with self._lock:
             self._closed = True
@@ -475,92 +476,43 @@ class _Readers:
             conn.close()
 
 
-def _where(stream_id: str, since: float | None, until: float | None) -> tuple[str, dict[str, Any]]:
-    clauses = ["stream_id = :sid"]
-    args: dict[str, Any] = {"sid": stream_id}
-    if since is not None:
-        clauses.append("t >= :since")
-        args["since"] = float(since)
-    if until is not None:
-        clauses.append("t < :until")
-        args["until"] = float(until)
-    return " AND ".join(clauses), args
+class SQLiteHistory(SqlHistory):
+    """``CountHistory`` on the ``counts`` table and its rollups. Zones are stored as JSON
+    text; a whole-second ``step`` is answered from the rollups."""
 
-
-class SQLiteHistory:
-    """``CountHistory`` on the ``counts`` table."""
+    ph = ":{}"
 
     def __init__(self, writer: _Writer, readers: _Readers) -> None:
+        super().__init__(readers.fetch, writer.add_row)
         self._writer = writer
-        self._readers = readers
 
-    def add(
-        self,
-        stream_id: str,
-        t: float,
-        count: float,
-        smoothed: float,
-        zones: Mapping[str, float] | None = None,
-    ) -> None:
-        # float(): the runtime's zone sums are NumPy scalars, which json cannot encode.
-        zones_json = (
-            json.dumps({k: float(v) for k, v in zones.items()}, separators=(",", ":"))
-            if zones
-            else None
-        )
-        self._writer.add_row((stream_id, float(t), float(count), float(smoothed), zones_json))
+    def _encode_zones(self, zones: dict[str, float]) -> str:
+        return json.dumps(zones, separators=(",", ":"))
 
-    def counts(
-        self,
-        stream_id: str,
-        since: float | None = None,
-        until: float | None = None,
-        step: float | None = None,
-        limit: int = 10_000,
-        *,
-        with_zones: bool = False,
+    def _decode_zones(self, value: str | None) -> dict[str, float]:
+        return json.loads(value) if value else {}
+
+    def _bucketed(
+        self, stream_id: str, since: float | None, until: float | None, step: float,
+        limit: int, with_zones: bool,
     ) -> list[dict[str, Any]]:
-        if limit < 1:
-            raise ValueError("limit must be >= 1")
-        where, args = _where(stream_id, since, until)
-        if step is None:
-            cols = "t, count, smoothed" + (", zones" if with_zones else "")
-            sql = f"SELECT {cols} FROM counts WHERE {where} ORDER BY t DESC LIMIT :limit"
-            with self._readers.borrow() as conn:
-                rows = conn.execute(sql, {**args, "limit": int(limit)}).fetchall()
-            rows.reverse()
-            out = []
-            for r in rows:
-                item: dict[str, Any] = {"t": r[0], "count": r[1], "smoothed": r[2]}
-                if with_zones:
-                    item["zones"] = json.loads(r[3]) if r[3] else {}
-                out.append(item)
-            return out
-
-        if not step > 0:
-            raise ValueError("step must be > 0")
         # Whole-second steps read the rollups; a step past SQLite's 64-bit integers (a whole
         # history in one bucket, in effect) takes the float path below, which copes.
         if 1 <= step < 2**62 and float(step).is_integer():
-            return self._rolled_up(stream_id, since, until, int(step), int(limit), with_zones)
+            return self._rolled_up(stream_id, since, until, int(step), limit, with_zones)
+        where, args = common.range_where(self.ph, stream_id, since, until)
         # floor(t / step) without relying on SQLite's optional math functions: CAST truncates
         # toward zero, so subtract one for negative non-integral quotients.
         bucket = (
             "(CAST(t / :step AS INTEGER)"
             " - (t < 0 AND CAST(t / :step AS INTEGER) != t / :step))"
         )
-        named = {**args, "step": float(step), "limit": int(limit)}
+        named = {**args, "step": float(step), "limit": limit}
         sql = (
             f"SELECT {bucket} AS b, AVG(count), AVG(smoothed), MIN(count), MAX(count), COUNT(*) "
             f"FROM counts WHERE {where} GROUP BY b ORDER BY b DESC LIMIT :limit"
         )
-        with self._readers.borrow() as conn:
-            rows = conn.execute(sql, named).fetchall()
-        rows.reverse()
-        return [
-            {"t": b * float(step), "count": mean, "smoothed": smean, "min": lo, "max": hi, "n": n}
-            for b, mean, smean, lo, hi, n in rows
-        ]
+        return common.bucket_items(reversed(self._fetch(sql, named)), float(step))
 
     def _rolled_up(
         self, stream_id: str, since: float | None, until: float | None, step: int, limit: int,
@@ -581,64 +533,22 @@ class SQLiteHistory:
             f"SUM(n) FROM counts_{suffix} WHERE stream_id = :sid AND t >= :lo AND t < :hi "
             "GROUP BY b ORDER BY b DESC LIMIT :limit"
         )
-        with self._readers.borrow() as conn:
-            rows = conn.execute(sql, args).fetchall()
-            rows.reverse()
-            zones: dict[int, dict[str, tuple[float, float, float]]] = {}
-            if with_zones and rows:
-                zsql = (
-                    f"SELECT {bucket} AS b, zone, SUM(sum) / SUM(n), MIN(min), MAX(max) "
-                    f"FROM zone_counts_{suffix} WHERE stream_id = :sid AND t >= :lo "
-                    "AND t < :hi AND t >= :first GROUP BY b, zone"
-                )
-                first = rows[0][0] * step
-                for b, zone, mean, zlo, zhi in conn.execute(zsql, {**args, "first": first}):
-                    zones.setdefault(b, {})[zone] = (mean, zlo, zhi)
-        out = []
-        for b, mean, smean, mn, mx, n in rows:
-            item: dict[str, Any] = {"t": float(b * step), "count": mean, "smoothed": smean,
-                                    "min": mn, "max": mx, "n": n}
-            if with_zones:
-                z = zones.get(b, {})
-                item["zones"] = {k: v[0] for k, v in z.items()}
-                item["zones_min"] = {k: v[1] for k, v in z.items()}
-                item["zones_max"] = {k: v[2] for k, v in z.items()}
-            out.append(item)
+        rows = self._fetch(sql, args)
+        rows.reverse()
+        out = common.bucket_items(rows, step)
+        if with_zones and rows:
+            zsql = (
+                f"SELECT {bucket} AS b, zone, SUM(sum) / SUM(n), MIN(min), MAX(max) "
+                f"FROM zone_counts_{suffix} WHERE stream_id = :sid AND t >= :lo "
+                "AND t < :hi AND t >= :first GROUP BY b, zone"
+            )
+            first = rows[0][0] * step
+            zone_rows = self._fetch(zsql, {**args, "first": first})
+            common.add_zone_stats(out, [r[0] for r in rows], zone_rows)
         return out
 
-    def rows(
-        self,
-        stream_id: str,
-        since: float | None = None,
-        until: float | None = None,
-        *,
-        after: float | None = None,
-        limit: int = 5000,
-    ) -> list[CountRow]:
-        if limit < 1:
-            raise ValueError("limit must be >= 1")
-        if after is not None and (since is None or after >= since):
-            # One lower bound, not two: with both, SQLite seeks the index on ``since`` and
-            # filters ``after`` row by row, which makes paging quadratic.
-            where, args = _where(stream_id, None, until)
-            where += " AND t > :after"
-            args["after"] = float(after)
-        else:
-            where, args = _where(stream_id, since, until)
-        sql = f"SELECT t, count, smoothed FROM counts WHERE {where} ORDER BY t LIMIT :limit"
-        with self._readers.borrow() as conn:
-            return conn.execute(sql, {**args, "limit": int(limit)}).fetchall()
-
     def delete(self, stream_id: str | None = None, before: float | None = None) -> int:
-        clauses: list[str] = []
-        args: list[Any] = []
-        if stream_id is not None:
-            clauses.append("stream_id = ?")
-            args.append(stream_id)
-        if before is not None:
-            clauses.append("t < ?")
-            args.append(float(before))
-        where = " AND ".join(clauses) or "1"
+        where, args = common.delete_where(self.ph, stream_id, before)
 
         def purge(conn: sqlite3.Connection) -> int:
             deleted = conn.execute(f"DELETE FROM counts WHERE {where}", args).rowcount
@@ -703,60 +613,18 @@ class SQLiteStreams:
         return [_saved_stream(r) for r in rows]
 
 
-class SQLiteAlerts:
+class SQLiteAlerts(SqlAlerts):
     """``AlertLog`` on the ``alerts`` table. Raises and clears go through the counts' queue
     and transaction, so they are never reordered and the loop never waits on the disk;
     they are not subject to ``max_pending`` (there are few)."""
 
+    ph = ":{}"
+    raise_sql = _RAISE_SQL
+    clear_sql = _CLEAR_SQL
+
     def __init__(self, writer: _Writer, readers: _Readers) -> None:
+        super().__init__(readers.fetch, writer.add_op)
         self._writer = writer
-        self._readers = readers
-
-    def raised(
-        self, stream: str, zone: str | None, rule: str, raised_at: float, peak: float
-    ) -> None:
-        self._writer.add_op(_RAISE_SQL, (stream, zone, rule, float(raised_at), float(peak)))
-
-    def cleared(
-        self, stream: str, rule: str, raised_at: float, cleared_at: float, peak: float
-    ) -> None:
-        self._writer.add_op(
-            _CLEAR_SQL, (float(cleared_at), float(peak), stream, rule, float(raised_at))
-        )
-
-    def query(
-        self,
-        stream: str | None = None,
-        since: float | None = None,
-        until: float | None = None,
-        active: bool | None = None,
-        limit: int = 1000,
-    ) -> list[AlertRow]:
-        if limit < 1:
-            raise ValueError("limit must be >= 1")
-        clauses: list[str] = []
-        args: list[Any] = []
-        if stream is not None:
-            clauses.append("stream = ?")
-            args.append(stream)
-        if since is not None:
-            clauses.append("(cleared_at IS NULL OR cleared_at >= ?)")
-            args.append(float(since))
-        if until is not None:
-            clauses.append("raised_at < ?")
-            args.append(float(until))
-        if active is not None:
-            clauses.append("cleared_at IS NULL" if active else "cleared_at IS NOT NULL")
-        sql = (
-            "SELECT id, stream, zone, rule, raised_at, cleared_at, peak FROM alerts "
-            f"WHERE {' AND '.join(clauses) or '1'} ORDER BY raised_at DESC, id DESC LIMIT ?"
-        )
-        with self._readers.borrow() as conn:
-            rows = conn.execute(sql, (*args, int(limit))).fetchall()
-        return [
-            AlertRow(id=i, stream=s, zone=z, rule=r, raised_at=ra, cleared_at=ca, peak=p)
-            for i, s, z, r, ra, ca, p in rows
-        ]
 
     def close_open(self, at: float) -> int:
         return self._writer.call(lambda conn: conn.execute(
@@ -875,10 +743,7 @@ class SQLiteStore:
         max_pending: int = 200_000,
         busy_timeout: float = 5.0,
     ) -> None:
-        if flush_interval <= 0:
-            raise ValueError("flush_interval must be > 0")
-        if batch_rows < 1 or max_pending < batch_rows:
-            raise ValueError("need 1 <= batch_rows <= max_pending")
+        common.check_writer_options(flush_interval, batch_rows, max_pending)
         self.path = Path(path)
         busy_ms = int(busy_timeout * 1000)
         self.path.parent.mkdir(parents=True, exist_ok=True)
