@@ -24,8 +24,9 @@ import contextlib
 import logging
 import sqlite3
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from crowdcount.model.errors import UserError
 from crowdcount.model.runtime import Runtime
@@ -51,6 +52,7 @@ from crowdcount.streamer.urls import mask_url, validate_api_url
 log = logging.getLogger(__name__)
 
 Origin = Literal["config", "api", "webrtc"]
+_Entry = TypeVar("_Entry")
 
 
 class StreamError(Exception):
@@ -79,15 +81,26 @@ class StreamEntry:
     added_at: float = field(default_factory=time.time)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "name": self.id,
-            "url": mask_url(self.url),
-            "kind": self.kind,
-            "origin": self.origin,
-            "options": dict(self.options),
-            "status": self.source.status.to_dict(),
-        }
+        return stream_dict(self.id, self.url, self.kind, self.origin, self.options,
+                           self.source.status.to_dict())
+
+
+def stream_dict(
+    sid: str, url: str, kind: str, origin: str, options: Mapping[str, Any],
+    status: dict[str, Any],
+) -> dict[str, Any]:
+    """A stream as the API shows it (one shape for the single-process and the cluster
+    service): its name is its id, and the URL is masked (it may hold credentials)."""
+    return {"id": sid, "name": sid, "url": mask_url(url), "kind": kind, "origin": origin,
+            "options": dict(options), "status": status}
+
+
+def find_entry(streams: Mapping[str, _Entry], stream_id: str) -> _Entry:
+    """``streams[stream_id]``, or ``StreamNotFound`` (the API's 404)."""
+    entry = streams.get(stream_id)
+    if entry is None:
+        raise StreamNotFound(f"no stream {stream_id!r}")
+    return entry
 
 
 def make_source(stream: StreamConfig) -> Source:
@@ -227,10 +240,7 @@ class Service:
                                     entry.kind, dict(entry.options))
 
     def get(self, stream_id: str) -> StreamEntry:
-        entry = self.streams.get(stream_id)
-        if entry is None:
-            raise StreamNotFound(f"no stream {stream_id!r}")
-        return entry
+        return find_entry(self.streams, stream_id)
 
     @property
     def uptime_s(self) -> float:

@@ -33,7 +33,7 @@ from crowdcount.streamer.feed import CountFeed
 from crowdcount.streamer.metrics import Metrics
 from crowdcount.streamer.rtc import OfferError, PeerLimitReached, UnknownStream, validate_offer
 from crowdcount.streamer.rules import RuleConflict, RuleNotFound
-from crowdcount.streamer.service import StreamConflict, StreamNotFound
+from crowdcount.streamer.service import StreamConflict, find_entry, stream_dict
 from crowdcount.streamer.status import StreamState, StreamStatus
 from crowdcount.streamer.store.postgres import FEED_CHANNEL, STREAMS_CHANNEL, PostgresStore
 from crowdcount.streamer.upload import UploadCounter
@@ -85,17 +85,9 @@ class ClusterEntry:
         return base
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "name": self.id,
-            "url": mask_url(self.url),
-            "kind": self.kind,
-            "origin": self.origin,
-            "options": dict(self.options),
-            "status": self.status(),
-            "shard": self.shard,
-            "node": self.node,
-        }
+        return {**stream_dict(self.id, self.url, self.kind, self.origin, self.options,
+                              self.status()),
+                "shard": self.shard, "node": self.node}
 
 
 @dataclass(frozen=True)
@@ -254,10 +246,7 @@ class ClusterService:
         return [z.name for z in self.integrations.zones(stream_id)]
 
     def get(self, stream_id: str) -> ClusterEntry:
-        entry = self.streams.get(stream_id)
-        if entry is None:
-            raise StreamNotFound(f"no stream {stream_id!r}")
-        return entry
+        return find_entry(self.streams, stream_id)
 
     @property
     def uptime_s(self) -> float:
