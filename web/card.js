@@ -5,7 +5,7 @@
 
 import { api, streamPath } from "./api.js";
 import { CHART_WINDOW_S, CountChart } from "./chart.js";
-import { showBanner } from "./dom.js";
+import { el, showBanner } from "./dom.js";
 import { formatCount, toSeconds } from "./format.js";
 import { PeerLink } from "./webrtc.js";
 
@@ -29,6 +29,24 @@ const STATE_LABELS = {
 
 function announce(name, card) {
   document.dispatchEvent(new CustomEvent(`crowdcount:${name}`, { detail: { card } }));
+}
+
+// How a feature module joins the cards: ``attach(card)`` now for every card and later for
+// each one added, ``detach(card)`` (optional) for each one removed.
+export function eachCard(attach, detach = null) {
+  document.addEventListener("crowdcount:card-added", (event) => attach(event.detail.card));
+  if (detach) {
+    document.addEventListener("crowdcount:card-removed", (event) => detach(event.detail.card));
+  }
+  for (const card of cards.values()) attach(card);
+}
+
+// A feature's button among a card's actions (before "Remove"); ``label`` is what a screen
+// reader says, naming the card.
+export function addCardButton(card, { cls, testid, text, label }) {
+  const button = el("button", { type: "button", class: cls, testid, "aria-label": label }, text);
+  card.el.querySelector(".card-actions .remove").before(button);
+  return button;
 }
 
 export function updateEmpty() {

@@ -7,6 +7,69 @@ import { ago, niceCeil } from "./format.js";
 export const CHART_WINDOW_S = 5 * 60; // the chart shows the last five minutes
 const CHART_MAX_POINTS = 2000;
 
+// Size ``canvas`` to its box at the screen's pixel ratio and clear it; the context then
+// draws in CSS pixels. Returns the context, the box's size and the plot area inside
+// ``margin`` ({left, right, top, bottom}); null while the canvas has no size (hidden).
+export function prepareChart(canvas, margin) {
+  const width = canvas.clientWidth;
+  const height = canvas.clientHeight;
+  if (!width || !height) return null;
+  const ratio = window.devicePixelRatio || 1;
+  const w = Math.round(width * ratio);
+  const h = Math.round(height * ratio);
+  if (canvas.width !== w || canvas.height !== h) {
+    canvas.width = w;
+    canvas.height = h;
+  }
+  const ctx = canvas.getContext("2d");
+  ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
+  ctx.clearRect(0, 0, width, height);
+  const plotW = Math.max(1, width - margin.left - margin.right);
+  const plotH = Math.max(1, height - margin.top - margin.bottom);
+  return { ctx, width, height, left: margin.left, top: margin.top, plotW, plotH };
+}
+
+// The value axis: ``lines`` intervals of grid from 0 to ``yMax``, each line labelled at the
+// left of the plot (in the context's current fill and stroke styles).
+export function drawValueGrid(ctx, { left, width, yMax, y, lines }) {
+  ctx.textAlign = "right";
+  ctx.textBaseline = "middle";
+  for (let i = 0; i <= lines; i++) {
+    const v = (yMax * i) / lines;
+    const yy = Math.round(y(v)) + 0.5;
+    ctx.beginPath();
+    ctx.moveTo(left, yy);
+    ctx.lineTo(left + width, yy);
+    ctx.stroke();
+    ctx.fillText(v >= 10 ? String(Math.round(v)) : String(+v.toFixed(1)), left - 4, yy);
+  }
+}
+
+// A colour from the stylesheet's custom property ``name`` as ``element`` sees it (so the
+// stylesheet themes the charts), or ``fallback``.
+export function cssColour(element, name, fallback) {
+  return getComputedStyle(element).getPropertyValue(name).trim() || fallback;
+}
+
+// Stroke one series through ``points``, in the context's current style. ``value(p)`` is its
+// value at p (not finite: none); where a point has none the line joins over it, or with
+// ``breakAtMissing`` stops there and starts again at the next point with one.
+export function strokeSeries(ctx, points, xOf, y, value, breakAtMissing = false) {
+  ctx.beginPath();
+  let started = false;
+  for (const p of points) {
+    const v = value(p);
+    if (v === undefined || v === null || !Number.isFinite(v)) {
+      if (breakAtMissing) started = false;
+      continue;
+    }
+    if (started) ctx.lineTo(xOf(p), y(v));
+    else ctx.moveTo(xOf(p), y(v));
+    started = true;
+  }
+  ctx.stroke();
+}
+
 export class CountChart {
   constructor(canvas, windowSeconds = CHART_WINDOW_S) {
     this.canvas = canvas;
@@ -58,32 +121,15 @@ export class CountChart {
 
   draw() {
     const canvas = this.canvas;
-    const cssWidth = canvas.clientWidth;
-    const cssHeight = canvas.clientHeight;
-    if (!cssWidth || !cssHeight) return;
-    const ratio = window.devicePixelRatio || 1;
-    const w = Math.round(cssWidth * ratio);
-    const h = Math.round(cssHeight * ratio);
-    if (canvas.width !== w || canvas.height !== h) {
-      canvas.width = w;
-      canvas.height = h;
-    }
-    const ctx = canvas.getContext("2d");
-    ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
-    ctx.clearRect(0, 0, cssWidth, cssHeight);
+    const chart = prepareChart(canvas, { left: 34, right: 6, top: 6, bottom: 18 });
+    if (!chart) return;
+    const { ctx, height: cssHeight, left, top, plotW, plotH } = chart;
 
-    const style = getComputedStyle(canvas);
-    const axis = style.getPropertyValue("--chart-axis").trim() || "#8a93a6";
-    const grid = style.getPropertyValue("--chart-grid").trim() || "rgba(128,128,128,.2)";
-    const rawColor = style.getPropertyValue("--chart-raw").trim() || "rgba(255,160,60,.5)";
-    const lineColor = style.getPropertyValue("--chart-line").trim() || "#ffb347";
+    const axis = cssColour(canvas, "--chart-axis", "#8a93a6");
+    const grid = cssColour(canvas, "--chart-grid", "rgba(128,128,128,.2)");
+    const rawColor = cssColour(canvas, "--chart-raw", "rgba(255,160,60,.5)");
+    const lineColor = cssColour(canvas, "--chart-line", "#ffb347");
 
-    const left = 34;
-    const right = 6;
-    const top = 6;
-    const bottom = 18;
-    const plotW = Math.max(1, cssWidth - left - right);
-    const plotH = Math.max(1, cssHeight - top - bottom);
     const now = Date.now() / 1000;
     // Span the data seen so far (at least a minute, at most the window) so that a new
     // stream's first seconds are not a sliver at the right edge.
@@ -100,17 +146,7 @@ export class CountChart {
     ctx.lineWidth = 1;
     ctx.fillStyle = axis;
     ctx.strokeStyle = grid;
-    ctx.textAlign = "right";
-    ctx.textBaseline = "middle";
-    for (let i = 0; i <= 2; i++) {
-      const v = (yMax * i) / 2;
-      const yy = Math.round(y(v)) + 0.5;
-      ctx.beginPath();
-      ctx.moveTo(left, yy);
-      ctx.lineTo(left + plotW, yy);
-      ctx.stroke();
-      ctx.fillText(v >= 10 ? String(Math.round(v)) : String(+v.toFixed(1)), left - 4, yy);
-    }
+    drawValueGrid(ctx, { left, width: plotW, yMax, y, lines: 2 });
     ctx.textBaseline = "alphabetic";
     const ticks = [t0, t0 + span / 2, now];
     ticks.forEach((t, i) => {
@@ -129,17 +165,7 @@ export class CountChart {
       ctx.strokeStyle = color;
       ctx.lineWidth = width;
       ctx.lineJoin = "round";
-      ctx.beginPath();
-      let started = false;
-      for (const p of this.points) {
-        const v = p[key];
-        if (v === null || v === undefined || !Number.isFinite(v)) continue;
-        const xx = Math.max(left, x(p.t));
-        if (started) ctx.lineTo(xx, y(v));
-        else ctx.moveTo(xx, y(v));
-        started = true;
-      }
-      ctx.stroke();
+      strokeSeries(ctx, this.points, (p) => Math.max(left, x(p.t)), y, (p) => p[key]);
     };
     line("count", rawColor, 1);
     line("smoothed", lineColor, 2);

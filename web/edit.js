@@ -4,15 +4,13 @@
 // so the button shows only on cards whose origin is "api" (see style.css).
 
 import { api, streamPath } from "./api.js";
-import { cards } from "./card.js";
+import { addCardButton, eachCard } from "./card.js";
 import { el } from "./dom.js";
 
 function attach(card) {
   if (card.local) return;
-  const button = el("button", { type: "button", class: "edit-toggle", testid: "edit-toggle" },
-                    "Edit");
-  button.setAttribute("aria-label", `Edit ${card.name}`);
-  card.el.querySelector(".card-actions .remove").before(button);
+  const button = addCardButton(card, { cls: "edit-toggle", testid: "edit-toggle", text: "Edit",
+                                      label: `Edit ${card.name}` });
 
   const form = el("form", { class: "edit-form", testid: "edit-form", hidden: "" });
   const field = (label, attrs) => {
@@ -82,5 +80,4 @@ function attach(card) {
   });
 }
 
-document.addEventListener("crowdcount:card-added", (event) => attach(event.detail.card));
-for (const card of cards.values()) attach(card);
+eachCard(attach);

@@ -4,44 +4,21 @@
 // on every card opens the one gathering panel.
 
 import { api, streamPath } from "./api.js";
-import { cards } from "./card.js";
 import { el } from "./dom.js";
 import { formatCount } from "./format.js";
-import { RangePicker } from "./range.js";
+import { RangePanel } from "./range.js";
 
-class GatheringView {
+class GatheringView extends RangePanel {
   constructor() {
-    this.card = null;
-    this.section = el("section", { class: "gathering panel", testid: "gathering-panel",
-                                   "aria-labelledby": "gathering-title", hidden: "" });
-    const head = el("div", { class: "panel-head" });
-    this.title = el("h2", { id: "gathering-title" }, "Where people gathered");
-    const close = el("button", { type: "button", testid: "gathering-close" }, "Close");
-    close.addEventListener("click", () => this.close());
-    head.append(this.title, close);
-    this.picker = new RangePicker("gathering-range", (range) => this.load(range));
+    super("gathering", "Where people gathered");
     this.image = el("img", { class: "gathering-image", testid: "gathering-image",
                              alt: "Where people were, in heat colours over the camera picture" });
     this.stats = el("p", { class: "muted", testid: "gathering-stats", "aria-live": "polite" });
-    this.error = el("p", { class: "form-error", testid: "gathering-error", role: "alert",
-                           hidden: "" });
-    this.section.append(head, this.picker.el, this.image, this.stats, this.error);
-    document.querySelector('[data-testid="stream-grid"]').closest("section").after(this.section);
+    this.error.before(this.image, this.stats);
   }
 
-  async open(card) {
-    this.card = card;
-    this.title.textContent = `Where people gathered: ${card.name}`;
-    this.section.hidden = false;
-    this.section.dataset.stream = card.id;
-    await this.picker.choose(this.picker.current && this.picker.current !== "custom"
-      ? this.picker.current : "hour");
-    this.section.scrollIntoView({ block: "nearest" });
-  }
-
-  close() {
-    this.section.hidden = true;
-    this.card = null;
+  heading(card) {
+    return `Where people gathered: ${card.name}`;
   }
 
   async load({ since, until }) {
@@ -71,21 +48,5 @@ class GatheringView {
   }
 }
 
-let view = null;
-
-function attach(card) {
-  const button = el("button", { type: "button", class: "gathering-toggle",
-                                testid: "gathering-toggle" }, "Where");
-  button.setAttribute("aria-label", `Where people gathered in ${card.name}`);
-  button.addEventListener("click", () => {
-    if (!view) view = new GatheringView();
-    view.open(card);
-  });
-  card.el.querySelector(".card-actions .remove").before(button);
-}
-
-document.addEventListener("crowdcount:card-added", (event) => attach(event.detail.card));
-document.addEventListener("crowdcount:card-removed", (event) => {
-  if (view && view.card === event.detail.card) view.close();
-});
-for (const card of cards.values()) attach(card);
+GatheringView.install({ cls: "gathering-toggle", testid: "gathering-toggle", text: "Where",
+                        label: (card) => `Where people gathered in ${card.name}` });

@@ -5,10 +5,10 @@
 // A feature module: a "History" button on every card opens the one history panel.
 
 import { api, streamPath } from "./api.js";
-import { cards } from "./card.js";
+import { cssColour, drawValueGrid, prepareChart, strokeSeries } from "./chart.js";
 import { el } from "./dom.js";
 import { formatCount, niceCeil } from "./format.js";
-import { RangePicker } from "./range.js";
+import { RangePanel } from "./range.js";
 
 const ZONE_COLOURS = ["#4fc3f7", "#ba68c8", "#81c784", "#f06292", "#fff176", "#90a4ae"];
 
@@ -33,45 +33,22 @@ function tickStep(span) {
   return 604800;
 }
 
-class HistoryView {
+class HistoryView extends RangePanel {
   constructor() {
-    this.card = null;
+    super("history", "History");
     this.range = null;
-    this.section = el("section", { class: "history panel", testid: "history-panel",
-                                   "aria-labelledby": "history-title", hidden: "" });
-    const head = el("div", { class: "panel-head" });
-    this.title = el("h2", { id: "history-title" }, "History");
-    const close = el("button", { type: "button", testid: "history-close" }, "Close");
-    close.addEventListener("click", () => this.close());
-    head.append(this.title, close);
-    this.picker = new RangePicker("history-range", (range) => this.load(range));
     this.legend = el("ul", { class: "legend", testid: "history-legend", role: "list" });
     this.canvas = el("canvas", { class: "history-chart", testid: "history-chart", height: "260",
                                  role: "img", "data-points": "0" });
     this.status = el("p", { class: "muted", testid: "history-status", "aria-live": "polite" });
     this.csv = el("a", { class: "csv-link", testid: "history-csv", download: "" },
                   "Download CSV of this range");
-    this.error = el("p", { class: "form-error", testid: "history-error", role: "alert",
-                           hidden: "" });
-    this.section.append(head, this.picker.el, this.legend, this.canvas, this.status, this.csv,
-                        this.error);
-    document.querySelector('[data-testid="stream-grid"]').closest("section").after(this.section);
+    this.error.before(this.legend, this.canvas, this.status, this.csv);
     new ResizeObserver(() => this.draw()).observe(this.canvas);
   }
 
-  async open(card) {
-    this.card = card;
-    this.title.textContent = `History of ${card.name}`;
-    this.section.hidden = false;
-    this.section.dataset.stream = card.id;
-    await this.picker.choose(this.picker.current && this.picker.current !== "custom"
-      ? this.picker.current : "hour");
-    this.section.scrollIntoView({ block: "nearest" });
-  }
-
-  close() {
-    this.section.hidden = true;
-    this.card = null;
+  heading(card) {
+    return `History of ${card.name}`;
   }
 
   async load({ since, until, step }) {
@@ -123,30 +100,16 @@ class HistoryView {
   draw() {
     const canvas = this.canvas;
     if (!this.data || this.section.hidden) return;
-    const cssWidth = canvas.clientWidth;
-    const cssHeight = canvas.clientHeight;
-    if (!cssWidth || !cssHeight) return;
-    const ratio = window.devicePixelRatio || 1;
-    canvas.width = Math.round(cssWidth * ratio);
-    canvas.height = Math.round(cssHeight * ratio);
-    const ctx = canvas.getContext("2d");
-    ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
-    ctx.clearRect(0, 0, cssWidth, cssHeight);
-    const style = getComputedStyle(canvas);
-    const axis = style.getPropertyValue("--chart-axis").trim() || "#8a93a6";
-    const gridColour = style.getPropertyValue("--chart-grid").trim() || "rgba(128,128,128,.25)";
-    const accent = getComputedStyle(document.documentElement).getPropertyValue("--accent").trim()
-      || "#ffb347";
+    const chart = prepareChart(canvas, { left: 40, right: 8, top: 8, bottom: 22 });
+    if (!chart) return;
+    const { ctx, height: cssHeight, left, top, plotW, plotH } = chart;
+    const axis = cssColour(canvas, "--chart-axis", "#8a93a6");
+    const gridColour = cssColour(canvas, "--chart-grid", "rgba(128,128,128,.25)");
+    const accent = cssColour(document.documentElement, "--accent", "#ffb347");
 
     const { since, until, step, points } = this.data;
     canvas.dataset.points = String(points.length);
     canvas.dataset.series = String(1 + this.zones.length);
-    const left = 40;
-    const right = 8;
-    const top = 8;
-    const bottom = 22;
-    const plotW = Math.max(1, cssWidth - left - right);
-    const plotH = Math.max(1, cssHeight - top - bottom);
     const span = until - since;
     let max = 0;
     for (const p of points) max = Math.max(max, p.max ?? p.count);
@@ -158,17 +121,7 @@ class HistoryView {
     ctx.fillStyle = axis;
     ctx.strokeStyle = gridColour;
     ctx.lineWidth = 1;
-    ctx.textAlign = "right";
-    ctx.textBaseline = "middle";
-    for (let i = 0; i <= 4; i++) {
-      const v = (yMax * i) / 4;
-      const yy = Math.round(y(v)) + 0.5;
-      ctx.beginPath();
-      ctx.moveTo(left, yy);
-      ctx.lineTo(left + plotW, yy);
-      ctx.stroke();
-      ctx.fillText(v >= 10 ? String(Math.round(v)) : String(+v.toFixed(1)), left - 4, yy);
-    }
+    drawValueGrid(ctx, { left, width: plotW, yMax, y, lines: 4 });
     ctx.textAlign = "center";
     ctx.textBaseline = "alphabetic";
     const tick = tickStep(span);
@@ -211,21 +164,7 @@ class HistoryView {
       ctx.strokeStyle = colour;
       ctx.lineWidth = width;
       ctx.lineJoin = "round";
-      for (const r of runs) {
-        ctx.beginPath();
-        let started = false;
-        for (const p of r) {
-          const v = value(p);
-          if (v === undefined || v === null || !Number.isFinite(v)) {
-            started = false;
-            continue;
-          }
-          if (started) ctx.lineTo(x(mid(p)), y(v));
-          else ctx.moveTo(x(mid(p)), y(v));
-          started = true;
-        }
-        ctx.stroke();
-      }
+      for (const r of runs) strokeSeries(ctx, r, (p) => x(mid(p)), y, value, true);
     };
     this.zones.forEach((z, i) => line((p) => p.zones?.[z], ZONE_COLOURS[i % ZONE_COLOURS.length],
                                       1.5));
@@ -233,21 +172,5 @@ class HistoryView {
   }
 }
 
-let view = null;
-
-function attach(card) {
-  const button = el("button", { type: "button", class: "history-toggle",
-                                testid: "history-toggle" }, "History");
-  button.setAttribute("aria-label", `History of ${card.name}`);
-  button.addEventListener("click", () => {
-    if (!view) view = new HistoryView();
-    view.open(card);
-  });
-  card.el.querySelector(".card-actions .remove").before(button);
-}
-
-document.addEventListener("crowdcount:card-added", (event) => attach(event.detail.card));
-document.addEventListener("crowdcount:card-removed", (event) => {
-  if (view && view.card === event.detail.card) view.close();
-});
-for (const card of cards.values()) attach(card);
+HistoryView.install({ cls: "history-toggle", testid: "history-toggle", text: "History",
+                      label: (card) => `History of ${card.name}` });

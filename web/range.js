@@ -4,6 +4,7 @@
 // offset from the browser's clock.
 
 import { api } from "./api.js";
+import { addCardButton, eachCard } from "./card.js";
 import { el } from "./dom.js";
 
 export const PRESETS = [
@@ -117,5 +118,57 @@ export class RangePicker {
     for (const [k, b] of this.buttons) b.setAttribute("aria-pressed", String(k === key));
     this.el.dataset.range = key;
     this.onChange({ since, until, step: stepFor(until - since), key });
+  }
+}
+
+// A panel below the stream grid that shows one card's data over a picked range (history,
+// gathering): a heading, a Close button, the range picker and an error line. A subclass
+// adds its content before ``this.error``, names the card in ``heading(card)`` and loads a
+// range in ``load({since, until, step})``. ``install`` puts its button on every card; the
+// one panel is made on first use and closes when its card goes.
+export class RangePanel {
+  constructor(name, title) {
+    this.card = null;
+    this.section = el("section", { class: `${name} panel`, testid: `${name}-panel`,
+                                   "aria-labelledby": `${name}-title`, hidden: "" });
+    const head = el("div", { class: "panel-head" });
+    this.title = el("h2", { id: `${name}-title` }, title);
+    const close = el("button", { type: "button", testid: `${name}-close` }, "Close");
+    close.addEventListener("click", () => this.close());
+    head.append(this.title, close);
+    this.picker = new RangePicker(`${name}-range`, (range) => this.load(range));
+    this.error = el("p", { class: "form-error", testid: `${name}-error`, role: "alert",
+                           hidden: "" });
+    this.section.append(head, this.picker.el, this.error);
+    document.querySelector('[data-testid="stream-grid"]').closest("section").after(this.section);
+  }
+
+  async open(card) {
+    this.card = card;
+    this.title.textContent = this.heading(card);
+    this.section.hidden = false;
+    this.section.dataset.stream = card.id;
+    await this.picker.choose(this.picker.current && this.picker.current !== "custom"
+      ? this.picker.current : "hour");
+    this.section.scrollIntoView({ block: "nearest" });
+  }
+
+  close() {
+    this.section.hidden = true;
+    this.card = null;
+  }
+
+  // ``button``: addCardButton's {cls, testid, text} plus ``label(card)``.
+  static install(button) {
+    let view = null;
+    eachCard((card) => {
+      addCardButton(card, { ...button, label: button.label(card) }).addEventListener(
+        "click", () => {
+          if (!view) view = new this();
+          view.open(card);
+        });
+    }, (card) => {
+      if (view && view.card === card) view.close();
+    });
   }
 }

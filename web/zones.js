@@ -4,7 +4,7 @@
 // cards through the crowdcount:card-added / card-removed / feed events (see app.js).
 
 import { api, streamPath } from "./api.js";
-import { cards } from "./card.js";
+import { cards, eachCard } from "./card.js";
 import { el } from "./dom.js";
 import { formatCount } from "./format.js";
 
@@ -289,12 +289,10 @@ function attach(card) {
   if (!editors.has(card)) editors.set(card, new ZoneEditor(card));
 }
 
-document.addEventListener("crowdcount:card-added", (event) => attach(event.detail.card));
-document.addEventListener("crowdcount:card-removed", (event) => {
-  editors.get(event.detail.card)?.dispose();
-  editors.delete(event.detail.card);
+eachCard(attach, (card) => {
+  editors.get(card)?.dispose();
+  editors.delete(card);
 });
-for (const card of cards.values()) attach(card);
 
 function editorOf(streamId) {
   const card = cards.get(streamId);
