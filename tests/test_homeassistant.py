@@ -98,7 +98,7 @@ async def test_discovery_configs_and_state_values(mosquitto) -> None:
     await wait_until(lambda: configs(sub).get(ZONE) == b"" and new_zone in configs(sub))
     assert json.loads(configs(sub)[new_zone])["name"] == "queue count"
     pub.on_result(make_result("cam", 3.5, 12.0, {"queue": 2.5}))
-    await wait_until(lambda: sub.on("crowdcount/cam/queue/count")[-1]["t"] == 3.5)
+    await wait_until(lambda: [m["t"] for m in sub.on("crowdcount/cam/queue/count")][-1:] == [3.5])
     resent = [t for t, *_ in sub.messages[before:] if t.endswith("/config")]
     assert sorted(resent) == sorted([ZONE, new_zone]), resent
 

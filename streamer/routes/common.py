@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -32,6 +34,18 @@ class ApiError(Exception):
         self.status = status
         self.message = " ".join(message.split())
         self.headers = headers or {}
+
+
+@contextmanager
+def http_errors(statuses: Mapping[type[Exception], int]) -> Iterator[None]:
+    """Answer the errors a client can cause (a missing stream, a name taken, a bad value)
+    with their status, the first type in ``statuses`` that matches; any other error is a
+    bug and propagates (a 500 with its traceback in the log)."""
+    try:
+        yield
+    except tuple(statuses) as exc:
+        status = next(s for kind, s in statuses.items() if isinstance(exc, kind))
+        raise ApiError(status, str(exc)) from None
 
 
 def json_error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:

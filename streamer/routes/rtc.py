@@ -9,7 +9,12 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from crowdcount.streamer.routes.common import ApiError, read_json_object, service_of
+from crowdcount.streamer.routes.common import (
+    ApiError,
+    http_errors,
+    read_json_object,
+    service_of,
+)
 from crowdcount.streamer.rtc import OfferError, PeerLimitReached, UnknownStream
 from crowdcount.streamer.service import StreamConflict
 
@@ -19,18 +24,11 @@ async def offer(request: web.Request) -> web.Response:
     ``{"sdp", "type": "answer", "peer_id", "stream_id"}``."""
     svc = service_of(request)
     data = await read_json_object(request, {"sdp", "type", "mode", "stream_id"})
-    try:
+    with http_errors({OfferError: 400, UnknownStream: 404, StreamConflict: 409,
+                      PeerLimitReached: 503}):
         answer = await svc.peers.handle_offer(
             data.get("sdp"), data.get("type"), data.get("mode"), data.get("stream_id")
         )
-    except OfferError as exc:
-        raise ApiError(400, str(exc)) from None
-    except UnknownStream as exc:
-        raise ApiError(404, str(exc)) from None
-    except StreamConflict as exc:
-        raise ApiError(409, str(exc)) from None
-    except PeerLimitReached as exc:
-        raise ApiError(503, str(exc)) from None
     return web.json_response(answer)
 
 

@@ -20,7 +20,12 @@ from pydantic import ValidationError
 
 from crowdcount.streamer.alerts import ThresholdRule
 from crowdcount.streamer.config import ThresholdConfig, to_config_error
-from crowdcount.streamer.routes.common import ApiError, read_json_object, service_of
+from crowdcount.streamer.routes.common import (
+    ApiError,
+    http_errors,
+    read_json_object,
+    service_of,
+)
 from crowdcount.streamer.rules import RuleBook, RuleConflict, RuleNotFound
 
 FIELDS = {"name", "stream", "zone", "above", "below", "for_seconds"}
@@ -44,14 +49,8 @@ def parse_rule(data: dict[str, Any]) -> ThresholdRule:
 
 
 async def _put(request: web.Request, rule: ThresholdRule, create: bool) -> dict[str, Any]:
-    try:
+    with http_errors({RuleNotFound: 404, RuleConflict: 409, ValueError: 400}):
         return await _book(request).put(rule, create=create)
-    except RuleNotFound as exc:
-        raise ApiError(404, str(exc)) from None
-    except RuleConflict as exc:
-        raise ApiError(409, str(exc)) from None
-    except ValueError as exc:
-        raise ApiError(400, str(exc)) from None
 
 
 async def list_rules(request: web.Request) -> web.Response:
@@ -60,10 +59,8 @@ async def list_rules(request: web.Request) -> web.Response:
 
 
 async def get_rule(request: web.Request) -> web.Response:
-    try:
+    with http_errors({RuleNotFound: 404}):
         return web.json_response(_book(request).get(request.match_info["name"]))
-    except RuleNotFound as exc:
-        raise ApiError(404, str(exc)) from None
 
 
 async def create_rule(request: web.Request) -> web.Response:
@@ -83,12 +80,8 @@ async def replace_rule(request: web.Request) -> web.Response:
 
 
 async def delete_rule(request: web.Request) -> web.Response:
-    try:
+    with http_errors({RuleNotFound: 404, RuleConflict: 409}):
         await _book(request).delete(request.match_info["name"])
-    except RuleNotFound as exc:
-        raise ApiError(404, str(exc)) from None
-    except RuleConflict as exc:
-        raise ApiError(409, str(exc)) from None
     return web.Response(status=204)
 
 

@@ -29,6 +29,7 @@ from crowdcount.streamer.config import (
 from crowdcount.streamer.feed import sse_response
 from crowdcount.streamer.routes.common import (
     ApiError,
+    http_errors,
     parse_body,
     query_flag,
     query_float,
@@ -62,16 +63,12 @@ async def add_stream(request: web.Request) -> web.Response:
     rtsp/rtsps only."""
     svc = service_of(request)
     body = parse_body(AddStreamBody, await read_json_object(request))
-    try:
+    with http_errors({ValueError: 400}):
         url = validate_api_url(body.url)
-    except ValueError as exc:
-        raise ApiError(400, str(exc)) from None
     settings = body.model_dump(exclude_unset=True, exclude={"name", "url"})
     stream = StreamConfig.model_validate({"name": body.name, "url": url, **settings})
-    try:
+    with http_errors({StreamConflict: 409}):
         entry = await svc.add_stream(stream, origin="api", persist=True)
-    except StreamConflict as exc:
-        raise ApiError(409, str(exc)) from None
     return web.json_response(entry.to_dict(), status=201,
                              headers={"Location": f"/api/streams/{entry.id}"})
 
@@ -85,10 +82,8 @@ async def edit_stream(request: web.Request) -> web.Response:
     "max_retries"?}``: the fields given replace the stream's (``null`` removes an option);
     the stream restarts with them. API streams only (409 for the others)."""
     svc = service_of(request)
-    try:
+    with http_errors({StreamNotFound: 404}):
         entry = svc.get(request.match_info["id"])
-    except StreamNotFound as exc:
-        raise ApiError(404, str(exc)) from None
     data = await read_json_object(request, set(EDITABLE))
     # ``null`` removes an option (back to its default); the merged settings are then checked
     # by the same request model as a new stream's, so both accept exactly the same values.
@@ -99,36 +94,24 @@ async def edit_stream(request: web.Request) -> web.Response:
     body = parse_body(AddStreamBody, {"name": entry.id, "url": entry.url, **merged})
     url = body.url
     if data.get("url") is not None:
-        try:
+        with http_errors({ValueError: 400}):
             url = validate_api_url(url)
-        except ValueError as exc:
-            raise ApiError(400, str(exc)) from None
     options = body.model_dump(exclude_unset=True, exclude={"name", "url"})
     stream = StreamConfig.model_validate({"name": entry.id, "url": url, **options})
-    try:
+    with http_errors({StreamNotFound: 404, StreamConflict: 409}):
         entry = await svc.replace_stream(stream)
-    except StreamNotFound as exc:
-        raise ApiError(404, str(exc)) from None
-    except StreamConflict as exc:
-        raise ApiError(409, str(exc)) from None
     return web.json_response(entry.to_dict())
 
 
 async def get_stream(request: web.Request) -> web.Response:
-    try:
+    with http_errors({StreamNotFound: 404}):
         entry = service_of(request).get(request.match_info["id"])
-    except StreamNotFound as exc:
-        raise ApiError(404, str(exc)) from None
     return web.json_response(entry.to_dict())
 
 
 async def delete_stream(request: web.Request) -> web.Response:
-    try:
+    with http_errors({StreamNotFound: 404, StreamConflict: 409}):
         await service_of(request).remove_stream(request.match_info["id"])
-    except StreamNotFound as exc:
-        raise ApiError(404, str(exc)) from None
-    except StreamConflict as exc:
-        raise ApiError(409, str(exc)) from None
     return web.Response(status=204)
 
 

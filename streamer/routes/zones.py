@@ -26,6 +26,7 @@ from crowdcount.model.zones import Zone
 from crowdcount.streamer.config import ZoneConfig, to_config_error
 from crowdcount.streamer.routes.common import (
     ApiError,
+    http_errors,
     query_flag,
     query_float,
     query_int,
@@ -39,10 +40,8 @@ MAX_ALERTS = 10_000
 
 
 def _entry(svc: Service, request: web.Request) -> StreamEntry:
-    try:
+    with http_errors({StreamNotFound: 404}):
         return svc.get(request.match_info["id"])
-    except StreamNotFound as exc:
-        raise ApiError(404, str(exc)) from None
 
 
 def _zones_body(svc: Service, entry: StreamEntry) -> dict[str, Any]:
