@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import json
 import weakref
-from types import TracebackType
 from typing import Any
 
 from aiohttp import web
@@ -79,12 +78,7 @@ class Subscription:
     async def __aenter__(self) -> Subscription:
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         self.close()
 
 
