@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import socket
 import sys
 import time
@@ -293,9 +294,24 @@ async def _feed(session: Any, base: str, seen: list[tuple[str, float]]) -> None:
                 seen.append((item["stream"], time.time() - item["t"]))
 
 
+def _loopback_only(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+    return ["127.0.0.1"] if use_ipv4 else []
+
+
+def _check_loopback(sdp: str) -> None:
+    """No ICE candidate of either side may point anywhere but 127.0.0.1."""
+    found = re.findall(r"^a=candidate:\S+ \d+ \S+ \d+ (\S+) \d+ typ", sdp, re.MULTILINE)
+    if set(found) != {"127.0.0.1"}:
+        raise RuntimeError(f"ICE candidates off loopback: {found}")
+
+
 async def _viewer(session: Any, base: str, stream: str, frames: list[int]) -> Any:
-    """A WebRTC viewer of one stream that counts the frames it receives."""
+    """A WebRTC viewer of one stream that counts the frames it receives. Its ICE candidates
+    are 127.0.0.1 only, like the server's (see ``SERVER_CODE``)."""
+    import aioice.ice
     from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+    aioice.ice.get_host_addresses = _loopback_only
 
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     pc.addTransceiver("video", direction="recvonly")
@@ -314,12 +330,14 @@ async def _viewer(session: Any, base: str, stream: str, frames: list[int]) -> An
         readers.append(asyncio.ensure_future(read()))
 
     await pc.setLocalDescription(await pc.createOffer())
+    _check_loopback(pc.localDescription.sdp)
     offer = {"sdp": pc.localDescription.sdp, "type": "offer", "mode": "view",
              "stream_id": stream}
     async with session.post(f"{base}/api/rtc/offer", json=offer) as response:
         answer = await response.json()
         if response.status != 200:
             raise RuntimeError(f"viewer offer for {stream} refused: {answer}")
+    _check_loopback(answer["sdp"])
     await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
     return pc
 
