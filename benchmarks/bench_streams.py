@@ -17,7 +17,7 @@ Three modes:
 
     python benchmarks/bench_streams.py                      # the bundled model
     python benchmarks/bench_streams.py --model other.onnx --seconds 5 --streams 1,4
-    python benchmarks/bench_streams.py --files clip.mp4 --fps 10 --sleep-model 30 --streams 8
+    python benchmarks/bench_streams.py --files clip.mp4 --sleep-model 30 --streams 8
     python benchmarks/bench_streams.py --serve clip.mp4 --streams 8 --seconds 30
 """
 
