@@ -210,7 +210,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--streams", default="1,2,4,8", help="comma-separated stream counts")
     p.add_argument("--seconds", type=float, default=15.0, help="measured time per configuration")
     p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each")
-    p.add_argument("--fps", type=float, default=30.0, help="frame rate of every source")
+    p.add_argument("--fps", type=float, default=30.0,
+                   help="frame rate of the synthetic sources (files play at their own)")
     p.add_argument("--size", type=parse_size, default=(640, 480), help="WIDTHxHEIGHT")
     p.add_argument("--max-batch", type=int, default=None,
                    help="frames per model call (default: the backend's own)")
