@@ -17,7 +17,7 @@ Three modes:
 
     python benchmarks/bench_streams.py                      # the bundled model
     python benchmarks/bench_streams.py --model other.onnx --seconds 5 --streams 1,4
-    python benchmarks/bench_streams.py --files clip.mp4 --fps 10 --sleep-model 30 --streams 8
+    python benchmarks/bench_streams.py --files clip.mp4 --sleep-model 30 --streams 8
     python benchmarks/bench_streams.py --serve clip.mp4 --streams 8 --seconds 30
 """
 
@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import socket
 import sys
 import time
@@ -208,7 +209,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--streams", default="1,2,4,8", help="comma-separated stream counts")
     p.add_argument("--seconds", type=float, default=15.0, help="measured time per configuration")
     p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each")
-    p.add_argument("--fps", type=float, default=30.0, help="frame rate of every source")
+    p.add_argument("--fps", type=float, default=30.0,
+                   help="frame rate of the synthetic sources (files play at their own)")
     p.add_argument("--size", type=parse_size, default=(640, 480), help="WIDTHxHEIGHT")
     p.add_argument("--max-batch", type=int, default=None,
                    help="frames per model call (default: the backend's own)")
@@ -292,9 +294,24 @@ async def _feed(session: Any, base: str, seen: list[tuple[str, float]]) -> None:
                 seen.append((item["stream"], time.time() - item["t"]))
 
 
+def _loopback_only(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+    return ["127.0.0.1"] if use_ipv4 else []
+
+
+def _check_loopback(sdp: str) -> None:
+    """No ICE candidate of either side may point anywhere but 127.0.0.1."""
+    found = re.findall(r"^a=candidate:\S+ \d+ \S+ \d+ (\S+) \d+ typ", sdp, re.MULTILINE)
+    if set(found) != {"127.0.0.1"}:
+        raise RuntimeError(f"ICE candidates off loopback: {found}")
+
+
 async def _viewer(session: Any, base: str, stream: str, frames: list[int]) -> Any:
-    """A WebRTC viewer of one stream that counts the frames it receives."""
+    """A WebRTC viewer of one stream that counts the frames it receives. Its ICE candidates
+    are 127.0.0.1 only, like the server's (see ``SERVER_CODE``)."""
+    import aioice.ice
     from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+    aioice.ice.get_host_addresses = _loopback_only
 
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     pc.addTransceiver("video", direction="recvonly")
@@ -313,12 +330,14 @@ async def _viewer(session: Any, base: str, stream: str, frames: list[int]) -> An
         readers.append(asyncio.ensure_future(read()))
 
     await pc.setLocalDescription(await pc.createOffer())
+    _check_loopback(pc.localDescription.sdp)
     offer = {"sdp": pc.localDescription.sdp, "type": "offer", "mode": "view",
              "stream_id": stream}
     async with session.post(f"{base}/api/rtc/offer", json=offer) as response:
         answer = await response.json()
         if response.status != 200:
             raise RuntimeError(f"viewer offer for {stream} refused: {answer}")
+    _check_loopback(answer["sdp"])
     await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
     return pc
 
