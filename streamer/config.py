@@ -66,6 +66,7 @@ import re
 import tomllib
 import types
 import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
@@ -470,6 +471,18 @@ class ClusterConfig(_Strict):
     outage_after: Annotated[float, Field(gt=0, le=3600)] = 3.0
 
 
+def _check_unique_names(field: str, items: Sequence[StreamConfig | ThresholdConfig]) -> None:
+    """Names are ids (in URLs, topics, the store): one given twice in a list is an error
+    that names both places."""
+    seen: dict[str, int] = {}
+    for i, item in enumerate(items):
+        if item.name in seen:
+            raise ValueError(
+                f"{field}[{i}] repeats the name {item.name!r} of {field}[{seen[item.name]}]"
+            )
+        seen[item.name] = i
+
+
 class Config(_Strict):
     """The whole file. New sections are added as new fields here; unknown ones are errors."""
 
@@ -487,13 +500,7 @@ class Config(_Strict):
     def _check_streams(
         cls, streams: tuple[StreamConfig, ...], info: ValidationInfo
     ) -> tuple[StreamConfig, ...]:
-        seen: dict[str, int] = {}
-        for i, s in enumerate(streams):
-            if s.name in seen:
-                raise ValueError(
-                    f"streams[{i}] repeats the name {s.name!r} of streams[{seen[s.name]}]"
-                )
-            seen[s.name] = i
+        _check_unique_names("streams", streams)
         server = info.data.get("server")
         if isinstance(server, ServerConfig) and len(streams) > server.max_streams:
             raise ValueError(
@@ -506,13 +513,7 @@ class Config(_Strict):
     def _check_thresholds(
         cls, rules: tuple[ThresholdConfig, ...], info: ValidationInfo
     ) -> tuple[ThresholdConfig, ...]:
-        seen: dict[str, int] = {}
-        for i, r in enumerate(rules):
-            if r.name in seen:
-                raise ValueError(
-                    f"thresholds[{i}] repeats the name {r.name!r} of thresholds[{seen[r.name]}]"
-                )
-            seen[r.name] = i
+        _check_unique_names("thresholds", rules)
         # A rule on a stream of this file must name one of its zones: a typo would otherwise
         # be a rule that silently never fires. Streams added through the API are not known
         # here, so rules on other streams are accepted as they are.
