@@ -325,8 +325,8 @@ class PostgresStreams:
         shard: int | None = None,
         origin: str = "api",
     ) -> None:
-        """Insert or update (durable on return). An update keeps ``created_at`` and the
-        shard: a camera stays where it was placed."""
+        """Also places the camera on ``shard`` (default: this store's), and an update keeps
+        that shard: a camera stays where it was placed."""
         placed = shard if shard is not None else self._shard or 0
         with self._db.conn() as conn, conn.transaction():
             conn.execute(
@@ -339,7 +339,7 @@ class PostgresStreams:
             conn.execute("SELECT pg_notify(%s, %s)", (STREAMS_CHANNEL, stream_id))
 
     def delete(self, stream_id: str) -> bool:
-        """Forget a stream and its last status (history kept)."""
+        """Also forgets its last reported status."""
         with self._db.conn() as conn, conn.transaction():
             n = conn.execute("DELETE FROM streams WHERE id = %s", (stream_id,)).rowcount
             conn.execute("DELETE FROM stream_status WHERE stream_id = %s", (stream_id,))
@@ -361,7 +361,7 @@ class PostgresStreams:
         return None if row is None else int(row[0])
 
     def all(self) -> list[SavedStream]:
-        """Saved streams oldest first (only this shard's when the store is scoped)."""
+        """Only this shard's cameras when the store is scoped to one."""
         sql = f"SELECT {_STREAM_COLS} FROM streams"
         args: tuple[Any, ...] = ()
         if self._shard is not None:
