@@ -432,10 +432,13 @@ class Service:
         log.info("event=stream_removed stream=%s", stream_id)
 
     async def has_history(self, stream_id: str) -> bool:
-        """Whether the store holds counts for ``stream_id`` (live or removed); asks the
-        per-minute rollup, which outlives the raw rows."""
-        rows = await asyncio.to_thread(self.store.history.counts, stream_id, None, None, 60, 1)
-        return bool(rows)
+        """Whether the store holds counts for ``stream_id`` (live or removed): raw rows, or
+        the per-minute rollup, which outlives them."""
+        history = self.store.history
+        for step in (None, 60):
+            if await asyncio.to_thread(history.counts, stream_id, None, None, step, 1):
+                return True
+        return False
 
     # -- WebRTC publishers -------------------------------------------------------------------
 

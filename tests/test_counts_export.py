@@ -50,9 +50,13 @@ def server(tmp_path: Path, brightness_model: Path) -> Iterator[tuple[str, psutil
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "CROWDCOUNT_TOKEN"}
     log = (tmp_path / "serve.log").open("w")
+    # Raw rows are kept (the default prunes raw rows older than a few hours into rollups):
+    # this test exports the raw history.
+    config = tmp_path / "serve.toml"
+    config.write_text("[server]\nraw_history_hours = 0\n")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "crowdcount.streamer.cli", "serve", "--port", str(port),
-         "--database", str(db), "--model", str(brightness_model)],
+        [sys.executable, "-m", "crowdcount.streamer.cli", "serve", "--config", str(config),
+         "--port", str(port), "--database", str(db), "--model", str(brightness_model)],
         stderr=log, env=env, cwd=tmp_path,
     )
     base = f"http://127.0.0.1:{port}"
