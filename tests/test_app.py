@@ -278,7 +278,7 @@ async def test_counts_one_row_per_processed_frame_and_queries(serve) -> None:
 
 
 async def test_history_defaults_to_the_last_day(serve) -> None:
-    client = await serve()
+    client = await serve(raw_history_hours=0)  # raw rows kept: this is about the raw query
     history = service(client).store.history
     now = time.time()
     for age_h in (49, 25, 23, 1):

@@ -421,7 +421,8 @@ async def test_user_draws_a_zone_and_sees_its_count_and_alert(
         ) as r:
             body = await r.json()
         assert [z["name"] for z in body["zones"]] == ["middle"]
-        assert svc.store.streams.get("clip")["options"]["zones"][0]["name"] == "middle"
+        # Saved, so the zone comes back after a restart (zones are kept for every stream kind).
+        assert svc.settings.zones()["clip"][0]["name"] == "middle"
 
         # Its live count next to the card, from the feed, matching the server's last one.
         item = card.locator('[data-testid="zone-item"][data-zone="middle"]')
