@@ -42,6 +42,14 @@ def test_overall_matches_the_bins_it_is_made_of():
     assert report.overall == Stats.of(true, pred)
 
 
+def test_plot_labels_name_the_set():
+    from crowdcount.training.evaluate import short_name
+
+    spec = "shanghaitech:/d/shanghaitech_b/train_data:10-400/10"
+    assert short_name(spec) == "shanghaitech_b/train_data 10-400/10"
+    assert short_name("generic:/tmp/cams/door") == "cams/door"
+
+
 def test_custom_edges_label():
     assert [bin_label(i, (10,)) for i in range(2)] == ["<=10", ">10"]
 

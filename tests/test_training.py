@@ -115,3 +115,24 @@ def test_bayesian_loss_trains_on_points(tmp_path, generic_dataset):
     assert len(rows) == 4
     assert float(rows[-1]["count_mae"]) < float(rows[0]["count_mae"])
     assert "val_generic_mae" in result["logs"]
+
+
+def test_average_weights_script_means_every_weight(tmp_path):
+    """scripts/average_weights.py: the averaged model's weights are the element-wise mean."""
+    import importlib.util
+
+    import keras
+
+    spec = importlib.util.spec_from_file_location("avg", ROOT / "scripts" / "average_weights.py")
+    avg = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(avg)
+    paths = []
+    for i in range(3):
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+        model.set_weights([np.full((4, 2), i, np.float32), np.full(2, 10 * i, np.float32)])
+        paths.append(str(tmp_path / f"m{i}.keras"))
+        model.save(paths[-1])
+    out = avg.average(paths, str(tmp_path / "avg.keras"))
+    kernel, bias = keras.saving.load_model(out).get_weights()
+    np.testing.assert_allclose(kernel, 1.0)
+    np.testing.assert_allclose(bias, 10.0)

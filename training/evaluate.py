@@ -134,6 +134,17 @@ def write_csv(reports: Sequence[Report], path: Path) -> None:
                 out.writerow([report.dataset, name, f"{t:g}", f"{p:.3f}", f"{p - t:.3f}"])
 
 
+def short_name(spec: str) -> str:
+    """'shanghaitech:/d/shanghaitech_b/train_data:10-400/10' -> 'shanghaitech_b/train_data
+    10-400/10': enough to tell the sets on a plot apart."""
+    _, _, rest = spec.partition(":")
+    path, colon, rng = rest.rpartition(":")
+    if not (colon and set(rng) <= set("0123456789-/,~ ") and any(c.isdigit() for c in rng)):
+        path, rng = rest, ""
+    name = "/".join(Path(path).parts[-2:])
+    return f"{name} {rng}".strip()
+
+
 def plot(reports: Sequence[Report], path: Path) -> None:
     """Predicted vs true counts on log axes (counts span 10 to 3,000 across datasets; on
     linear axes the sparse ones collapse into a corner), one colour per dataset, the bin
@@ -150,8 +161,8 @@ def plot(reports: Sequence[Report], path: Path) -> None:
         pred = np.array([r[2] for r in report.rows], float)
         floor = 0.5  # a predicted 0 still shows, at the bottom
         ax.scatter(np.maximum(true, floor), np.maximum(pred, floor), s=8, alpha=0.6,
-                   label=f"{report.dataset.split(':')[0]} {Path(report.dataset).name}: "
-                         f"MAE {report.mae:.2f}, bias {report.bias:+.1f}")
+                   label=f"{short_name(report.dataset)}: MAE {report.mae:.2f}, "
+                         f"bias {report.bias:+.1f}")
         if len(true):
             lo = min(lo, float(np.maximum(np.minimum(true, pred), floor).min()))
             hi = max(hi, float(true.max()), float(pred.max()))
