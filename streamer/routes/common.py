@@ -158,6 +158,15 @@ def query_float(request: web.Request, name: str, *, positive: bool = False) -> f
     return value
 
 
+def query_range(request: web.Request) -> tuple[float | None, float | None]:
+    """``?since=&until=`` (unix seconds, ``[since, until)``), each optional; 400 unless
+    ``since`` is before ``until`` when both are given."""
+    since, until = query_float(request, "since"), query_float(request, "until")
+    if since is not None and until is not None and since >= until:
+        raise ApiError(400, f"parameter 'since' ({since:g}) must be before 'until' ({until:g})")
+    return since, until
+
+
 def query_int(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
     text = request.query.get(name)
     if text is None or text == "":

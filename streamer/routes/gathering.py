@@ -15,15 +15,13 @@ import cv2
 from aiohttp import web
 
 from crowdcount.streamer.gathering import render_overlay
-from crowdcount.streamer.routes.common import ApiError, query_float, service_of
+from crowdcount.streamer.routes.common import ApiError, query_range, service_of
 
 
 async def heatmap(request: web.Request) -> web.Response:
     svc = service_of(request)
     sid = request.match_info["id"]
-    since, until = query_float(request, "since"), query_float(request, "until")
-    if since is not None and until is not None and since >= until:
-        raise ApiError(400, f"parameter 'since' ({since:g}) must be before 'until' ({until:g})")
+    since, until = query_range(request)
     fmt = request.query.get("format", "png")
     if fmt not in ("png", "json"):
         raise ApiError(400, f"parameter 'format' must be png or json, got {fmt[:20]!r}")

@@ -34,6 +34,7 @@ from crowdcount.streamer.routes.common import (
     query_flag,
     query_float,
     query_int,
+    query_range,
     read_json_object,
     service_of,
 )
@@ -127,9 +128,7 @@ async def _known(request: web.Request) -> str:
 def _range(request: web.Request) -> tuple[float, float | None]:
     """``[since, until)`` from the query; ``since`` defaults to ``DEFAULT_RANGE_S`` before
     ``until`` (or now)."""
-    since, until = query_float(request, "since"), query_float(request, "until")
-    if since is not None and until is not None and since >= until:
-        raise ApiError(400, f"parameter 'since' ({since:g}) must be before 'until' ({until:g})")
+    since, until = query_range(request)
     if since is None:
         since = (time.time() if until is None else until) - DEFAULT_RANGE_S
     return since, until

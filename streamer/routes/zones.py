@@ -28,8 +28,8 @@ from crowdcount.streamer.routes.common import (
     ApiError,
     http_errors,
     query_flag,
-    query_float,
     query_int,
+    query_range,
     read_json_object,
     service_of,
 )
@@ -130,9 +130,7 @@ def _merge_live(
 async def list_alerts(request: web.Request) -> web.Response:
     svc = service_of(request)
     stream = request.query.get("stream") or None
-    since, until = query_float(request, "since"), query_float(request, "until")
-    if since is not None and until is not None and since >= until:
-        raise ApiError(400, f"parameter 'since' ({since:g}) must be before 'until' ({until:g})")
+    since, until = query_range(request)
     active = query_flag(request, "active") if "active" in request.query else None
     limit = query_int(request, "limit", 100, 1, MAX_ALERTS)
     rows = await asyncio.to_thread(svc.store.alerts.query, stream, since, until, active, limit)
