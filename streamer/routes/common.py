@@ -126,7 +126,8 @@ _TYPE_WORDS = {
 def body_error(exc: ValidationError, model: type[BaseModel]) -> str:
     """The first problem as one line: ``field 'fps_limit' must be a number, got a string``."""
     err = exc.errors(include_url=False)[0]
-    key = to_config_error(exc, "request").path or "body"
+    cfg_err = to_config_error(exc, "request")
+    key = cfg_err.path or "body"
     kind = err["type"]
     value = err.get("input")
     if kind == "missing":
@@ -140,7 +141,7 @@ def body_error(exc: ValidationError, model: type[BaseModel]) -> str:
     msg = str(err["msg"])
     if msg.startswith("Input should be "):  # bounds: "must be less than or equal to 240"
         return f"field {key!r} must be {msg.removeprefix('Input should be ')}, got {value!r:.40}"
-    return f"field {key!r}: {to_config_error(exc, 'request').problem}"
+    return f"field {key!r}: {cfg_err.problem}"
 
 
 def query_float(request: web.Request, name: str, *, positive: bool = False) -> float | None:
