@@ -23,8 +23,10 @@ from keras import layers
 
 from crowdcount.model.errors import UserError
 
-#: MobileNetV2 layers whose outputs feed the decoder, by stride.
-SKIPS = {4: "block_2_add", 8: "block_5_add", 16: "block_12_add", 32: "out_relu"}
+#: MobileNetV2 layers whose outputs feed the decoder, by stride. At stride 32 the decoder
+#: takes the last block's 320-channel projection, not the 1280-channel ``out_relu`` after it
+#: (that 1x1 layer would be most of the extra cost and is ImageNet's classifier input).
+SKIPS = {4: "block_2_add", 8: "block_5_add", 16: "block_12_add", 32: "block_16_project_BN"}
 
 #: Where the shared ImageNet weights live when the project sits beside ../shared.
 WEIGHTS_NAME = "mobilenet_v2_1.0_no_top_imagenet.weights.h5"
@@ -55,6 +57,7 @@ class ModelSpec:
     frozen_backbone: bool = False
     density_scale: float = 100.0
     decoder_width: int = 64
+    top_stride: int = 16  # 32 keeps MobileNetV2's last stage: more context, more cost
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -136,12 +139,18 @@ def _build_fast(
     """Streaming preset: MobileNetV2 cut at stride 16 (the stride-32 stage and its
     1280-channel layer, which made the seed's decoder expensive, are dropped), then a small
     U-Net-like decoder that upsamples with transposed convolutions and adds projected
-    backbone features until ``output_stride``. Fully convolutional: any multiple of 32."""
+    backbone features until ``output_stride``. Fully convolutional: any multiple of 32.
+
+    ``top_stride=32`` keeps the stride-32 stage (blocks 13-16) for the wider context dense
+    scenes need; ``decoder_width`` widens the decoder. Both exist to measure what capacity
+    buys (README, "Capacity")."""
     if spec.output_stride not in (4, 8, 16):
         raise ValueError(f"output_stride must be 4, 8 or 16, not {spec.output_stride}")
+    if spec.top_stride not in (16, 32):
+        raise ValueError(f"top_stride must be 16 or 32, not {spec.top_stride}")
     h, w = spec.input_size or (None, None)
     net = _backbone((h, w, 3), spec.alpha, weights, batch_size)
-    strides = [s for s in (16, 8, 4) if s >= spec.output_stride]
+    strides = [s for s in (32, 16, 8, 4) if spec.output_stride <= s <= spec.top_stride]
     features = keras.Model(
         net.input, [net.get_layer(SKIPS[s]).output for s in strides], name="mobilenetv2"
     )
@@ -152,7 +161,7 @@ def _build_fast(
     feats = features(x_norm)
     feats = feats if isinstance(feats, list) else [feats]
     width = spec.decoder_width
-    x = layers.Conv2D(width, 1, activation="relu", name="s16_proj")(feats[0])
+    x = layers.Conv2D(width, 1, activation="relu", name=f"s{strides[0]}_proj")(feats[0])
     for stride, skip in zip(strides[1:], feats[1:], strict=True):
         x = layers.Conv2DTranspose(
             width, 4, strides=2, padding="same", activation="relu", name=f"up_s{stride}"

@@ -11,6 +11,8 @@ RUN=${RUN:-runs/cpu-$LOSS}
 extra=()
 if [ "$LOSS" = mse ]; then extra+=(--count-weight 0.01); fi
 if [ -n "${RESUME:-}" ]; then extra+=(--resume); fi
+read -r -a more <<< "${ARGS:-}"  # e.g. ARGS="--top-stride 32" (architecture variants)
+extra+=("${more[@]}")
 exec nice -n 19 crowdcount train --loss "$LOSS" \
     --init-model "${INIT:-model/weights/default.keras}" \
     --data "mall=mall:$SHARED/data/mall:1-720@1" \

@@ -136,3 +136,32 @@ def test_average_weights_script_means_every_weight(tmp_path):
     kernel, bias = keras.saving.load_model(out).get_weights()
     np.testing.assert_allclose(kernel, 1.0)
     np.testing.assert_allclose(bias, 10.0)
+
+
+def test_grown_architecture_starts_from_a_trained_model():
+    """--init-model into a network with the stride-32 stage: every layer both share keeps the
+    trained weights, only the new ones start fresh, and the output still has stride 8."""
+    import keras
+
+    from crowdcount.model.architecture import ModelSpec, build
+    from crowdcount.training.train import copy_matching_weights
+
+    keras.utils.set_random_seed(1)
+    trained = build(ModelSpec(alpha=0.35))
+    keras.utils.set_random_seed(2)
+    grown = build(ModelSpec(alpha=0.35, top_stride=32))
+    copied, fresh = copy_matching_weights(trained, grown)
+    shared = {layer.name for layer in trained._flatten_layers(include_self=False)
+              if layer.weights and not isinstance(layer, keras.Model)}
+    assert copied == len(shared)  # every layer of the old network found its place
+    assert fresh > 0
+    for name in ("head_conv", "s16_proj", "block_12_project"):
+        old = trained.get_layer(name) if name != "block_12_project" else \
+            trained.get_layer("mobilenetv2").get_layer(name)
+        new = grown.get_layer(name) if name != "block_12_project" else \
+            grown.get_layer("mobilenetv2").get_layer(name)
+        for a, b in zip(old.get_weights(), new.get_weights(), strict=True):
+            np.testing.assert_array_equal(a, b)
+    untouched = grown.get_layer("s32_proj").get_weights()[0]
+    assert untouched.shape[-1] == 64 and not np.allclose(untouched, 0)
+    assert grown.predict_on_batch(np.zeros((1, 64, 96, 3), np.float32)).shape == (1, 8, 12, 1)

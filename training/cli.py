@@ -32,6 +32,9 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--freeze-backbone", dest="frozen_backbone", action="store_true", default=None)
     p.add_argument("--fine-tune-backbone", dest="frozen_backbone", action="store_false")
     p.add_argument("--output-stride", type=int, choices=[4, 8, 16])
+    p.add_argument("--top-stride", type=int, choices=[16, 32], default=16,
+                   help="fast preset: 32 keeps MobileNetV2's stride-32 stage (more context)")
+    p.add_argument("--decoder-width", type=int, default=64, help="fast preset: decoder channels")
     p.add_argument("--crop", type=_size, help="training crop HEIGHTxWIDTH")
     p.add_argument("--epochs", type=int)
     p.add_argument("--steps-per-epoch", type=int, default=100)

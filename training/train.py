@@ -47,6 +47,8 @@ class TrainConfig:
     backbone_weights: str | None = "auto"  # "auto" = ../shared when present; None = random
     frozen_backbone: bool | None = None
     output_stride: int | None = None
+    top_stride: int = 16  # 32: keep MobileNetV2's stride-32 stage (ModelSpec.top_stride)
+    decoder_width: int = 64
     crop: tuple[int, int] | None = None
     epochs: int | None = None
     steps_per_epoch: int = 100
@@ -138,16 +140,38 @@ def _loss(cfg: TrainConfig, stride: int) -> tuple[keras.losses.Loss, Any, int | 
     raise ValueError(f"unknown loss {cfg.loss!r}; choose mse or bayesian")
 
 
-def _weights_path(cfg: TrainConfig) -> str | None:
+def _weights_path(cfg: TrainConfig, required: bool = True) -> str | None:
     if cfg.backbone_weights == "auto":
         found = default_backbone_weights()
-        if found is None:
+        if found is None and required:
             raise FileNotFoundError(
                 "ImageNet backbone weights not found in ../shared/weights; pass "
                 "--backbone-weights PATH, or --backbone-weights none for a random backbone"
             )
-        return str(found)
+        return str(found) if found is not None else None
     return cfg.backbone_weights
+
+
+def copy_matching_weights(source: keras.Model, target: keras.Model) -> tuple[int, int]:
+    """Copy every layer's weights from ``source`` into the ``target`` layer of the same name
+    and shapes; returns (layers copied, layers left as they were).
+
+    Why by name: it lets a grown architecture (the stride-32 stage, a wider decoder) start
+    from a trained model, with only its new layers fresh (ImageNet for backbone blocks, random
+    for decoder layers); for the same architecture it copies everything, i.e. a plain load."""
+    by_name = {layer.name: layer for layer in source._flatten_layers(include_self=False)
+               if layer.weights and not isinstance(layer, keras.Model)}
+    copied = fresh = 0
+    for layer in target._flatten_layers(include_self=False):
+        if not layer.weights or isinstance(layer, keras.Model):
+            continue
+        old = by_name.get(layer.name)
+        if old is not None and [w.shape for w in old.weights] == [w.shape for w in layer.weights]:
+            layer.set_weights(old.get_weights())
+            copied += 1
+        else:
+            fresh += 1
+    return copied, fresh
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
@@ -163,6 +187,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         input_size=cfg.crop if cfg.preset == "seed" else None,
         frozen_backbone=bool(cfg.frozen_backbone),
         density_scale=cfg.density_scale,
+        decoder_width=cfg.decoder_width,
+        top_stride=cfg.top_stride,
     )
     keras.utils.set_random_seed(cfg.seed)
     sources, val_sets = _split(cfg)
@@ -170,7 +196,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         model = build(spec, None)  # same architecture, weights from the file
         model.load_weights(cfg.init_model)
     elif cfg.init_model:
-        model = keras.saving.load_model(cfg.init_model, compile=False)
+        # Layers the init model lacks start from ImageNet where the file is found.
+        model = build(spec, _weights_path(cfg, required=False))
+        copied, fresh = copy_matching_weights(
+            keras.saving.load_model(cfg.init_model, compile=False), model)
+        log.info("event=init_model path=%s layers_copied=%d layers_new=%d",
+                 cfg.init_model, copied, fresh)
     else:
         model = build(spec, _weights_path(cfg))
     loss, metric, max_points = _loss(cfg, spec.output_stride)
