@@ -84,7 +84,8 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
                        "per density bin")
     p.add_argument("dataset", nargs="+", metavar="FMT:PATH[:RANGE]")
     p.add_argument("--model", help="model file (.onnx/.tflite/.keras); default: bundled")
-    p.add_argument("--backend", choices=["onnx", "tflite", "keras"])
+    p.add_argument("--backend", choices=["openvino", "onnx", "tflite", "keras"],
+                   help="inference runtime (default: openvino where installed, else onnx)")
     p.add_argument("--max-side", type=int, help="shrink images so the longer side is at most this")
     p.add_argument("--csv", help="write per-image results here")
     p.add_argument("--plot", help="write a predicted-vs-true log-scale plot (PNG) here")
