@@ -136,6 +136,13 @@ def test_average_weights_script_means_every_weight(tmp_path):
     kernel, bias = keras.saving.load_model(out).get_weights()
     np.testing.assert_allclose(kernel, 1.0)
     np.testing.assert_allclose(bias, 10.0)
+    # Weighted (WiSE-FT): a quarter of model 0 and three quarters of model 2.
+    out = avg.average([paths[0], paths[2]], str(tmp_path / "mix.keras"), weights=[1, 3])
+    kernel, bias = keras.saving.load_model(out).get_weights()
+    np.testing.assert_allclose(kernel, 1.5)
+    np.testing.assert_allclose(bias, 15.0)
+    with pytest.raises(ValueError, match="2 weights for 3 models"):
+        avg.average(paths, str(tmp_path / "bad.keras"), weights=[1, 2])
 
 
 def test_grown_architecture_starts_from_a_trained_model():
