@@ -9,8 +9,10 @@ this file again in a subprocess with ``KERAS_BACKEND=jax``, where the other test
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +29,7 @@ from crowdcount.model.types import Sample
 from crowdcount.training.data import WeightedReader
 from crowdcount.training.readers.base import Kernel
 from crowdcount.training.targets import Augment, density_target
+from tests.fixtures.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 ON_JAX = keras.backend.backend() == "jax"
@@ -299,3 +302,56 @@ def test_train_resident_end_to_end(tmp_path, generic_dataset):
     assert Path(result["best"]).is_file() and Path(result["last"]).is_file()
     model = keras.saving.load_model(result["last"], compile=False)
     assert model.output_shape == (None, None, None, 1)
+
+
+@jax_only
+def test_bfloat16_run_saves_float32_models(tmp_path, generic_dataset):
+    """Mixed bfloat16 trains (variables stay float32) and the checkpoints come out as
+    float32 models, so export and CPU serving see the usual network."""
+    from crowdcount.training.train import TrainConfig, train
+
+    result = train(TrainConfig(
+        data=[f"generic:{generic_dataset}"], run_dir=str(tmp_path / "run"), preset="fast",
+        backbone_weights=None, alpha=0.35, epochs=1, steps_per_epoch=2, batch_size=2,
+        crop=(64, 64), val_every=4, verbose=0, resident=True, precision="bfloat16",
+    ))
+    assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
+    model = keras.saving.load_model(result["last"], compile=False)
+    assert {layer.dtype_policy.name for layer in model._flatten_layers()} == {"float32"}
+    image = np.full((1, 64, 64, 3), 120, np.float32)
+    assert np.asarray(model.predict_on_batch(image)).dtype == np.float32
+
+
+@jax_only
+def test_interrupted_resident_run_resumes(tmp_path, generic_dataset):
+    """Killed after an epoch, ``--resume`` continues from the backup (weights, optimizer
+    state, epoch) and the step counter, hence the crops drawn, continue with it."""
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "training", "train", "--data", f"generic:{generic_dataset}",
+            "--run-dir", str(run), "--backbone-weights", "none", "--alpha", "0.35",
+            "--epochs", "4", "--steps-per-epoch", "2", "--batch-size", "2", "--crop", "64x64",
+            "--verbose", "0", "--resident", "--steps-per-call", "2"]
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu",
+           "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
+    history = run / "history.csv"
+
+    def epoch_logged() -> bool:
+        assert proc.poll() is None, "training ended before it could be interrupted"
+        return history.exists() and len(history.read_text().strip().splitlines()) >= 2
+
+    # at least one epoch done and backed up
+    asyncio.run(wait_until(epoch_logged, timeout=240, what="an epoch in history.csv",
+                           interval=0.2))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(history.read_text().strip().splitlines()) - 1
+    assert 1 <= done < 4
+    resumed = subprocess.run([*args, "--resume"], cwd=ROOT, env=env, capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    with open(history) as fh:
+        epochs = [int(r["epoch"]) for r in csv.DictReader(fh)]
+    after = epochs[done:]
+    assert epochs[:done] == list(range(done)), epochs
+    assert after and after[0] >= done and after == list(range(after[0], 4)), epochs

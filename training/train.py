@@ -181,6 +181,18 @@ def _model(cfg: TrainConfig, spec: ModelSpec) -> keras.Model:
     return model
 
 
+def _save_float32(run: Path, spec: ModelSpec) -> None:
+    """Rewrite the checkpoints of a bfloat16 run as float32 models: a saved model keeps its
+    layers' dtype policy, and serving, export and fine-tuning on a CPU expect float32.
+    Mixed precision keeps its variables in float32, so the weights carry over exactly."""
+    for name in ("best.keras", "last.keras"):
+        path = run / name
+        if path.is_file():
+            model = build(spec, None)
+            model.set_weights(keras.saving.load_model(path, compile=False).get_weights())
+            model.save(path)
+
+
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run training; returns the final logs and where the models are."""
     cfg = resolved(cfg)
@@ -246,6 +258,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         callbacks.append(TimeBudget(cfg.time_budget))
     t0 = time.monotonic()
     history = model.fit(data, epochs=cfg.epochs, callbacks=callbacks, verbose=cfg.verbose)
+    if cfg.precision == "bfloat16":
+        _save_float32(run, spec)
     logs = {k: v[-1] for k, v in history.history.items()}
     logs["seconds"] = time.monotonic() - t0
     logs["epochs_run"] = len(history.history.get("loss", []))
