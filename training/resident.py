@@ -152,6 +152,9 @@ class CropSampler:
                  max_points: int | None = None) -> None:
         if crop[0] % stride or crop[1] % stride:
             raise UserError(f"crop {crop[0]}x{crop[1]} is not a multiple of stride {stride}")
+        if max_points is not None and packed.points.shape[1] < max_points:
+            raise ValueError("pack(..., min_points=max_points): point targets need at least "
+                             f"{max_points} slots, the packed arrays have {packed.points.shape[1]}")
         self.crop, self.stride, self.max_points = crop, stride, max_points
         self.augment = packed.augment
 
