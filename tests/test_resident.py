@@ -94,8 +94,8 @@ def test_resident_under_jax():
         env=env, cwd=ROOT, capture_output=True, text=True, timeout=900,
     )
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
-    # everything ran there but this test itself
-    assert re.search(r"\b\d+ passed, 1 skipped\b", out.stdout), out.stdout[-2000:]
+    # everything ran there but this test and the TensorFlow one
+    assert re.search(r"\b\d+ passed, 2 skipped\b", out.stdout), out.stdout[-2000:]
 
 
 @jax_only
@@ -359,3 +359,16 @@ def test_interrupted_resident_run_resumes(tmp_path, generic_dataset):
     after = epochs[done:]
     assert epochs[:done] == list(range(done)), epochs
     assert after and after[0] >= done and after == list(range(after[0], 4)), epochs
+
+
+@pytest.mark.skipif(ON_JAX, reason="checks the TensorFlow backend's refusal")
+def test_resident_on_tensorflow_is_a_usage_error(tmp_path, generic_dataset):
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    out = subprocess.run(
+        [sys.executable, "-m", "training", "train", "--data", f"generic:{generic_dataset}",
+         "--run-dir", str(tmp_path / "run"), "--backbone-weights", "none", "--resident"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert out.stderr.strip().splitlines()[-1].endswith(
+        "--resident needs Keras on JAX (KERAS_BACKEND=jax), not tensorflow")
