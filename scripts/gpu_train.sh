@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Train the default model on a lent GPU machine (Keras 3 on JAX): Mall + ShanghaiTech B + A,
 # every 10th ShanghaiTech image held out (the recipe of the README's accuracy section;
-# the bundled model's own runs used Mall + ShanghaiTech B only, see model/weights/default.json).
+# the bundled model's GPU runs used Mall + ShanghaiTech B only, see model/weights/default.json).
 # Expects .gpu/data (made by scripts/pack_for_gpu.py), .gpu/weights (the ImageNet
 # MobileNetV2 file) and .whl (keras, namex, optree wheels for that machine's Python).
 # Writes the run to $OUT. Budget: TRAIN_SECONDS of training. INIT=weights.h5 continues
-# from an earlier run's weights instead of ImageNet.
+# from an earlier run's weights instead of ImageNet. ARGS adds flags (e.g. "--top-stride 32").
+# Trains with --resident (all images in GPU memory, augmentation inside the jitted step,
+# STEPS_PER_CALL updates per call) in PRECISION (bfloat16 by default; the saved models are
+# float32 either way). RESIDENT=0 falls back to the host PyDataset pipeline with 14 loader
+# threads.
 set -uo pipefail
 OUT=${OUT:-runs/gpu}
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -27,7 +31,11 @@ python3 -m crowdcount.training train --loss "${LOSS:-mse}" \
     --backbone-weights .gpu/weights/mobilenet_v2_1.0_no_top_imagenet.weights.h5 \
     --run-dir /tmp/run --epochs 400 --steps-per-epoch 100 --batch-size 16 \
     --learning-rate "${LR:-5e-4}" --count-weight 0.01 --patience 40 \
-    --time-budget "${TRAIN_SECONDS:-400}" --workers 14 --verbose 2 2>&1 | tee "$OUT/train.log"
+    --time-budget "${TRAIN_SECONDS:-400}" --workers 14 --verbose 2 \
+    --precision "${PRECISION:-bfloat16}" \
+    ${ARGS:-} \
+    $([ "${RESIDENT:-1}" = 1 ] && echo --resident --steps-per-call "${STEPS_PER_CALL:-10}") \
+    2>&1 | tee "$OUT/train.log"
 cp /tmp/run/best.keras /tmp/run/last.keras /tmp/run/history.csv /tmp/run/result.json \
     /tmp/run/config.json "$OUT/" 2>/dev/null
 ls -la "$OUT"

@@ -59,6 +59,14 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--init-model", help="start from this .keras model (fine-tuning)")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--no-cache", dest="cache", action="store_false")
+    p.add_argument("--resident", action="store_true",
+                   help="JAX only: all training images in device memory, crops, flips and "
+                        "targets inside the jitted step (the GPU path)")
+    p.add_argument("--steps-per-call", type=int, default=10,
+                   help="resident: optimizer steps per jitted call (must divide "
+                        "--steps-per-epoch)")
+    p.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",
+                   help="bfloat16: Keras' mixed_bfloat16 policy (for GPUs)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--verbose", type=lambda v: v if v == "auto" else int(v), default="auto",
                    help="Keras progress: auto, 0 (quiet), 1 (bar), 2 (a line per epoch)")

@@ -19,6 +19,7 @@ from typing import Any
 import keras
 
 from crowdcount.model.architecture import ModelSpec, build, default_backbone_weights
+from crowdcount.model.errors import UserError
 from crowdcount.model.types import Sample
 from crowdcount.training.callbacks import CountValidation, MemoryCleanup, TimeBudget
 from crowdcount.training.data import DensityDataset, WeightedReader
@@ -29,6 +30,7 @@ from crowdcount.training.losses import (
     point_count_abs_error,
 )
 from crowdcount.training.readers import DatasetError, Reader, Subset, open_dataset
+from crowdcount.training.resident import ResidentTrainer, pack, require_jax
 from crowdcount.training.targets import Augment
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,9 @@ class TrainConfig:
     init_model: str | None = None  # start from these weights (fine-tuning)
     workers: int = 1
     cache: bool = True
+    resident: bool = False  # data in device memory, augmentation in the jitted step (JAX)
+    steps_per_call: int = 10  # resident: optimizer steps per jitted call
+    precision: str = "float32"  # "bfloat16": Keras' mixed_bfloat16 policy
     seed: int = 0
     verbose: Any = "auto"
 
@@ -174,6 +179,46 @@ def copy_matching_weights(source: keras.Model, target: keras.Model) -> tuple[int
     return copied, fresh
 
 
+def _model(cfg: TrainConfig, spec: ModelSpec) -> keras.Model:
+    """The network to train, its layers in ``cfg.precision``. A ``.keras`` starting model
+    is never used as loaded: ``spec``'s network is built (under the run's precision; a
+    loaded model keeps the policy it was saved with) and takes the starting model's weights
+    layer by layer (``copy_matching_weights``), so a grown architecture can start from it."""
+    if cfg.precision not in ("float32", "bfloat16"):
+        raise UserError(f"unknown precision {cfg.precision!r}; choose float32 or bfloat16")
+    policy = keras.config.dtype_policy()
+    if cfg.precision == "bfloat16":
+        keras.config.set_dtype_policy("mixed_bfloat16")  # for the layers built here
+    try:
+        if cfg.init_model and cfg.init_model.endswith(".weights.h5"):
+            model = build(spec, None)  # same architecture, weights from the file
+            model.load_weights(cfg.init_model)
+        elif cfg.init_model:
+            # Layers the starting model lacks start from ImageNet where the file is found.
+            model = build(spec, _weights_path(cfg, required=False))
+            copied, fresh = copy_matching_weights(
+                keras.saving.load_model(cfg.init_model, compile=False), model)
+            log.info("event=init_model path=%s layers_copied=%d layers_new=%d",
+                     cfg.init_model, copied, fresh)
+        else:
+            model = build(spec, _weights_path(cfg))
+    finally:
+        keras.config.set_dtype_policy(policy)
+    return model
+
+
+def _save_float32(run: Path, spec: ModelSpec) -> None:
+    """Rewrite the checkpoints of a bfloat16 run as float32 models: a saved model keeps its
+    layers' dtype policy, and serving, export and fine-tuning on a CPU expect float32.
+    Mixed precision keeps its variables in float32, so the weights carry over exactly."""
+    for name in ("best.keras", "last.keras"):
+        path = run / name
+        if path.is_file():
+            model = build(spec, None)
+            model.set_weights(keras.saving.load_model(path, compile=False).get_weights())
+            model.save(path)
+
+
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run training; returns the final logs and where the models are."""
     cfg = resolved(cfg)
@@ -191,19 +236,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         top_stride=cfg.top_stride,
     )
     keras.utils.set_random_seed(cfg.seed)
+    if cfg.resident:
+        require_jax()  # before minutes of reading data
+    if (run / "backup").exists() and not cfg.resume:
+        raise FileExistsError(f"{run} holds an interrupted run: pass --resume or a new --run-dir")
     sources, val_sets = _split(cfg)
-    if cfg.init_model and cfg.init_model.endswith(".weights.h5"):
-        model = build(spec, None)  # same architecture, weights from the file
-        model.load_weights(cfg.init_model)
-    elif cfg.init_model:
-        # Layers the init model lacks start from ImageNet where the file is found.
-        model = build(spec, _weights_path(cfg, required=False))
-        copied, fresh = copy_matching_weights(
-            keras.saving.load_model(cfg.init_model, compile=False), model)
-        log.info("event=init_model path=%s layers_copied=%d layers_new=%d",
-                 cfg.init_model, copied, fresh)
-    else:
-        model = build(spec, _weights_path(cfg))
+    model = _model(cfg, spec)
     loss, metric, max_points = _loss(cfg, spec.output_stride)
     model.compile(
         optimizer=keras.optimizers.Adam(cfg.learning_rate),
@@ -212,15 +250,22 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     )
     (run / "config.json").write_text(json.dumps(asdict(cfg), indent=1, default=list))
     (run / "spec.json").write_text(json.dumps(spec.to_dict(), indent=1))
-    data = DensityDataset(
-        sources, cfg.crop, spec.output_stride, cfg.batch_size, cfg.steps_per_epoch,
-        seed=cfg.seed, max_points=max_points, workers=cfg.workers,
-        use_multiprocessing=False, max_queue_size=8,
-    )
-    monitor = "val_score" if val_sets else "loss"
-    if (run / "backup").exists() and not cfg.resume:
-        raise FileExistsError(f"{run} holds an interrupted run: pass --resume or a new --run-dir")
+    data: keras.utils.PyDataset
     callbacks: list[keras.callbacks.Callback] = []
+    if cfg.resident:
+        resident = ResidentTrainer(
+            model, pack(sources, max_points or 1), cfg.crop, spec.output_stride,
+            cfg.batch_size, cfg.steps_per_epoch, cfg.steps_per_call, cfg.seed, max_points,
+        )
+        data = resident.feeder
+        callbacks.append(resident)
+    else:
+        data = DensityDataset(
+            sources, cfg.crop, spec.output_stride, cfg.batch_size, cfg.steps_per_epoch,
+            seed=cfg.seed, max_points=max_points, workers=cfg.workers,
+            use_multiprocessing=False, max_queue_size=8,
+        )
+    monitor = "val_score" if val_sets else "loss"
     if val_sets:
         callbacks.append(CountValidation(val_sets, max_side=cfg.val_max_side))
     callbacks += [
@@ -241,6 +286,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         callbacks.append(TimeBudget(cfg.time_budget))
     t0 = time.monotonic()
     history = model.fit(data, epochs=cfg.epochs, callbacks=callbacks, verbose=cfg.verbose)
+    if cfg.precision == "bfloat16":
+        _save_float32(run, spec)
     logs = {k: v[-1] for k, v in history.history.items()}
     logs["seconds"] = time.monotonic() - t0
     logs["epochs_run"] = len(history.history.get("loss", []))
