@@ -420,7 +420,12 @@ async def test_worker_node_killed_cameras_resume_on_other_node(
     await _wait_running(api, survivors, timeout=10)
     seen_running_at = time.time()
     for cam in moved:
-        assert "unavailable" in states[cam], f"{cam}: outage never reported: {states[cam]}"
+        # The restart shows in the API: as "unavailable" once the shard has been silent for
+        # outage_after, and in any case as the reopened camera's "connecting". Ray can
+        # restart a shard on a survivor within outage_after; then no outage is reported,
+        # rightly, and only the reconnect is seen (one CI run in five did so).
+        assert states[cam] & {"unavailable", "connecting"}, \
+            f"{cam}: moved to another node but never seen leaving 'running': {states[cam]}"
 
     with psycopg.connect(cluster_dsn) as conn:
         duplicates = conn.execute(
