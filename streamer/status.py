@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -54,11 +54,10 @@ class StreamStatus:
         return self.source_dropped + self.batch_dropped
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        parts = out.pop("source_dropped") + out.pop("batch_dropped")
-        return {**{k: out[k] for k in ("state", "fps_in", "fps_out", "frames_in", "frames_out")},
-                "dropped": parts,
-                **{k: out[k] for k in ("reconnects", "last_error", "last_count")}}
+        return {"state": self.state, "fps_in": self.fps_in, "fps_out": self.fps_out,
+                "frames_in": self.frames_in, "frames_out": self.frames_out,
+                "dropped": self.dropped, "reconnects": self.reconnects,
+                "last_error": self.last_error, "last_count": self.last_count}
 
 
 @dataclass(slots=True)

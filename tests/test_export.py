@@ -64,10 +64,11 @@ def test_tflite_exports_match_keras(tmp_path, crowd_image, keras_count):
     # the same kind of cartoon crowd; dark dot pictures left the ranges too narrow).
     calibration = tmp_path / "calibration"
     calibration.mkdir()
-    for i, n in enumerate((10, 25, 40, 60)):
+    people = (10, 25, 40, 60)
+    for i, n in enumerate(people):
         write_jpeg(calibration / f"c{i}.jpg", crowd_picture(n, seed=100 + i))
     (calibration / "annotations.json").write_text(json.dumps(
-        {"images": [{"file": f"c{i}.jpg", "count": n} for i, n in enumerate((10, 25, 40, 60))]}))
+        {"images": [{"file": f"c{i}.jpg", "count": n} for i, n in enumerate(people)]}))
     int8 = export_tflite(DEFAULT_KERAS, tmp_path / "m8.tflite", (480, 640), "int8",
                          representative=f"generic:{calibration}")
     assert int8.stat().st_size < fp32.stat().st_size / 2

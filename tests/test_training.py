@@ -162,12 +162,12 @@ def test_grown_architecture_starts_from_a_trained_model():
               if layer.weights and not isinstance(layer, keras.Model)}
     assert copied == len(shared)  # every layer of the old network found its place
     assert fresh > 0
-    for name in ("head_conv", "s16_proj", "block_12_project"):
-        old = trained.get_layer(name) if name != "block_12_project" else \
-            trained.get_layer("mobilenetv2").get_layer(name)
-        new = grown.get_layer(name) if name != "block_12_project" else \
-            grown.get_layer("mobilenetv2").get_layer(name)
-        for a, b in zip(old.get_weights(), new.get_weights(), strict=True):
+    def layer(model: keras.Model, name: str) -> keras.Layer:
+        return next(x for x in model._flatten_layers() if x.name == name)
+
+    for name in ("head_conv", "s16_proj", "block_12_project"):  # decoder and backbone
+        for a, b in zip(layer(trained, name).get_weights(), layer(grown, name).get_weights(),
+                        strict=True):
             np.testing.assert_array_equal(a, b)
     untouched = grown.get_layer("s32_proj").get_weights()[0]
     assert untouched.shape[-1] == 64 and not np.allclose(untouched, 0)
