@@ -314,6 +314,24 @@ def test_stream_crud_persists_and_keeps_history(tmp_path: Path) -> None:
         assert s.history.counts("a") == []
 
 
+def test_stream_settings_survive_reopen_per_key(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite3"
+    with SQLiteStore(path) as s:
+        s.settings.save_stream_setting("a", "floor", {"points": [[1, 2]], "m": 2.5})
+        s.settings.save_stream_setting("a", "calibration", {"frames": 3})
+        s.settings.save_stream_setting("b", "floor", {"points": []})
+        s.settings.save_stream_setting("b", "floor", {"points": [[0, 0]]})  # replaces
+    with SQLiteStore(path) as s:
+        assert s.settings.stream_settings("floor") == {
+            "a": {"points": [[1, 2]], "m": 2.5}, "b": {"points": [[0, 0]]}}
+        s.settings.delete_stream_setting("a", "floor")
+        assert s.settings.stream_settings("floor") == {"b": {"points": [[0, 0]]}}
+        assert s.settings.stream_settings("calibration") == {"a": {"frames": 3}}
+        s.settings.delete_stream_setting("a")
+        assert s.settings.stream_settings("calibration") == {}
+        assert s.settings.stream_settings("nothing") == {}
+
+
 def test_delete_counts_before(store: SQLiteStore) -> None:
     for i in range(10):
         store.history.add("cam", float(i), 1.0, 1.0)

@@ -223,6 +223,22 @@ class SettingsStore(Protocol):
 
     def delete_zones(self, stream_id: str) -> None: ...
 
+    def stream_settings(self, key: str) -> dict[str, Any]:
+        """Every stream's JSON value under ``key`` (``{stream_id: value}``).
+
+        One table for per-stream state that is not a zone or a rule (a camera's calibration,
+        its floor plane, ...), so each new kind of state needs no new table, and a database
+        that implements these three methods carries all of them."""
+        ...
+
+    def save_stream_setting(self, stream_id: str, key: str, value: Any) -> None:
+        """Replace the stream's JSON value under ``key``; durable when it returns."""
+        ...
+
+    def delete_stream_setting(self, stream_id: str, key: str | None = None) -> None:
+        """Drop one key of the stream's state, or all of it (``key=None``)."""
+        ...
+
 
 @runtime_checkable
 class GatheringStore(Protocol):

@@ -112,6 +112,13 @@ CREATE TABLE IF NOT EXISTS stream_zones (
     zones TEXT NOT NULL,
     updated_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS stream_settings (
+    stream_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (stream_id, key)
+);
 CREATE TABLE IF NOT EXISTS gathering (
     stream_id TEXT NOT NULL,
     start REAL NOT NULL,
@@ -634,7 +641,8 @@ class SQLiteAlerts(SqlAlerts):
 
 
 class SQLiteSettings:
-    """``SettingsStore`` on the ``alert_rules`` and ``stream_zones`` tables."""
+    """``SettingsStore`` on the ``alert_rules``, ``stream_zones`` and ``stream_settings``
+    tables."""
 
     def __init__(self, writer: _Writer, readers: _Readers) -> None:
         self._writer = writer
@@ -676,6 +684,28 @@ class SQLiteSettings:
     def delete_zones(self, stream_id: str) -> None:
         self._writer.call(lambda conn: conn.execute(
             "DELETE FROM stream_zones WHERE stream_id = ?", (stream_id,)))
+
+    def stream_settings(self, key: str) -> dict[str, Any]:
+        with self._readers.borrow() as conn:
+            rows = conn.execute("SELECT stream_id, value FROM stream_settings WHERE key = ?",
+                                (key,)).fetchall()
+        return {sid: json.loads(text) for sid, text in rows}
+
+    def save_stream_setting(self, stream_id: str, key: str, value: Any) -> None:
+        args = (stream_id, key, json.dumps(value, separators=(",", ":")), time.time())
+        self._writer.call(lambda conn: conn.execute(
+            "INSERT INTO stream_settings (stream_id, key, value, updated_at) "
+            "VALUES (?, ?, ?, ?) ON CONFLICT (stream_id, key) DO UPDATE SET "
+            "value = excluded.value, updated_at = excluded.updated_at", args))
+
+    def delete_stream_setting(self, stream_id: str, key: str | None = None) -> None:
+        if key is None:
+            self._writer.call(lambda conn: conn.execute(
+                "DELETE FROM stream_settings WHERE stream_id = ?", (stream_id,)))
+        else:
+            self._writer.call(lambda conn: conn.execute(
+                "DELETE FROM stream_settings WHERE stream_id = ? AND key = ?",
+                (stream_id, key)))
 
 
 class SQLiteGathering:
