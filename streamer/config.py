@@ -160,7 +160,9 @@ class _Strict(BaseModel):
 class ZoneConfig(_Strict):
     """A polygon whose density is summed separately, in the stream's frame pixels."""
 
+    #: the zone's name in counts, metrics, topics and alert rules; unique within its stream
     name: Annotated[str, Field(min_length=1, max_length=64)]
+    #: the polygon's corners as [x, y] pixels of the stream's frames, in order
     points: Annotated[tuple[Point, ...], BeforeValidator(_as_tuple), Field(min_length=3)]
 
     @field_validator("points")
@@ -181,8 +183,13 @@ class StreamSettings(_Strict):
     """How one stream is processed. The config file's ``[[streams]]`` and the API's
     ``POST /api/streams`` body both build on this class, so there is one table of bounds."""
 
+    #: longer side of the frames the model sees (smaller frames are never enlarged); unset: the
+    #: model card's serving size (768 for the bundled model)
     max_side: Annotated[int, Field(ge=32, le=8192)] | None = None
+    #: frames per second the model processes at most (the rest are skipped before decoding
+    #: to RGB); unset: as many as the CPU keeps up with
     fps_limit: Annotated[float, Field(gt=0, le=240)] | None = None
+    #: seconds without a frame before a hung camera is dropped and reconnected
     stall_timeout: Annotated[float, Field(gt=0, le=3600)] = 5.0
     #: consecutive failed connections before an RTSP stream gives up (state ``failed``);
     #: unset = keep retrying (backoff 0.5 s doubling to 10 s), as cameras do come back
@@ -196,9 +203,14 @@ class StreamConfig(StreamSettings):
     """One video source: ``rtsp://``/``rtsps://`` url, a file path, ``/dev/videoN`` or
     ``webcam:N``."""
 
+    #: the stream's id in API paths, metric labels, MQTT topics and the database
     name: StreamName
+    #: rtsp:// or rtsps:// url (credentials are never logged or returned), a video file
+    #: (relative to the config file), /dev/videoN or webcam:N
     url: Annotated[str, Field(min_length=1)]
+    #: play a video file again from the start when it ends (files only)
     loop: bool = False
+    #: polygons counted separately: [[streams.zones]] tables
     zones: Annotated[tuple[ZoneConfig, ...], BeforeValidator(_as_tuple)] = ()
 
     @field_validator("url")
@@ -278,15 +290,25 @@ class ServerConfig(_Strict):
     """The HTTP API. Listening beyond loopback without a token must be asked for explicitly,
     because the API can add streams (an SSRF vector) and accepts uploads."""
 
+    #: address to listen on; beyond loopback a token is required (or allow_insecure_public)
     host: Annotated[str, Field(min_length=1)] = "127.0.0.1"
+    #: TCP port (0: any free one)
     port: Annotated[int, Field(ge=0, le=65535)] = 8080
+    #: bearer token every route asks for; --token and $CROWDCOUNT_TOKEN take precedence
     token: Annotated[str, Field(min_length=1)] | None = None
+    #: serve a non-loopback host without a token (say so explicitly: the API adds streams)
     allow_insecure_public: bool = False
     # validate_default: the default, too, is placed next to the config file that is loaded.
+    #: SQLite file of the counts history, alerts and what the API saved (relative to the
+    #: config file)
     database: Annotated[PathStr, Field(validate_default=True)] = Path("crowdcount.sqlite3")
+    #: largest image POST /api/count accepts (413 above)
     max_upload_bytes: Annotated[int, Field(ge=1)] = 10 * 1024 * 1024
+    #: streams at most, browser cameras included (409 above)
     max_streams: Annotated[int, Field(ge=1)] = 16
+    #: WebRTC viewers of one stream at most (503 above)
     max_viewers_per_stream: Annotated[int, Field(ge=1)] = 8
+    #: image uploads per client address and minute (429 with Retry-After above)
     upload_rate_per_minute: Annotated[int, Field(ge=1)] = 60
     #: delete count rows older than this many days (checked hourly); unset = keep all
     retention_days: Annotated[float, Field(gt=0)] | None = None
@@ -297,6 +319,7 @@ class ServerConfig(_Strict):
     #: PEM certificate (chain) and private key: serve https (needed for "Use my camera"
     #: anywhere but localhost)
     tls_cert: PathStr | None = None
+    #: the private key of tls_cert (PEM); both or neither
     tls_key: PathStr | None = None
 
     @field_validator("database", "tls_cert", "tls_key")
@@ -341,9 +364,13 @@ class ModelConfig(_Strict):
     ``max_batch`` unset: the backend's defaults (all cores; 1 frame per call for ONNX
     Runtime and OpenVINO, measured fastest on 2 cores)."""
 
+    #: your own model file (.onnx, .tflite, .keras); unset: the bundled one
     path: PathStr | None = None
+    #: inference runtime; unset: the fastest installed (openvino, else onnx)
     backend: Literal["openvino", "onnx", "tflite", "keras"] | None = None
+    #: inference threads; unset: all cores
     threads: Annotated[int, Field(ge=1, le=256)] | None = None
+    #: frames per model call; unset: the backend's (1 for openvino and onnx)
     max_batch: Annotated[int, Field(ge=1, le=256)] | None = None
 
     @field_validator("path")
@@ -359,11 +386,17 @@ class ThresholdConfig(_Strict):
     flapping while the count hovers around one level (see ``streamer.alerts``).
     """
 
+    #: the rule's id (API paths, metric labels, alert events)
     name: StreamName
+    #: the stream whose count is watched
     stream: StreamName
+    #: one of the stream's zones; unset: the stream's total
     zone: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    #: raise when the count has been over this for for_seconds
     above: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    #: clear when the count is back under this (less than above)
     below: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    #: seconds over above before the alert is raised
     for_seconds: Annotated[float, Field(ge=0, le=86400, allow_inf_nan=False)] = 0.0
 
     @model_validator(mode="after")
@@ -390,13 +423,21 @@ class WebhookConfig(_Strict):
     many seconds.
     """
 
+    #: http:// or https:// url the JSON events are POSTed to
     url: Annotated[str, Field(min_length=1)]
+    #: HMAC-SHA256 key: X-CrowdCount-Signature: sha256=<hex of the body's HMAC>
     secret: Annotated[str, Field(min_length=1)]
+    #: seconds per attempt
     timeout: Annotated[float, Field(gt=0, le=300)] = 5.0
+    #: more attempts after a failed one
     retries: Annotated[int, Field(ge=0, le=20)] = 3
+    #: seconds before the first retry (doubling)
     backoff: Annotated[float, Field(gt=0, le=60)] = 0.5
+    #: longest wait between retries
     max_backoff: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    #: events waiting to be sent at most (the oldest are dropped beyond)
     queue_size: Annotated[int, Field(ge=1, le=100_000)] = 1000
+    #: send each stream's counts at most once per this many seconds; unset: alerts only
     counts_interval: Annotated[float, Field(gt=0, le=86400)] | None = None
 
     @field_validator("url")
@@ -415,17 +456,27 @@ class MqttConfig(_Strict):
     sent when the interval allows); alerts are never rate-limited.
     """
 
+    #: the broker's host name or address
     host: Annotated[str, Field(min_length=1)]
+    #: the broker's port
     port: Annotated[int, Field(ge=1, le=65535)] = 1883
+    #: broker login (password needs it)
     username: Annotated[str, Field(min_length=1)] | None = None
+    #: broker password
     password: str | None = None
+    #: first level(s) of every topic: <prefix>/<stream>/count, <prefix>/alerts, ...
     topic_prefix: Annotated[str, Field(min_length=1, max_length=200)] = "crowdcount"
+    #: MQTT quality of service of every message
     qos: Literal[0, 1, 2] = 0
+    #: count messages per topic and second at most (alerts are never limited)
     max_rate: Annotated[float, Field(gt=0, le=100)] = 2.0
+    #: seconds between keep-alive pings
     keepalive: Annotated[int, Field(ge=5, le=3600)] = 30
+    #: MQTT client id; unset: one is generated
     client_id: Annotated[str, Field(min_length=1, max_length=128)] | None = None
     #: publish Home Assistant MQTT discovery configs (entities appear in HA by themselves)
     home_assistant: bool = False
+    #: Home Assistant's discovery prefix (HA's default)
     discovery_prefix: Annotated[str, Field(min_length=1, max_length=200)] = "homeassistant"
 
     @field_validator("topic_prefix", "discovery_prefix")
@@ -462,10 +513,15 @@ class ClusterConfig(_Strict):
     browsers can reach); unset, every interface of the node is offered.
     """
 
+    #: the Ray cluster's address (HEAD:6379)
     address: Annotated[str, Field(min_length=1)]
+    #: PostgreSQL url of the shared store (postgresql://user@host/db)
     database: Annotated[str, Field(pattern=r"^postgres(ql)?://")]
+    #: camera groups, each a Ray actor; fixed for the life of a deployment
     shards: Annotated[int, Field(ge=1, le=4096)] = 8
+    #: Ray namespace of the shard actors
     namespace: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] = "crowdcount"
+    #: the only addresses shards offer WebRTC viewers; unset: every interface
     ice_addresses: Annotated[tuple[str, ...], BeforeValidator(_as_tuple)] = ()
     #: seconds without a status report from a camera's shard before the API reports it down
     outage_after: Annotated[float, Field(gt=0, le=3600)] = 3.0
