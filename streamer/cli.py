@@ -15,11 +15,13 @@ from crowdcount.model.errors import run_parser
 
 def build_parser() -> argparse.ArgumentParser:
     from crowdcount.model.cli import add_count
+    from crowdcount.streamer.version import VERSION
     from crowdcount.training.cli import add_evaluate, add_export, add_train
 
     parser = argparse.ArgumentParser(
         prog="crowdcount", description="Real-time density-map crowd counting."
     )
+    parser.add_argument("--version", action="version", version=f"crowdcount {VERSION}")
     sub = parser.add_subparsers(dest="command", required=True)
     try:
         from crowdcount.streamer.serve import add_serve

@@ -20,6 +20,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from crowdcount.streamer.app import build_app
 from crowdcount.streamer.sources.synthetic import SyntheticSource
 from crowdcount.streamer.store import SQLiteStore
+from crowdcount.streamer.version import VERSION
 from tests.fixtures.app import service
 from tests.fixtures.models import expected_count
 from tests.fixtures.waiting import wait_until
@@ -68,6 +69,7 @@ async def test_health_page_static_and_json_errors(serve, brightness_model) -> No
     assert body["status"] == "ok" and body["streams"] == 0
     assert body["model"] == {"backend": "onnx", "path": str(brightness_model)}
     assert body["uptime_s"] >= 0
+    assert body["version"] == VERSION
     r = await client.get("/")
     assert r.status == 200 and "CrowdCount" in await r.text()
     assert (await client.get("/static/app.js")).status == 200

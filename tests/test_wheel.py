@@ -30,6 +30,7 @@ import cv2
 import pytest
 
 from crowdcount.model.backends import default_backend
+from crowdcount.streamer.version import VERSION
 from tests.fixtures.datasets import crowd_picture
 from tests.fixtures.rtsp import free_port
 
@@ -100,9 +101,11 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
 
 
 def test_wheel_adds_only_the_crowdcount_name(installed: Installed) -> None:
-    assert installed.added == {"crowdcount", "crowdcount-0.1.0.dist-info"}
+    # The wheel's version is streamer/version.py's (pyproject's dynamic version).
+    dist_info = f"crowdcount-{VERSION}.dist-info"
+    assert installed.added == {"crowdcount", dist_info}
     tops = {p.split("/")[0] for p in installed.record if not p.startswith("../")}
-    assert tops == {"crowdcount", "crowdcount-0.1.0.dist-info"}
+    assert tops == {"crowdcount", dist_info}
     files = set(installed.record)
     for asset in ("index.html", "app.js", "zones.js", "style.css"):
         assert f"crowdcount/web/{asset}" in files

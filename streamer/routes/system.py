@@ -10,6 +10,7 @@ from aiohttp import web
 from crowdcount.model.render import heat_legend
 from crowdcount.streamer.metrics import CONTENT_TYPE
 from crowdcount.streamer.routes.common import ApiError, service_of
+from crowdcount.streamer.version import VERSION
 
 WEB_DIR_KEY = web.AppKey("web_dir", Path)
 
@@ -18,6 +19,7 @@ async def health(request: web.Request) -> web.Response:
     svc = service_of(request)
     return web.json_response({
         "status": "ok",
+        "version": VERSION,
         "streams": len(svc.streams),
         "model": {"backend": svc.runtime.name, "path": svc.model_path},
         "uptime_s": round(svc.uptime_s, 3),
