@@ -20,8 +20,9 @@ from crowdcount.model.bundled import default_model
 from crowdcount.model.runtime import Runtime
 from crowdcount.streamer.auth import Handler, token_middleware
 from crowdcount.streamer.config import Config, resolve_token
+from crowdcount.streamer.openapi import TOKEN_REQUIRED, operation
 from crowdcount.streamer.ratelimit import RateLimiter
-from crowdcount.streamer.routes import count, gathering, rtc, rules, streams, system, zones
+from crowdcount.streamer.routes import count, docs, gathering, rtc, rules, streams, system, zones
 from crowdcount.streamer.routes.common import MAX_JSON_BYTES, SERVICE, ApiError, json_error
 from crowdcount.streamer.service import Service
 from crowdcount.streamer.upload import UploadCounter
@@ -101,8 +102,10 @@ def build_app(
         client_max_size=max(config.server.max_upload_bytes, MAX_JSON_BYTES) + 64 * 1024,
     )
     app[SERVICE] = service
+    app[TOKEN_REQUIRED] = bool(token)
     app[count.LIMITER] = RateLimiter(config.server.upload_rate_per_minute)
     system.add_routes(app, web_dir)
+    docs.add_routes(app)
     streams.add_routes(app)
     count.add_routes(app)
     rtc.add_routes(app)
@@ -118,6 +121,7 @@ def build_app(
     return app
 
 
+@operation(gathering.HEATMAP)
 async def _no_heatmap_on_cluster(request: web.Request) -> web.Response:
     return json_error(501, "gathering heatmaps are not available on a cluster")
 

@@ -11,10 +11,10 @@ import json
 import math
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Annotated, Any, Self, TypeVar
 
 from aiohttp import web
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, BeforeValidator, Field, ValidationError, model_validator
 
 from crowdcount.streamer.config import STREAM_NAME_RE, STREAM_NAME_RULE, to_config_error
 from crowdcount.streamer.service import Service
@@ -144,50 +144,75 @@ def body_error(exc: ValidationError, model: type[BaseModel]) -> str:
     return f"field {key!r}: {cfg_err.problem}"
 
 
-def query_float(request: web.Request, name: str, *, positive: bool = False) -> float | None:
-    text = request.query.get(name)
-    if text is None or text == "":
-        return None
+def parse_query(model: type[M], request: web.Request) -> M:
+    """The query string validated by ``model`` (lax: query values are text, so ``"10"`` is
+    the number 10 here), or ``ApiError(400)`` naming the parameter. Parameters the model
+    does not name are ignored (cache busters, the page's ``token``); an empty value is no
+    value, except for a flag, where ``?zones`` alone means on. The OpenAPI document lists
+    the same model's fields as the route's parameters (``streamer.openapi``)."""
+    data: dict[str, Any] = {}
+    for name, field in model.model_fields.items():
+        text = request.query.get(name)
+        if text is None:
+            continue
+        if text == "" and field.annotation is not bool:
+            continue
+        data[name] = text
     try:
-        value = float(text)
-    except ValueError:
-        raise ApiError(400, f"parameter {name!r} must be a number, got {text[:40]!r}") from None
-    if not math.isfinite(value):
-        raise ApiError(400, f"parameter {name!r} must be finite, got {text[:40]!r}")
-    if positive and value <= 0:
-        raise ApiError(400, f"parameter {name!r} must be > 0, got {text[:40]!r}")
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ApiError(400, query_error(exc)) from None
+
+
+def query_error(exc: ValidationError) -> str:
+    """One line: ``parameter 'step' must be a number, got 'abc'``."""
+    err = exc.errors(include_url=False)[0]
+    kind = err["type"]
+    if not err["loc"]:  # a rule across parameters (a model validator)
+        return str(err["msg"]).removeprefix("Value error, ")
+    name = str(err["loc"][0])
+    got = f", got {str(err.get('input'))[:40]!r}"
+    if kind in ("float_parsing", "float_type"):
+        return f"parameter {name!r} must be a number{got}"
+    if kind == "finite_number":
+        return f"parameter {name!r} must be finite{got}"
+    if kind in ("int_parsing", "int_from_float", "int_type", "int_parsing_size"):
+        return f"parameter {name!r} must be an integer{got}"
+    if kind in ("bool_parsing", "bool_type"):
+        return f"parameter {name!r} must be 1 or 0{got}"
+    if kind == "value_error":
+        return f"parameter {name!r}: {str(err['msg']).removeprefix('Value error, ')}"
+    msg = str(err["msg"]).removeprefix("Input should be ")
+    return f"parameter {name!r} must be {msg}{got}"
+
+
+def _no_inf(value: Any) -> Any:
+    """Refuse ``inf``/``nan`` spelt any way (pydantic's lax float reads them)."""
+    if isinstance(value, str) and not math.isfinite(_float_or_zero(value)):
+        raise ValueError(f"must be finite, got {value[:40]!r}")
     return value
 
 
-def query_range(request: web.Request) -> tuple[float | None, float | None]:
-    """``?since=&until=`` (unix seconds, ``[since, until)``), each optional; 400 unless
-    ``since`` is before ``until`` when both are given."""
-    since, until = query_float(request, "since"), query_float(request, "until")
-    if since is not None and until is not None and since >= until:
-        raise ApiError(400, f"parameter 'since' ({since:g}) must be before 'until' ({until:g})")
-    return since, until
-
-
-def query_int(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
-    text = request.query.get(name)
-    if text is None or text == "":
-        return default
+def _float_or_zero(text: str) -> float:
     try:
-        value = int(text)
+        return float(text)
     except ValueError:
-        raise ApiError(400, f"parameter {name!r} must be an integer, got {text[:40]!r}") from None
-    if not lo <= value <= hi:
-        raise ApiError(400, f"parameter {name!r} must be between {lo} and {hi}, got {value}")
-    return value
+        return 0.0  # not a number at all: the float validator words that error
 
 
-def query_flag(request: web.Request, name: str) -> bool:
-    text = request.query.get(name)
-    if text is None:
-        return False
-    lowered = text.lower()
-    if lowered in ("1", "true", "yes", "on", ""):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ApiError(400, f"parameter {name!r} must be 1 or 0, got {text[:40]!r}")
+#: A finite number of seconds since the epoch (``?since=``, ``?until=``).
+Seconds = Annotated[float, BeforeValidator(_no_inf), Field(allow_inf_nan=False)]
+
+
+class RangeQuery(BaseModel):
+    """``?since=&until=``: unix seconds, ``[since, until)``, each optional."""
+
+    since: Seconds | None = Field(None, description="start of the range (unix seconds, included)")
+    until: Seconds | None = Field(None, description="end of the range (unix seconds, excluded)")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if self.since is not None and self.until is not None and self.since >= self.until:
+            raise ValueError(f"parameter 'since' ({self.since:g}) must be before 'until' "
+                             f"({self.until:g})")
+        return self

@@ -9,12 +9,16 @@ count, before decoding), so an abusive request costs as little as possible.
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 from aiohttp import BodyPartReader, web
+from pydantic import BaseModel, Field
 
 from crowdcount.model.imageio import ImageError
+from crowdcount.streamer.openapi import Operation, Reply, error, operation
 from crowdcount.streamer.ratelimit import RateLimiter
-from crowdcount.streamer.routes.common import ApiError, query_flag, read_body, service_of
+from crowdcount.streamer.routes.common import ApiError, parse_query, read_body, service_of
+from crowdcount.streamer.routes.models import UploadCount
 from crowdcount.streamer.upload import ModelUnavailable, UploadBusy
 
 LIMITER = web.AppKey("upload_limiter", RateLimiter)
@@ -42,14 +46,35 @@ async def _read_image(request: web.Request, limit: int) -> tuple[bytes, str]:
     raise ApiError(400, "multipart body has no 'image' field")
 
 
+class CountQuery(BaseModel):
+    overlay: bool = Field(False, description="add the heatmap picture (base64 PNG)")
+    format: Literal["json", "png"] = Field(
+        "json", description="png: answer with the overlay picture, the count in X-Count")
+
+
+_IMAGE = {"type": "string", "contentMediaType": "application/octet-stream"}
+
+
+@operation(Operation(
+    "Count the people in one image", "uploads",
+    {200: Reply("the count (X-Count holds it with format=png)", UploadCount,
+                media={"image/png": {"type": "string"}}),
+     **dict([error(400, "not an image, or a bad parameter"), error(413), error(429),
+             error(503, "the upload model is busy or unavailable")])},
+    query=CountQuery,
+    raw_body={"application/octet-stream": _IMAGE, "image/jpeg": _IMAGE, "image/png": _IMAGE,
+              "multipart/form-data": {"type": "object", "required": ["image"],
+                                      "properties": {"image": _IMAGE}}},
+    description="The image is the raw body or the multipart field `image`; at most "
+                "server.max_upload_bytes, server.upload_rate_per_minute per client.",
+))
 async def count_image(request: web.Request) -> web.StreamResponse:
     """``?overlay=1``: add ``overlay_png`` (base64) to the JSON; ``?format=png``: answer
     with the overlay PNG itself and the count in the ``X-Count`` header."""
     svc = service_of(request)
-    fmt = request.query.get("format", "json")
-    if fmt not in ("json", "png"):
-        raise ApiError(400, f"parameter 'format' must be json or png, got {fmt[:20]!r}")
-    overlay = query_flag(request, "overlay") or fmt == "png"
+    query = parse_query(CountQuery, request)
+    fmt = query.format
+    overlay = query.overlay or fmt == "png"
     wait = request.app[LIMITER].check(request.remote or "unknown")
     if wait:
         per_min = svc.config.server.upload_rate_per_minute

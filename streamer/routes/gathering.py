@@ -10,21 +10,39 @@ Like the counts history, it answers for removed streams that left data; 404 othe
 from __future__ import annotations
 
 import asyncio
+from typing import Literal
 
 import cv2
 from aiohttp import web
+from pydantic import Field
 
 from crowdcount.streamer.gathering import render_overlay
-from crowdcount.streamer.routes.common import ApiError, query_range, service_of
+from crowdcount.streamer.openapi import Operation, Reply, error, operation
+from crowdcount.streamer.routes.common import ApiError, RangeQuery, parse_query, service_of
+from crowdcount.streamer.routes.models import HeatmapGrid
 
 
+class HeatmapQuery(RangeQuery):
+    format: Literal["png", "json"] = Field(
+        "png", description="png: the picture with the heat over it; json: the raw grid")
+
+
+HEATMAP = Operation(
+    "Where people gathered over a range", "history",
+    {200: Reply("the picture (X-Frames: frames averaged; X-Peak-Cell) or the grid",
+                HeatmapGrid, media={"image/png": {"type": "string"}}),
+     **dict([error(400), error(404, "no such stream and no gathering data for it"),
+             error(501, "a cluster's API process has no gathering maps")])},
+    query=HeatmapQuery, path_params={"id": "the stream's name"},
+)
+
+
+@operation(HEATMAP)
 async def heatmap(request: web.Request) -> web.Response:
     svc = service_of(request)
     sid = request.match_info["id"]
-    since, until = query_range(request)
-    fmt = request.query.get("format", "png")
-    if fmt not in ("png", "json"):
-        raise ApiError(400, f"parameter 'format' must be png or json, got {fmt[:20]!r}")
+    query = parse_query(HeatmapQuery, request)
+    since, until, fmt = query.since, query.until, query.format
     gathering = getattr(svc, "gathering", None)
     if gathering is None:  # a cluster's API process: the maps would live on the shards
         raise ApiError(501, "the gathering map needs a single-process server")

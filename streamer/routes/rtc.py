@@ -7,18 +7,47 @@ connection; a ``view`` offer receives the annotated video of any live stream.
 
 from __future__ import annotations
 
-from aiohttp import web
+from typing import Literal
 
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
+
+from crowdcount.streamer.config import StreamName
+from crowdcount.streamer.openapi import Operation, Reply, error, operation
 from crowdcount.streamer.routes.common import (
     ApiError,
     http_errors,
     read_json_object,
     service_of,
 )
-from crowdcount.streamer.rtc import OfferError, PeerLimitReached, UnknownStream
+from crowdcount.streamer.routes.models import RtcAnswer
+from crowdcount.streamer.rtc import MAX_SDP_BYTES, OfferError, PeerLimitReached, UnknownStream
 from crowdcount.streamer.service import StreamConflict
 
 
+class OfferBody(BaseModel):
+    """A non-trickle WebRTC offer. ``validate_offer`` checks it field by field (with messages
+    about the SDP a client developer can act on); this model states the same shape."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    sdp: str = Field(max_length=MAX_SDP_BYTES, description="the offer's SDP, starting v=0, "
+                     "with a video m-line that sends (publish) or receives (view)")
+    type: Literal["offer"]
+    mode: Literal["publish", "view"] = Field(
+        description="publish: the browser's camera becomes a stream; view: watch one")
+    stream_id: StreamName | None = Field(
+        None, description="view: the stream to watch (required); publish: the new stream's "
+                          "name (default: webrtc-<random>)")
+
+
+@operation(Operation(
+    "WebRTC signalling: answer an offer", "live",
+    {200: Reply("the answer", RtcAnswer),
+     **dict([error(400, "a bad offer"), error(404, "view: no such stream"),
+             error(409, "publish: max_streams reached"), error(413), error(415),
+             error(503, "too many peers, or viewers of that stream")])},
+    body=OfferBody,
+))
 async def offer(request: web.Request) -> web.Response:
     """Body ``{"sdp", "type": "offer", "mode": "publish"|"view", "stream_id"?}`` ->
     ``{"sdp", "type": "answer", "peer_id", "stream_id"}``."""
@@ -32,6 +61,10 @@ async def offer(request: web.Request) -> web.Response:
     return web.json_response(answer)
 
 
+@operation(Operation(
+    "Hang up a WebRTC peer", "live",
+    {204: Reply("closed"), **dict([error(404)])}, path_params={"peer_id": "from the answer"},
+))
 async def close_peer(request: web.Request) -> web.Response:
     peer_id = request.match_info["peer_id"]
     if not await service_of(request).peers.close_peer(peer_id, "closed by client"):

@@ -13,22 +13,37 @@ a rule clears its active alert (recorded as cleared with reason ``rule_changed``
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 from aiohttp import web
-from pydantic import ValidationError
+from pydantic import BaseModel, Field, ValidationError, create_model
 
 from crowdcount.streamer.alerts import ThresholdRule
-from crowdcount.streamer.config import ThresholdConfig, to_config_error
+from crowdcount.streamer.config import StreamName, ThresholdConfig, to_config_error
+from crowdcount.streamer.openapi import Operation, Reply, error, operation
 from crowdcount.streamer.routes.common import (
     ApiError,
     http_errors,
+    parse_query,
     read_json_object,
     service_of,
 )
+from crowdcount.streamer.routes.models import Rule, Rules
 from crowdcount.streamer.rules import RuleBook, RuleConflict, RuleNotFound
 
-FIELDS = {"name", "stream", "zone", "above", "below", "for_seconds"}
+FIELDS = set(ThresholdConfig.model_fields)
+
+#: ``PUT``: a ``[[thresholds]]`` table whose ``name`` may be left out (it is the path's).
+_OPTIONAL_NAME: dict[str, Any] = {"name": (Optional[StreamName], None)}  # noqa: UP045
+ReplaceRuleBody = create_model("ReplaceRuleBody", __base__=ThresholdConfig, **_OPTIONAL_NAME)
+
+
+class RulesQuery(BaseModel):
+    stream: str | None = Field(None, description="only this stream's rules")
+
+
+_NAME = {"name": "the rule's name"}
+_NOT_ON_CLUSTER = error(501, "a cluster takes its rules from the config file")
 
 
 def _book(request: web.Request) -> RuleBook:
@@ -53,16 +68,29 @@ async def _put(request: web.Request, rule: ThresholdRule, create: bool) -> dict[
         return await _book(request).put(rule, create=create)
 
 
+@operation(Operation("Alert rules (the config file's and the API's)", "alerts",
+                     {200: Reply("the rules", Rules), **dict([error(400), _NOT_ON_CLUSTER])},
+                     query=RulesQuery))
 async def list_rules(request: web.Request) -> web.Response:
-    stream = request.query.get("stream") or None
+    stream = parse_query(RulesQuery, request).stream
     return web.json_response({"rules": _book(request).list(stream)})
 
 
+@operation(Operation("One alert rule", "alerts",
+                     {200: Reply("the rule", Rule), **dict([error(404), _NOT_ON_CLUSTER])},
+                     path_params=_NAME))
 async def get_rule(request: web.Request) -> web.Response:
     with http_errors({RuleNotFound: 404}):
         return web.json_response(_book(request).get(request.match_info["name"]))
 
 
+@operation(Operation(
+    "Create an alert rule (saved)", "alerts",
+    {201: Reply("created", Rule, headers={"Location": "the rule's path"}),
+     **dict([error(400, "a bad field, below not under above, or a zone the stream lacks"),
+             error(409, "the name is taken"), error(413), error(415), _NOT_ON_CLUSTER])},
+    body=ThresholdConfig,
+))
 async def create_rule(request: web.Request) -> web.Response:
     rule = parse_rule(await read_json_object(request, FIELDS))
     body = await _put(request, rule, create=True)
@@ -70,6 +98,13 @@ async def create_rule(request: web.Request) -> web.Response:
                              headers={"Location": f"/api/alerts/rules/{rule.name}"})
 
 
+@operation(Operation(
+    "Replace an API alert rule (its active alert is cleared)", "alerts",
+    {200: Reply("the rule now in force", Rule),
+     **dict([error(400), error(404), error(409, "a config-file rule"), error(413),
+             error(415), _NOT_ON_CLUSTER])},
+    body=ReplaceRuleBody, path_params=_NAME,
+))
 async def replace_rule(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     data = await read_json_object(request, FIELDS)
@@ -79,6 +114,12 @@ async def replace_rule(request: web.Request) -> web.Response:
     return web.json_response(await _put(request, parse_rule(data), create=False))
 
 
+@operation(Operation(
+    "Delete an API alert rule", "alerts",
+    {204: Reply("deleted"),
+     **dict([error(404), error(409, "a config-file rule"), _NOT_ON_CLUSTER])},
+    path_params=_NAME,
+))
 async def delete_rule(request: web.Request) -> web.Response:
     with http_errors({RuleNotFound: 404, RuleConflict: 409}):
         await _book(request).delete(request.match_info["name"])

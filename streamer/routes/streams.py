@@ -16,9 +16,11 @@ import asyncio
 import csv
 import io
 import time
-from typing import Any
+from typing import Annotated, Any
 
 from aiohttp import web
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, create_model
+from pydantic.fields import FieldInfo
 
 from crowdcount.streamer.config import (
     STREAM_NAME_RE,
@@ -27,17 +29,17 @@ from crowdcount.streamer.config import (
     StreamSettings,
 )
 from crowdcount.streamer.feed import sse_response
+from crowdcount.streamer.openapi import Operation, Reply, error, operation
 from crowdcount.streamer.routes.common import (
     ApiError,
+    RangeQuery,
     http_errors,
     parse_body,
-    query_flag,
-    query_float,
-    query_int,
-    query_range,
+    parse_query,
     read_json_object,
     service_of,
 )
+from crowdcount.streamer.routes.models import Counts, Stream, StreamList
 from crowdcount.streamer.service import StreamConflict, StreamNotFound
 from crowdcount.streamer.urls import validate_api_url
 
@@ -46,6 +48,17 @@ DEFAULT_RANGE_S = 86_400.0
 EXPORT_CHUNK_ROWS = 5000
 
 
+_ID = {"id": "the stream's name"}
+_SSE = {"text/event-stream": {
+    "type": "string",
+    "description": "`data: <json>` lines: a count item `{stream, t, count, smoothed, "
+                   "zones?}` per processed frame, and alert events with `\"type\": "
+                   "\"alert\"`; `: keepalive` comments in quiet times. Never ends by itself.",
+}}
+
+
+@operation(Operation("List the streams with their status", "streams",
+                     {200: Reply("every live stream", StreamList)}))
 async def list_streams(request: web.Request) -> web.Response:
     svc = service_of(request)
     return web.json_response({"streams": [e.to_dict() for e in svc.streams.values()]})
@@ -56,9 +69,43 @@ class AddStreamBody(StreamSettings):
     plus the same per-stream settings, with the same bounds, as the config file."""
 
     name: StreamName
-    url: str
+    #: the API opens network cameras only (``validate_api_url`` words the refusals)
+    url: Annotated[str, WithJsonSchema({
+        "type": "string", "pattern": "^[Rr][Tt][Ss][Pp][Ss]?://[^\\s/?#]+",
+        "description": "rtsp:// or rtsps:// url with a host (credentials are masked in "
+                       "every answer); files and devices only from the config file",
+        "examples": ["rtsp://user:secret@127.0.0.1:8554/stream1"],
+    })]
 
 
+def _optional(f: FieldInfo) -> Any:
+    """``f``'s type with its bounds, or ``None``."""
+    kind: Any = f.annotation
+    if f.metadata:
+        kind = Annotated[(kind, *f.metadata)]
+    return kind | None
+
+
+#: ``PATCH``: every setting optional, ``null`` to remove it (back to its default).
+_EDIT_FIELDS: dict[str, Any] = {name: (_optional(f), None)
+                                for name, f in AddStreamBody.model_fields.items()
+                                if name != "name"}
+EditStreamBody = create_model(
+    "EditStreamBody",
+    __config__=ConfigDict(extra="forbid", strict=True),
+    __doc__="The fields given replace the stream's; null removes an option.",
+    **_EDIT_FIELDS,
+)
+
+
+@operation(Operation(
+    "Add an RTSP camera", "streams",
+    {201: Reply("added, counting, and saved for restarts", Stream,
+                headers={"Location": "the new stream's path"}),
+     **dict([error(400), error(409, "the name is taken, or max_streams is reached"),
+             error(413), error(415)])},
+    body=AddStreamBody,
+))
 async def add_stream(request: web.Request) -> web.Response:
     """Body ``{"name", "url", "fps_limit"?, "max_side"?, "stall_timeout"?, "max_retries"?}``;
     rtsp/rtsps only."""
@@ -78,6 +125,13 @@ async def add_stream(request: web.Request) -> web.Response:
 EDITABLE = frozenset({"url", *StreamSettings.model_fields})
 
 
+@operation(Operation(
+    "Edit an API stream (it restarts with the same id, history, zones and rules)", "streams",
+    {200: Reply("the stream as it now runs", Stream),
+     **dict([error(400), error(404), error(409, "a config-file or browser stream"),
+             error(413), error(415)])},
+    body=EditStreamBody, path_params=_ID,
+))
 async def edit_stream(request: web.Request) -> web.Response:
     """``PATCH`` with ``{"url"?, "fps_limit"?, "max_side"?, "stall_timeout"?,
     "max_retries"?}``: the fields given replace the stream's (``null`` removes an option);
@@ -85,7 +139,8 @@ async def edit_stream(request: web.Request) -> web.Response:
     svc = service_of(request)
     with http_errors({StreamNotFound: 404}):
         entry = svc.get(request.match_info["id"])
-    data = await read_json_object(request, set(EDITABLE))
+    data = await read_json_object(request)
+    parse_body(EditStreamBody, data)  # field names and types, as documented
     # ``null`` removes an option (back to its default); the merged settings are then checked
     # by the same request model as a new stream's, so both accept exactly the same values.
     kept = {k: v for k, v in entry.options.items() if k in EDITABLE}
@@ -104,12 +159,19 @@ async def edit_stream(request: web.Request) -> web.Response:
     return web.json_response(entry.to_dict())
 
 
+@operation(Operation("One stream with its status", "streams",
+                     {200: Reply("the stream", Stream), **dict([error(404)])}, path_params=_ID))
 async def get_stream(request: web.Request) -> web.Response:
     with http_errors({StreamNotFound: 404}):
         entry = service_of(request).get(request.match_info["id"])
     return web.json_response(entry.to_dict())
 
 
+@operation(Operation(
+    "Remove an API stream (its history stays)", "streams",
+    {204: Reply("removed"), **dict([error(404), error(409, "a config-file stream")])},
+    path_params=_ID,
+))
 async def delete_stream(request: web.Request) -> web.Response:
     with http_errors({StreamNotFound: 404, StreamConflict: 409}):
         await service_of(request).remove_stream(request.match_info["id"])
@@ -125,40 +187,71 @@ async def _known(request: web.Request) -> str:
     return sid
 
 
-def _range(request: web.Request) -> tuple[float, float | None]:
-    """``[since, until)`` from the query; ``since`` defaults to ``DEFAULT_RANGE_S`` before
-    ``until`` (or now)."""
-    since, until = query_range(request)
+def _range(query: RangeQuery) -> tuple[float, float | None]:
+    """``[since, until)``; ``since`` defaults to ``DEFAULT_RANGE_S`` before ``until`` (or
+    now)."""
+    since, until = query.since, query.until
     if since is None:
         since = (time.time() if until is None else until) - DEFAULT_RANGE_S
     return since, until
 
 
+Step = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
+class CsvQuery(RangeQuery):
+    """Without ``since``: the day before ``until`` (or now)."""
+
+    step: Step | None = Field(None, description="seconds per bucket: aggregated rows")
+
+
+class CountsQuery(CsvQuery):
+    limit: Annotated[int, Field(ge=1, le=MAX_LIMIT)] = Field(
+        10_000, description="rows at most (the newest are kept)")
+    zones: bool = Field(False, description="per-zone counts too")
+
+
+@operation(Operation(
+    "Counts history (raw, or aggregated per step)", "history",
+    {200: Reply("rows oldest first", Counts),
+     **dict([error(400), error(404, "no such stream and no recorded counts")])},
+    query=CountsQuery, path_params=_ID,
+    description="Answers for live streams and for removed ones that left history.",
+))
 async def counts(request: web.Request) -> web.Response:
     """``?since=&until=`` (unix seconds, [since, until); default: the last day),
     ``step`` (seconds per bucket), ``limit`` (newest rows kept), ``zones=1`` (per-zone counts:
     raw, or with a step their mean, ``zones_min`` and ``zones_max``). Whole-second steps read
     the rollups."""
-    since, until = _range(request)
-    step = query_float(request, "step", positive=True)
-    limit = query_int(request, "limit", 10_000, 1, MAX_LIMIT)
-    with_zones = query_flag(request, "zones")
+    query = parse_query(CountsQuery, request)
+    since, until = _range(query)
     sid = await _known(request)
     svc = service_of(request)
     rows = await asyncio.to_thread(
-        svc.store.history.counts, sid, since, until, step, limit, with_zones=with_zones
+        svc.store.history.counts, sid, since, until, query.step, query.limit,
+        with_zones=query.zones,
     )
     return web.json_response({"stream": sid, "counts": rows})
 
 
+@operation(Operation(
+    "Counts history as CSV, streamed", "history",
+    {200: Reply("`t,count,smoothed` rows, or with step the aggregated buckets "
+                "(`t,count,min,max,smoothed,n,<zone>...`)",
+                media={"text/csv": {"type": "string"}},
+                headers={"Content-Disposition": "attachment; filename=..."}),
+     **dict([error(400), error(404, "no such stream and no recorded counts")])},
+    query=CsvQuery, path_params=_ID,
+))
 async def counts_csv(request: web.Request) -> web.StreamResponse:
     """The raw rows as CSV (``t,count,smoothed``; floats written with ``repr`` so they read
     back exactly), streamed in chunks of ``EXPORT_CHUNK_ROWS``: memory stays flat however
     long the history, and each chunk is its own short query, so no read stays open while a
     slow client drains the response. With ``?step=``: the aggregated buckets of that range
     instead (what the page's history chart shows), one column per zone's mean."""
-    since, until = _range(request)
-    step = query_float(request, "step", positive=True)
+    query = parse_query(CsvQuery, request)
+    since, until = _range(query)
+    step = query.step
     sid = await _known(request)
     history = service_of(request).store.history
     if step is not None:
@@ -204,22 +297,44 @@ async def _aggregated_csv(sid: str, history: Any, since: float | None, until: fl
 MAX_FEED_STREAMS = 64
 
 
+def _names(value: Any) -> Any:
+    """``a,b`` -> ``["a", "b"]`` (empty items are ignored: ``a,,b``, a trailing comma)."""
+    if isinstance(value, str):
+        names = [n for n in value.split(",") if n]
+        if len(names) > MAX_FEED_STREAMS:
+            raise ValueError(f"names {len(names)} streams; at most {MAX_FEED_STREAMS}")
+        bad = [n for n in names if STREAM_NAME_RE.fullmatch(n) is None]
+        if bad:
+            raise ValueError(f"invalid stream id {bad[0][:70]!r}")
+        return names
+    return value
+
+
+class FeedQuery(BaseModel):
+    streams: Annotated[list[StreamName], BeforeValidator(_names),
+                       Field(max_length=MAX_FEED_STREAMS)] | None = Field(
+        None, description="only these streams' counts (comma-separated); alerts of every "
+                          "stream still come")
+
+
+@operation(Operation(
+    "Live counts and alerts of every stream (Server-Sent Events)", "live",
+    {200: Reply("an endless event stream", media=_SSE), **dict([error(400)])},
+    query=FeedQuery,
+))
 async def feed_all(request: web.Request) -> web.StreamResponse:
     """``?streams=a,b``: only those streams' counts (a page sends the ones it shows), and
     every alert; without it, every stream's."""
-    only = None
-    if "streams" in request.query:
-        names = [n for n in request.query["streams"].split(",") if n]
-        if len(names) > MAX_FEED_STREAMS:
-            raise ApiError(400, f"parameter 'streams' names {len(names)} streams; "
-                                f"at most {MAX_FEED_STREAMS}")
-        bad = [n for n in names if STREAM_NAME_RE.fullmatch(n) is None]
-        if bad:
-            raise ApiError(400, f"parameter 'streams': invalid stream id {bad[0][:70]!r}")
-        only = frozenset(names)
+    query = parse_query(FeedQuery, request)
+    only = None if query.streams is None else frozenset(query.streams)
     return await sse_response(request, service_of(request).feed, None, only=only)
 
 
+@operation(Operation(
+    "Live counts and alerts of one stream (Server-Sent Events)", "live",
+    {200: Reply("an endless event stream", media=_SSE), **dict([error(404)])},
+    path_params=_ID,
+))
 async def feed_stream(request: web.Request) -> web.StreamResponse:
     svc = service_of(request)
     sid = request.match_info["id"]

@@ -9,12 +9,18 @@ from aiohttp import web
 
 from crowdcount.model.render import heat_legend
 from crowdcount.streamer.metrics import CONTENT_TYPE
+from crowdcount.streamer.openapi import STATIC_OPERATIONS, Operation, Reply, error, operation
 from crowdcount.streamer.routes.common import ApiError, service_of
+from crowdcount.streamer.routes.models import Health, HeatLegend
 from crowdcount.streamer.version import VERSION
 
 WEB_DIR_KEY = web.AppKey("web_dir", Path)
 
 
+@operation(Operation(
+    "Health, version, model and the server's clock", "system",
+    {200: Reply("the server is up", Health)},
+))
 async def health(request: web.Request) -> web.Response:
     svc = service_of(request)
     return web.json_response({
@@ -28,16 +34,32 @@ async def health(request: web.Request) -> web.Response:
     })
 
 
+@operation(Operation(
+    "Prometheus metrics", "system",
+    {200: Reply("the text exposition format", media={"text/plain": {"type": "string"}})},
+    description="Per stream (and zone): people, frame rates, drops, reconnects, latencies, "
+                "alerts; see the Integrations page of the docs.",
+))
 async def metrics(request: web.Request) -> web.Response:
     body = service_of(request).metrics.render()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
+@operation(Operation(
+    "The heatmap colour scale", "system",
+    {200: Reply("people per output cell, blue to red", HeatLegend)},
+))
 async def heatmap(request: web.Request) -> web.Response:
     """The absolute colour scale every heatmap uses, for the page's legend."""
     return web.json_response(heat_legend())
 
 
+@operation(Operation(
+    "The live page", "page",
+    {200: Reply("the page", media={"text/html": {"type": "string"}}),
+     303: Reply("with ?token=: sets the session cookie and redirects to /"),
+     **dict([error(404, "the page is not installed")])},
+))
 async def index(request: web.Request) -> web.StreamResponse:
     page = request.app[WEB_DIR_KEY] / "index.html"
     if not page.is_file():
@@ -53,3 +75,8 @@ def add_routes(app: web.Application, web_dir: Path) -> None:
     app.router.add_get("/metrics", metrics)
     if web_dir.is_dir():
         app.router.add_static("/static/", web_dir, show_index=False, follow_symlinks=False)
+        app.setdefault(STATIC_OPERATIONS, {})["/static/{filename}"] = Operation(
+            "The page's scripts, styles and pictures", "page",
+            {200: Reply("the file", media={"*/*": {}}), **dict([error(404)])},
+            path_params={"filename": "a file of the page"},
+        )

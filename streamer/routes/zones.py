@@ -17,26 +17,42 @@ written behind, so an alert raised a moment ago is included from the engine).
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Annotated, Any
 
 from aiohttp import web
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from crowdcount.model.zones import Zone
 from crowdcount.streamer.config import ZoneConfig, to_config_error
+from crowdcount.streamer.openapi import Operation, Reply, error, operation
 from crowdcount.streamer.routes.common import (
     ApiError,
+    RangeQuery,
     http_errors,
-    query_flag,
-    query_int,
-    query_range,
+    parse_query,
     read_json_object,
     service_of,
 )
+from crowdcount.streamer.routes.models import Alerts, Zones
 from crowdcount.streamer.service import Service, StreamEntry, StreamNotFound
 
 MAX_ZONES = 32
 MAX_ALERTS = 10_000
+
+
+class ZonesBody(BaseModel):
+    """``PUT`` body: the stream's new zones (``[]`` removes them). ``parse_zones`` checks
+    each item with ``ZoneConfig``, the config file's ``[[streams.zones]]`` model."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    zones: Annotated[list[ZoneConfig], Field(max_length=MAX_ZONES)]
+
+
+class AlertsQuery(RangeQuery):
+    stream: str | None = Field(None, description="only this stream's alerts")
+    active: bool | None = Field(None, description="only active (1) or cleared (0) alerts")
+    limit: Annotated[int, Field(ge=1, le=MAX_ALERTS)] = Field(
+        100, description="alerts at most (the newest)")
 
 
 def _entry(svc: Service, request: web.Request) -> StreamEntry:
@@ -79,11 +95,22 @@ def _zone_error(exc: ValidationError, index: int) -> str:
     return f"{path}: {err.problem}"
 
 
+_ID = {"id": "the stream's name"}
+
+
+@operation(Operation("A stream's zones", "zones",
+                     {200: Reply("its zones", Zones), **dict([error(404)])}, path_params=_ID))
 async def get_zones(request: web.Request) -> web.Response:
     svc = service_of(request)
     return web.json_response(_zones_body(svc, _entry(svc, request)))
 
 
+@operation(Operation(
+    "Replace a stream's zones (saved; they come back after a restart)", "zones",
+    {200: Reply("the zones now in force", Zones),
+     **dict([error(400), error(404), error(413), error(415)])},
+    body=ZonesBody, path_params=_ID,
+))
 async def put_zones(request: web.Request) -> web.Response:
     svc = service_of(request)
     entry = _entry(svc, request)
@@ -127,12 +154,15 @@ def _merge_live(
     return out
 
 
+@operation(Operation(
+    "Alerts, newest first (stored, and the live ones)", "alerts",
+    {200: Reply("the alerts", Alerts), **dict([error(400)])}, query=AlertsQuery,
+))
 async def list_alerts(request: web.Request) -> web.Response:
     svc = service_of(request)
-    stream = request.query.get("stream") or None
-    since, until = query_range(request)
-    active = query_flag(request, "active") if "active" in request.query else None
-    limit = query_int(request, "limit", 100, 1, MAX_ALERTS)
+    query = parse_query(AlertsQuery, request)
+    stream, since, until, active, limit = (query.stream, query.since, query.until,
+                                           query.active, query.limit)
     rows = await asyncio.to_thread(svc.store.alerts.query, stream, since, until, active, limit)
     alerts = _merge_live([dict(r) for r in rows], svc.integrations.active_alerts(), stream,
                          until, active)
