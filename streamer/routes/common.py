@@ -136,6 +136,9 @@ def body_error(exc: ValidationError, model: type[BaseModel]) -> str:
         return f"unknown field {key!r}; allowed: {', '.join(sorted(model.model_fields))}"
     if kind in _TYPE_WORDS:
         return f"field {key!r} must be {_TYPE_WORDS[kind]}, got {_json_type(value)}"
+    if kind == "string_too_long":
+        return (f"field {key!r} is {len(value)} characters; at most "
+                f"{err['ctx']['max_length']} are allowed")
     if kind == "string_pattern_mismatch" and err["ctx"].get("pattern") == STREAM_NAME_RE.pattern:
         return f"field {key!r} must be {STREAM_NAME_RULE}, got {str(value)[:70]!r}"
     msg = str(err["msg"])
