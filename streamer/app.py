@@ -20,6 +20,7 @@ from crowdcount.model.bundled import default_model
 from crowdcount.model.runtime import Runtime
 from crowdcount.streamer.auth import Handler, token_middleware
 from crowdcount.streamer.config import Config, resolve_token
+from crowdcount.streamer.origin import browser_guard
 from crowdcount.streamer.ratelimit import RateLimiter
 from crowdcount.streamer.routes import count, gathering, rtc, rules, streams, system, zones
 from crowdcount.streamer.routes.common import MAX_JSON_BYTES, SERVICE, ApiError, json_error
@@ -94,8 +95,9 @@ def build_app(
                           upload_counter=upload_counter)
 
     middlewares: list[Middleware] = [json_errors]
-    if token:
-        middlewares.append(token_middleware(token))
+    # With a token, the token is the protection; without one, Host and Origin checks keep
+    # web pages the operator visits from using the server (streamer/origin.py).
+    middlewares.append(token_middleware(token) if token else browser_guard(config.server))
     app = web.Application(
         middlewares=middlewares,
         client_max_size=max(config.server.max_upload_bytes, MAX_JSON_BYTES) + 64 * 1024,

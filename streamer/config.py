@@ -71,6 +71,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -280,6 +281,28 @@ def _is_loopback(host: str) -> bool:
         return False  # a host name: assume it may resolve to a public address
 
 
+_HOST_RE = re.compile(r"^[A-Za-z0-9._:-]{1,253}$")
+_ORIGIN_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]{0,30}://[A-Za-z0-9._:\[\]-]{1,260}$")
+
+
+def _check_host(value: str) -> str:
+    if value != "*" and not _HOST_RE.match(value):
+        raise ValueError(f"{value[:80]!r} is not a host name or address (no port, no "
+                         "scheme), or '*'")
+    return value
+
+
+def _check_origin(value: str) -> str:
+    if len(value) > 300 or not _ORIGIN_RE.match(value):
+        raise ValueError(f"{value[:80]!r} is not an origin such as "
+                         "'https://dash.example.com:8443' (no path, no trailing slash)")
+    return value
+
+
+HostName = Annotated[str, AfterValidator(_check_host)]
+OriginStr = Annotated[str, AfterValidator(_check_origin)]
+
+
 class ServerConfig(_Strict):
     """The HTTP API. Listening beyond loopback without a token must be asked for explicitly,
     because the API can add streams (an SSRF vector) and accepts uploads."""
@@ -304,6 +327,14 @@ class ServerConfig(_Strict):
     #: anywhere but localhost)
     tls_cert: PathStr | None = None
     tls_key: PathStr | None = None
+    #: without a token: extra names browsers may use in ``Host`` besides the listening host,
+    #: localhost and IP addresses (DNS rebinding protection, see streamer/origin.py); "*": any
+    allowed_hosts: Annotated[tuple[HostName, ...], BeforeValidator(_as_tuple),
+                             Field(max_length=64)] = ()
+    #: without a token: origins (``https://dash.example.com:8443``) whose pages may change
+    #: things (POST/PUT/PATCH/DELETE) besides the server's own
+    allowed_origins: Annotated[tuple[OriginStr, ...], BeforeValidator(_as_tuple),
+                               Field(max_length=64)] = ()
 
     @field_validator("database", "tls_cert", "tls_key")
     @classmethod

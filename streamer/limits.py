@@ -21,8 +21,9 @@ MAX_JSON_BYTES = 256 * 1024
 MAX_JSON_DEPTH = 32
 #: Characters of one JSON number; a 5,000-digit integer costs quadratic time to convert.
 MAX_JSON_NUMBER_CHARS = 40
-#: Characters of one JSON string (an SDP offer is the longest real one).
-MAX_JSON_STRING_CHARS = 64 * 1024
+#: Characters of one JSON string. The longest real one is an SDP offer (at most 64 KiB,
+#: checked by ``streamer.rtc`` with its own message); fields have tighter bounds of their own.
+MAX_JSON_STRING_CHARS = 128 * 1024
 
 #: Zones of one stream.
 MAX_ZONES_PER_STREAM = 32
