@@ -83,7 +83,12 @@ from pydantic import (
 )
 
 from crowdcount.model.errors import UserError
-from crowdcount.streamer.limits import MAX_NAME_LENGTH, MAX_URL_LENGTH
+from crowdcount.streamer.limits import (
+    MAX_ALERT_RULES,
+    MAX_NAME_LENGTH,
+    MAX_URL_LENGTH,
+    MAX_ZONES_PER_STREAM,
+)
 
 __all__ = [
     "STREAM_NAME_RE",
@@ -206,7 +211,8 @@ class StreamConfig(StreamSettings):
     name: StreamName
     url: UrlStr
     loop: bool = False
-    zones: Annotated[tuple[ZoneConfig, ...], BeforeValidator(_as_tuple)] = ()
+    zones: Annotated[tuple[ZoneConfig, ...], BeforeValidator(_as_tuple),
+                     Field(max_length=MAX_ZONES_PER_STREAM)] = ()
 
     @field_validator("url")
     @classmethod
@@ -528,7 +534,8 @@ class Config(_Strict):
     server: ServerConfig = Field(default_factory=dict, validate_default=True)
     model: ModelConfig = Field(default_factory=dict, validate_default=True)
     streams: Annotated[tuple[StreamConfig, ...], BeforeValidator(_as_tuple)] = ()
-    thresholds: Annotated[tuple[ThresholdConfig, ...], BeforeValidator(_as_tuple)] = ()
+    thresholds: Annotated[tuple[ThresholdConfig, ...], BeforeValidator(_as_tuple),
+                          Field(max_length=MAX_ALERT_RULES)] = ()
     sinks: SinksConfig = Field(default_factory=dict, validate_default=True)
     cluster: ClusterConfig | None = None
 

@@ -15,6 +15,12 @@ MAX_NAME_LENGTH = 64
 #: masked and shown on every status line, so an unbounded one is a cost on every request.
 MAX_URL_LENGTH = 2048
 
+#: Request target (path and query) of any request: longer is a 414 JSON answer. HTTP lines
+#: are parsed up to ``MAX_HTTP_LINE`` bytes so that the refusal can be JSON; past that,
+#: aiohttp itself answers 400 in text (logged as one line, see ``streamer.app``).
+MAX_REQUEST_TARGET = 8190
+MAX_HTTP_LINE = 64 * 1024
+
 #: Request bodies read as JSON (stream definitions, zones, SDP offers of at most 64 KiB).
 MAX_JSON_BYTES = 256 * 1024
 #: Nesting of objects and arrays in a JSON body (the deepest real body, zones, has 4).
