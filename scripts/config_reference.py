@@ -119,8 +119,10 @@ def _bounds(schema: dict[str, Any]) -> str:
             parts.append(f"at least {fewest} items")
     else:
         lo, hi = schema.get("minLength"), schema.get("maxLength")
-        if lo is not None or hi is not None:
-            parts.append(f"length {lo or 0}–{hi}" if hi is not None else f"length ≥ {lo}")
+        if lo is not None and hi is not None:
+            parts.append(f"length {lo}–{hi}")
+        elif lo is not None or hi is not None:
+            parts.append(f"length ≥ {lo}" if hi is None else f"length ≤ {hi}")
     if "pattern" in schema:
         parts.append(f"matches `{schema['pattern']}`")
     items = schema.get("items")

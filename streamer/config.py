@@ -71,6 +71,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -82,6 +83,12 @@ from pydantic import (
 )
 
 from crowdcount.model.errors import UserError
+from crowdcount.streamer.limits import (
+    MAX_ALERT_RULES,
+    MAX_NAME_LENGTH,
+    MAX_URL_LENGTH,
+    MAX_ZONES_PER_STREAM,
+)
 
 __all__ = [
     "STREAM_NAME_RE",
@@ -107,10 +114,15 @@ StreamKind = Literal["rtsp", "file", "device", "webcam"]
 
 # Stream names become ids in API paths, metric labels and the database: keep them plain.
 # The one definition: the config file, the API bodies and the WebRTC signalling use it.
-_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+_NAME_RE = rf"^[A-Za-z0-9][A-Za-z0-9_.-]{{0,{MAX_NAME_LENGTH - 1}}}$"
 STREAM_NAME_RE = re.compile(_NAME_RE)
-STREAM_NAME_RULE = "1-64 letters, digits, '_', '.' or '-' starting with a letter or digit"
-StreamName = Annotated[str, Field(pattern=_NAME_RE)]
+STREAM_NAME_RULE = (f"1-{MAX_NAME_LENGTH} letters, digits, '_', '.' or '-' starting with a "
+                    "letter or digit")
+# max_length before the pattern: a megabyte-long name is refused without being scanned.
+StreamName = Annotated[str, Field(max_length=MAX_NAME_LENGTH, pattern=_NAME_RE)]
+#: Every URL the config or the API accepts (see ``streamer.limits``).
+UrlStr = Annotated[str, Field(min_length=1, max_length=MAX_URL_LENGTH)]
+ZoneName = Annotated[str, Field(min_length=1, max_length=MAX_NAME_LENGTH)]
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _WEBCAM_RE = re.compile(r"^webcam:\d+$")
 _DEVICE_RE = re.compile(r"^/dev/video\d+$")
@@ -161,7 +173,7 @@ class ZoneConfig(_Strict):
     """A polygon whose density is summed separately, in the stream's frame pixels."""
 
     #: the zone's name in counts, metrics, topics and alert rules; unique within its stream
-    name: Annotated[str, Field(min_length=1, max_length=64)]
+    name: ZoneName
     #: the polygon's corners as [x, y] pixels of the stream's frames, in order
     points: Annotated[tuple[Point, ...], BeforeValidator(_as_tuple), Field(min_length=3)]
 
@@ -207,11 +219,12 @@ class StreamConfig(StreamSettings):
     name: StreamName
     #: rtsp:// or rtsps:// url (credentials are never logged or returned), a video file
     #: (relative to the config file), /dev/videoN or webcam:N
-    url: Annotated[str, Field(min_length=1)]
+    url: UrlStr
     #: play a video file again from the start when it ends (files only)
     loop: bool = False
     #: polygons counted separately: [[streams.zones]] tables
-    zones: Annotated[tuple[ZoneConfig, ...], BeforeValidator(_as_tuple)] = ()
+    zones: Annotated[tuple[ZoneConfig, ...], BeforeValidator(_as_tuple),
+                     Field(max_length=MAX_ZONES_PER_STREAM)] = ()
 
     @field_validator("url")
     @classmethod
@@ -286,6 +299,28 @@ def _is_loopback(host: str) -> bool:
         return False  # a host name: assume it may resolve to a public address
 
 
+_HOST_RE = re.compile(r"^[A-Za-z0-9._:-]{1,253}$")
+_ORIGIN_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]{0,30}://[A-Za-z0-9._:\[\]-]{1,260}$")
+
+
+def _check_host(value: str) -> str:
+    if value != "*" and not _HOST_RE.match(value):
+        raise ValueError(f"{value[:80]!r} is not a host name or address (no port, no "
+                         "scheme), or '*'")
+    return value
+
+
+def _check_origin(value: str) -> str:
+    if len(value) > 300 or not _ORIGIN_RE.match(value):
+        raise ValueError(f"{value[:80]!r} is not an origin such as "
+                         "'https://dash.example.com:8443' (no path, no trailing slash)")
+    return value
+
+
+HostName = Annotated[str, AfterValidator(_check_host)]
+OriginStr = Annotated[str, AfterValidator(_check_origin)]
+
+
 class ServerConfig(_Strict):
     """The HTTP API. Listening beyond loopback without a token must be asked for explicitly,
     because the API can add streams (an SSRF vector) and accepts uploads."""
@@ -321,6 +356,14 @@ class ServerConfig(_Strict):
     tls_cert: PathStr | None = None
     #: the private key of tls_cert (PEM); both or neither
     tls_key: PathStr | None = None
+    #: without a token: extra names browsers may use in ``Host`` besides the listening host,
+    #: localhost and IP addresses (DNS rebinding protection, see streamer/origin.py); "*": any
+    allowed_hosts: Annotated[tuple[HostName, ...], BeforeValidator(_as_tuple),
+                             Field(max_length=64)] = ()
+    #: without a token: origins (``https://dash.example.com:8443``) whose pages may change
+    #: things (POST/PUT/PATCH/DELETE) besides the server's own
+    allowed_origins: Annotated[tuple[OriginStr, ...], BeforeValidator(_as_tuple),
+                               Field(max_length=64)] = ()
 
     @field_validator("database", "tls_cert", "tls_key")
     @classmethod
@@ -391,7 +434,7 @@ class ThresholdConfig(_Strict):
     #: the stream whose count is watched
     stream: StreamName
     #: one of the stream's zones; unset: the stream's total
-    zone: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    zone: ZoneName | None = None
     #: raise when the count has been over this for for_seconds
     above: Annotated[float, Field(ge=0, allow_inf_nan=False)]
     #: clear when the count is back under this (less than above)
@@ -424,7 +467,7 @@ class WebhookConfig(_Strict):
     """
 
     #: http:// or https:// url the JSON events are POSTed to
-    url: Annotated[str, Field(min_length=1)]
+    url: UrlStr
     #: HMAC-SHA256 key: X-CrowdCount-Signature: sha256=<hex of the body's HMAC>
     secret: Annotated[str, Field(min_length=1)]
     #: seconds per attempt
@@ -516,7 +559,7 @@ class ClusterConfig(_Strict):
     #: the Ray cluster's address (HEAD:6379)
     address: Annotated[str, Field(min_length=1)]
     #: PostgreSQL url of the shared store (postgresql://user@host/db)
-    database: Annotated[str, Field(pattern=r"^postgres(ql)?://")]
+    database: Annotated[str, Field(max_length=MAX_URL_LENGTH, pattern=r"^postgres(ql)?://")]
     #: camera groups, each a Ray actor; fixed for the life of a deployment
     shards: Annotated[int, Field(ge=1, le=4096)] = 8
     #: Ray namespace of the shard actors
@@ -547,7 +590,8 @@ class Config(_Strict):
     server: ServerConfig = Field(default_factory=dict, validate_default=True)
     model: ModelConfig = Field(default_factory=dict, validate_default=True)
     streams: Annotated[tuple[StreamConfig, ...], BeforeValidator(_as_tuple)] = ()
-    thresholds: Annotated[tuple[ThresholdConfig, ...], BeforeValidator(_as_tuple)] = ()
+    thresholds: Annotated[tuple[ThresholdConfig, ...], BeforeValidator(_as_tuple),
+                          Field(max_length=MAX_ALERT_RULES)] = ()
     sinks: SinksConfig = Field(default_factory=dict, validate_default=True)
     cluster: ClusterConfig | None = None
 
@@ -630,6 +674,8 @@ def _key_path(loc: tuple[int | str, ...]) -> str:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
+            if len(part) > MAX_NAME_LENGTH:  # a client's unknown key: shown, not echoed whole
+                part = part[:MAX_NAME_LENGTH] + "..."
             out += f".{part}" if out else str(part)
     return out
 
@@ -673,7 +719,7 @@ def to_config_error(exc: ValidationError, source: str) -> ConfigError:
     kind = err["type"]
     if kind == "extra_forbidden":
         key = str(loc[-1])
-        problem = f"unknown key {key!r}"
+        problem = f"unknown key {key[:MAX_NAME_LENGTH]!r}"
         model = _model_at(loc[:-1])
         if model is not None:
             close = difflib.get_close_matches(key, list(model.model_fields), n=1)

@@ -79,9 +79,6 @@ def operation_of(handler: Any) -> Operation | None:
     return op if isinstance(op, Operation) else None
 
 
-#: Static folders (aiohttp serves them itself, no handler to decorate): prefix -> Operation.
-STATIC_OPERATIONS = web.AppKey("openapi_static", dict)
-
 _ERRORS = {
     400: "bad input: the message names the parameter or field",
     401: "missing or wrong bearer token",
@@ -108,9 +105,7 @@ def _route_path(route: web.AbstractRoute) -> str | None:
         return str(info["formatter"])
     if "path" in info:
         return str(info["path"])
-    if "prefix" in info:  # a static folder
-        return f"{str(info['prefix']).rstrip('/')}/{{filename}}"
-    return None
+    return None  # a static folder (this app has none: its files go through handlers)
 
 
 def registered_routes(app: web.Application) -> list[tuple[str, str, web.AbstractRoute]]:
@@ -156,12 +151,9 @@ def build_spec(app: web.Application) -> dict[str, Any]:
     """The OpenAPI 3.1 document of ``app``. Raises ``LookupError`` naming a route that has
     no ``Operation`` (every route is documented or the document is refused)."""
     token = app.get(TOKEN_REQUIRED, False)
-    static_ops: dict[str, Operation] = app.get(STATIC_OPERATIONS, {})
     found: list[tuple[str, str, Operation]] = []
     for method, path, route in registered_routes(app):
         op = operation_of(route.handler)
-        if op is None:
-            op = static_ops.get(path)
         if op is None:
             raise LookupError(f"route {method.upper()} {path} has no OpenAPI operation")
         found.append((method, path, op))

@@ -47,7 +47,7 @@ from crowdcount.streamer.sources.webrtc import WebRtcSource
 from crowdcount.streamer.status import StreamStatus
 from crowdcount.streamer.store import GatheringStore, SettingsStore, Store, open_store
 from crowdcount.streamer.upload import UploadCounter
-from crowdcount.streamer.urls import mask_url, validate_api_url
+from crowdcount.streamer.urls import mask_text, mask_url, validate_api_url
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,10 @@ def stream_dict(
     status: dict[str, Any],
 ) -> dict[str, Any]:
     """A stream as the API shows it (one shape for the single-process and the cluster
-    service): its name is its id, and the URL is masked (it may hold credentials)."""
+    service): its name is its id, and the URL is masked (it may hold credentials), in
+    ``last_error`` too (whatever a source or a shard put there)."""
+    if isinstance(status.get("last_error"), str):
+        status = {**status, "last_error": mask_text(status["last_error"])}
     return {"id": sid, "name": sid, "url": mask_url(url), "kind": kind, "origin": origin,
             "options": dict(options), "status": status}
 
@@ -217,8 +220,8 @@ class Service:
         return [z.name for z in self.integrations.zones(stream_id)]
 
     def _live_zone_names(self, stream_id: str) -> list[str] | None:
-        """A live stream's zone names; ``None`` for a stream that is not live (rules may
-        name zones of streams added later)."""
+        """A live stream's zone names; ``None`` for a stream that is not live (the API
+        refuses rules for it: a misspelt stream would be a rule that never fires)."""
         return self._zone_names(stream_id) if stream_id in self.streams else None
 
     async def set_zones(self, stream_id: str, zones: list[Zone]) -> None:

@@ -14,16 +14,9 @@ from typing import Any
 
 from aiohttp import web
 
-from crowdcount.streamer.openapi import (
-    STATIC_OPERATIONS,
-    Operation,
-    Reply,
-    build_spec,
-    error,
-    operation,
-)
+from crowdcount.streamer.openapi import Operation, Reply, build_spec, error, operation
 from crowdcount.streamer.routes.common import ApiError
-from crowdcount.streamer.routes.system import WEB_DIR_KEY
+from crowdcount.streamer.routes.system import WEB_DIR_KEY, file_response
 
 SPEC_CACHE = web.AppKey("openapi_spec_cache", dict)
 
@@ -60,16 +53,20 @@ async def docs_page(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(page, headers={"Cache-Control": "no-cache"})
 
 
+@operation(Operation(
+    "Swagger UI's files (for /api/docs)", "system",
+    {200: Reply("the file", media={"*/*": {}}), **dict([error(404)])},
+    path_params={"path": "a file of Swagger UI"},
+))
+async def swagger_file(request: web.Request) -> web.StreamResponse:
+    folder = swagger_ui_dir()
+    if folder is None:
+        raise ApiError(404, "Swagger UI is not installed (pip install swagger-ui-py)")
+    return file_response(request, folder)
+
+
 def add_routes(app: web.Application) -> None:
     app[SPEC_CACHE] = {}
     app.router.add_get("/api/openapi.json", openapi_json)
     app.router.add_get("/api/docs", docs_page)
-    folder = swagger_ui_dir()
-    if folder is not None:
-        app.router.add_static("/api/docs/static/", folder, show_index=False,
-                              follow_symlinks=False)
-        app.setdefault(STATIC_OPERATIONS, {})["/api/docs/static/{filename}"] = Operation(
-            "Swagger UI's files (for /api/docs)", "system",
-            {200: Reply("the file", media={"*/*": {}}), **dict([error(404)])},
-            path_params={"filename": "a file of Swagger UI"},
-        )
+    app.router.add_get("/api/docs/static/{path:.*}", swagger_file)

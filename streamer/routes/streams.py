@@ -27,8 +27,10 @@ from crowdcount.streamer.config import (
     StreamConfig,
     StreamName,
     StreamSettings,
+    UrlStr,
 )
 from crowdcount.streamer.feed import sse_response
+from crowdcount.streamer.limits import MAX_URL_LENGTH
 from crowdcount.streamer.openapi import Operation, Reply, error, operation
 from crowdcount.streamer.routes.common import (
     ApiError,
@@ -70,8 +72,9 @@ class AddStreamBody(StreamSettings):
 
     name: StreamName
     #: the API opens network cameras only (``validate_api_url`` words the refusals)
-    url: Annotated[str, WithJsonSchema({
+    url: Annotated[UrlStr, WithJsonSchema({
         "type": "string", "pattern": "^[Rr][Tt][Ss][Pp][Ss]?://[^\\s/?#]+",
+        "maxLength": MAX_URL_LENGTH,
         "description": "rtsp:// or rtsps:// url with a host (credentials are masked in "
                        "every answer); files and devices only from the config file",
         "examples": ["rtsp://user:secret@127.0.0.1:8554/stream1"],
@@ -79,14 +82,20 @@ class AddStreamBody(StreamSettings):
 
 
 def _optional(f: FieldInfo) -> Any:
-    """``f``'s type with its bounds, or ``None``."""
+    """``f``'s type with its bounds, optional: ``null`` too unless ``f`` is required in a
+    new stream (a stream cannot be without its url)."""
     kind: Any = f.annotation
     if f.metadata:
         kind = Annotated[(kind, *f.metadata)]
+    if f.is_required():  # may be left out, never null: no null default in the document
+        return Annotated[kind, Field(json_schema_extra=_no_default)]
     return kind | None
 
 
-#: ``PATCH``: every setting optional, ``null`` to remove it (back to its default).
+def _no_default(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)
+
+
 _EDIT_FIELDS: dict[str, Any] = {name: (_optional(f), None)
                                 for name, f in AddStreamBody.model_fields.items()
                                 if name != "name"}
@@ -135,11 +144,16 @@ EDITABLE = frozenset({"url", *StreamSettings.model_fields})
 async def edit_stream(request: web.Request) -> web.Response:
     """``PATCH`` with ``{"url"?, "fps_limit"?, "max_side"?, "stall_timeout"?,
     "max_retries"?}``: the fields given replace the stream's (``null`` removes an option);
-    the stream restarts with them. API streams only (409 for the others)."""
+    the stream restarts with them (``{"url": null}``: 400). API streams only (409 for the
+    others)."""
     svc = service_of(request)
     with http_errors({StreamNotFound: 404}):
         entry = svc.get(request.match_info["id"])
     data = await read_json_object(request)
+    required = [k for k, v in data.items() if v is None and k in AddStreamBody.model_fields
+                and AddStreamBody.model_fields[k].is_required()]
+    if required:  # a stream cannot be without its url: null is a mistake, not "unchanged"
+        raise ApiError(400, f"field {required[0]!r} is required and cannot be null")
     parse_body(EditStreamBody, data)  # field names and types, as documented
     # ``null`` removes an option (back to its default); the merged settings are then checked
     # by the same request model as a new stream's, so both accept exactly the same values.

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from crowdcount.model.render import heat_legend
 from crowdcount.streamer.metrics import CONTENT_TYPE
-from crowdcount.streamer.openapi import STATIC_OPERATIONS, Operation, Reply, error, operation
+from crowdcount.streamer.openapi import Operation, Reply, error, operation
 from crowdcount.streamer.routes.common import ApiError, service_of
 from crowdcount.streamer.routes.models import Health, HeatLegend
 from crowdcount.streamer.version import VERSION
@@ -67,16 +67,35 @@ async def index(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(page, headers={"Cache-Control": "no-cache"})
 
 
+def file_response(request: web.Request, folder: Path) -> web.FileResponse:
+    """The file ``{path}`` of ``folder``; 404 JSON for anything else (aiohttp's own static
+    route answers a missing file with an empty ``application/octet-stream`` body). Paths
+    that leave the folder, through ``..`` or a symlink, are missing files too."""
+    rel = request.match_info["path"]
+    base = folder.resolve()
+    try:
+        target = (base / rel).resolve()
+        found = target.is_relative_to(base) and target.is_file()
+    except (OSError, ValueError):  # a NUL byte, a name too long
+        found = False
+    if not found:
+        raise ApiError(404, f"not found: {request.method} {request.path[:100]}")
+    return web.FileResponse(target)
+
+
+@operation(Operation(
+    "The page's scripts, styles and pictures", "page",
+    {200: Reply("the file", media={"*/*": {}}), **dict([error(404)])},
+    path_params={"path": "a file of the page"},
+))
+async def static_file(request: web.Request) -> web.StreamResponse:
+    return file_response(request, request.app[WEB_DIR_KEY])
+
+
 def add_routes(app: web.Application, web_dir: Path) -> None:
     app[WEB_DIR_KEY] = web_dir
     app.router.add_get("/", index)
     app.router.add_get("/api/health", health)
     app.router.add_get("/api/heatmap", heatmap)
     app.router.add_get("/metrics", metrics)
-    if web_dir.is_dir():
-        app.router.add_static("/static/", web_dir, show_index=False, follow_symlinks=False)
-        app.setdefault(STATIC_OPERATIONS, {})["/static/{filename}"] = Operation(
-            "The page's scripts, styles and pictures", "page",
-            {200: Reply("the file", media={"*/*": {}}), **dict([error(404)])},
-            path_params={"filename": "a file of the page"},
-        )
+    app.router.add_get("/static/{path:.*}", static_file)

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from crowdcount.model.zones import Zone
 from crowdcount.streamer.config import ZoneConfig, to_config_error
+from crowdcount.streamer.limits import MAX_ZONES_PER_STREAM as MAX_ZONES
 from crowdcount.streamer.openapi import Operation, Reply, error, operation
 from crowdcount.streamer.routes.common import (
     ApiError,
@@ -36,7 +37,6 @@ from crowdcount.streamer.routes.common import (
 from crowdcount.streamer.routes.models import Alerts, Zones
 from crowdcount.streamer.service import Service, StreamEntry, StreamNotFound
 
-MAX_ZONES = 32
 MAX_ALERTS = 10_000
 
 
