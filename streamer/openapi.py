@@ -82,9 +82,11 @@ def operation_of(handler: Any) -> Operation | None:
 _ERRORS = {
     400: "bad input: the message names the parameter or field",
     401: "missing or wrong bearer token",
+    403: "without a token: a Host that is not the server's, or a cross-origin change",
     404: "no such stream, rule or peer",
     409: "conflicts with the current state (name taken, config-file item, limit reached)",
     413: "body larger than the limit",
+    414: "request target (path and query) longer than the limit",
     415: "body is not of the accepted media type",
     429: "rate limit reached; retry after Retry-After seconds",
     501: "not available on this kind of server (a cluster's API process)",
@@ -193,9 +195,13 @@ def build_spec(app: web.Application) -> dict[str, Any]:
         elif op.raw_body is not None:
             item["requestBody"] = {"required": True, "content": {
                 media: {"schema": dict(schema)} for media, schema in op.raw_body.items()}}
+        # What the middlewares answer before any handler (streamer.app, auth, origin).
         replies = dict(op.replies)
+        replies.setdefault(*error(414))
         if token:
             replies.setdefault(*error(401))
+        else:
+            replies.setdefault(*error(403))
         item["responses"] = {
             str(status): _reply(reply, refs) for status, reply in sorted(replies.items())
         }

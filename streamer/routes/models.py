@@ -10,7 +10,7 @@ change for a client, removing or retyping one is.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -71,8 +71,8 @@ class Stream(_Answer):
     url: str
     kind: str = Field(description="rtsp, file, device, webcam or webrtc")
     origin: str = Field(description="config (the file or --stream), api or webrtc")
-    options: dict[str, int | float | bool | str | None] = Field(
-        description="the stream's own settings (max_side, fps_limit, ...)")
+    options: dict[str, Any] = Field(
+        description="the stream's own settings (max_side, fps_limit, zones, ...)")
     status: StreamStatusOut
 
 

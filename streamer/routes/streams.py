@@ -51,11 +51,20 @@ EXPORT_CHUNK_ROWS = 5000
 
 
 _ID = {"id": "the stream's name"}
+#: One Server-Sent Event, as clients (and Schemathesis) parse the stream.
 _SSE = {"text/event-stream": {
-    "type": "string",
-    "description": "`data: <json>` lines: a count item `{stream, t, count, smoothed, "
-                   "zones?}` per processed frame, and alert events with `\"type\": "
-                   "\"alert\"`; `: keepalive` comments in quiet times. Never ends by itself.",
+    "type": "object",
+    "description": "Never ends by itself. One `data:` line of JSON per event: a count item "
+                   "`{stream, t, count, smoothed, zones?}` per processed frame, or an alert "
+                   "event marked `\"type\": \"alert\"`; `: keepalive` comments in quiet "
+                   "times.",
+    "required": ["data"],
+    "properties": {
+        "data": {"type": "string", "contentMediaType": "application/json"},
+        "event": {"type": "string"},
+        "id": {"type": "string"},
+        "retry": {"type": "integer"},
+    },
 }}
 
 
@@ -73,7 +82,8 @@ class AddStreamBody(StreamSettings):
     name: StreamName
     #: the API opens network cameras only (``validate_api_url`` words the refusals)
     url: Annotated[UrlStr, WithJsonSchema({
-        "type": "string", "pattern": "^[Rr][Tt][Ss][Pp][Ss]?://[^\\s/?#]+",
+        "type": "string",
+        "pattern": "^[Rr][Tt][Ss][Pp][Ss]?://[^\\x00-\\x20\\x7f/?#]+[^\\x00-\\x20\\x7f]*$",
         "maxLength": MAX_URL_LENGTH,
         "description": "rtsp:// or rtsps:// url with a host (credentials are masked in "
                        "every answer); files and devices only from the config file",
