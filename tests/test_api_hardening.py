@@ -322,3 +322,24 @@ async def test_token_on_feeds_signalling_and_every_api_route(serve: Serve) -> No
         else:
             pytest.fail("no SSE data with the token")
     await healthy(client, AUTH)
+
+
+# -- uploads --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("disposition", [
+    # Found by Schemathesis (tests/test_schemathesis.py): raw non-UTF-8 bytes and a control
+    # character in a part's header made aiohttp raise InvalidHeader, which was a 500.
+    b'form-data; name="\xc2\xa9r\xf3\xbd\xaf\xb4*\xc2\x82!\x18"',
+    b'form-data; name="image"\x00',
+])
+async def test_upload_with_a_malformed_part_header_is_400(serve: Serve,
+                                                          disposition: bytes) -> None:
+    client = await serve()
+    boundary = "fe2a83174d12cf591fdd48fc12228241"
+    body = (f"--{boundary}\r\nContent-Disposition: ".encode() + disposition
+            + f"\r\n\r\nnot an image\r\n--{boundary}--\r\n".encode())
+    r = await client.post("/api/count", data=body, headers={
+        "Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert "malformed multipart body" in await error_of(r, 400)
+    await healthy(client)

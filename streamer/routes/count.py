@@ -12,6 +12,7 @@ import math
 from typing import Literal
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import BadHttpMessage
 from pydantic import BaseModel, Field
 
 from crowdcount.model.imageio import ImageError
@@ -41,8 +42,12 @@ async def _read_image(request: web.Request, limit: int) -> tuple[bytes, str]:
                 if len(data) > limit:
                     raise ApiError(413, f"image is larger than the limit of {limit} bytes")
             return bytes(data), part.filename or "image"
-    except (ValueError, AssertionError) as exc:  # aiohttp's errors for broken multipart
-        raise ApiError(400, f"malformed multipart body: {exc}") from None
+    # aiohttp's errors for broken multipart: ValueError/AssertionError for the framing,
+    # BadHttpMessage for a part's headers (a control character in a field name, found by
+    # Schemathesis; it was a 500)
+    except (ValueError, AssertionError, BadHttpMessage) as exc:
+        why = "a part's headers are malformed" if isinstance(exc, BadHttpMessage) else exc
+        raise ApiError(400, f"malformed multipart body: {str(why)[:200]}") from None
     raise ApiError(400, "multipart body has no 'image' field")
 
 
