@@ -113,6 +113,16 @@ def build_app(
     app[SERVICE] = service
     app[TOKEN_REQUIRED] = bool(token)
     app[count.LIMITER] = RateLimiter(config.server.upload_rate_per_minute)
+    add_routes(app, web_dir, cluster=config.cluster is not None)
+    app.on_startup.append(_startup)
+    app.on_shutdown.append(_shutdown)
+    app.on_cleanup.append(_cleanup)
+    return app
+
+
+def add_routes(app: web.Application, web_dir: Path = WEB_DIR, *, cluster: bool = False) -> None:
+    """Every route of the API on ``app``: the one list, used by ``build_app`` and by
+    ``scripts/api_reference.py`` (which documents the routes without opening a service)."""
     system.add_routes(app, web_dir)
     docs.add_routes(app)
     streams.add_routes(app)
@@ -120,14 +130,10 @@ def build_app(
     rtc.add_routes(app)
     zones.add_routes(app)
     rules.add_routes(app)
-    if config.cluster is None:
+    if not cluster:
         gathering.add_routes(app)
     else:  # the gathering maps live in the shards' processes, not in the database (yet)
         app.router.add_get("/api/streams/{id}/heatmap", _no_heatmap_on_cluster)
-    app.on_startup.append(_startup)
-    app.on_shutdown.append(_shutdown)
-    app.on_cleanup.append(_cleanup)
-    return app
 
 
 @operation(gathering.HEATMAP)

@@ -36,7 +36,10 @@ FIELDS = set(ThresholdConfig.model_fields)
 
 #: ``PUT``: a ``[[thresholds]]`` table whose ``name`` may be left out (it is the path's).
 _OPTIONAL_NAME: dict[str, Any] = {"name": (Optional[StreamName], None)}  # noqa: UP045
-ReplaceRuleBody = create_model("ReplaceRuleBody", __base__=ThresholdConfig, **_OPTIONAL_NAME)
+ReplaceRuleBody = create_model(
+    "ReplaceRuleBody", __base__=ThresholdConfig, **_OPTIONAL_NAME,
+    __doc__="A [[thresholds]] table; name may be left out (it is the path's).",
+)
 
 
 class RulesQuery(BaseModel):
