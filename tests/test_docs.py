@@ -143,3 +143,29 @@ def test_mkdocs_builds_strictly(tmp_path: Path) -> None:
     html = (tmp_path / "index.html").read_text(encoding="utf-8")
     assert "fonts.googleapis.com" not in html and "unpkg.com" not in html
     assert (tmp_path / "search" / "search_index.json").is_file()
+
+
+def test_model_page_accuracy_is_the_model_cards() -> None:
+    """The accuracy table of docs/model.md says what model/weights/default.json (the card
+    shipped beside the weights) measured: images, MAE, RMSE and bias of each hold-out."""
+    import json
+
+    card = json.loads((ROOT / "model" / "weights" / "default.json").read_text())
+    metrics = card["metrics"]["at_serving_max_side_768"]
+    page = (DOCS / "model.md").read_text(encoding="utf-8")
+    rows = {
+        "Mall test (frames 801–2000)": metrics["mall_test_801_2000"],
+        "ShanghaiTech B hold-out": metrics["shanghaitech_b_holdout_every_10th"],
+        "ShanghaiTech A hold-out": metrics["shanghaitech_a_holdout_every_10th"],
+    }
+    for label, m in rows.items():
+        line = next(row for row in page.splitlines() if row.startswith(f"| {label} |"))
+        cells = [c.strip().strip("*") for c in line.strip("|").split("|")]
+        images, mae, rmse, bias = int(cells[1]), float(cells[2]), float(cells[3]), float(cells[4])
+        assert images == m["images"], label
+        digits = 2 if m["mae"] < 10 else 1
+        assert mae == round(m["mae"], digits), label
+        assert rmse == round(m["rmse"], digits), label
+        assert bias == pytest.approx(m["bias"], abs=0.05 if digits == 1 else 0.005), label
+    assert f"served at `max_side` {card['serving']['max_side']}" in page
+    assert f"{card['architecture']['parameters']:,}".replace(",", " ") in page
