@@ -39,13 +39,14 @@ from crowdcount.streamer.metrics import Metrics
 from crowdcount.streamer.pipeline import Pipeline
 from crowdcount.streamer.rtc import PeerManager
 from crowdcount.streamer.rules import RuleBook
+from crowdcount.streamer.sinks.base import Sink
 from crowdcount.streamer.sinks.counts import CountSink
 from crowdcount.streamer.sinks.viewer import ViewerRegistry
 from crowdcount.streamer.smoothing import Ema
 from crowdcount.streamer.sources.base import Source
 from crowdcount.streamer.sources.webrtc import WebRtcSource
 from crowdcount.streamer.status import StreamStatus
-from crowdcount.streamer.store import GatheringStore, SettingsStore, Store, open_store
+from crowdcount.streamer.store import SettingsStore, Store, open_store
 from crowdcount.streamer.upload import UploadCounter
 from crowdcount.streamer.urls import mask_url, validate_api_url
 
@@ -165,15 +166,13 @@ class Service:
         self.counts = CountSink(self.store.history, self.feed, Ema(), store_rate,
                                 alert_log=self.store.alerts)
         # Rules and zones made through the API, saved in the store's settings, and where
-        # people gather (per-minute density grids). Optional parts of a store: a cluster
-        # shard's PostgreSQL store has neither (its API answers 501 for them).
-        self.settings: SettingsStore | None = getattr(self.store, "settings", None)
+        # people gather (per-minute density grids, in the store as well).
+        self.settings: SettingsStore = self.store.settings
         self.saved_zones: dict[str, list[dict[str, Any]]] = {}
         self.rules = RuleBook(rules_from_config(config.thresholds), self.settings,
                               self.integrations, self._live_zone_names,
                               self.pipeline.publish_alerts)
-        gathering: GatheringStore | None = getattr(self.store, "gathering", None)
-        self.gathering = GatheringMap(gathering) if gathering is not None else None
+        self.gathering = GatheringMap(self.store.gathering)
         self.metrics = Metrics(self.statuses, self._service_gauges,
                                zones=self._zone_names, alerts=self.integrations.active_alerts,
                                service_counters=self._service_counters,
@@ -233,8 +232,7 @@ class Service:
         else:
             entry.options.pop("zones", None)
         self.saved_zones[stream_id] = dicts
-        if self.settings is not None:
-            await asyncio.to_thread(self.settings.save_zones, stream_id, dicts)
+        await asyncio.to_thread(self.settings.save_zones, stream_id, dicts)
         if entry.origin == "api":  # its saved definition lists its options, zones included
             await asyncio.to_thread(self.store.streams.save, entry.id, entry.id, entry.url,
                                     entry.kind, dict(entry.options))
@@ -278,8 +276,7 @@ class Service:
         # Alerts left open by a previous process can never be cleared by it: close them; the
         # fresh engine raises again if the crowd is still there.
         await asyncio.to_thread(self.store.alerts.close_open, time.time())
-        if self.settings is not None:
-            self.saved_zones = await asyncio.to_thread(self.settings.zones)
+        self.saved_zones = await asyncio.to_thread(self.settings.zones)
         for name in await self.rules.load():
             log.warning("event=saved_rule_shadowed rule=%s (the config file has one of that "
                         "name)", name)
@@ -289,9 +286,9 @@ class Service:
             self._retention = asyncio.create_task(self._enforce_retention())
         await self.pipeline.start()
         # Every consumer of results and alerts is a sink of the pipeline, and only that.
-        gathering = () if self.gathering is None else (self.gathering,)
-        for sink in (self.counts, self.metrics, self.viewers, *gathering,
-                     *self.integrations.notifiers):
+        sinks: list[Sink] = [self.counts, self.metrics, self.viewers, self.gathering,
+                             *self.integrations.notifiers]
+        for sink in sinks:
             self.pipeline.add_sink(sink)
 
     async def add_stream(
@@ -393,8 +390,7 @@ class Service:
         # A removed API camera is forgotten with its zones (a new one of that name starts
         # clean); a browser camera's or a config stream's zones stay for its return.
         self.saved_zones.pop(stream_id, None)
-        if self.settings is not None:
-            await asyncio.to_thread(self.settings.delete_zones, stream_id)
+        await asyncio.to_thread(self.settings.delete_zones, stream_id)
         await self._drop(stream_id, entry)
 
     async def replace_stream(self, stream: StreamConfig) -> StreamEntry:
@@ -422,8 +418,7 @@ class Service:
         self.viewers.remove(stream_id)
         self.counts.forget(stream_id)
         self.metrics.forget(stream_id)
-        if self.gathering is not None:
-            self.gathering.forget(stream_id)
+        self.gathering.forget(stream_id)
         if entry.origin != "config":  # API streams get theirs back from the store
             self.integrations.set_zones(stream_id, ())
         # Make its last counts queryable at once (the history outlives the stream).
@@ -466,15 +461,12 @@ class Service:
             try:
                 if raw_hours > 0:
                     cutoff = now - raw_hours * 3600
-                    # Only a history with rollups can drop raw rows without losing any.
-                    prune = getattr(self.store.history, "prune_raw", None)
-                    pruned = 0 if prune is None else await asyncio.to_thread(prune, cutoff)
+                    pruned = await asyncio.to_thread(self.store.history.prune_raw, cutoff)
                     log.info("event=raw_pruned deleted=%d before=%.0f", pruned, cutoff)
                 if days is not None:
                     cutoff = now - days * 86400
                     deleted = await asyncio.to_thread(self.store.history.delete, None, cutoff)
-                    if self.gathering is not None:
-                        deleted += await asyncio.to_thread(self.gathering.delete_before, cutoff)
+                    deleted += await asyncio.to_thread(self.gathering.delete_before, cutoff)
                     log.info("event=retention deleted=%d before=%.0f", deleted, cutoff)
             except Exception as exc:  # the database's error, whichever backend
                 log.error("event=retention_failed error=%r", str(exc))
@@ -499,8 +491,7 @@ class Service:
             self.viewers.remove(sid)
         await self.pipeline.close()
         self.streams.clear()
-        if self.gathering is not None:
-            await asyncio.to_thread(self.gathering.close)
+        await asyncio.to_thread(self.gathering.close)
         await self.integrations.close()
         await asyncio.to_thread(self.store.close)
         await self.uploads.close()
