@@ -17,11 +17,13 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from crowdcount.streamer.config import STREAM_NAME_RE, STREAM_NAME_RULE, to_config_error
-from crowdcount.streamer.service import Service
+from crowdcount.streamer.surface import ServiceSurface
 
 M = TypeVar("M", bound=BaseModel)
 
-SERVICE = web.AppKey("service", Service)
+#: The single-process ``Service`` or a cluster's ``ClusterService``: routes see only the
+#: surface both implement.
+SERVICE: web.AppKey[ServiceSurface] = web.AppKey("service")
 #: JSON bodies (stream definitions, SDP offers of at most 64 KiB) stay well below this.
 MAX_JSON_BYTES = 256 * 1024
 
@@ -53,7 +55,7 @@ def json_error(status: int, message: str, headers: dict[str, str] | None = None)
                              headers=headers)
 
 
-def service_of(request: web.Request) -> Service:
+def service_of(request: web.Request) -> ServiceSurface:
     return request.app[SERVICE]
 
 

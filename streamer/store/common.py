@@ -498,22 +498,32 @@ class SqlAlerts:
 
 class _Records:
     """Records read with ``fetch`` and written through the writer (durable when a write
-    returns)."""
+    returns). ``announce(conn, what)``, when given, runs in each write's transaction (a
+    cluster tells its other processes what changed)."""
 
-    def __init__(self, d: Dialect, fetch: Fetch, writer: Writer[Any]) -> None:
+    def __init__(self, d: Dialect, fetch: Fetch, writer: Writer[Any],
+                 announce: Callable[[SqlConn, str], None] | None = None) -> None:
         self._d = d
         self._fetch = fetch
         self._writer = writer
+        self._announce = announce
 
-    def _write(self, sql: str, args: Mapping[str, Any]) -> int:
-        return self._writer.call(lambda conn: int(conn.execute(sql, args).rowcount))
+    def _write(self, sql: str, args: Mapping[str, Any], what: str | None = None) -> int:
+        def write(conn: SqlConn) -> int:
+            n = int(conn.execute(sql, args).rowcount)
+            if what is not None and self._announce is not None:
+                self._announce(conn, what)
+            return n
 
-    def _upsert(self, table: str, key: Sequence[str], values: Mapping[str, Any]) -> None:
+        return self._writer.call(write)
+
+    def _upsert(self, table: str, key: Sequence[str], values: Mapping[str, Any],
+                what: str | None = None) -> None:
         cols = ", ".join(values)
         sets = ", ".join(f"{c} = excluded.{c}" for c in values if c not in key)
         self._write(f"INSERT INTO {table} ({cols}) VALUES "
                     f"({', '.join(self._d.p(c) for c in values)}) "
-                    f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {sets}", values)
+                    f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {sets}", values, what)
 
 
 
@@ -530,11 +540,12 @@ class SqlSettings(_Records):
         self._upsert("alert_rules", ("name",), {
             "name": rule["name"], "stream": rule["stream"], "zone": rule.get("zone"),
             "above": float(rule["above"]), "below": float(rule["below"]),
-            "for_seconds": float(rule.get("for_seconds") or 0.0), "updated_at": time.time()})
+            "for_seconds": float(rule.get("for_seconds") or 0.0), "updated_at": time.time()},
+            "rules")
 
     def delete_rule(self, name: str) -> bool:
         return self._write(f"DELETE FROM alert_rules WHERE name = {self._d.p('name')}",
-                           {"name": name}) > 0
+                           {"name": name}, "rules") > 0
 
     def zones(self) -> dict[str, list[dict[str, Any]]]:
         rows = self._fetch("SELECT stream_id, zones FROM stream_zones", {})
@@ -543,11 +554,11 @@ class SqlSettings(_Records):
     def save_zones(self, stream_id: str, zones: Sequence[Mapping[str, Any]]) -> None:
         self._upsert("stream_zones", ("stream_id",), {
             "stream_id": stream_id, "zones": self._d.dump_json([dict(z) for z in zones]),
-            "updated_at": time.time()})
+            "updated_at": time.time()}, f"zones:{stream_id}")
 
     def delete_zones(self, stream_id: str) -> None:
         self._write(f"DELETE FROM stream_zones WHERE stream_id = {self._d.p('sid')}",
-                    {"sid": stream_id})
+                    {"sid": stream_id}, f"zones:{stream_id}")
 
     def stream_settings(self, key: str) -> dict[str, Any]:
         rows = self._fetch(f"SELECT stream_id, value FROM stream_settings WHERE key = "
@@ -557,14 +568,14 @@ class SqlSettings(_Records):
     def save_stream_setting(self, stream_id: str, key: str, value: Any) -> None:
         self._upsert("stream_settings", ("stream_id", "key"), {
             "stream_id": stream_id, "key": key, "value": self._d.dump_json(value),
-            "updated_at": time.time()})
+            "updated_at": time.time()}, f"setting:{key}:{stream_id}")
 
     def delete_stream_setting(self, stream_id: str, key: str | None = None) -> None:
         p = self._d.p
         sql = f"DELETE FROM stream_settings WHERE stream_id = {p('sid')}"
         if key is not None:
             sql += f" AND key = {p('key')}"
-        self._write(sql, {"sid": stream_id, "key": key})
+        self._write(sql, {"sid": stream_id, "key": key}, f"setting:{key or '*'}:{stream_id}")
 
 
 class SqlGathering(_Records):

@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar, cast
+from typing import Any, Literal, TypeVar, cast
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -55,9 +55,13 @@ POSTGRES = Dialect(
     greatest="GREATEST", dump_json=Jsonb, load_json=lambda value: value,
 )
 
-#: LISTEN/NOTIFY channels: live feed items (counts and alerts) and stream-list changes.
+#: LISTEN/NOTIFY channels: live feed items (counts and alerts), camera-registry changes
+#: (payload: the camera's id) and settings changes (payload: ``rules``, ``zones:<stream>``
+#: or ``setting:<key>:<stream>``). Registry and settings changes are announced inside
+#: their transaction: a listener that hears one reads the change.
 FEED_CHANNEL = "crowdcount_feed"
 STREAMS_CHANNEL = "crowdcount_streams"
+SETTINGS_CHANNEL = "crowdcount_settings"
 #: PostgreSQL refuses NOTIFY payloads of 8000 bytes or more.
 MAX_PAYLOAD = 7900
 
@@ -154,6 +158,12 @@ CREATE TABLE IF NOT EXISTS gathering_reference (
 # Any constant: serialises schema creation when several processes start at once (CREATE
 # TABLE IF NOT EXISTS alone races on the catalog).
 _SCHEMA_LOCK = 0x63726F77
+# Serialises camera additions: the name check, the count against ``max_streams`` and the
+# insert are one decision (two API processes adding at once must not both pass).
+_REGISTRY_LOCK = 0x63616D73
+
+#: What ``PostgresStreams.register`` did.
+Registered = Literal["added", "updated", "name_taken", "limit_reached"]
 
 _STREAM_COLS = "id, name, url, kind, options, created_at, shard, origin"
 
@@ -230,6 +240,57 @@ class PostgresStreams:
             conn.execute("SELECT pg_notify(%s, %s)", (STREAMS_CHANNEL, stream_id))
 
         self._writer.call(upsert)
+
+    def register(
+        self, stream_id: str, url: str, kind: str, options: Mapping[str, Any], *,
+        origin: str, shards: int, place: Callable[[Mapping[int, int]], int],
+        limit: int | None,
+    ) -> Registered:
+        """Add a camera in one transaction: refused if the name is taken (a config-file
+        camera registered again is updated in place instead) or the registry already holds
+        ``limit`` cameras; placed on ``place(cameras per shard)``. Announced on
+        ``STREAMS_CHANNEL``."""
+        opts = Jsonb(dict(options))
+
+        def register(conn: Conn) -> Registered:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_REGISTRY_LOCK,))
+            row = conn.execute("SELECT origin FROM streams WHERE id = %s",
+                               (stream_id,)).fetchone()
+            if row is not None:
+                if not origin == row[0] == "config":
+                    return "name_taken"
+                conn.execute("UPDATE streams SET url = %s, kind = %s, options = %s "
+                             "WHERE id = %s", (url, kind, opts, stream_id))
+                conn.execute("SELECT pg_notify(%s, %s)", (STREAMS_CHANNEL, stream_id))
+                return "updated"
+            loads = dict.fromkeys(range(shards), 0)
+            total = 0
+            for shard, n in conn.execute("SELECT shard, count(*) FROM streams GROUP BY shard"):
+                total += n
+                if shard in loads:
+                    loads[shard] = n
+            if limit is not None and total >= limit:
+                return "limit_reached"
+            conn.execute(
+                f"INSERT INTO streams ({_STREAM_COLS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                (stream_id, stream_id, url, kind, opts, time.time(), place(loads), origin))
+            conn.execute("SELECT pg_notify(%s, %s)", (STREAMS_CHANNEL, stream_id))
+            return "added"
+
+        return self._writer.call(register)
+
+    def update(self, stream_id: str, url: str, kind: str, options: Mapping[str, Any]) -> bool:
+        """Edit a camera in place (same shard, same origin); False if it is gone. An update
+        never re-creates a camera that another process removed meanwhile."""
+        def update(conn: Conn) -> bool:
+            n = conn.execute("UPDATE streams SET url = %s, kind = %s, options = %s "
+                             "WHERE id = %s", (url, kind, Jsonb(dict(options)), stream_id)
+                             ).rowcount
+            if n:
+                conn.execute("SELECT pg_notify(%s, %s)", (STREAMS_CHANNEL, stream_id))
+            return bool(n)
+
+        return self._writer.call(update)
 
     def delete(self, stream_id: str) -> bool:
         """Also forgets its last reported status."""
@@ -373,7 +434,7 @@ class PostgresStore(SqlStore):
         scope = ("", {}) if shard is None else (
             " AND stream IN (SELECT id FROM streams WHERE shard = %(shard)s)", {"shard": shard})
         self.alerts = SqlAlerts(POSTGRES, self._fetch, writer, scope)
-        self.settings = SqlSettings(POSTGRES, self._fetch, writer)
+        self.settings = SqlSettings(POSTGRES, self._fetch, writer, announce=_announce)
         self.gathering = SqlGathering(POSTGRES, self._fetch, writer)
         self.cluster = ClusterState(pool, shard)
 
@@ -388,6 +449,11 @@ class PostgresStore(SqlStore):
 
     def __enter__(self) -> PostgresStore:
         return self
+
+
+def _announce(conn: common.SqlConn, what: str) -> None:
+    """A settings change, heard by every shard and API process (``SETTINGS_CHANNEL``)."""
+    conn.execute("SELECT pg_notify(%s, %s)", (SETTINGS_CHANNEL, what))
 
 
 def _stream_dict(row: Any) -> dict[str, Any]:
