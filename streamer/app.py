@@ -21,12 +21,13 @@ from crowdcount.model.runtime import Runtime
 from crowdcount.streamer.auth import Handler, token_middleware
 from crowdcount.streamer.config import Config, resolve_token
 from crowdcount.streamer.limits import MAX_HTTP_LINE, MAX_REQUEST_TARGET
-from crowdcount.streamer.openapi import TOKEN_REQUIRED, operation
+from crowdcount.streamer.openapi import TOKEN_REQUIRED
 from crowdcount.streamer.origin import browser_guard
 from crowdcount.streamer.ratelimit import RateLimiter
 from crowdcount.streamer.routes import count, docs, gathering, rtc, rules, streams, system, zones
 from crowdcount.streamer.routes.common import MAX_JSON_BYTES, SERVICE, ApiError, json_error
 from crowdcount.streamer.service import Service
+from crowdcount.streamer.surface import ServiceSurface
 from crowdcount.streamer.upload import UploadCounter
 from crowdcount.web import ASSETS_DIR
 
@@ -85,12 +86,12 @@ def build_app(
     problem = config.server.exposure_problem(token)
     if problem:
         raise ValueError(problem)
-    service: Service
+    service: ServiceSurface
     if config.cluster is not None:
         # The cameras run on the cluster's shards: this process opens no model for them.
         from crowdcount.streamer.cluster.service import ClusterService
 
-        service = ClusterService(config)  # type: ignore[assignment]  # same surface
+        service = ClusterService(config)
     else:
         model_path = str(config.model.path or default_model(config.model.backend))
         if runtime is None:
@@ -113,14 +114,14 @@ def build_app(
     app[SERVICE] = service
     app[TOKEN_REQUIRED] = bool(token)
     app[count.LIMITER] = RateLimiter(config.server.upload_rate_per_minute)
-    add_routes(app, web_dir, cluster=config.cluster is not None)
+    add_routes(app, web_dir)
     app.on_startup.append(_startup)
     app.on_shutdown.append(_shutdown)
     app.on_cleanup.append(_cleanup)
     return app
 
 
-def add_routes(app: web.Application, web_dir: Path = WEB_DIR, *, cluster: bool = False) -> None:
+def add_routes(app: web.Application, web_dir: Path = WEB_DIR) -> None:
     """Every route of the API on ``app``: the one list, used by ``build_app`` and by
     ``scripts/api_reference.py`` (which documents the routes without opening a service)."""
     system.add_routes(app, web_dir)
@@ -130,15 +131,7 @@ def add_routes(app: web.Application, web_dir: Path = WEB_DIR, *, cluster: bool =
     rtc.add_routes(app)
     zones.add_routes(app)
     rules.add_routes(app)
-    if not cluster:
-        gathering.add_routes(app)
-    else:  # the gathering maps live in the shards' processes, not in the database (yet)
-        app.router.add_get("/api/streams/{id}/heatmap", _no_heatmap_on_cluster)
-
-
-@operation(gathering.HEATMAP)
-async def _no_heatmap_on_cluster(request: web.Request) -> web.Response:
-    return json_error(501, "gathering heatmaps are not available on a cluster")
+    gathering.add_routes(app)
 
 
 async def _startup(app: web.Application) -> None:

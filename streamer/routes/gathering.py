@@ -31,8 +31,7 @@ HEATMAP = Operation(
     "Where people gathered over a range", "history",
     {200: Reply("the picture (X-Frames: frames averaged; X-Peak-Cell) or the grid",
                 HeatmapGrid, media={"image/png": {"type": "string"}}),
-     **dict([error(400), error(404, "no such stream and no gathering data for it"),
-             error(501, "a cluster's API process has no gathering maps")])},
+     **dict([error(400), error(404, "no such stream and no gathering data for it")])},
     query=HeatmapQuery, path_params={"id": "the stream's name"},
 )
 
@@ -43,9 +42,7 @@ async def heatmap(request: web.Request) -> web.Response:
     sid = request.match_info["id"]
     query = parse_query(HeatmapQuery, request)
     since, until, fmt = query.since, query.until, query.format
-    gathering = getattr(svc, "gathering", None)
-    if gathering is None:  # a cluster's API process: the maps would live on the shards
-        raise ApiError(501, "the gathering map needs a single-process server")
+    gathering = svc.gathering
     if sid not in svc.streams and not await asyncio.to_thread(gathering.has_data, sid):
         raise ApiError(404, f"no stream {sid!r} and no gathering data for it")
     result = await asyncio.to_thread(gathering.heatmap, sid, since, until)

@@ -30,7 +30,8 @@ from crowdcount.streamer.routes.common import (
     service_of,
 )
 from crowdcount.streamer.routes.models import Rule, Rules
-from crowdcount.streamer.rules import RuleBook, RuleConflict, RuleNotFound
+from crowdcount.streamer.rules import RuleConflict, RuleNotFound
+from crowdcount.streamer.surface import RulesView
 
 FIELDS = set(ThresholdConfig.model_fields)
 
@@ -47,15 +48,10 @@ class RulesQuery(BaseModel):
 
 
 _NAME = {"name": "the rule's name"}
-_NOT_ON_CLUSTER = error(501, "a cluster takes its rules from the config file")
 
 
-def _book(request: web.Request) -> RuleBook:
-    book = getattr(service_of(request), "rules", None)
-    if book is None:  # a cluster's API process: its shards read the config file's rules
-        raise ApiError(501, "alert rules through the API need a single-process server; "
-                            "a cluster takes them from the config file")
-    return book
+def _book(request: web.Request) -> RulesView:
+    return service_of(request).rules
 
 
 def parse_rule(data: dict[str, Any]) -> ThresholdRule:
@@ -73,7 +69,7 @@ async def _put(request: web.Request, rule: ThresholdRule, create: bool) -> dict[
 
 
 @operation(Operation("Alert rules (the config file's and the API's)", "alerts",
-                     {200: Reply("the rules", Rules), **dict([error(400), _NOT_ON_CLUSTER])},
+                     {200: Reply("the rules", Rules), **dict([error(400)])},
                      query=RulesQuery))
 async def list_rules(request: web.Request) -> web.Response:
     stream = parse_query(RulesQuery, request).stream
@@ -81,7 +77,7 @@ async def list_rules(request: web.Request) -> web.Response:
 
 
 @operation(Operation("One alert rule", "alerts",
-                     {200: Reply("the rule", Rule), **dict([error(404), _NOT_ON_CLUSTER])},
+                     {200: Reply("the rule", Rule), **dict([error(404)])},
                      path_params=_NAME))
 async def get_rule(request: web.Request) -> web.Response:
     with http_errors({RuleNotFound: 404}):
@@ -92,7 +88,7 @@ async def get_rule(request: web.Request) -> web.Response:
     "Create an alert rule (saved)", "alerts",
     {201: Reply("created", Rule, headers={"Location": "the rule's path"}),
      **dict([error(400, "a bad field, below not under above, or a zone the stream lacks"),
-             error(409, "the name is taken"), error(413), error(415), _NOT_ON_CLUSTER])},
+             error(409, "the name is taken"), error(413), error(415)])},
     body=ThresholdConfig,
 ))
 async def create_rule(request: web.Request) -> web.Response:
@@ -106,7 +102,7 @@ async def create_rule(request: web.Request) -> web.Response:
     "Replace an API alert rule (its active alert is cleared)", "alerts",
     {200: Reply("the rule now in force", Rule),
      **dict([error(400), error(404), error(409, "a config-file rule"), error(413),
-             error(415), _NOT_ON_CLUSTER])},
+             error(415)])},
     body=ReplaceRuleBody, path_params=_NAME,
 ))
 async def replace_rule(request: web.Request) -> web.Response:
@@ -121,7 +117,7 @@ async def replace_rule(request: web.Request) -> web.Response:
 @operation(Operation(
     "Delete an API alert rule", "alerts",
     {204: Reply("deleted"),
-     **dict([error(404), error(409, "a config-file rule"), _NOT_ON_CLUSTER])},
+     **dict([error(404), error(409, "a config-file rule")])},
     path_params=_NAME,
 ))
 async def delete_rule(request: web.Request) -> web.Response:

@@ -35,7 +35,7 @@ from crowdcount.streamer.routes.common import (
     service_of,
 )
 from crowdcount.streamer.routes.models import Alerts, Zones
-from crowdcount.streamer.service import Service, StreamEntry, StreamNotFound
+from crowdcount.streamer.surface import ServiceSurface, StreamNotFound, StreamView
 
 MAX_ALERTS = 10_000
 
@@ -55,12 +55,12 @@ class AlertsQuery(RangeQuery):
         100, description="alerts at most (the newest)")
 
 
-def _entry(svc: Service, request: web.Request) -> StreamEntry:
+def _entry(svc: ServiceSurface, request: web.Request) -> StreamView:
     with http_errors({StreamNotFound: 404}):
         return svc.get(request.match_info["id"])
 
 
-def _zones_body(svc: Service, entry: StreamEntry) -> dict[str, Any]:
+def _zones_body(svc: ServiceSurface, entry: StreamView) -> dict[str, Any]:
     return {
         "stream": entry.id,
         "zones": [z.to_dict() for z in svc.integrations.zones(entry.id)],
