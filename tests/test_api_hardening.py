@@ -343,3 +343,51 @@ async def test_upload_with_a_malformed_part_header_is_400(serve: Serve,
         "Content-Type": f"multipart/form-data; boundary={boundary}"})
     assert "malformed multipart body" in await error_of(r, 400)
     await healthy(client)
+
+
+# -- query strings: one model per route (streamer.routes.common.parse_query) --------------
+
+
+@pytest.mark.parametrize(("path", "needle"), [
+    ("/api/streams/cam/counts?step=abc", "parameter 'step' must be a number, got 'abc'"),
+    ("/api/streams/cam/counts?step=-1", "parameter 'step' must be greater than 0"),
+    ("/api/streams/cam/counts?limit=1.5", "parameter 'limit' must be an integer"),
+    ("/api/streams/cam/counts?zones=maybe", "parameter 'zones' must be 1 or 0"),
+    ("/api/streams/cam/counts?since=inf", "parameter 'since': must be finite"),
+    ("/api/streams/cam/counts?since=NaN", "parameter 'since': must be finite"),
+    ("/api/streams/cam/counts.csv?since=5&until=1", "'since' (5) must be before 'until' (1)"),
+    ("/api/streams/cam/heatmap?format=gif", "parameter 'format' must be 'png' or 'json'"),
+    ("/api/count?format=gif", "parameter 'format' must be 'json' or 'png'"),
+    ("/api/alerts?active=2", "parameter 'active' must be 1 or 0"),
+    ("/api/feed?streams=a,../etc", "parameter 'streams': invalid stream id '../etc'"),
+    ("/api/feed?streams=" + ",".join(f"s{i}" for i in range(65)),
+     "parameter 'streams': names 65 streams; at most 64"),
+])
+async def test_bad_query_parameters_name_the_parameter(serve: Serve, path: str,
+                                                       needle: str) -> None:
+    client = await serve()
+    await add_synthetic(client, "cam")
+    method = "POST" if path.startswith("/api/count") else "GET"
+    r = await client.request(method, path)
+    assert needle in await error_of(r, 400)
+
+
+async def test_a_bare_flag_is_on_and_unknown_parameters_are_ignored(serve: Serve) -> None:
+    client = await serve()
+    await add_synthetic(client, "cam")
+    r = await client.put("/api/streams/cam/zones", json={"zones": [
+        {"name": "all", "points": [[0, 0], [320, 0], [320, 256], [0, 256]]}]})
+    assert r.status == 200, await r.text()
+
+    async def rows(query: str) -> list[dict]:
+        r = await client.get(f"/api/streams/cam/counts?{query}")
+        assert r.status == 200, await r.text()
+        return (await r.json())["counts"]
+
+    deadline = time.monotonic() + 20
+    while not any("zones" in row for row in await rows("zones=1")):  # the store's next flush
+        assert time.monotonic() < deadline, "no stored row with zone counts"
+        await asyncio.sleep(0.05)
+    bare = await rows("zones&cachebust=123&since=")
+    assert any("zones" in row for row in bare)
+    assert not any("zones" in row for row in await rows("zones=0"))

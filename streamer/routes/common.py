@@ -256,13 +256,18 @@ def parse_query(model: type[M], request: web.Request) -> M:
         text = request.query.get(name)
         if text is None:
             continue
-        if text == "" and field.annotation is not bool:
+        if text == "":
+            if field.annotation in _FLAGS:  # ?zones alone: on
+                data[name] = True
             continue
         data[name] = text
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         raise ApiError(400, query_error(exc)) from None
+
+
+_FLAGS: tuple[Any, ...] = (bool, bool | None)
 
 
 def query_error(exc: ValidationError) -> str:
