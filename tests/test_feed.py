@@ -196,10 +196,14 @@ async def test_page_feed_sends_only_the_streams_asked_for_and_every_alert(serve)
         client, "/api/feed?streams=a",
         lambda got: any(i.get("type") == "alert" for i in got)
         and sum(i.get("type") is None for i in got) >= 10))
+    # ``streams=`` with no name (a page with no card on screen): alerts only, no counts.
+    none_shown = asyncio.ensure_future(sse_items(
+        client, "/api/feed?streams=", lambda got: any(i.get("type") == "alert" for i in got)))
     feed = service(client).feed
-    await wait_until(lambda: feed._subs.get(None), what="the SSE subscription")
+    await wait_until(lambda: len(feed._subs.get(None, ())) >= 2, what="the SSE subscriptions")
     level_b[0] = 200  # b gets crowded only now: its alert is raised while we listen
     items = await reading
+    assert [i.get("type") for i in await none_shown] == ["alert"]
     counts = [i for i in items if i.get("type") is None]
     alerts = [i for i in items if i.get("type") == "alert"]
     assert {i["stream_id"] for i in counts} == {"a"}

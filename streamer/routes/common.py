@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import math
 import re
+import types
+import typing
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Annotated, Any, Self, TypeVar
@@ -259,6 +261,8 @@ def parse_query(model: type[M], request: web.Request) -> M:
         if text == "":
             if field.annotation in _FLAGS:  # ?zones alone: on
                 data[name] = True
+            elif _is_list(field.annotation):  # ?streams= : the empty list, not absent
+                data[name] = text
             continue
         data[name] = text
     try:
@@ -268,6 +272,17 @@ def parse_query(model: type[M], request: web.Request) -> M:
 
 
 _FLAGS: tuple[Any, ...] = (bool, bool | None)
+
+
+def _is_list(annotation: Any) -> bool:
+    """Whether a query field is a comma-separated list (``list[...]``, maybe optional)."""
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    for option in typing.get_args(annotation) if union else (annotation,):
+        if typing.get_origin(option) is typing.Annotated:
+            option = typing.get_args(option)[0]
+        if typing.get_origin(option) is list:
+            return True
+    return False
 
 
 def query_error(exc: ValidationError) -> str:
