@@ -185,6 +185,11 @@ class Dialect:
 
 
 _T_LIMIT = 2**62  # range ends beyond this (a client's 1e300) are "unbounded"
+
+
+def _clamp_t(t: float) -> int:
+    """``t`` as a whole number of seconds within the integers the databases store."""
+    return int(min(max(t, -_T_LIMIT), _T_LIMIT))
 _ROLLUP_TABLES = ("counts_1s", "counts_1m", "zone_counts_1s", "zone_counts_1m")
 _RULE_COLS = ("name", "stream", "zone", "above", "below", "for_seconds")
 
@@ -358,9 +363,10 @@ class SqlHistory:
         d = self._d
         unit = 60 if step % 60 == 0 else 1
         suffix = "1m" if unit == 60 else "1s"
-        lo = -_T_LIMIT if since is None else max(-_T_LIMIT, math.floor(
-            max(-_T_LIMIT, since) / unit) * unit)
-        hi = _T_LIMIT if until is None else min(_T_LIMIT, math.ceil(min(_T_LIMIT, until)))
+        # Clamped on both sides: a range wholly past the limits (since=1e286, found by
+        # Schemathesis) would otherwise reach the database as an integer it cannot hold.
+        lo = -_T_LIMIT if since is None else _clamp_t(math.floor(_clamp_t(since) / unit) * unit)
+        hi = _T_LIMIT if until is None else _clamp_t(math.ceil(_clamp_t(until)))
         args = {"sid": stream_id, "lo": lo, "hi": hi, "step": step, "limit": limit}
         # Integer division floors for t >= 0; a negative t is shifted to floor too.
         bucket = (f"((t - CASE WHEN t < 0 THEN {d.p('step')} - 1 ELSE 0 END) "
