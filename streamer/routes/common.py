@@ -250,14 +250,18 @@ def body_error(exc: ValidationError, model: type[BaseModel]) -> str:
 def parse_query(model: type[M], request: web.Request) -> M:
     """The query string validated by ``model`` (lax: query values are text, so ``"10"`` is
     the number 10 here), or ``ApiError(400)`` naming the parameter. Parameters the model
-    does not name are ignored (cache busters, the page's ``token``); an empty value is no
-    value, except for a flag, where ``?zones`` alone means on. The OpenAPI document lists
+    does not name are ignored (cache busters, the page's ``token``); one it names may be
+    given once; an empty value is no value, except for a flag, where ``?zones`` alone means
+    on, and a list, where ``?streams=`` is the empty list. The OpenAPI document lists
     the same model's fields as the route's parameters (``streamer.openapi``)."""
     data: dict[str, Any] = {}
     for name, field in model.model_fields.items():
-        text = request.query.get(name)
-        if text is None:
+        given = request.query.getall(name, [])
+        if len(given) > 1:  # which one was meant? (found by Schemathesis: the first won)
+            raise ApiError(400, f"parameter {name!r} is given {len(given)} times; give it once")
+        if not given:
             continue
+        text = given[0]
         if text == "":
             if field.annotation in _FLAGS:  # ?zones alone: on
                 data[name] = True
