@@ -250,9 +250,10 @@ def body_error(exc: ValidationError, model: type[BaseModel]) -> str:
 def parse_query(model: type[M], request: web.Request) -> M:
     """The query string validated by ``model`` (lax: query values are text, so ``"10"`` is
     the number 10 here), or ``ApiError(400)`` naming the parameter. Parameters the model
-    does not name are ignored (cache busters, the page's ``token``); one it names may be
-    given once; an empty value is no value, except for a flag, where ``?zones`` alone means
-    on, and a list, where ``?streams=`` is the empty list. The OpenAPI document lists
+    does not name are ignored (cache busters, the page's ``token``); one it names is given
+    once, with a value (found by Schemathesis: ``?since=`` meant "no since", which the
+    document does not say), except for a flag, where ``?zones`` alone means on, and a list,
+    where ``?streams=`` is the empty list. The OpenAPI document lists
     the same model's fields as the route's parameters (``streamer.openapi``)."""
     data: dict[str, Any] = {}
     for name, field in model.model_fields.items():
@@ -262,13 +263,12 @@ def parse_query(model: type[M], request: web.Request) -> M:
         if not given:
             continue
         text = given[0]
-        if text == "":
-            if field.annotation in _FLAGS:  # ?zones alone: on
-                data[name] = True
-            elif _is_list(field.annotation):  # ?streams= : the empty list, not absent
-                data[name] = text
-            continue
-        data[name] = text
+        if text == "" and field.annotation in _FLAGS:  # ?zones alone: on
+            data[name] = True
+        elif text == "" and not _is_list(field.annotation):  # (?streams= : the empty list)
+            raise ApiError(400, f"parameter {name!r} is empty; give a value or leave it out")
+        else:
+            data[name] = text
     try:
         return model.model_validate(data)
     except ValidationError as exc:
