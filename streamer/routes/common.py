@@ -307,8 +307,12 @@ def query_error(exc: ValidationError) -> str:
         return f"parameter {name!r} must be 1 or 0{got}"
     if kind == "value_error":
         return f"parameter {name!r}: {str(err['msg']).removeprefix('Value error, ')}"
-    msg = str(err["msg"]).removeprefix("Input should be ")
-    return f"parameter {name!r} must be {msg}{got}"
+    if kind == "string_pattern_mismatch" and err["ctx"].get("pattern") == STREAM_NAME_RE.pattern:
+        return f"parameter {name!r} must be {STREAM_NAME_RULE}{got}"
+    msg = str(err["msg"])
+    if msg.startswith("Input should be "):
+        return f"parameter {name!r} must be {msg.removeprefix('Input should be ')}{got}"
+    return f"parameter {name!r}: {msg[:1].lower()}{msg[1:]}{got}"
 
 
 def _no_inf(value: Any) -> Any:

@@ -44,7 +44,7 @@ ReplaceRuleBody = create_model(
 
 
 class RulesQuery(BaseModel):
-    stream: str | None = Field(None, description="only this stream's rules")
+    stream: StreamName | None = Field(None, description="only this stream's rules")
 
 
 _NAME = {"name": "the rule's name"}

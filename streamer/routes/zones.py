@@ -23,7 +23,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from crowdcount.model.zones import Zone
-from crowdcount.streamer.config import ZoneConfig, to_config_error
+from crowdcount.streamer.config import StreamName, ZoneConfig, to_config_error
 from crowdcount.streamer.limits import MAX_ZONES_PER_STREAM as MAX_ZONES
 from crowdcount.streamer.openapi import Operation, Reply, error, operation
 from crowdcount.streamer.routes.common import (
@@ -49,7 +49,7 @@ class ZonesBody(BaseModel):
 
 
 class AlertsQuery(RangeQuery):
-    stream: str | None = Field(None, description="only this stream's alerts")
+    stream: StreamName | None = Field(None, description="only this stream's alerts")
     active: bool | None = Field(None, description="only active (1) or cleared (0) alerts")
     limit: Annotated[int, Field(ge=1, le=MAX_ALERTS)] = Field(
         100, description="alerts at most (the newest)")
