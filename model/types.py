@@ -54,11 +54,26 @@ class Frame:
 
 
 @dataclass(frozen=True, slots=True)
+class ZoneDensity:
+    """A zone of a floor-calibrated stream: its floor area (m2), its people per m2 in this
+    frame and that density's level of service (``"A"`` .. ``"F"``)."""
+
+    area_m2: float
+    per_m2: float
+    level: str
+
+    def to_dict(self) -> dict[str, float | str]:
+        return {"area_m2": self.area_m2, "per_m2": self.per_m2, "level": self.level}
+
+
+@dataclass(frozen=True, slots=True)
 class Result:
     """What the runtime returns for one frame.
 
     ``density`` is the model's map at its output stride (float32, (h, w)); it sums to
-    ``count``. ``zones`` maps zone name to the density summed inside that zone's polygon.
+    ``count``. ``zones`` maps zone name to the density summed inside that zone's polygon;
+    ``floor`` has each zone's density on the floor when the stream is floor-calibrated
+    (``model.floor``), else it is empty.
     """
 
     frame: Frame
@@ -66,6 +81,7 @@ class Result:
     count: float
     inferred_at: float
     zones: dict[str, float] = field(default_factory=dict)
+    floor: dict[str, ZoneDensity] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,16 @@ from crowdcount.model.runtime import Runtime
 from crowdcount.streamer.auth import Handler, token_middleware
 from crowdcount.streamer.config import Config, resolve_token
 from crowdcount.streamer.ratelimit import RateLimiter
-from crowdcount.streamer.routes import count, gathering, rtc, rules, streams, system, zones
+from crowdcount.streamer.routes import (
+    count,
+    floor,
+    gathering,
+    rtc,
+    rules,
+    streams,
+    system,
+    zones,
+)
 from crowdcount.streamer.routes.common import MAX_JSON_BYTES, SERVICE, ApiError, json_error
 from crowdcount.streamer.service import Service
 from crowdcount.streamer.upload import UploadCounter
@@ -107,6 +116,7 @@ def build_app(
     count.add_routes(app)
     rtc.add_routes(app)
     zones.add_routes(app)
+    floor.add_routes(app)
     rules.add_routes(app)
     if config.cluster is None:
         gathering.add_routes(app)

@@ -82,6 +82,7 @@ from pydantic import (
 )
 
 from crowdcount.model.errors import UserError
+from crowdcount.model.floor import Floor, FloorError, level_bands
 
 __all__ = [
     "STREAM_NAME_RE",
@@ -89,6 +90,7 @@ __all__ = [
     "ClusterConfig",
     "Config",
     "ConfigError",
+    "FloorConfig",
     "ModelConfig",
     "MqttConfig",
     "ServerConfig",
@@ -99,6 +101,7 @@ __all__ = [
     "ThresholdConfig",
     "WebhookConfig",
     "ZoneConfig",
+    "check_zones_on_floor",
     "load_config",
     "parse_config",
 ]
@@ -177,6 +180,72 @@ class ZoneConfig(_Strict):
         return pts
 
 
+def check_zones_on_floor(floor: Floor, zones: Sequence[Any]) -> None:
+    """Raise ``FloorError`` naming the first zone (``.name``, ``.points``) with a corner off
+    the calibrated floor (beyond the horizon, or deeper than ``max_range``)."""
+    for zone in zones:
+        ok = floor.valid(list(zone.points))
+        if not ok.all():
+            i = int(ok.argmin())
+            raise FloorError(f"zone {zone.name!r}: point {i} {tuple(zone.points[i])} is beyond "
+                             "the calibrated floor: move it nearer the camera or mark floor "
+                             "points farther away")
+
+
+class FloorConfig(_Strict):
+    """A stream's floor calibration (``model.floor``): four or more floor points marked in
+    the stream's frame (pixels, of a frame of ``frame_size``) and their positions on the
+    floor in metres (``floor_points``), or the four corners of a floor rectangle of
+    ``width`` x ``depth`` metres, in order around it."""
+
+    image_points: Annotated[tuple[Point, ...], BeforeValidator(_as_tuple),
+                            Field(max_length=64)]
+    floor_points: Annotated[tuple[Point, ...], BeforeValidator(_as_tuple),
+                            Field(max_length=64)] | None = None
+    width: Annotated[float, Field(allow_inf_nan=False)] | None = None
+    depth: Annotated[float, Field(allow_inf_nan=False)] | None = None
+    #: (width, height) of the frame the points were marked on
+    frame_size: Annotated[tuple[Annotated[int, Field(ge=1, le=16384)],
+                                Annotated[int, Field(ge=1, le=16384)]],
+                          BeforeValidator(_as_tuple)]
+    #: metres above the floor of the plane the density is on (heads); 0: the floor itself
+    head_height: Annotated[float, Field(ge=0, le=5, allow_inf_nan=False)] = 1.6
+    #: cells deeper than this many times the deepest marked point are masked
+    max_range: Annotated[float, Field(ge=1, le=20, allow_inf_nan=False)] = 3.0
+    #: levels of service: Fruin's "walkway" or "queuing" bands, or five ascending upper
+    #: bounds (people/m2) of levels A-E
+    levels: Literal["walkway", "queuing"] | Annotated[
+        tuple[Annotated[float, Field(gt=0, allow_inf_nan=False)], ...],
+        BeforeValidator(_as_tuple), Field(min_length=5, max_length=5)] = "walkway"
+
+    @model_validator(mode="after")
+    def _check_geometry(self) -> Self:
+        self.build()  # FloorError is a ValueError: its one line becomes the problem
+        return self
+
+    def build(self) -> Floor:
+        """The calibration; raises ``FloorError`` (what to fix) for unusable input."""
+        options = {"head_height": self.head_height, "max_range": self.max_range}
+        rectangle = self.width is not None or self.depth is not None
+        if rectangle and self.floor_points is not None:
+            raise FloorError("give floor_points or width and depth (a rectangle), not both")
+        level_bands(self.levels)
+        if rectangle:
+            if self.width is None or self.depth is None:
+                raise FloorError("a rectangle needs both width and depth (metres)")
+            return Floor.from_rectangle(self.image_points, self.width, self.depth,
+                                        self.frame_size, **options)
+        if self.floor_points is None:
+            raise FloorError("give floor_points (metres, one per image point) or the width "
+                             "and depth of the rectangle the four image points mark")
+        return Floor.calibrate(self.image_points, self.floor_points, self.frame_size,
+                               **options)
+
+    @property
+    def bands(self) -> tuple[float, ...]:
+        return level_bands(self.levels)
+
+
 class StreamSettings(_Strict):
     """How one stream is processed. The config file's ``[[streams]]`` and the API's
     ``POST /api/streams`` body both build on this class, so there is one table of bounds."""
@@ -200,6 +269,7 @@ class StreamConfig(StreamSettings):
     url: Annotated[str, Field(min_length=1)]
     loop: bool = False
     zones: Annotated[tuple[ZoneConfig, ...], BeforeValidator(_as_tuple)] = ()
+    floor: FloorConfig | None = None
 
     @field_validator("url")
     @classmethod
@@ -228,6 +298,12 @@ class StreamConfig(StreamSettings):
                 raise ValueError(f"duplicate zone name {z.name!r}")
             seen.add(z.name)
         return zones
+
+    @model_validator(mode="after")
+    def _zones_on_the_floor(self) -> Self:
+        if self.floor is not None:
+            check_zones_on_floor(self.floor.build(), self.zones)
+        return self
 
     @model_validator(mode="after")
     def _loop_only_for_files(self) -> Self:
@@ -365,6 +441,9 @@ class ThresholdConfig(_Strict):
     above: Annotated[float, Field(ge=0, allow_inf_nan=False)]
     below: Annotated[float, Field(ge=0, allow_inf_nan=False)]
     for_seconds: Annotated[float, Field(ge=0, le=86400, allow_inf_nan=False)] = 0.0
+    #: what is watched: "count" (people), "density" (a zone's people/m2) or "level" (a
+    #: zone's level of service, A = 1 ... F = 6); the last two need a floor-calibrated stream
+    metric: Literal["count", "density", "level"] = "count"
 
     @model_validator(mode="after")
     def _check_levels(self) -> Self:
@@ -373,6 +452,9 @@ class ThresholdConfig(_Strict):
                 f"below ({self.below:g}) must be less than above ({self.above:g}) so the "
                 "alert cannot flap"
             )
+        if self.metric != "count" and self.zone is None:
+            raise ValueError(f"a {self.metric} rule needs a zone (the zone's floor area is "
+                             "what the density is per)")
         return self
 
 

@@ -20,6 +20,10 @@ Two kinds of series:
   stream's zones or removing it drops the old label sets. Active alerts
   (``crowdcount_alerts_active{stream,rule,zone}``, 1 each) are read from the alert engine at
   scrape time; ``crowdcount_alerts_raised_total{stream,rule}`` counts raises.
+* On a floor-calibrated stream (``model.floor``) each zone also has
+  ``crowdcount_zone_people_per_square_meter``, ``crowdcount_zone_floor_area_square_meters``
+  and ``crowdcount_zone_level_of_service`` (A = 1 ... F = 6, so ``>= 5`` is E or worse), kept
+  and dropped like the zone counts.
 
 ``crowdcount_model_info{backend,path}`` (always 1) says which inference backend and model
 file the service runs, since the default backend depends on what is installed.
@@ -40,7 +44,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, Info, gener
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from crowdcount.model.types import Result
+from crowdcount.model.floor import LEVELS
+from crowdcount.model.types import Result, ZoneDensity
 from crowdcount.streamer.status import StreamState, StreamStatus
 
 if TYPE_CHECKING:
@@ -78,8 +83,10 @@ class _StatusCollector(Collector):
         zones: ZoneSource | None = None,
         alerts: AlertSource | None = None,
         service_counters: GaugeSource | None = None,
+        zone_floor: Mapping[str, Mapping[str, ZoneDensity]] | None = None,
     ) -> None:
         self._statuses = statuses
+        self._zone_floor = zone_floor if zone_floor is not None else {}
         self._service_gauges = service_gauges
         self._service_counters = service_counters
         self._zone_counts = zone_counts if zone_counts is not None else {}
@@ -132,6 +139,7 @@ class _StatusCollector(Collector):
                     if name in last:
                         zone.add_metric([sid, name], last[name])
             yield zone
+            yield from self._floor_metrics(sorted(statuses))
         if self._alerts is not None:
             active = GaugeMetricFamily(
                 "crowdcount_alerts_active", "1 for each alert raised and not yet cleared",
@@ -150,6 +158,31 @@ class _StatusCollector(Collector):
                 total = CounterMetricFamily(f"crowdcount_{name}", SERVICE_HELP.get(name, name))
                 total.add_metric([], value)
                 yield total
+
+
+    def _floor_metrics(self, streams: Iterable[str]) -> Iterator[Metric]:
+        assert self._zones is not None
+        labels = ["stream", "zone"]
+        density = GaugeMetricFamily(
+            "crowdcount_zone_people_per_square_meter",
+            "Latest people per square metre of floor inside a zone (floor-calibrated streams)",
+            labels=labels)
+        area = GaugeMetricFamily(
+            "crowdcount_zone_floor_area_square_meters",
+            "Floor area of a zone (floor-calibrated streams)", labels=labels)
+        level = GaugeMetricFamily(
+            "crowdcount_zone_level_of_service",
+            "Latest level of service of a zone's density, A=1 to F=6 (floor-calibrated)",
+            labels=labels)
+        for sid in streams:
+            last = self._zone_floor.get(sid) or {}
+            for name in self._zones(sid):
+                d = last.get(name)
+                if d is not None:
+                    density.add_metric([sid, name], d.per_m2)
+                    area.add_metric([sid, name], d.area_m2)
+                    level.add_metric([sid, name], float(LEVELS.index(d.level) + 1))
+        yield from (density, area, level)
 
 
 class Metrics:
@@ -197,9 +230,10 @@ class Metrics:
         )
         self._raised_labels: set[tuple[str, str]] = set()
         self._zone_counts: dict[str, dict[str, float]] = {}
+        self._zone_floor: dict[str, dict[str, ZoneDensity]] = {}
         self.registry.register(
             _StatusCollector(statuses, service_gauges, self._zone_counts, zones, alerts,
-                             service_counters)
+                             service_counters, self._zone_floor)
         )
         self._children: dict[str, tuple[Any, Any]] = {}
 
@@ -219,6 +253,10 @@ class Metrics:
             self._zone_counts[sid] = result.zones
         else:
             self._zone_counts.pop(sid, None)
+        if result.floor:
+            self._zone_floor[sid] = result.floor
+        else:
+            self._zone_floor.pop(sid, None)
 
     def on_alert(self, event: AlertEvent) -> None:
         """Alert sink: count raised alerts."""
@@ -230,6 +268,7 @@ class Metrics:
     def forget(self, stream_id: str) -> None:
         """Remove a removed stream's histogram series (the collector's vanish by themselves)."""
         self._zone_counts.pop(stream_id, None)
+        self._zone_floor.pop(stream_id, None)
         if self._children.pop(stream_id, None) is not None:
             for hist in (self.inference_latency, self.e2e_latency):
                 with contextlib.suppress(KeyError):

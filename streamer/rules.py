@@ -14,13 +14,15 @@ import asyncio
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
-from crowdcount.streamer.alerts import AlertEvent, ThresholdRule
+from crowdcount.streamer.alerts import METRICS, AlertEvent, ThresholdRule
 from crowdcount.streamer.integrations import Integrations
 from crowdcount.streamer.store import SettingsStore
 
 __all__ = ["RuleBook", "RuleConflict", "RuleNotFound"]
 
 RuleOrigin = Literal["config", "api"]
+#: stream settings key of the API rules' metrics (``{rule name: "density" | "level"}``)
+METRICS_KEY = "alert_metrics"
 
 
 class RuleNotFound(LookupError):
@@ -50,14 +52,19 @@ class RuleBook:
         self._zones_of = zones_of  # stream id -> its zone names, None if not live
         self._publish = publish  # delivers the clears a rule change causes (the pipeline's)
         self._lock = asyncio.Lock()
+        self._metrics: dict[str, dict[str, str]] = {}  # stream -> rule name -> metric
 
     async def load(self) -> list[str]:
         """Read the saved rules and put them in force; returns the names skipped because a
         config-file rule now has that name (the file wins)."""
         skipped: list[str] = []
         rows = [] if self._saved is None else await asyncio.to_thread(self._saved.rules)
+        if self._saved is not None:
+            saved = await asyncio.to_thread(self._saved.stream_settings, METRICS_KEY)
+            self._metrics = {sid: dict(v) for sid, v in saved.items() if isinstance(v, dict)}
         for row in rows:
-            rule = ThresholdRule(**row)
+            metric = self._metrics.get(row["stream"], {}).get(row["name"], "count")
+            rule = ThresholdRule(**row, metric=metric if metric in METRICS else "count")
             if rule.name in self._config:
                 skipped.append(rule.name)
             else:
@@ -107,6 +114,7 @@ class RuleBook:
                                  f"(zones: {', '.join(map(repr, zones)) or 'none'})")
             if self._saved is not None:
                 await asyncio.to_thread(self._saved.save_rule, rule.to_dict())
+                await self._save_metric(rule.name, rule.stream, rule.metric)
             self._api[rule.name] = rule
             self._apply()
             return self.describe(rule, "api")
@@ -121,8 +129,34 @@ class RuleBook:
                                    "remove it there and restart")
             if self._saved is not None:
                 await asyncio.to_thread(self._saved.delete_rule, name)
+                await self._save_metric(name, self._api[name].stream, "count")
             del self._api[name]
             self._apply()
+
+    async def _save_metric(self, name: str, stream: str, metric: str) -> None:
+        """Remember a rule's metric (density, level) beside the saved rule: the rules table
+        has no column for it, and per-stream JSON state goes in the stream settings."""
+        assert self._saved is not None
+        for sid, metrics in self._metrics.items():  # a rule moved to another stream
+            if sid != stream and metrics.pop(name, None) is not None:
+                await self._write_metrics(sid)
+        current = self._metrics.setdefault(stream, {})
+        if (current.get(name) or "count") == metric:
+            return
+        if metric == "count":
+            current.pop(name, None)
+        else:
+            current[name] = metric
+        await self._write_metrics(stream)
+
+    async def _write_metrics(self, stream: str) -> None:
+        assert self._saved is not None
+        metrics = self._metrics.get(stream) or {}
+        if metrics:
+            await asyncio.to_thread(self._saved.save_stream_setting, stream, METRICS_KEY,
+                                    dict(metrics))
+        else:
+            await asyncio.to_thread(self._saved.delete_stream_setting, stream, METRICS_KEY)
 
     def _apply(self) -> None:
         self._publish(self._integrations.set_rules([*self._config.values(),

@@ -31,7 +31,13 @@ from typing import Any, Literal, TypeVar
 from crowdcount.model.errors import UserError
 from crowdcount.model.runtime import Runtime
 from crowdcount.model.zones import Zone
-from crowdcount.streamer.config import STREAM_NAME_RE, Config, StreamConfig
+from crowdcount.streamer.config import (
+    STREAM_NAME_RE,
+    Config,
+    FloorConfig,
+    StreamConfig,
+    check_zones_on_floor,
+)
 from crowdcount.streamer.feed import CountFeed
 from crowdcount.streamer.gathering import GatheringMap
 from crowdcount.streamer.integrations import Integrations, rules_from_config, zones_from_config
@@ -52,6 +58,9 @@ from crowdcount.streamer.urls import mask_url, validate_api_url
 log = logging.getLogger(__name__)
 
 Origin = Literal["config", "api", "webrtc"]
+#: The stream settings key of a stream's floor calibration (``FloorConfig`` as JSON; JSON
+#: ``null``: uncalibrated on purpose, over a config file's calibration).
+FLOOR_KEY = "floor"
 _Entry = TypeVar("_Entry")
 
 
@@ -169,6 +178,7 @@ class Service:
         # shard's PostgreSQL store has neither (its API answers 501 for them).
         self.settings: SettingsStore | None = getattr(self.store, "settings", None)
         self.saved_zones: dict[str, list[dict[str, Any]]] = {}
+        self.saved_floors: dict[str, dict[str, Any] | None] = {}
         self.rules = RuleBook(rules_from_config(config.thresholds), self.settings,
                               self.integrations, self._live_zone_names,
                               self.pipeline.publish_alerts)
@@ -239,6 +249,27 @@ class Service:
             await asyncio.to_thread(self.store.streams.save, entry.id, entry.id, entry.url,
                                     entry.kind, dict(entry.options))
 
+    async def set_floor(self, stream_id: str, floor: FloorConfig | None) -> None:
+        """Replace a live stream's floor calibration (``None``: remove it) and save it, like
+        zones (it comes back over a config file's one). Raises ``StreamNotFound`` and
+        ``FloorError`` (a zone off the calibrated floor); nothing changes on error."""
+        entry = self.get(stream_id)
+        if floor is not None:
+            check_zones_on_floor(floor.build(), self.integrations.zones(stream_id))
+        self.integrations.set_floor(stream_id, floor)
+        value = None if floor is None else floor.model_dump(mode="json", exclude_defaults=True)
+        if value is None:
+            entry.options.pop("floor", None)
+        else:
+            entry.options["floor"] = value
+        self.saved_floors[stream_id] = value
+        if self.settings is not None:
+            await asyncio.to_thread(self.settings.save_stream_setting, stream_id, FLOOR_KEY,
+                                    value)
+        if entry.origin == "api":
+            await asyncio.to_thread(self.store.streams.save, entry.id, entry.id, entry.url,
+                                    entry.kind, dict(entry.options))
+
     def get(self, stream_id: str) -> StreamEntry:
         return find_entry(self.streams, stream_id)
 
@@ -280,6 +311,8 @@ class Service:
         await asyncio.to_thread(self.store.alerts.close_open, time.time())
         if self.settings is not None:
             self.saved_zones = await asyncio.to_thread(self.settings.zones)
+            self.saved_floors = await asyncio.to_thread(self.settings.stream_settings,
+                                                        FLOOR_KEY)
         for name in await self.rules.load():
             log.warning("event=saved_rule_shadowed rule=%s (the config file has one of that "
                         "name)", name)
@@ -302,10 +335,12 @@ class Service:
         self._reserve(stream.name)
         if origin != "config":  # config streams got theirs from Integrations.from_config
             self.integrations.set_zones(stream.name, zones_from_config(stream))
+            self.integrations.set_floor(stream.name, stream.floor)
         entry = await self.add_source(
             make_source(stream), url=stream.url, kind=stream.kind, origin=origin,
             fps_limit=stream.fps_limit, max_side=stream.max_side, persist=persist,
             zones=[z.model_dump() for z in stream.zones],
+            floor=stream.floor,
             # non-default source settings, recorded so that a resumed stream keeps them
             settings=stream.model_dump(include={"stall_timeout", "max_retries",
                                                 "isolate_decoder"}, exclude_defaults=True),
@@ -323,6 +358,7 @@ class Service:
         max_side: int | None = None,
         persist: bool = False,
         zones: list[dict[str, Any]] | None = None,
+        floor: FloorConfig | None = None,
         settings: dict[str, Any] | None = None,
     ) -> StreamEntry:
         """Add an already built source (any kind: tests and benchmarks use synthetic ones).
@@ -335,8 +371,14 @@ class Service:
         if saved is not None:  # zones set through the API win over the config's
             zones = saved
             self.integrations.set_zones(sid, [Zone.from_dict(z) for z in saved])
+        if sid in self.saved_floors:  # and so does a floor calibration
+            floor = self._saved_floor(sid)
+            self.integrations.set_floor(sid, floor)
+        floor_dict = None if floor is None else floor.model_dump(mode="json",
+                                                                 exclude_defaults=True)
         options: dict[str, Any] = {
-            k: v for k, v in (("fps_limit", fps_limit), ("max_side", max_side), ("zones", zones))
+            k: v for k, v in (("fps_limit", fps_limit), ("max_side", max_side), ("zones", zones),
+                              ("floor", floor_dict))
             if v
         } | (settings or {})
         entry = StreamEntry(sid, url, kind, origin, source, options)
@@ -358,6 +400,19 @@ class Service:
         log.info("event=stream_added stream=%s kind=%s origin=%s url=%s",
                  sid, kind, origin, mask_url(url))
         return entry
+
+    def _saved_floor(self, sid: str) -> FloorConfig | None:
+        """The saved calibration of ``sid``; one that no longer validates (a stricter build)
+        is logged and ignored rather than keeping the stream down."""
+        value = self.saved_floors.get(sid)
+        if value is None:
+            return None
+        try:
+            return FloorConfig.model_validate(value)
+        except ValueError as exc:
+            log.error("event=saved_floor_invalid stream=%s error=%r", sid,
+                      " ".join(str(exc).split()))
+            return None
 
     def _reserve(self, sid: str, origin: Origin = "config") -> None:
         """Refuse a stream that may not be added now (HTTP 409). A browser camera's viewer
@@ -393,8 +448,10 @@ class Service:
         # A removed API camera is forgotten with its zones (a new one of that name starts
         # clean); a browser camera's or a config stream's zones stay for its return.
         self.saved_zones.pop(stream_id, None)
+        self.saved_floors.pop(stream_id, None)
         if self.settings is not None:
             await asyncio.to_thread(self.settings.delete_zones, stream_id)
+            await asyncio.to_thread(self.settings.delete_stream_setting, stream_id, FLOOR_KEY)
         await self._drop(stream_id, entry)
 
     async def replace_stream(self, stream: StreamConfig) -> StreamEntry:
@@ -407,9 +464,10 @@ class Service:
                      if entry.origin == "config" else "is a browser camera")
             raise StreamConflict(f"stream {stream.name!r} {where}")
         zones = [z.to_dict() for z in self.integrations.zones(stream.name)]
-        stream = StreamConfig.model_validate({**stream.model_dump(exclude={"zones"},
-                                                                  exclude_defaults=True),
-                                              "zones": zones})
+        kept = self.integrations.floor(stream.name)
+        stream = StreamConfig.model_validate({
+            **stream.model_dump(exclude={"zones", "floor"}, exclude_defaults=True),
+            "zones": zones, "floor": None if kept is None else kept.config})
         await self._drop(stream.name, entry)
         return await self.add_stream(stream, origin="api", persist=True)
 
@@ -426,6 +484,7 @@ class Service:
             self.gathering.forget(stream_id)
         if entry.origin != "config":  # API streams get theirs back from the store
             self.integrations.set_zones(stream_id, ())
+            self.integrations.set_floor(stream_id, None)
         # Make its last counts queryable at once (the history outlives the stream).
         with contextlib.suppress(Exception):
             await asyncio.to_thread(self.store.flush)
@@ -508,5 +567,6 @@ class Service:
 
 def _stream_options(options: dict[str, Any]) -> dict[str, Any]:
     """The saved options that ``StreamConfig`` knows (older rows may hold others)."""
-    known = ("fps_limit", "max_side", "stall_timeout", "max_retries", "isolate_decoder", "zones")
+    known = ("fps_limit", "max_side", "stall_timeout", "max_retries", "isolate_decoder", "zones",
+             "floor")
     return {k: options[k] for k in known if k in options}

@@ -44,7 +44,7 @@ async def test_create_edit_delete_with_hysteresis(serve) -> None:
     assert r.status == 201, await r.text()
     assert r.headers["Location"] == "/api/alerts/rules/crowded"
     created = await r.json()
-    assert created == {**body, "zone": None, "origin": "api", "active": False}
+    assert created == {**body, "zone": None, "metric": "count", "origin": "api", "active": False}
     svc = service(client)
     await wait_until(lambda: svc.integrations.engine.is_active("crowded"), what="the raise")
     assert [a["rule"] for a in await active(client)] == ["crowded"]

@@ -28,8 +28,15 @@ from crowdcount.model.errors import UserError
 from crowdcount.model.zones import Zone
 from crowdcount.streamer.cluster.placement import choose_shard
 from crowdcount.streamer.cluster.shard import CONFIG_KEY, shard_actor, shard_config
-from crowdcount.streamer.config import ClusterConfig, Config, StreamConfig
+from crowdcount.streamer.config import (
+    ClusterConfig,
+    Config,
+    FloorConfig,
+    StreamConfig,
+    check_zones_on_floor,
+)
 from crowdcount.streamer.feed import CountFeed
+from crowdcount.streamer.integrations import StreamFloor
 from crowdcount.streamer.metrics import Metrics
 from crowdcount.streamer.rtc import OfferError, PeerLimitReached, UnknownStream, validate_offer
 from crowdcount.streamer.rules import RuleConflict, RuleNotFound
@@ -109,6 +116,17 @@ class ClusterZones:
         if entry is None:
             return ()
         return tuple(Zone(z["name"], z["points"]) for z in entry.options.get("zones") or ())
+
+    def floor(self, stream_id: str) -> StreamFloor | None:
+        """The camera's calibration from its row (the shards compute the densities)."""
+        entry = self._service.streams.get(stream_id)
+        value = None if entry is None else entry.options.get("floor")
+        if not value:
+            return None
+        try:
+            return StreamFloor(FloorConfig.model_validate(value))
+        except ValueError:
+            return None
 
     def active_alerts(self) -> list[dict[str, Any]]:
         return []
@@ -430,6 +448,18 @@ class ClusterService:
         await asyncio.to_thread(self.store.streams.save, entry.id, entry.id, entry.url,
                                 entry.kind, dict(entry.options), origin=entry.origin)
 
+    async def set_floor(self, stream_id: str, floor: FloorConfig | None) -> None:
+        """Save a camera's floor calibration in its row, as its zones are: the row's NOTIFY
+        makes its shard apply it. Raises ``FloorError`` (a zone off the floor)."""
+        entry = self.get(stream_id)
+        if floor is None:
+            entry.options.pop("floor", None)
+        else:
+            check_zones_on_floor(floor.build(), self.integrations.zones(stream_id))
+            entry.options["floor"] = floor.model_dump(mode="json", exclude_defaults=True)
+        await asyncio.to_thread(self.store.streams.save, entry.id, entry.id, entry.url,
+                                entry.kind, dict(entry.options), origin=entry.origin)
+
     async def replace_stream(self, stream: StreamConfig) -> ClusterEntry:
         """Edit an API camera (url or options) in place: same id, same shard, zones kept;
         its shard restarts it when the row changes."""
@@ -437,10 +467,11 @@ class ClusterService:
         if entry.origin != "api":
             raise StreamConflict(f"stream {stream.name!r} comes from the config file; edit it "
                                  "there and restart")
-        options = stream.model_dump(mode="json", exclude={"name", "url", "zones"},
+        options = stream.model_dump(mode="json", exclude={"name", "url", "zones", "floor"},
                                     exclude_defaults=True)
-        if entry.options.get("zones"):
-            options["zones"] = entry.options["zones"]
+        for kept in ("zones", "floor"):
+            if entry.options.get(kept):
+                options[kept] = entry.options[kept]
         await asyncio.to_thread(self.store.streams.save, entry.id, entry.id, stream.url,
                                 stream.kind, options, origin=entry.origin)
         await self._sync_shard(entry.shard)

@@ -36,7 +36,7 @@ import psycopg
 from crowdcount.model.bundled import default_model
 from crowdcount.model.runtime import Runtime
 from crowdcount.model.zones import Zone
-from crowdcount.streamer.config import Config, StreamConfig, parse_config
+from crowdcount.streamer.config import Config, FloorConfig, StreamConfig, parse_config
 from crowdcount.streamer.service import Service
 from crowdcount.streamer.store.postgres import FEED_CHANNEL, STREAMS_CHANNEL, PostgresStore
 
@@ -142,12 +142,16 @@ class ShardRuntime:
                 entry = svc.streams.get(sid)
                 options = dict(row.get("options") or {})
                 zones = options.pop("zones", None) or []
+                floor = options.pop("floor", None)
                 if entry is not None:
                     if self._rows.get(sid) != (row["url"], options):
                         await svc.replace_stream(stream_config(row))  # edited: restart it
                         self._rows[sid] = (row["url"], options)
-                    elif (entry.options.get("zones") or []) != zones:
+                        continue
+                    if (entry.options.get("zones") or []) != zones:
                         self._apply_zones(svc, sid, zones)
+                    if entry.options.get("floor") != floor:
+                        self._apply_floor(svc, sid, floor)
                     continue
                 try:
                     await svc.add_stream(stream_config(row), origin="api")
@@ -173,6 +177,21 @@ class ShardRuntime:
             entry.options["zones"] = zones
         else:
             entry.options.pop("zones", None)
+
+    @staticmethod
+    def _apply_floor(svc: Service, sid: str, floor: dict[str, Any] | None) -> None:
+        """In memory only, like zones: the camera's row is the record."""
+        try:
+            svc.integrations.set_floor(sid, None if floor is None
+                                       else FloorConfig.model_validate(floor))
+        except ValueError as exc:
+            log.error("event=floor_invalid stream=%s error=%r", sid, " ".join(str(exc).split()))
+            return
+        entry = svc.streams[sid]
+        if floor:
+            entry.options["floor"] = floor
+        else:
+            entry.options.pop("floor", None)
 
     def statuses(self) -> dict[str, dict[str, Any]]:
         svc, _ = self._require()
