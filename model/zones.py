@@ -177,9 +177,11 @@ def draw_zones(
     zones: Sequence[Zone],
     counts: Mapping[str, float] | None = None,
     fill_alpha: float = 0.15,
+    labels: Mapping[str, str] | None = None,
 ) -> NDArray[np.uint8]:
     """A copy of ``image`` (RGB) with each zone outlined, lightly filled and labelled with
-    its name and, when given, its count. Points are in the image's pixels."""
+    its name and, when given, its count and extra text (``labels``, e.g. its density).
+    Points are in the image's pixels."""
     out = image.copy()
     if not zones:
         return out
@@ -197,6 +199,8 @@ def draw_zones(
         label = zone.name
         if counts is not None and zone.name in counts:
             label += f" {counts[zone.name]:.1f}"
+        if labels is not None and zone.name in labels:
+            label += f" {labels[zone.name]}"
         (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
         # Label at the top-most vertex, kept inside the image.
         x, y = (int(v) for v in poly[np.argmin(poly[:, 1])])

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 from crowdcount.model.errors import UserError
+from crowdcount.model.floor import Floor
 from crowdcount.model.runtime import Runtime
 from crowdcount.model.zones import Zone
 from crowdcount.streamer.config import (
@@ -168,7 +169,7 @@ class Service:
         # ``Result.zones`` before any sink sees a result, so every sink agrees.
         self.integrations = Integrations.from_config(config)
         self.feed = CountFeed()
-        self.viewers = ViewerRegistry(zones=self.integrations.zones)
+        self.viewers = ViewerRegistry(zones=self.integrations.zones, floors=self._floor_of)
         self.pipeline = Pipeline(runtime, max_batch=config.model.max_batch,
                                  analysis=self.integrations)
         self.counts = CountSink(self.store.history, self.feed, Ema(), store_rate,
@@ -219,6 +220,10 @@ class Service:
             "inference_errors": float(stats.inference_errors),
             "sink_errors": float(stats.sink_errors),
         }
+
+    def _floor_of(self, stream_id: str) -> Floor | None:
+        current = self.integrations.floor(stream_id)
+        return None if current is None else current.floor
 
     def _zone_names(self, stream_id: str) -> list[str]:
         """The zones a live stream has now (metrics drop series of zones no longer there)."""

@@ -319,6 +319,32 @@ async def test_edits_through_one_api_reach_the_shard_and_the_other_api(
             assert time.monotonic() - t0 < 30, "cam1's shard never counted the new zone"
             await asyncio.sleep(0.2)
 
+        # The floor calibration travels with the camera like its zones: put through B, it
+        # is in the camera's row (A shows it), and cam1's shard reports the zone's density.
+        w, h = SIZE
+        floor = {"image_points": [[0, h], [w, h], [w * 0.8, 0], [w * 0.2, 0]], "width": 4,
+                 "depth": 6, "frame_size": [w, h], "head_height": 0}
+        async with http.put(f"{api_b}/api/streams/cam1/floor", json=floor) as r:
+            assert r.status == 200, await r.text()
+        await wait_until_async(lambda s: "floor" in s["cam1"]["options"], api, "the floor in A")
+        async with api.get("/api/streams/cam1/floor") as resp:
+            body = await resp.json()
+        assert body["floor"]["width"] == 4 and body["zones"]["left"]["area_m2"] > 0
+
+        async def density_counted() -> bool:
+            async with http.get(f"{api_b}/api/streams/cam1/feed") as resp:
+                async for line in resp.content:
+                    if line.startswith(b"data:"):
+                        item = json.loads(line[5:])
+                        if item.get("stream") == "cam1" and "count" in item:
+                            return "left" in item.get("floor", {})
+            return False
+
+        t0 = time.monotonic()
+        while not await density_counted():
+            assert time.monotonic() - t0 < 30, "cam1's shard never reported a floor density"
+            await asyncio.sleep(0.2)
+
         first = f"rtsp://127.0.0.1:{free_port()}/a"
         second = f"rtsp://127.0.0.1:{free_port()}/b"
         async with http.post(f"{api_b}/api/streams", json={"name": "gate", "url": first}) as r:

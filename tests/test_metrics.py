@@ -54,8 +54,14 @@ async def test_live_metrics_pass_promtool(serve) -> None:
     r = await client.put("/api/streams/plaza/zones",
                          json={"zones": [{"name": "left", "points": LEFT}]})
     assert r.status == 200
+    r = await client.put("/api/streams/plaza/floor", json={
+        "image_points": [[20, 250], [300, 250], [260, 20], [60, 20]], "width": 4, "depth": 6,
+        "frame_size": [W, H], "head_height": 0})
+    assert r.status == 200, await r.text()
     await wait_until(lambda: svc.integrations.active_alerts(), what="the alert")
     families = ("crowdcount_zone_people{", "crowdcount_alerts_active{",
+                "crowdcount_zone_people_per_square_meter{", "crowdcount_zone_level_of_service{",
+                "crowdcount_zone_floor_area_square_meters{",
                 "crowdcount_alerts_raised_total{", "crowdcount_inference_latency_seconds_bucket{")
     text = ""
     for _ in range(200):  # until a scrape shows every family (zones need a zoned frame)
