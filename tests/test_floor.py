@@ -123,6 +123,23 @@ def test_synthetic_scene_density_and_areas_within_2_percent(head_height: float) 
     assert np.nansum(dm * areas) == pytest.approx(float(density[ok].sum()), rel=1e-6)
 
 
+def test_floor_view_keeps_the_count_and_shows_uniform_floor_density() -> None:
+    p = camera()
+    floor_h = plane(p, 0.0)
+    cal = Floor.calibrate(project(floor_h, MARKS), MARKS, SIZE, head_height=0)
+    heads = crowd(-4, 4, 8, 12, 4.0)  # 4 people/m2 over 8 x 12 m
+    density = render_density(project(floor_h, heads))
+    raster, (x0, _, _, y1) = cal.floor_view(density, SIZE, 0.25)
+    areas = cal.cell_areas(SIZE, SHAPE)
+    on_floor = float(density[~np.isnan(areas)].sum())
+    assert np.nansum(raster) * 0.25**2 == pytest.approx(on_floor, rel=1e-9)
+    # Inside the crowd (away from its edges and the frame's) the floor reads 4 people/m2.
+    ys = y1 - (np.arange(raster.shape[0]) + 0.5) * 0.25
+    xs = x0 + (np.arange(raster.shape[1]) + 0.5) * 0.25
+    core = raster[np.ix_((ys > 6) & (ys < 12), (xs > -1.5) & (xs < 1.5))]
+    assert np.nanmean(core) == pytest.approx(4.0, rel=0.05)
+
+
 def test_cells_near_and_beyond_the_horizon_are_masked() -> None:
     p = camera(tilt_deg=12.0)  # horizon inside the frame, about 110 px from the top
     floor_h = plane(p, 0.0)

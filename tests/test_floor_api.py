@@ -225,3 +225,32 @@ async def test_density_rule_raises_on_people_per_m2(serve) -> None:
     client2 = await serve()
     got = await (await client2.get("/api/alerts/rules/packed")).json()
     assert got["metric"] == "density"
+
+
+async def test_gathering_map_per_m2_and_top_down(serve) -> None:
+    client = await serve()
+    await add_white(client, "hall")
+    await add_white(client, "plain")
+    await put(client, "/api/streams/hall/floor", FLOOR)
+    svc = service(client)
+    assert svc.gathering is not None
+    await wait_until(lambda: svc.gathering.heatmap("hall").frames > 0)  # type: ignore[union-attr]
+    cell = await (await client.get("/api/streams/hall/heatmap?format=json")).json()
+    m2 = await (await client.get("/api/streams/hall/heatmap?format=json&unit=m2")).json()
+    assert (cell["unit"], m2["unit"]) == ("people/cell", "people/m2")
+    # Per m2 = per cell / the cell's floor area; off-floor cells are null.
+    floor = Floor.from_rectangle(CORNERS, 4, 6, (W, H), head_height=0)
+    areas = floor.cell_areas((W, H), (len(cell["grid"]), len(cell["grid"][0])))
+    for r in (0, 10, 29):
+        for c in (0, 20, 39):
+            want = cell["grid"][r][c] / areas[r, c]
+            assert m2["grid"][r][c] == pytest.approx(want, rel=1e-3, abs=1e-3)
+    # A white frame is uniform per cell, so per m2 the near rows are the dense ones.
+    assert m2["grid"][29][20] > 3 * m2["grid"][5][20]
+    for query in ("unit=m2", "view=floor"):
+        r = await client.get(f"/api/streams/hall/heatmap?{query}")
+        assert r.status == 200 and r.content_type == "image/png"
+        r = await client.get(f"/api/streams/plain/heatmap?{query}")
+        assert r.status == 409 and "no floor calibration" in (await r.json())["error"]
+    r = await client.get("/api/streams/hall/heatmap?unit=ft2")
+    assert r.status == 400
