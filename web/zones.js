@@ -22,6 +22,7 @@ class ZoneEditor {
     this.card = card;
     this.zones = []; // [{name, points: [[x, y], ...]}] in video pixels, as the server has them
     this.counts = {}; // zone name -> latest count from the feed
+    this.floor = {}; // zone name -> {area_m2, per_m2, level} on a floor-calibrated stream
     this.draft = null; // points of the polygon being drawn, or null when not drawing
     this.closed = false; // the draft is finished and waits for its name
 
@@ -242,18 +243,20 @@ class ZoneEditor {
       item.dataset.zone = zone.name;
       const name = el("span", { class: "zone-name" }, zone.name);
       const count = el("output", { class: "zone-count", testid: "zone-count" });
+      const density = el("output", { class: "zone-density", testid: "zone-density" });
       const del = el("button", { type: "button", class: "zone-delete", testid: "zone-delete" },
                      "×");
       del.setAttribute("aria-label", `Delete zone ${zone.name}`);
       del.addEventListener("click", () => this.remove(zone.name));
-      item.append(name, count, del);
+      item.append(name, count, density, del);
       this.list.append(item);
     }
     this.showCounts();
   }
 
-  onCounts(zones) {
+  onCounts(zones, floor = {}) {
     this.counts = zones;
+    this.floor = floor;
     const known = this.zones.map((z) => z.name).sort().join("\n");
     if (Object.keys(zones).sort().join("\n") !== known && !this.reloading) {
       // Someone else changed this stream's zones: fetch them (at most once a second).
@@ -270,6 +273,19 @@ class ZoneEditor {
       const out = item.querySelector('[data-testid="zone-count"]');
       out.textContent = formatCount(value);
       if (Number.isFinite(value)) out.dataset.value = String(value);
+      // People per m2 of floor and the level of service (A-F), when the floor is calibrated.
+      const d = this.floor[item.dataset.zone];
+      const dens = item.querySelector('[data-testid="zone-density"]');
+      dens.textContent = d ? `${Number(d.per_m2).toFixed(2)}/m² · ${d.level}` : "";
+      dens.title = d ? `${Number(d.area_m2).toFixed(1)} m² of floor; level of service ` +
+        `${d.level} (A free flow … F jammed)` : "";
+      if (d) {
+        dens.dataset.value = String(d.per_m2);
+        dens.dataset.level = d.level;
+      } else {
+        delete dens.dataset.value;
+        delete dens.dataset.level;
+      }
     }
   }
 
@@ -372,7 +388,7 @@ document.addEventListener("crowdcount:feed", (event) => {
   const editor = editorOf(item.stream ?? item.stream_id);
   if (!editor) return;
   if (!editor.loaded) editor.load();
-  else if (item.zones || editor.zones.length) editor.onCounts(item.zones || {});
+  else if (item.zones || editor.zones.length) editor.onCounts(item.zones || {}, item.floor || {});
 });
 
 loadAlerts();
