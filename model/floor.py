@@ -359,46 +359,56 @@ class Floor:
         frame_size: tuple[int, int],
         metres_per_px: float = 0.1,
         max_px: int = 800,
+        margin: float = 0.5,
     ) -> tuple[NDArray[np.float64], tuple[float, float, float, float]]:
         """A top-down map of ``people`` (per cell of a grid over the frame: a density map or
         a gathering grid) on the floor: people per m2 on a raster of ``metres_per_px``
         (coarser if it would exceed ``max_px`` a side), NaN off the calibrated floor.
 
-        Rows run from the largest floor y (top) down to the smallest, columns along x;
-        returns the raster and its extent ``(x0, y0, x1, y1)`` in metres. Each raster
-        pixel takes the density of the frame cell its centre falls in, and the raster is
-        then scaled so that it holds exactly the people of the calibrated cells: the warp
-        moves people, it neither adds nor loses any."""
+        The raster covers the marked points' extent widened by ``margin`` of its larger
+        side each way (the part of the floor the calibration vouches for), rows from the
+        largest floor y (top) down, columns along x; returns it and its extent ``(x0, y0,
+        x1, y1)`` in metres. Each raster pixel takes the density of the frame cell its
+        centre falls in, and the raster is then scaled to hold exactly the people of the
+        calibrated cells whose centres lie in the extent: the warp moves people, it neither
+        adds nor loses any."""
         shape = (int(people.shape[0]), int(people.shape[1]))
         areas = self.cell_areas(frame_size, shape)
         ok = ~np.isnan(areas)
-        if not ok.any():
-            raise FloorError("no cell of this grid lies on the calibrated floor")
-        total = float(np.asarray(people, np.float64)[ok].sum())
+        lo, hi = self.floor_points.min(axis=0), self.floor_points.max(axis=0)
+        pad = margin * float((hi - lo).max())
+        x0, y0 = lo - pad
+        x1, y1 = hi + pad
+        rows, cols = shape
+        cy, cx = np.mgrid[0:rows, 0:cols]
+        centres = np.c_[(cx.ravel() + 0.5) * frame_size[0] / cols,
+                        (cy.ravel() + 0.5) * frame_size[1] / rows]
+        m = self.to_metres(centres).reshape(rows, cols, 2)
+        within = ok & (m[..., 0] >= x0) & (m[..., 0] < x1) & (m[..., 1] >= y0) & (m[..., 1] < y1)
+        total = float(np.asarray(people, np.float64)[within].sum())
         with np.errstate(invalid="ignore"):
             per_m2 = np.where(ok, np.asarray(people, np.float64) / areas, 0.0)
-        rows, cols = shape
-        cy, cx = np.nonzero(ok)
-        centres = np.c_[(cx + 0.5) * frame_size[0] / cols, (cy + 0.5) * frame_size[1] / rows]
-        m = self.to_metres(centres)
-        x0, y0 = m.min(axis=0)
-        x1, y1 = m.max(axis=0)
-        res = max(metres_per_px, (x1 - x0) / max_px, (y1 - y0) / max_px, 1e-6)
+        res = max(metres_per_px, (x1 - x0) / max_px, (y1 - y0) / max_px)
         nx, ny = max(1, math.ceil((x1 - x0) / res)), max(1, math.ceil((y1 - y0) / res))
-        gx = x0 + (np.arange(nx) + 0.5) * res
-        gy = y1 - (np.arange(ny) + 0.5) * res
+        # Each raster pixel averages SUB x SUB samples: near the camera a pixel spans many
+        # small frame cells, and one sample would alias with them.
+        sub = 4
+        gx = x0 + (np.arange(nx * sub) + 0.5) * (res / sub)
+        gy = y1 - (np.arange(ny * sub) + 0.5) * (res / sub)
         fx, fy = np.meshgrid(gx, gy)
         img = _apply(np.asarray(np.linalg.inv(self.from_frame), np.float64),
                      np.c_[fx.ravel(), fy.ravel()].astype(np.float64))
         c = np.floor(img[:, 0] * cols / frame_size[0]).astype(np.int64)
         r = np.floor(img[:, 1] * rows / frame_size[1]).astype(np.int64)
         inside = (c >= 0) & (c < cols) & (r >= 0) & (r < rows) & self.valid(img)
-        out = np.full(len(img), np.nan)
+        samples = np.full(len(img), np.nan)
         ri, ci = r[inside], c[inside]
         good = ok[ri, ci]
-        idx = np.flatnonzero(inside)[good]
-        out[idx] = per_m2[ri[good], ci[good]]
-        raster = out.reshape(ny, nx)
+        samples[np.flatnonzero(inside)[good]] = per_m2[ri[good], ci[good]]
+        blocks = samples.reshape(ny, sub, nx, sub)
+        seen = (~np.isnan(blocks)).sum(axis=(1, 3))
+        with np.errstate(invalid="ignore"):
+            raster = np.nansum(blocks, axis=(1, 3)) / seen  # NaN where no sample is on the floor
         held = float(np.nansum(raster)) * res * res
         if held > 0:
             raster *= total / held

@@ -306,7 +306,9 @@ def render_overlay(image: NDArray[np.uint8] | None, heatmap: Heatmap,
 def render_floor_view(floor: Floor, heatmap: Heatmap, frame_size: tuple[int, int],
                       side: int = 640) -> NDArray[np.uint8]:
     """The gathering map warped top-down onto the floor (``Floor.floor_view``): people per
-    m2 in the Jet colours (the busiest spot red), a one-metre grid, off-floor grey."""
+    m2 in the Jet colours (the busiest spot red, under 15 % of it untinted) on dark grey,
+    off the calibrated floor light grey, with a grid every metre (every 5 m on a large
+    floor)."""
     from crowdcount.model.render import colorize
 
     if heatmap.grid is None:
@@ -315,16 +317,19 @@ def render_floor_view(floor: Floor, heatmap: Heatmap, frame_size: tuple[int, int
     peak = float(np.nanmax(raster)) if np.isfinite(raster).any() else 0.0
     levels = np.zeros(raster.shape, np.float32) if peak <= 0 else np.nan_to_num(
         raster / peak).astype(np.float32)
-    image = colorize(levels, (raster.shape[1], raster.shape[0]), cap=1.0)
-    image[np.isnan(raster)] = (96, 96, 96)
     scale = side / max(raster.shape)
     size = (max(1, round(raster.shape[1] * scale)), max(1, round(raster.shape[0] * scale)))
-    image = cv2.resize(image, size, interpolation=cv2.INTER_NEAREST)
+    heat = colorize(levels, size, cap=1.0).astype(np.float32)
+    weight = np.clip(cv2.resize(levels, size, interpolation=cv2.INTER_LINEAR) / 0.15, 0, 1)
+    image = (np.float32(50) * (1 - weight[..., None]) + heat * weight[..., None]).astype(np.uint8)
+    off = cv2.resize(np.isnan(raster).astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)
+    image[off > 0] = (120, 120, 120)
     px_per_m = size[0] / (x1 - x0)
-    for x in np.arange(math.ceil(x0), x1):
+    step = 1.0 if max(x1 - x0, y1 - y0) <= 30 else 5.0
+    for x in np.arange(math.ceil(x0 / step) * step, x1, step):
         u = round((x - x0) * px_per_m)
-        cv2.line(image, (u, 0), (u, size[1] - 1), (235, 235, 235), 1)
-    for y in np.arange(math.ceil(y0), y1):
+        cv2.line(image, (u, 0), (u, size[1] - 1), (200, 200, 200), 1)
+    for y in np.arange(math.ceil(y0 / step) * step, y1, step):
         v = round((y1 - y) * px_per_m)
-        cv2.line(image, (0, v), (size[0] - 1, v), (235, 235, 235), 1)
+        cv2.line(image, (0, v), (size[0] - 1, v), (200, 200, 200), 1)
     return image
