@@ -33,6 +33,12 @@ Example::
     name = "door"
     points = [[100, 200], [400, 200], [400, 600], [100, 600]]
 
+    [streams.floor]          # people per m2 (docs/floor-density.md)
+    image_points = [[80, 700], [900, 700], [760, 300], [220, 300]]
+    width = 4.0              # metres: the four points are a 4 m x 6 m floor rectangle
+    depth = 6.0
+    frame_size = [960, 720]
+
     [[thresholds]]
     name = "door-crowded"
     stream = "entrance"
@@ -602,6 +608,9 @@ class Config(_Strict):
         streams = {s.name: s for s in info.data.get("streams") or ()}
         for i, r in enumerate(rules):
             stream = streams.get(r.stream)
+            if stream is not None and r.metric != "count" and stream.floor is None:
+                raise ValueError(f"thresholds[{i}]: a {r.metric} rule needs a floor-calibrated "
+                                 f"stream; add [streams.floor] to stream {r.stream!r}")
             if stream is not None and r.zone is not None:
                 zones = [z.name for z in stream.zones]
                 if r.zone not in zones:

@@ -254,3 +254,22 @@ async def test_gathering_map_per_m2_and_top_down(serve) -> None:
         assert r.status == 409 and "no floor calibration" in (await r.json())["error"]
     r = await client.get("/api/streams/hall/heatmap?unit=ft2")
     assert r.status == 400
+
+
+def test_config_density_rule_needs_a_calibrated_stream(make_config) -> None:
+    from crowdcount.streamer.config import ConfigError
+
+    rule = {"name": "packed", "stream": "cam", "zone": "door", "metric": "density",
+            "above": 2, "below": 1}
+    zone = {"name": "door", "points": NEAR}
+    with pytest.raises(ConfigError, match="needs a floor-calibrated stream"):
+        make_config(streams=[{"name": "cam", "url": "webcam:0", "zones": [zone]}],
+                    thresholds=[rule])
+    config = make_config(streams=[{"name": "cam", "url": "webcam:0", "zones": [zone],
+                                   "floor": FLOOR}], thresholds=[rule])
+    assert config.thresholds[0].metric == "density"
+    with pytest.raises(ConfigError, match="zone 'door': point"):  # a zone off the floor
+        make_config(streams=[{"name": "cam", "url": "webcam:0",
+                              "zones": [{"name": "door", "points": [[0, 0], [50, 0], [0, 50]]}],
+                              "floor": {**FLOOR, "image_points": [[40, 250], [280, 250],
+                                                                  [175, 60], [145, 60]]}}])
