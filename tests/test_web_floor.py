@@ -50,13 +50,18 @@ async def test_user_calibrates_the_floor_and_sees_zone_densities(
         assert "Not calibrated" in await status.text_content()
         overlay = card.locator('[data-testid="floor-overlay"]')
         await overlay.wait_for(state="visible")
+        async def video_rect() -> dict:
+            """The card's letterbox, once the video has a picture (it may be reconnecting on
+            a loaded machine, when it has none)."""
+            handle = await page.wait_for_function(
+                "() => window.crowdcount.cards.get('clip').videoRect()")
+            return await handle.json_value()
+
         async def click(points: list[tuple[int, int]]) -> None:
             # Video pixels -> page pixels through the card's letterbox maths, measured now.
             # A video that is reconnecting (a loaded machine) has no size: wait for it.
-            await page.wait_for_function(
-                "() => window.crowdcount.cards.get('clip').videoRect() !== null")
             await overlay.scroll_into_view_if_needed()  # typing in the panel scrolls the page
-            rect = await page.evaluate("() => window.crowdcount.cards.get('clip').videoRect()")
+            rect = await video_rect()
             box = await overlay.bounding_box()
             assert box is not None
             for x, y in points:
@@ -88,7 +93,7 @@ async def test_user_calibrates_the_floor_and_sees_zone_densities(
         await wait_until(lambda: svc.integrations.floor("clip") is not None, 5, "the floor")
         current = svc.integrations.floor("clip")
         assert current is not None
-        rect = await page.evaluate("() => window.crowdcount.cards.get('clip').videoRect()")
+        rect = await video_rect()
         tolerance = 1.5 / rect["scale"] + 0.2
         for (x, y), (fx, fy) in zip(CORNERS, current.config.image_points, strict=True):
             assert abs(fx - x) <= tolerance and abs(fy - y) <= tolerance
@@ -109,6 +114,24 @@ async def test_user_calibrates_the_floor_and_sees_zone_densities(
         assert level in tuple("ABCDEF") and value > 0
         assert "/m²" in await density.text_content()
         await page.screenshot(path=str(artifacts / "web-floor-calibrated.png"), full_page=True)
+
+        # The gathering map per m2 of floor, then top-down on the floor.
+        await card.locator('[data-testid="gathering-toggle"]').click()
+        panel = page.locator('[data-testid="gathering-panel"]')
+        await page.wait_for_function(
+            "() => document.querySelector('[data-testid=gathering-panel]')?.dataset.loaded")
+        image = panel.locator('[data-testid="gathering-image"]')
+        for choice, needle in (("m2", "unit=m2"), ("floor", "view=floor")):
+            before = await panel.get_attribute("data-loaded")
+            await panel.get_by_test_id("gathering-unit").select_option(choice)
+            await page.wait_for_function(
+                "(b) => document.querySelector('[data-testid=gathering-panel]').dataset.loaded"
+                " !== b", arg=before)
+            assert needle in (await image.get_attribute("src") or "")
+            assert await page.evaluate(
+                "() => document.querySelector('[data-testid=gathering-image]').naturalWidth") > 0
+        assert "per m² of floor" in await panel.get_by_test_id("gathering-stats").text_content()
+        await page.screenshot(path=str(artifacts / "web-floor-top-down.png"), full_page=True)
         # The one console error is the browser reporting the refused save (its 400).
         assert [e for e in log.errors if "400 (Bad Request)" not in e] == []
         assert len(log.errors) == 1
