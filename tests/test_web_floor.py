@@ -132,6 +132,25 @@ async def test_user_calibrates_the_floor_and_sees_zone_densities(
                 "() => document.querySelector('[data-testid=gathering-image]').naturalWidth") > 0
         assert "per m² of floor" in await panel.get_by_test_id("gathering-stats").text_content()
         await page.screenshot(path=str(artifacts / "web-floor-top-down.png"), full_page=True)
+        # A rule on the zone's density, made in the rule editor, raises (it is ~3 /m2).
+        rules = page.locator('[data-testid="rules-panel"]')
+        await rules.get_by_label("Rule name").fill("packed")
+        await rules.get_by_label("Stream").select_option("clip")
+        await rules.get_by_label("Count of").focus()
+        await page.wait_for_function(
+            "() => [...document.querySelectorAll('[data-testid=rule-zone] option')]"
+            ".some(o => o.value === 'mid')")
+        await rules.get_by_label("Count of").select_option("mid")
+        await rules.get_by_label("Watch").select_option("density")
+        await rules.get_by_label("Alert above").fill("1")
+        await rules.get_by_label("Clear below").fill("0.5")
+        await rules.locator('[data-testid="rule-save"]').click()
+        await wait_until(lambda: svc.integrations.engine.is_active("packed"), 10, "the raise")
+        rule = next(r for r in svc.integrations.rules if r.name == "packed")
+        assert (rule.zone, rule.metric) == ("mid", "density")
+        row = rules.locator('[data-testid="rule-row"][data-name="packed"]')
+        assert "people/m²" in await row.text_content()
+
         # The one console error is the browser reporting the refused save (its 400).
         assert [e for e in log.errors if "400 (Bad Request)" not in e] == []
         assert len(log.errors) == 1
