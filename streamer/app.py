@@ -20,6 +20,8 @@ from crowdcount.model.bundled import default_model
 from crowdcount.model.runtime import Runtime
 from crowdcount.streamer.auth import Handler, token_middleware
 from crowdcount.streamer.config import Config, resolve_token
+from crowdcount.streamer.limits import MAX_HTTP_LINE, MAX_REQUEST_TARGET
+from crowdcount.streamer.origin import browser_guard
 from crowdcount.streamer.ratelimit import RateLimiter
 from crowdcount.streamer.routes import (
     count,
@@ -33,6 +35,7 @@ from crowdcount.streamer.routes import (
 )
 from crowdcount.streamer.routes.common import MAX_JSON_BYTES, SERVICE, ApiError, json_error
 from crowdcount.streamer.service import Service
+from crowdcount.streamer.surface import ServiceSurface
 from crowdcount.streamer.upload import UploadCounter
 from crowdcount.web import ASSETS_DIR
 
@@ -44,6 +47,9 @@ WEB_DIR = ASSETS_DIR
 @web.middleware
 async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every failure as one-line JSON with its status; unexpected ones as a logged 500."""
+    if len(request.raw_path) > MAX_REQUEST_TARGET:
+        return json_error(414, f"request target is {len(request.raw_path)} bytes; the limit "
+                               f"is {MAX_REQUEST_TARGET}")
     try:
         return await handler(request)
     except ApiError as exc:
@@ -88,12 +94,12 @@ def build_app(
     problem = config.server.exposure_problem(token)
     if problem:
         raise ValueError(problem)
-    service: Service
+    service: ServiceSurface
     if config.cluster is not None:
         # The cameras run on the cluster's shards: this process opens no model for them.
         from crowdcount.streamer.cluster.service import ClusterService
 
-        service = ClusterService(config)  # type: ignore[assignment]  # same surface
+        service = ClusterService(config)
     else:
         model_path = str(config.model.path or default_model(config.model.backend))
         if runtime is None:
@@ -103,11 +109,15 @@ def build_app(
                           upload_counter=upload_counter)
 
     middlewares: list[Middleware] = [json_errors]
-    if token:
-        middlewares.append(token_middleware(token))
+    # With a token, the token is the protection; without one, Host and Origin checks keep
+    # web pages the operator visits from using the server (streamer/origin.py).
+    middlewares.append(token_middleware(token) if token else browser_guard(config.server))
     app = web.Application(
         middlewares=middlewares,
         client_max_size=max(config.server.max_upload_bytes, MAX_JSON_BYTES) + 64 * 1024,
+        # Lines up to MAX_HTTP_LINE are parsed, so that one over MAX_REQUEST_TARGET is
+        # refused by json_errors in JSON rather than by the HTTP parser in text.
+        handler_args={"max_line_size": MAX_HTTP_LINE, "max_field_size": MAX_HTTP_LINE},
     )
     app[SERVICE] = service
     app[count.LIMITER] = RateLimiter(config.server.upload_rate_per_minute)
@@ -118,18 +128,11 @@ def build_app(
     zones.add_routes(app)
     floor.add_routes(app)
     rules.add_routes(app)
-    if config.cluster is None:
-        gathering.add_routes(app)
-    else:  # the gathering maps live in the shards' processes, not in the database (yet)
-        app.router.add_get("/api/streams/{id}/heatmap", _no_heatmap_on_cluster)
+    gathering.add_routes(app)
     app.on_startup.append(_startup)
     app.on_shutdown.append(_shutdown)
     app.on_cleanup.append(_cleanup)
     return app
-
-
-async def _no_heatmap_on_cluster(request: web.Request) -> web.Response:
-    return json_error(501, "gathering heatmaps are not available on a cluster")
 
 
 async def _startup(app: web.Application) -> None:

@@ -38,7 +38,9 @@ if TYPE_CHECKING:
     )
 
 __all__ = [
+    "FLOOR_KEY",
     "Integrations",
+    "StreamFloor",
     "notifiers_from_config",
     "rules_from_config",
     "zones_from_config",
@@ -49,6 +51,11 @@ log = logging.getLogger(__name__)
 
 def zones_from_config(stream: StreamConfig) -> tuple[Zone, ...]:
     return tuple(Zone(z.name, z.points) for z in stream.zones)
+
+
+#: The stream settings key of a stream's floor calibration (``FloorConfig`` as JSON; JSON
+#: ``null``: uncalibrated on purpose, over a config file's calibration).
+FLOOR_KEY = "floor"
 
 
 class StreamFloor:
@@ -203,6 +210,9 @@ class Integrations:
     @property
     def rules(self) -> tuple[ThresholdRule, ...]:
         return self.engine.rules
+
+    def is_active(self, name: str) -> bool:
+        return self.engine.is_active(name)
 
     def set_rules(self, rules: Iterable[ThresholdRule]) -> list[AlertEvent]:
         """Replace the alert rules; returns the clears of alerts whose rule was removed or

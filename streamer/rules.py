@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from crowdcount.streamer.alerts import METRICS, AlertEvent, ThresholdRule
-from crowdcount.streamer.integrations import Integrations
+from crowdcount.streamer.limits import MAX_ALERT_RULES
 from crowdcount.streamer.store import SettingsStore
 
-__all__ = ["RuleBook", "RuleConflict", "RuleNotFound"]
+__all__ = ["RuleBook", "RuleConflict", "RuleNotFound", "RuleTarget"]
 
 RuleOrigin = Literal["config", "api"]
 #: stream settings key of the API rules' metrics (``{rule name: "density" | "level"}``)
@@ -30,7 +30,22 @@ class RuleNotFound(LookupError):
 
 
 class RuleConflict(Exception):
-    """The name is taken, or the rule comes from the config file (HTTP 409)."""
+    """The name is taken, the rule comes from the config file, or there are
+    ``MAX_ALERT_RULES`` already (HTTP 409)."""
+
+
+class RuleTarget(Protocol):
+    """Where the rules in force go: the alert engine of a process that runs cameras
+    (``Integrations``), or a cluster's API process, whose shards load the saved rules
+    themselves when the store announces a change."""
+
+    def set_rules(self, rules: Iterable[ThresholdRule]) -> list[AlertEvent]:
+        """Put ``rules`` in force; the clears that causes (rules changed or gone)."""
+        ...
+
+    def is_active(self, name: str) -> bool:
+        """Whether rule ``name`` has an alert raised now."""
+        ...
 
 
 class RuleBook:
@@ -40,8 +55,8 @@ class RuleBook:
     def __init__(
         self,
         config_rules: Iterable[ThresholdRule],
-        saved: SettingsStore | None,
-        integrations: Integrations,
+        saved: SettingsStore,
+        integrations: RuleTarget,
         zones_of: Callable[[str], list[str] | None],
         publish: Callable[[Sequence[AlertEvent]], None],
     ) -> None:
@@ -55,21 +70,23 @@ class RuleBook:
         self._metrics: dict[str, dict[str, str]] = {}  # stream -> rule name -> metric
 
     async def load(self) -> list[str]:
-        """Read the saved rules and put them in force; returns the names skipped because a
-        config-file rule now has that name (the file wins)."""
+        """Read the saved rules and put them in force (again, when another process changed
+        them); returns the names skipped because a config-file rule now has that name (the
+        file wins)."""
         skipped: list[str] = []
-        rows = [] if self._saved is None else await asyncio.to_thread(self._saved.rules)
-        if self._saved is not None:
-            saved = await asyncio.to_thread(self._saved.stream_settings, METRICS_KEY)
+        rows = await asyncio.to_thread(self._saved.rules)
+        saved = await asyncio.to_thread(self._saved.stream_settings, METRICS_KEY)
+        async with self._lock:
             self._metrics = {sid: dict(v) for sid, v in saved.items() if isinstance(v, dict)}
-        for row in rows:
-            metric = self._metrics.get(row["stream"], {}).get(row["name"], "count")
-            rule = ThresholdRule(**row, metric=metric if metric in METRICS else "count")
-            if rule.name in self._config:
-                skipped.append(rule.name)
-            else:
-                self._api[rule.name] = rule
-        self._apply()
+            self._api = {}
+            for row in rows:
+                metric = self._metrics.get(row["stream"], {}).get(row["name"], "count")
+                rule = ThresholdRule(**row, metric=metric if metric in METRICS else "count")
+                if rule.name in self._config:
+                    skipped.append(rule.name)
+                else:
+                    self._api[rule.name] = rule
+            self._apply()
         return skipped
 
     def origin(self, name: str) -> RuleOrigin | None:
@@ -95,7 +112,7 @@ class RuleBook:
 
     def describe(self, rule: ThresholdRule, origin: RuleOrigin) -> dict[str, Any]:
         return {**rule.to_dict(), "origin": origin,
-                "active": self._integrations.engine.is_active(rule.name)}
+                "active": self._integrations.is_active(rule.name)}
 
     async def put(self, rule: ThresholdRule, *, create: bool) -> dict[str, Any]:
         """Create (``create``: the name must be free) or replace an API rule."""
@@ -108,13 +125,17 @@ class RuleBook:
                 raise RuleConflict(f"an alert rule named {rule.name!r} already exists")
             if not create and origin is None:
                 raise RuleNotFound(f"no alert rule {rule.name!r}")
+            if create and len(self._config) + len(self._api) >= MAX_ALERT_RULES:
+                raise RuleConflict(f"there are {MAX_ALERT_RULES} alert rules, the most a "
+                                   "server keeps; delete one first")
             zones = self._zones_of(rule.stream)
+            if zones is None:  # a typo would be a rule that silently never fires
+                raise ValueError(f"no live stream {rule.stream!r}; add the stream first")
             if rule.zone is not None and zones is not None and rule.zone not in zones:
                 raise ValueError(f"stream {rule.stream!r} has no zone {rule.zone!r} "
                                  f"(zones: {', '.join(map(repr, zones)) or 'none'})")
-            if self._saved is not None:
-                await asyncio.to_thread(self._saved.save_rule, rule.to_dict())
-                await self._save_metric(rule.name, rule.stream, rule.metric)
+            await asyncio.to_thread(self._saved.save_rule, rule.to_dict())
+            await self._save_metric(rule.name, rule.stream, rule.metric)
             self._api[rule.name] = rule
             self._apply()
             return self.describe(rule, "api")
@@ -127,16 +148,14 @@ class RuleBook:
             if origin == "config":
                 raise RuleConflict(f"alert rule {name!r} comes from the config file; "
                                    "remove it there and restart")
-            if self._saved is not None:
-                await asyncio.to_thread(self._saved.delete_rule, name)
-                await self._save_metric(name, self._api[name].stream, "count")
+            await asyncio.to_thread(self._saved.delete_rule, name)
+            await self._save_metric(name, self._api[name].stream, "count")
             del self._api[name]
             self._apply()
 
     async def _save_metric(self, name: str, stream: str, metric: str) -> None:
         """Remember a rule's metric (density, level) beside the saved rule: the rules table
         has no column for it, and per-stream JSON state goes in the stream settings."""
-        assert self._saved is not None
         for sid, metrics in self._metrics.items():  # a rule moved to another stream
             if sid != stream and metrics.pop(name, None) is not None:
                 await self._write_metrics(sid)
@@ -150,7 +169,6 @@ class RuleBook:
         await self._write_metrics(stream)
 
     async def _write_metrics(self, stream: str) -> None:
-        assert self._saved is not None
         metrics = self._metrics.get(stream) or {}
         if metrics:
             await asyncio.to_thread(self._saved.save_stream_setting, stream, METRICS_KEY,

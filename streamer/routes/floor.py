@@ -35,7 +35,7 @@ from crowdcount.streamer.routes.common import (
     read_json_object,
     service_of,
 )
-from crowdcount.streamer.service import StreamNotFound
+from crowdcount.streamer.surface import StreamNotFound
 
 
 def floor_body(svc: Any, sid: str) -> dict[str, Any]:

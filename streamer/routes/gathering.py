@@ -50,9 +50,7 @@ async def heatmap(request: web.Request) -> web.Response:
             raise ApiError(409, f"stream {sid!r} has no floor calibration (PUT "
                                 f"/api/streams/{sid}/floor); use unit=cell")
         floor = current.floor
-    gathering = getattr(svc, "gathering", None)
-    if gathering is None:  # a cluster's API process: the maps would live on the shards
-        raise ApiError(501, "the gathering map needs a single-process server")
+    gathering = svc.gathering
     if sid not in svc.streams and not await asyncio.to_thread(gathering.has_data, sid):
         raise ApiError(404, f"no stream {sid!r} and no gathering data for it")
     result = await asyncio.to_thread(gathering.heatmap, sid, since, until)

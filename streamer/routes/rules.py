@@ -7,9 +7,10 @@
 "metric"?}`` (``metric``: ``count``, or a zone's ``density`` per m2 or ``level`` A=1..F=6)
 -> 201 and the rule; ``PUT /api/alerts/rules/{name}`` (same body, ``name`` optional) replaces
 it; ``DELETE`` -> 204. A body is checked like a ``[[thresholds]]`` table of the config file
-(so ``below`` must be under ``above``), and a zone must be one of the stream's when the
-stream is live. Config-file rules are listed but answer 409 to changes. Changing or deleting
-a rule clears its active alert (recorded as cleared with reason ``rule_changed``).
+(so ``below`` must be under ``above``), the stream must be live (400 otherwise) and a zone
+must be one of its zones; past ``MAX_ALERT_RULES`` rules, 409. Config-file rules are
+listed but answer 409 to changes. Changing or deleting a rule clears its active alert
+(recorded as cleared with reason ``rule_changed``).
 """
 
 from __future__ import annotations
@@ -27,17 +28,14 @@ from crowdcount.streamer.routes.common import (
     read_json_object,
     service_of,
 )
-from crowdcount.streamer.rules import RuleBook, RuleConflict, RuleNotFound
+from crowdcount.streamer.rules import RuleConflict, RuleNotFound
+from crowdcount.streamer.surface import RulesView
 
 FIELDS = {"name", "stream", "zone", "above", "below", "for_seconds", "metric"}
 
 
-def _book(request: web.Request) -> RuleBook:
-    book = getattr(service_of(request), "rules", None)
-    if book is None:  # a cluster's API process: its shards read the config file's rules
-        raise ApiError(501, "alert rules through the API need a single-process server; "
-                            "a cluster takes them from the config file")
-    return book
+def _book(request: web.Request) -> RulesView:
+    return service_of(request).rules
 
 
 def parse_rule(data: dict[str, Any]) -> ThresholdRule:

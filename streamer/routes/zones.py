@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from crowdcount.model.floor import FloorError
 from crowdcount.model.zones import Zone
 from crowdcount.streamer.config import ZoneConfig, check_zones_on_floor, to_config_error
+from crowdcount.streamer.limits import MAX_ZONES_PER_STREAM as MAX_ZONES
 from crowdcount.streamer.routes.common import (
     ApiError,
     http_errors,
@@ -35,18 +36,17 @@ from crowdcount.streamer.routes.common import (
     read_json_object,
     service_of,
 )
-from crowdcount.streamer.service import Service, StreamEntry, StreamNotFound
+from crowdcount.streamer.surface import ServiceSurface, StreamNotFound, StreamView
 
-MAX_ZONES = 32
 MAX_ALERTS = 10_000
 
 
-def _entry(svc: Service, request: web.Request) -> StreamEntry:
+def _entry(svc: ServiceSurface, request: web.Request) -> StreamView:
     with http_errors({StreamNotFound: 404}):
         return svc.get(request.match_info["id"])
 
 
-def _zones_body(svc: Service, entry: StreamEntry) -> dict[str, Any]:
+def _zones_body(svc: ServiceSurface, entry: StreamView) -> dict[str, Any]:
     return {
         "stream": entry.id,
         "zones": [z.to_dict() for z in svc.integrations.zones(entry.id)],
