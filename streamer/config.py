@@ -89,6 +89,7 @@ from crowdcount.streamer.limits import (
     MAX_URL_LENGTH,
     MAX_ZONES_PER_STREAM,
 )
+from crowdcount.streamer.urls import mask_url
 
 __all__ = [
     "STREAM_NAME_RE",
@@ -419,7 +420,8 @@ class ThresholdConfig(_Strict):
         return self
 
 
-_HTTP_URL_RE = re.compile(r"^https?://[^\s/?#]+[^\s]*$", re.IGNORECASE)
+# Unambiguous (the host ends where "/", "?" or "#" starts): linear time, no backtracking.
+_HTTP_URL_RE = re.compile(r"^https?://[^\s/?#]+(?:[/?#]\S*)?$", re.IGNORECASE)
 # MQTT topic levels: no wildcards, no empty levels, no NUL.
 _TOPIC_PREFIX_RE = r"^[^/+#\x00\s]+(/[^/+#\x00\s]+)*$"
 
@@ -447,7 +449,7 @@ class WebhookConfig(_Strict):
     def _check_url(cls, url: str) -> str:
         url = url.strip()
         if not _HTTP_URL_RE.match(url):
-            raise ValueError(f"{url!r} is not an http:// or https:// url")
+            raise ValueError(f"{mask_url(url)!r} is not an http:// or https:// url")
         return url
 
 
