@@ -26,8 +26,6 @@ from crowdcount.streamer.limits import (
 )
 from crowdcount.streamer.service import Service
 
-__all__ = ["MAX_JSON_BYTES", "decode_json"]  # MAX_JSON_BYTES: imported from here by app.py
-
 M = TypeVar("M", bound=BaseModel)
 
 SERVICE = web.AppKey("service", Service)
