@@ -87,6 +87,7 @@ from crowdcount.streamer.limits import (
     MAX_ALERT_RULES,
     MAX_NAME_LENGTH,
     MAX_URL_LENGTH,
+    MAX_ZONE_POINTS,
     MAX_ZONES_PER_STREAM,
 )
 from crowdcount.streamer.urls import mask_url
@@ -174,7 +175,8 @@ class ZoneConfig(_Strict):
     """A polygon whose density is summed separately, in the stream's frame pixels."""
 
     name: ZoneName
-    points: Annotated[tuple[Point, ...], BeforeValidator(_as_tuple), Field(min_length=3)]
+    points: Annotated[tuple[Point, ...], BeforeValidator(_as_tuple),
+                      Field(min_length=3, max_length=MAX_ZONE_POINTS)]
 
     @field_validator("points")
     @classmethod

@@ -25,14 +25,20 @@ from typing import Any
 from crowdcount.model.runtime import Runtime
 from crowdcount.streamer.config import ModelConfig
 
-#: Uploads are shrunk so their longer side is at most this before inference: a 40-megapixel
-#: photo run at full size would need gigabytes of activations for no better count.
-UPLOAD_MAX_SIDE = 2048
+#: Uploads are shrunk so their longer side is at most this before inference. Why 1280: the
+#: network's activations grow with its input, and the server must stay small whatever a
+#: client sends (issue 17: under 300 MB over idle for any upload). Measured with the
+#: bundled model on OpenVINO (benchmarks/bench_hostile.py): a 25-megapixel PNG peaked at
+#: 311 MB over idle at 2048 and 143 MB at 1280. The bundled model counts best at 768 px
+#: anyway (its card's serving size), so 1280 costs it nothing.
+UPLOAD_MAX_SIDE = 1280
+#: Compiled input shapes the upload runtime keeps (OpenVINO; see ``from_config``): every
+#: picture size is a new shape, and 16 kept shapes at upload sizes were gigabytes.
+UPLOAD_COMPILED_SHAPES = 1
 #: Uploads above this many pixels are refused from the header, before decoding. Why lower
-#: than the CLI's ``imageio.MAX_PIXELS``: the server must stay small whatever a client
-#: sends, and OpenCV's PNG decoder holds two copies while decoding (measured: +229 MB for a
-#: 40-megapixel PNG, +115 MB for JPEG or WebP). At 25 megapixels (a 6000x4000 photo fits) a
-#: whole upload, decode to overlay, peaks at about 200 MB over idle.
+#: than the CLI's ``imageio.MAX_PIXELS``: OpenCV's PNG decoder holds two copies while
+#: decoding (measured: +229 MB for a 40-megapixel PNG, +115 MB for JPEG or WebP). 25
+#: megapixels take a 6000x4000 photo.
 UPLOAD_MAX_PIXELS = 25_000_000
 
 
@@ -88,8 +94,13 @@ class UploadCounter:
     @classmethod
     def from_config(cls, model: ModelConfig) -> UploadCounter:
         def open_runtime() -> Runtime:
-            return Runtime.open(model.path, model.backend, threads=model.threads,
-                                max_side=UPLOAD_MAX_SIDE)
+            runtime = Runtime.open(model.path, model.backend, threads=model.threads,
+                                   max_side=UPLOAD_MAX_SIDE)
+            if hasattr(runtime.backend, "max_shapes"):  # OpenVINO: one compiled network
+                # per input shape, each with its activation buffers; every picture size
+                # is a new shape, so an upload keeps only the last (bounded memory).
+                runtime.backend.max_shapes = UPLOAD_COMPILED_SHAPES
+            return runtime
 
         return cls(open_runtime)
 
