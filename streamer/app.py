@@ -26,6 +26,7 @@ from crowdcount.streamer.ratelimit import RateLimiter
 from crowdcount.streamer.routes import count, gathering, rtc, rules, streams, system, zones
 from crowdcount.streamer.routes.common import SERVICE, ApiError, json_error
 from crowdcount.streamer.service import Service
+from crowdcount.streamer.surface import ServiceSurface
 from crowdcount.streamer.upload import UploadCounter
 from crowdcount.web import ASSETS_DIR
 
@@ -84,12 +85,12 @@ def build_app(
     problem = config.server.exposure_problem(token)
     if problem:
         raise ValueError(problem)
-    service: Service
+    service: ServiceSurface
     if config.cluster is not None:
         # The cameras run on the cluster's shards: this process opens no model for them.
         from crowdcount.streamer.cluster.service import ClusterService
 
-        service = ClusterService(config)  # type: ignore[assignment]  # same surface
+        service = ClusterService(config)
     else:
         model_path = str(config.model.path or default_model(config.model.backend))
         if runtime is None:
@@ -117,18 +118,11 @@ def build_app(
     rtc.add_routes(app)
     zones.add_routes(app)
     rules.add_routes(app)
-    if config.cluster is None:
-        gathering.add_routes(app)
-    else:  # the gathering maps live in the shards' processes, not in the database (yet)
-        app.router.add_get("/api/streams/{id}/heatmap", _no_heatmap_on_cluster)
+    gathering.add_routes(app)
     app.on_startup.append(_startup)
     app.on_shutdown.append(_shutdown)
     app.on_cleanup.append(_cleanup)
     return app
-
-
-async def _no_heatmap_on_cluster(request: web.Request) -> web.Response:
-    return json_error(501, "gathering heatmaps are not available on a cluster")
 
 
 async def _startup(app: web.Application) -> None:

@@ -132,6 +132,9 @@ class Integrations:
     def rules(self) -> tuple[ThresholdRule, ...]:
         return self.engine.rules
 
+    def is_active(self, name: str) -> bool:
+        return self.engine.is_active(name)
+
     def set_rules(self, rules: Iterable[ThresholdRule]) -> list[AlertEvent]:
         """Replace the alert rules; returns the clears of alerts whose rule was removed or
         changed (deliver them with ``Pipeline.publish_alerts``). Notifiers that describe

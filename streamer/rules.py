@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from crowdcount.streamer.alerts import AlertEvent, ThresholdRule
-from crowdcount.streamer.integrations import Integrations
 from crowdcount.streamer.limits import MAX_ALERT_RULES
 from crowdcount.streamer.store import SettingsStore
 
-__all__ = ["RuleBook", "RuleConflict", "RuleNotFound"]
+__all__ = ["RuleBook", "RuleConflict", "RuleNotFound", "RuleTarget"]
 
 RuleOrigin = Literal["config", "api"]
 
@@ -33,6 +32,20 @@ class RuleConflict(Exception):
     ``MAX_ALERT_RULES`` already (HTTP 409)."""
 
 
+class RuleTarget(Protocol):
+    """Where the rules in force go: the alert engine of a process that runs cameras
+    (``Integrations``), or a cluster's API process, whose shards load the saved rules
+    themselves when the store announces a change."""
+
+    def set_rules(self, rules: Iterable[ThresholdRule]) -> list[AlertEvent]:
+        """Put ``rules`` in force; the clears that causes (rules changed or gone)."""
+        ...
+
+    def is_active(self, name: str) -> bool:
+        """Whether rule ``name`` has an alert raised now."""
+        ...
+
+
 class RuleBook:
     """Owns the API rules; every change is saved first, then handed to the alert engine
     (which clears the alerts of a changed or removed rule)."""
@@ -40,8 +53,8 @@ class RuleBook:
     def __init__(
         self,
         config_rules: Iterable[ThresholdRule],
-        saved: SettingsStore | None,
-        integrations: Integrations,
+        saved: SettingsStore,
+        integrations: RuleTarget,
         zones_of: Callable[[str], list[str] | None],
         publish: Callable[[Sequence[AlertEvent]], None],
     ) -> None:
@@ -54,17 +67,20 @@ class RuleBook:
         self._lock = asyncio.Lock()
 
     async def load(self) -> list[str]:
-        """Read the saved rules and put them in force; returns the names skipped because a
-        config-file rule now has that name (the file wins)."""
+        """Read the saved rules and put them in force (again, when another process changed
+        them); returns the names skipped because a config-file rule now has that name (the
+        file wins)."""
         skipped: list[str] = []
-        rows = [] if self._saved is None else await asyncio.to_thread(self._saved.rules)
-        for row in rows:
-            rule = ThresholdRule(**row)
-            if rule.name in self._config:
-                skipped.append(rule.name)
-            else:
-                self._api[rule.name] = rule
-        self._apply()
+        rows = await asyncio.to_thread(self._saved.rules)
+        async with self._lock:
+            self._api = {}
+            for row in rows:
+                rule = ThresholdRule(**row)
+                if rule.name in self._config:
+                    skipped.append(rule.name)
+                else:
+                    self._api[rule.name] = rule
+            self._apply()
         return skipped
 
     def origin(self, name: str) -> RuleOrigin | None:
@@ -90,7 +106,7 @@ class RuleBook:
 
     def describe(self, rule: ThresholdRule, origin: RuleOrigin) -> dict[str, Any]:
         return {**rule.to_dict(), "origin": origin,
-                "active": self._integrations.engine.is_active(rule.name)}
+                "active": self._integrations.is_active(rule.name)}
 
     async def put(self, rule: ThresholdRule, *, create: bool) -> dict[str, Any]:
         """Create (``create``: the name must be free) or replace an API rule."""
@@ -112,8 +128,7 @@ class RuleBook:
             if rule.zone is not None and zones is not None and rule.zone not in zones:
                 raise ValueError(f"stream {rule.stream!r} has no zone {rule.zone!r} "
                                  f"(zones: {', '.join(map(repr, zones)) or 'none'})")
-            if self._saved is not None:
-                await asyncio.to_thread(self._saved.save_rule, rule.to_dict())
+            await asyncio.to_thread(self._saved.save_rule, rule.to_dict())
             self._api[rule.name] = rule
             self._apply()
             return self.describe(rule, "api")
@@ -126,8 +141,7 @@ class RuleBook:
             if origin == "config":
                 raise RuleConflict(f"alert rule {name!r} comes from the config file; "
                                    "remove it there and restart")
-            if self._saved is not None:
-                await asyncio.to_thread(self._saved.delete_rule, name)
+            await asyncio.to_thread(self._saved.delete_rule, name)
             del self._api[name]
             self._apply()
 

@@ -24,9 +24,9 @@ import contextlib
 import logging
 import sqlite3
 import time
-from collections.abc import Mapping
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 from crowdcount.model.errors import UserError
 from crowdcount.model.runtime import Runtime
@@ -39,32 +39,31 @@ from crowdcount.streamer.metrics import Metrics
 from crowdcount.streamer.pipeline import Pipeline
 from crowdcount.streamer.rtc import PeerManager
 from crowdcount.streamer.rules import RuleBook
+from crowdcount.streamer.sinks.base import Sink
 from crowdcount.streamer.sinks.counts import CountSink
 from crowdcount.streamer.sinks.viewer import ViewerRegistry
 from crowdcount.streamer.smoothing import Ema
 from crowdcount.streamer.sources.base import Source
 from crowdcount.streamer.sources.webrtc import WebRtcSource
 from crowdcount.streamer.status import StreamStatus
-from crowdcount.streamer.store import GatheringStore, SettingsStore, Store, open_store
+from crowdcount.streamer.store import SettingsStore, Store, open_store
+from crowdcount.streamer.surface import (
+    StreamConflict,
+    StreamError,
+    StreamNotFound,
+    find_entry,
+    has_history,
+    stream_dict,
+)
 from crowdcount.streamer.upload import UploadCounter
-from crowdcount.streamer.urls import mask_text, mask_url, validate_api_url
+from crowdcount.streamer.urls import mask_url, validate_api_url
+
+__all__ = ["Service", "StreamConflict", "StreamEntry", "StreamError", "StreamNotFound",
+           "make_source"]
 
 log = logging.getLogger(__name__)
 
 Origin = Literal["config", "api", "webrtc"]
-_Entry = TypeVar("_Entry")
-
-
-class StreamError(Exception):
-    """Base of the stream lifecycle errors; ``str()`` is a one-line message for the API."""
-
-
-class StreamNotFound(StreamError, LookupError):
-    """No live stream with that id (HTTP 404)."""
-
-
-class StreamConflict(StreamError):
-    """The name is taken, the limit is reached, or the stream may not be removed (HTTP 409)."""
 
 
 @dataclass(eq=False)
@@ -83,27 +82,6 @@ class StreamEntry:
     def to_dict(self) -> dict[str, Any]:
         return stream_dict(self.id, self.url, self.kind, self.origin, self.options,
                            self.source.status.to_dict())
-
-
-def stream_dict(
-    sid: str, url: str, kind: str, origin: str, options: Mapping[str, Any],
-    status: dict[str, Any],
-) -> dict[str, Any]:
-    """A stream as the API shows it (one shape for the single-process and the cluster
-    service): its name is its id, and the URL is masked (it may hold credentials), in
-    ``last_error`` too (whatever a source or a shard put there)."""
-    if isinstance(status.get("last_error"), str):
-        status = {**status, "last_error": mask_text(status["last_error"])}
-    return {"id": sid, "name": sid, "url": mask_url(url), "kind": kind, "origin": origin,
-            "options": dict(options), "status": status}
-
-
-def find_entry(streams: Mapping[str, _Entry], stream_id: str) -> _Entry:
-    """``streams[stream_id]``, or ``StreamNotFound`` (the API's 404)."""
-    entry = streams.get(stream_id)
-    if entry is None:
-        raise StreamNotFound(f"no stream {stream_id!r}")
-    return entry
 
 
 def make_source(stream: StreamConfig) -> Source:
@@ -146,11 +124,16 @@ class Service:
         store_rate: float | None = None,
         upload_counter: UploadCounter | None = None,
         store: Store | None = None,
+        owns_registry: bool = True,
     ) -> None:
         self.config = config
         self.runtime = runtime
         self.model_path = model_path
         self.max_streams = config.server.max_streams
+        # A cluster's shard runs the cameras its API processes saved: the registry and
+        # the zones are theirs to write (``streamer.cluster.service``), never the shard's,
+        # so a shard restarting or dropping a camera cannot re-create or forget its row.
+        self.owns_registry = owns_registry
         if store is not None:  # a cluster's shard passes its PostgreSQL store
             self.store: Store = store
         else:
@@ -168,15 +151,13 @@ class Service:
         self.counts = CountSink(self.store.history, self.feed, Ema(), store_rate,
                                 alert_log=self.store.alerts)
         # Rules and zones made through the API, saved in the store's settings, and where
-        # people gather (per-minute density grids). Optional parts of a store: a cluster
-        # shard's PostgreSQL store has neither (its API answers 501 for them).
-        self.settings: SettingsStore | None = getattr(self.store, "settings", None)
+        # people gather (per-minute density grids, in the store as well).
+        self.settings: SettingsStore = self.store.settings
         self.saved_zones: dict[str, list[dict[str, Any]]] = {}
         self.rules = RuleBook(rules_from_config(config.thresholds), self.settings,
                               self.integrations, self._live_zone_names,
                               self.pipeline.publish_alerts)
-        gathering: GatheringStore | None = getattr(self.store, "gathering", None)
-        self.gathering = GatheringMap(gathering) if gathering is not None else None
+        self.gathering = GatheringMap(self.store.gathering)
         self.metrics = Metrics(self.statuses, self._service_gauges,
                                zones=self._zone_names, alerts=self.integrations.active_alerts,
                                service_counters=self._service_counters,
@@ -224,7 +205,7 @@ class Service:
         refuses rules for it: a misspelt stream would be a rule that never fires)."""
         return self._zone_names(stream_id) if stream_id in self.streams else None
 
-    async def set_zones(self, stream_id: str, zones: list[Zone]) -> None:
+    async def set_zones(self, stream_id: str, zones: Sequence[Zone]) -> None:
         """Replace a live stream's zones and save them (any kind of stream: they come back
         when a stream of that id is added again, even over its config-file zones).
         Raises ``StreamNotFound`` and ``ValueError`` (duplicate names)."""
@@ -236,8 +217,9 @@ class Service:
         else:
             entry.options.pop("zones", None)
         self.saved_zones[stream_id] = dicts
-        if self.settings is not None:
-            await asyncio.to_thread(self.settings.save_zones, stream_id, dicts)
+        if not self.owns_registry:
+            return
+        await asyncio.to_thread(self.settings.save_zones, stream_id, dicts)
         if entry.origin == "api":  # its saved definition lists its options, zones included
             await asyncio.to_thread(self.store.streams.save, entry.id, entry.id, entry.url,
                                     entry.kind, dict(entry.options))
@@ -281,8 +263,7 @@ class Service:
         # Alerts left open by a previous process can never be cleared by it: close them; the
         # fresh engine raises again if the crowd is still there.
         await asyncio.to_thread(self.store.alerts.close_open, time.time())
-        if self.settings is not None:
-            self.saved_zones = await asyncio.to_thread(self.settings.zones)
+        self.saved_zones = await asyncio.to_thread(self.settings.zones)
         for name in await self.rules.load():
             log.warning("event=saved_rule_shadowed rule=%s (the config file has one of that "
                         "name)", name)
@@ -292,9 +273,9 @@ class Service:
             self._retention = asyncio.create_task(self._enforce_retention())
         await self.pipeline.start()
         # Every consumer of results and alerts is a sink of the pipeline, and only that.
-        gathering = () if self.gathering is None else (self.gathering,)
-        for sink in (self.counts, self.metrics, self.viewers, *gathering,
-                     *self.integrations.notifiers):
+        sinks: list[Sink] = [self.counts, self.metrics, self.viewers, self.gathering,
+                             *self.integrations.notifiers]
+        for sink in sinks:
             self.pipeline.add_sink(sink)
 
     async def add_stream(
@@ -344,6 +325,7 @@ class Service:
         } | (settings or {})
         entry = StreamEntry(sid, url, kind, origin, source, options)
         self.streams[sid] = entry  # reserved before the first await: no duplicate can race in
+        persist = persist and self.owns_registry
         try:
             if persist:
                 await asyncio.to_thread(self.store.streams.save, sid, sid, url, kind, options)
@@ -367,15 +349,13 @@ class Service:
         sink exists before its stream (its answer track is negotiated first): for it, that
         sink is its own, not a name clash."""
         if self._closed:
-            raise StreamConflict("server is shutting down")
+            raise StreamConflict.shutting_down()
         if STREAM_NAME_RE.fullmatch(sid) is None:
             raise StreamConflict(f"invalid stream name {sid!r}")
         if sid in self.streams or (sid in self.viewers and origin != "webrtc"):
-            raise StreamConflict(f"a stream named {sid!r} already exists")
+            raise StreamConflict.name_taken(sid)
         if len(self.streams) >= self.max_streams:
-            raise StreamConflict(
-                f"stream limit reached: {self.max_streams} streams (server.max_streams)"
-            )
+            raise StreamConflict.limit_reached(self.max_streams)
 
     async def remove_stream(self, stream_id: str) -> None:
         """Stop a stream and release its threads. API streams are also forgotten by the
@@ -383,20 +363,18 @@ class Service:
         """
         entry = self.get(stream_id)
         if entry.origin == "config":
-            raise StreamConflict(
-                f"stream {stream_id!r} comes from the config file; remove it there and restart"
-            )
+            raise StreamConflict.not_editable(stream_id, entry.origin, "remove")
         if entry.origin == "webrtc":
             for peer in self.peers.peers():
                 if peer.mode == "publish" and peer.stream_id == stream_id:
                     await self.peers.close_peer(peer.id, "removed via API")
             await self._drop(stream_id, entry)  # no-op if the hang-up already dropped it
             return
-        await asyncio.to_thread(self.store.streams.delete, stream_id)
         # A removed API camera is forgotten with its zones (a new one of that name starts
         # clean); a browser camera's or a config stream's zones stay for its return.
         self.saved_zones.pop(stream_id, None)
-        if self.settings is not None:
+        if self.owns_registry:
+            await asyncio.to_thread(self.store.streams.delete, stream_id)
             await asyncio.to_thread(self.settings.delete_zones, stream_id)
         await self._drop(stream_id, entry)
 
@@ -406,9 +384,7 @@ class Service:
         on. Config-file and browser streams are refused (``StreamConflict``)."""
         entry = self.get(stream.name)
         if entry.origin != "api":
-            where = ("comes from the config file; edit it there and restart"
-                     if entry.origin == "config" else "is a browser camera")
-            raise StreamConflict(f"stream {stream.name!r} {where}")
+            raise StreamConflict.not_editable(stream.name, entry.origin, "edit")
         zones = [z.to_dict() for z in self.integrations.zones(stream.name)]
         stream = StreamConfig.model_validate({**stream.model_dump(exclude={"zones"},
                                                                   exclude_defaults=True),
@@ -425,8 +401,7 @@ class Service:
         self.viewers.remove(stream_id)
         self.counts.forget(stream_id)
         self.metrics.forget(stream_id)
-        if self.gathering is not None:
-            self.gathering.forget(stream_id)
+        self.gathering.forget(stream_id)
         if entry.origin != "config":  # API streams get theirs back from the store
             self.integrations.set_zones(stream_id, ())
         # Make its last counts queryable at once (the history outlives the stream).
@@ -435,13 +410,7 @@ class Service:
         log.info("event=stream_removed stream=%s", stream_id)
 
     async def has_history(self, stream_id: str) -> bool:
-        """Whether the store holds counts for ``stream_id`` (live or removed): raw rows, or
-        the per-minute rollup, which outlives them."""
-        history = self.store.history
-        for step in (None, 60):
-            if await asyncio.to_thread(history.counts, stream_id, None, None, step, 1):
-                return True
-        return False
+        return await has_history(self.store, stream_id)
 
     # -- WebRTC publishers -------------------------------------------------------------------
 
@@ -469,15 +438,12 @@ class Service:
             try:
                 if raw_hours > 0:
                     cutoff = now - raw_hours * 3600
-                    # Only a history with rollups can drop raw rows without losing any.
-                    prune = getattr(self.store.history, "prune_raw", None)
-                    pruned = 0 if prune is None else await asyncio.to_thread(prune, cutoff)
+                    pruned = await asyncio.to_thread(self.store.history.prune_raw, cutoff)
                     log.info("event=raw_pruned deleted=%d before=%.0f", pruned, cutoff)
                 if days is not None:
                     cutoff = now - days * 86400
                     deleted = await asyncio.to_thread(self.store.history.delete, None, cutoff)
-                    if self.gathering is not None:
-                        deleted += await asyncio.to_thread(self.gathering.delete_before, cutoff)
+                    deleted += await asyncio.to_thread(self.gathering.delete_before, cutoff)
                     log.info("event=retention deleted=%d before=%.0f", deleted, cutoff)
             except Exception as exc:  # the database's error, whichever backend
                 log.error("event=retention_failed error=%r", str(exc))
@@ -502,8 +468,7 @@ class Service:
             self.viewers.remove(sid)
         await self.pipeline.close()
         self.streams.clear()
-        if self.gathering is not None:
-            await asyncio.to_thread(self.gathering.close)
+        await asyncio.to_thread(self.gathering.close)
         await self.integrations.close()
         await asyncio.to_thread(self.store.close)
         await self.uploads.close()

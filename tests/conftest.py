@@ -20,6 +20,7 @@ pytest_plugins = [
     "tests.fixtures.mqtt",
     "tests.fixtures.browser",
     "tests.fixtures.postgres",
+    "tests.fixtures.stores",
     "tests.fixtures.ray_cluster",
 ]
 

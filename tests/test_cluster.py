@@ -295,8 +295,8 @@ async def test_edits_through_one_api_reach_the_shard_and_the_other_api(
     api: TestClient, api_b: str, ray_cluster: Any
 ) -> None:
     """Zones put through B are applied by cam1's shard (its counts gain the zone) and shown
-    by A; an API camera edited through A restarts with its new URL; rules are the config's
-    (read-only on a cluster); heatmaps are not served by a cluster (501)."""
+    by A; an API camera edited through A restarts with its new URL; rules and the gathering
+    map are served as on a single box."""
     await _wait_running(api, _worker_ids(ray_cluster), ("cam1",))
     zone = {"name": "left", "points": [[0, 0], [80, 0], [80, 128], [0, 128]]}
     async with aiohttp.ClientSession() as http:
@@ -333,13 +333,35 @@ async def test_edits_through_one_api_reach_the_shard_and_the_other_api(
         async with http.delete(f"{api_b}/api/streams/gate") as resp:
             assert resp.status == 204
 
+        # Rules made through B are saved in the cluster's store: A lists them (the store's
+        # NOTIFY makes it reload), as the shards apply them; config rules stay read-only.
         async with http.get(f"{api_b}/api/alerts/rules") as resp:
             assert [r["name"] for r in (await resp.json())["rules"]] == ["cam0-busy"]
-        rule = {"name": "x", "stream": "cam1", "above": 5.0, "below": 1.0}
+        rule = {"name": "x", "stream": "cam1", "zone": "left", "above": 5000.0, "below": 1.0}
+        async with http.post(f"{api_b}/api/alerts/rules", json=rule) as resp:
+            assert resp.status == 201, await resp.text()
         async with http.post(f"{api_b}/api/alerts/rules", json=rule) as resp:
             assert resp.status == 409
-        async with api.get("/api/streams/cam1/heatmap") as resp:
-            assert resp.status == 501 and "error" in await resp.json()
+        async with http.put(f"{api_b}/api/alerts/rules/cam0-busy", json=rule | {
+                "name": "cam0-busy"}) as resp:
+            assert resp.status == 409
+
+        async def rules_in_a() -> list[str]:
+            async with api.get("/api/alerts/rules") as resp:
+                return [r["name"] for r in (await resp.json())["rules"]]
+
+        t0 = time.monotonic()
+        while await rules_in_a() != ["cam0-busy", "x"]:
+            assert time.monotonic() - t0 < 10, "A never saw the rule made through B"
+            await asyncio.sleep(0.1)
+        async with api.delete("/api/alerts/rules/x") as resp:
+            assert resp.status == 204
+        # The gathering map is served from the grids the shards write.
+        async with api.get("/api/streams/cam1/heatmap", params={"format": "json"}) as resp:
+            assert resp.status == 200, await resp.text()
+            assert {"grid", "frames", "bucket_seconds"} <= set(await resp.json())
+        async with api.get("/api/streams/nope/heatmap") as resp:
+            assert resp.status == 404
 
 
 async def test_alert_is_sent_once_by_the_owning_shard(

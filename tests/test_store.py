@@ -1,5 +1,7 @@
-"""SQLiteStore against real SQLite files: queries, concurrency, idempotent inserts, schema
-migration and surviving SIGKILL."""
+"""The stores against real databases: queries, concurrency, idempotent inserts, the
+writer's failure and close rules, settings and gathering grids, on SQLite and PostgreSQL
+alike (the ``db`` and ``store`` fixtures, ``tests/fixtures/stores.py``); then what only the
+SQLite file has: WAL, schema migration and surviving SIGKILL."""
 
 from __future__ import annotations
 
@@ -19,20 +21,16 @@ import pytest
 from crowdcount.streamer.store import (
     AlertLog,
     CountHistory,
+    GatheringStore,
+    SettingsStore,
     SQLiteStore,
     Store,
     StreamRegistry,
 )
 from crowdcount.streamer.store.sqlite import SCHEMA_VERSION
+from tests.fixtures.stores import StoreDb
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def store(tmp_path: Path):
-    s = SQLiteStore(tmp_path / "c.sqlite3", flush_interval=0.05)
-    yield s
-    s.close()
 
 
 def test_wal_mode_and_schema(tmp_path: Path) -> None:
@@ -55,10 +53,14 @@ def test_parts_speak_the_interfaces(store: SQLiteStore) -> None:
     assert isinstance(store.history, CountHistory)
     assert isinstance(store.streams, StreamRegistry)
     assert isinstance(store.alerts, AlertLog)
+    assert isinstance(store.settings, SettingsStore)
+    assert isinstance(store.gathering, GatheringStore)
+    assert set(store.stats()) == {"pending", "written", "duplicates", "dropped", "last_error"}
 
 
-def test_reader_connections_never_write(store: SQLiteStore) -> None:
-    with store._readers.borrow() as conn, pytest.raises(sqlite3.OperationalError):
+def test_reader_connections_never_write(tmp_path: Path) -> None:
+    with SQLiteStore(tmp_path / "c.sqlite3") as store, store._readers.borrow() as conn, \
+            pytest.raises(sqlite3.OperationalError):
         conn.execute("DELETE FROM counts")
 
 
@@ -75,7 +77,8 @@ def test_same_stream_and_time_is_stored_once(store: SQLiteStore) -> None:
     assert [r["t"] for r in rows] == [float(i) for i in range(100)]
     assert rows[5]["count"] == 5.0
     assert store.history.counts("other") == [{"t": 5.0, "count": 7.0, "smoothed": 7.0}]
-    assert store.stats()["written"] == 101
+    # Counted alike on both databases: 1 repeat in the first round, all 102 in the second.
+    assert (store.stats()["written"], store.stats()["duplicates"]) == (101, 103)
 
 
 _V1_SCHEMA = """
@@ -144,8 +147,8 @@ def test_writer_thread_commits_without_flush(store: SQLiteStore) -> None:
     assert store.stats()["written"] == 1
 
 
-def test_batch_rows_wakes_writer_early(tmp_path: Path) -> None:
-    with SQLiteStore(tmp_path / "c.sqlite3", flush_interval=60, batch_rows=10) as s:
+def test_batch_rows_wakes_writer_early(db: StoreDb) -> None:
+    with db.open(flush_interval=60, batch_rows=10) as s:
         for i in range(10):
             s.history.add("cam", float(i), 1.0, 1.0)
         deadline = time.monotonic() + 5
@@ -248,50 +251,71 @@ def test_writes_from_thread_while_reading(store: SQLiteStore) -> None:
     assert seen == sorted(seen) and seen[-1] == n
 
 
-def test_close_flushes_and_rejects_later_use(tmp_path: Path) -> None:
-    path = tmp_path / "c.sqlite3"
-    s = SQLiteStore(path, flush_interval=60)
+def test_close_flushes_and_rejects_later_use(db: StoreDb) -> None:
+    s = db.open(flush_interval=60)
     for i in range(7):
         s.history.add("cam", float(i), 1.0, 1.0)
     s.close()
     s.close()  # idempotent
     with pytest.raises(RuntimeError):
         s.history.add("cam", 1.0, 1.0, 1.0)
-    with SQLiteStore(path) as again:
+    with pytest.raises(RuntimeError):
+        s.history.counts("cam")
+    with db.open() as again:
         assert len(again.history.counts("cam")) == 7
 
 
-def test_pending_is_bounded_when_writes_fail(tmp_path: Path) -> None:
-    path = tmp_path / "c.sqlite3"
-    with SQLiteStore(path, flush_interval=60, batch_rows=5, max_pending=10,
-                     busy_timeout=0) as s:
-        blocker = sqlite3.connect(path, timeout=0)
-        blocker.execute("BEGIN IMMEDIATE")  # another process holds the write lock
-        for i in range(15):
-            s.history.add("cam", float(i), 1.0, 1.0)
-        with pytest.raises(sqlite3.OperationalError):
-            s.flush()
-        assert s.stats()["pending"] == 10
-        assert s.stats()["dropped"] == 5
-        assert "locked" in (s.stats()["last_error"] or "")
-        blocker.rollback()
-        blocker.close()
+def test_pending_is_bounded_when_writes_fail(db: StoreDb) -> None:
+    with db.open(flush_interval=60, batch_rows=5, max_pending=10, fail_fast=True) as s:
+        with db.block_writes():
+            for i in range(15):
+                s.history.add("cam", float(i), 1.0, 1.0)
+            with pytest.raises(db.error):
+                s.flush()
+            assert s.stats()["pending"] == 10
+            assert s.stats()["dropped"] == 5
+            assert db.error.__name__ in (s.stats()["last_error"] or "")
         s.flush()
         assert [r["t"] for r in s.history.counts("cam")] == [float(i) for i in range(5, 15)]
+        assert s.stats()["last_error"] is not None  # the newest failure stays readable
 
 
-def test_stream_crud_persists_and_keeps_history(tmp_path: Path) -> None:
-    path = tmp_path / "c.sqlite3"
-    with SQLiteStore(path) as s:
+def test_failed_last_commit_at_close_is_raised_counted_and_logged(
+    db: StoreDb, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same on both databases: ``close`` cannot keep the rows (the process is going),
+    so it says so three ways instead of dropping them silently."""
+    s = db.open(flush_interval=60, fail_fast=True)
+    s.history.add("cam", 1.0, 1.0, 1.0)
+    s.flush()
+    with db.block_writes():
+        for i in range(4):
+            s.history.add("cam", 10.0 + i, 1.0, 1.0)
+        s.alerts.raised("cam", None, "busy", 10.0, 1.0)
+        with caplog.at_level("ERROR"), pytest.raises(db.error):
+            s.close()
+    assert s.stats()["dropped"] == 4 and s.stats()["pending"] == 0
+    assert [r.message for r in caplog.records if "store_close_commit_failed" in r.message]
+    assert "lost=5" in caplog.text
+    s.close()  # idempotent, and now quiet
+    with pytest.raises(RuntimeError):
+        s.flush()
+    with db.open() as again:
+        assert [r["t"] for r in again.history.counts("cam")] == [1.0]
+
+
+def test_stream_crud_persists_and_keeps_history(db: StoreDb) -> None:
+    keys = ("id", "name", "url", "kind", "options", "created_at")
+    with db.open() as s:
         s.streams.save("a", "Door", "rtsp://cam/a", "rtsp", {"max_side": 640})
         time.sleep(0.01)
         s.streams.save("b", "Hall", "/videos/hall.mp4", "file", {"loop": True})
         s.history.add("a", 1.0, 5.0, 5.0)
-    with SQLiteStore(path) as s:
+    with db.open() as s:
         streams = s.streams.all()
         assert [x["id"] for x in streams] == ["a", "b"]
         assert streams[0]["options"] == {"max_side": 640}
-        assert streams[1] | {"created_at": 0} == {
+        assert {k: streams[1][k] for k in keys} | {"created_at": 0} == {
             "id": "b",
             "name": "Hall",
             "url": "/videos/hall.mp4",
@@ -314,14 +338,13 @@ def test_stream_crud_persists_and_keeps_history(tmp_path: Path) -> None:
         assert s.history.counts("a") == []
 
 
-def test_stream_settings_survive_reopen_per_key(tmp_path: Path) -> None:
-    path = tmp_path / "c.sqlite3"
-    with SQLiteStore(path) as s:
+def test_stream_settings_survive_reopen_per_key(db: StoreDb) -> None:
+    with db.open() as s:
         s.settings.save_stream_setting("a", "floor", {"points": [[1, 2]], "m": 2.5})
         s.settings.save_stream_setting("a", "calibration", {"frames": 3})
         s.settings.save_stream_setting("b", "floor", {"points": []})
         s.settings.save_stream_setting("b", "floor", {"points": [[0, 0]]})  # replaces
-    with SQLiteStore(path) as s:
+    with db.open() as s:
         assert s.settings.stream_settings("floor") == {
             "a": {"points": [[1, 2]], "m": 2.5}, "b": {"points": [[0, 0]]}}
         s.settings.delete_stream_setting("a", "floor")
@@ -330,6 +353,48 @@ def test_stream_settings_survive_reopen_per_key(tmp_path: Path) -> None:
         s.settings.delete_stream_setting("a")
         assert s.settings.stream_settings("calibration") == {}
         assert s.settings.stream_settings("nothing") == {}
+
+
+def test_rules_and_zones_survive_reopen(db: StoreDb) -> None:
+    rule = {"name": "busy", "stream": "a", "zone": "door", "above": 5.0, "below": 3.0,
+            "for_seconds": 2.0}
+    zones = [{"name": "door", "points": [[0, 0], [10, 0], [10, 10]]}]
+    with db.open() as s:
+        s.settings.save_rule(rule)
+        s.settings.save_rule({**rule, "name": "calm", "zone": None, "for_seconds": None})
+        s.settings.save_rule({**rule, "above": 9.0})  # replaces
+        s.settings.save_zones("a", zones)
+        s.settings.save_zones("b", [])  # none, on purpose
+    with db.open() as s:
+        assert s.settings.rules() == [  # by name
+            {**rule, "above": 9.0}, {**rule, "name": "calm", "zone": None, "for_seconds": 0.0}]
+        assert s.settings.zones() == {"a": zones, "b": []}
+        assert s.settings.delete_rule("busy") and not s.settings.delete_rule("busy")
+        s.settings.delete_zones("a")
+        assert s.settings.zones() == {"b": []}
+        assert [r["name"] for r in s.settings.rules()] == ["calm"]
+
+
+def test_gathering_buckets_and_reference(db: StoreDb) -> None:
+    with db.open() as s:
+        g = s.gathering
+        assert not g.has("cam") and g.reference("cam") is None
+        g.add_bucket("cam", 60.0, 10, b"\x00grid-a")
+        g.add_bucket("cam", 60.0, 5, b"part-2")  # the same bucket in two parts
+        g.add_bucket("cam", 120.0, 3, b"grid-b")
+        g.add_bucket("other", 60.0, 1, b"o")
+        g.save_reference("cam", 1.0, b"\xff\xd8old")
+        g.save_reference("cam", 2.0, b"\xff\xd8new")
+    with db.open() as s:
+        g = s.gathering
+        assert g.has("cam")
+        assert g.buckets("cam", 0, 1e300) == [(60.0, 10, b"\x00grid-a"), (60.0, 5, b"part-2"),
+                                              (120.0, 3, b"grid-b")]
+        assert g.buckets("cam", 61, 120) == []
+        assert g.reference("cam") == b"\xff\xd8new"
+        assert g.stats() == {"rows": 4, "bytes": 7 + 6 + 6 + 1}
+        assert g.delete_before(100.0) == 3
+        assert g.buckets("cam", -1e300, 1e300) == [(120.0, 3, b"grid-b")]
 
 
 def test_delete_counts_before(store: SQLiteStore) -> None:
@@ -398,9 +463,8 @@ def test_survives_sigkill(tmp_path: Path, reports: int) -> None:
         assert s.history.counts("cam", limit=1)[0]["t"] == 1e9
 
 
-def test_alerts_table_raise_clear_and_queries(tmp_path: Path) -> None:
-    path = tmp_path / "c.sqlite3"
-    store = SQLiteStore(path, flush_interval=10)  # only the wake-up can commit in time
+def test_alerts_table_raise_clear_and_queries(db: StoreDb) -> None:
+    store = db.open(flush_interval=10)  # only the wake-up can commit in time
     store.alerts.raised("cam", "door", "door-busy", 100.0, 30.0)
     store.alerts.raised("cam", None, "busy", 105.0, 50.0)
     store.alerts.raised("hall", None, "hall-busy", 90.0, 12.0)
@@ -437,24 +501,22 @@ def test_alerts_table_raise_clear_and_queries(tmp_path: Path) -> None:
     assert len(store.alerts.query()) == 3
     store.close()
     # Durable, and a restarted service closes what the old process left open.
-    store = SQLiteStore(path)
+    store = db.open()
     assert store.alerts.close_open(200.0) == 1
     assert store.alerts.query(active=True) == []
     assert store.alerts.query(stream="cam")[0]["cleared_at"] == 200.0
     store.close()
 
 
-def test_alert_ops_and_counts_keep_order_across_a_failed_commit(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "c.sqlite3", flush_interval=10, busy_timeout=0)
-    blocker = sqlite3.connect(tmp_path / "c.sqlite3", timeout=0)
-    blocker.execute("BEGIN IMMEDIATE")  # holds the write lock: commits fail
-    store.alerts.raised("cam", None, "r", 1.0, 5.0)
-    store.alerts.cleared("cam", "r", 1.0, 2.0, 6.0)
-    store.history.add("cam", 1.0, 5.0, 5.0)
-    with pytest.raises(sqlite3.OperationalError):
-        store.flush()
-    blocker.rollback()
-    blocker.close()
+def test_alert_ops_and_counts_keep_order_across_a_failed_commit(db: StoreDb) -> None:
+    store = db.open(flush_interval=10, fail_fast=True)
+    with db.block_writes():  # commits fail
+        store.alerts.raised("cam", None, "r", 1.0, 5.0)
+        store.alerts.cleared("cam", "r", 1.0, 2.0, 6.0)
+        store.history.add("cam", 1.0, 5.0, 5.0)
+        with pytest.raises(db.error):
+            store.flush()
+        assert store.stats()["pending"] == 1
     store.flush()  # (or the writer thread did it already)
     assert store.alerts.query()[0]["cleared_at"] == 2.0  # the raise was applied before its clear
     assert store.stats()["pending"] == 0 and len(store.history.counts("cam")) == 1

@@ -1,12 +1,16 @@
 """The API process of a cluster: the routes' service, with the cameras elsewhere.
 
-``ClusterService`` answers the same calls the routes make on the single-process ``Service``
-(``streams``, ``get``, ``add_stream``, ``remove_stream``, ``set_zones``, ``store``, ``feed``,
-``peers``, ``metrics``...), so the HTTP API and the page are the same, but it holds no
-camera: the list of cameras and their status come from PostgreSQL (refreshed every
-``REFRESH_S`` and at once when any API process changes it, via NOTIFY), live counts and
-alerts arrive by LISTEN, history is read from SQL, and a viewer's WebRTC offer is forwarded
-to the shard that owns the camera, whose node then sends the media.
+``ClusterService`` implements the routes' surface (``streamer.surface.ServiceSurface``) as
+the single-process ``Service`` does, so the HTTP API and the page are the same, but it holds
+no camera. The camera registry is PostgreSQL's ``streams`` table: adding, editing and
+removing a camera are single transactions there (a unique name, ``max_streams`` counted
+under a lock), and every change is announced by NOTIFY in its transaction, which is the
+one path by which shards and API processes learn of it. Alert rules and zones are the
+store's settings (announced the same way), the gathering map is read from the grids the
+shards write, live counts and alerts arrive by LISTEN, history is read from SQL, and a
+viewer's WebRTC offer is forwarded to the shard that owns the camera, whose node then sends
+the media. Only the cameras' status is read on a timer (``STATUS_S``): a shard that died
+sends no event, and its silence is what the API must report.
 
 Any number of these processes can run side by side; they share nothing but the database
 and the Ray cluster, so one can be killed, restarted or added at any time.
@@ -19,6 +23,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,23 +31,37 @@ import psycopg
 
 from crowdcount.model.errors import UserError
 from crowdcount.model.zones import Zone
+from crowdcount.streamer.alerts import AlertEvent, ThresholdRule
 from crowdcount.streamer.cluster.placement import choose_shard
 from crowdcount.streamer.cluster.shard import CONFIG_KEY, shard_actor, shard_config
 from crowdcount.streamer.config import ClusterConfig, Config, StreamConfig
 from crowdcount.streamer.feed import CountFeed
+from crowdcount.streamer.gathering import GatheringMap
+from crowdcount.streamer.integrations import rules_from_config
 from crowdcount.streamer.metrics import Metrics
 from crowdcount.streamer.rtc import OfferError, PeerLimitReached, UnknownStream, validate_offer
-from crowdcount.streamer.rules import RuleConflict, RuleNotFound
-from crowdcount.streamer.service import StreamConflict, find_entry, stream_dict
+from crowdcount.streamer.rules import RuleBook
 from crowdcount.streamer.status import StreamState, StreamStatus
-from crowdcount.streamer.store.postgres import FEED_CHANNEL, STREAMS_CHANNEL, PostgresStore
+from crowdcount.streamer.store.postgres import (
+    FEED_CHANNEL,
+    SETTINGS_CHANNEL,
+    STREAMS_CHANNEL,
+    PostgresStore,
+)
+from crowdcount.streamer.surface import (
+    StreamConflict,
+    StreamNotFound,
+    find_entry,
+    has_history,
+    stream_dict,
+)
 from crowdcount.streamer.upload import UploadCounter
 from crowdcount.streamer.urls import mask_url
 
 log = logging.getLogger(__name__)
 
-#: Seconds between refreshes of the camera list and status from PostgreSQL.
-REFRESH_S = 0.5
+#: Seconds between reads of the cameras' status (the shards report every second).
+STATUS_S = 0.5
 #: Seconds an API process waits for a shard before answering 503.
 SHARD_TIMEOUT_S = 20.0
 
@@ -97,54 +116,47 @@ class ModelInfo:
     name: str
 
 
-class ClusterZones:
-    """The ``integrations`` view the zone routes read: zones from the cameras' rows.
-    Active alerts live in the shards; the alert list comes from the store."""
+class ClusterAlerts:
+    """The ``integrations`` the routes read, and the ``RuleBook``'s target: zones from the
+    cameras' rows, the alerts raised now as the shards' feed reports them (the API process
+    runs no alert engine), and rules that the shards put in force themselves (the store
+    announces every saved change, see ``ShardRuntime``)."""
 
     def __init__(self, service: ClusterService) -> None:
         self._service = service
+        self._active: dict[str, dict[str, Any]] = {}  # rule name -> its raised alert
 
-    def zones(self, stream_id: str) -> tuple[Zone, ...]:
-        entry = self._service.streams.get(stream_id)
+    def zones(self, stream: str) -> tuple[Zone, ...]:
+        entry = self._service.streams.get(stream)
         if entry is None:
             return ()
-        return tuple(Zone(z["name"], z["points"]) for z in entry.options.get("zones") or ())
+        return tuple(Zone.from_dict(z) for z in entry.options.get("zones") or ())
+
+    def on_feed(self, item: dict[str, Any]) -> None:
+        """Follow raises and clears in the live feed."""
+        if item.get("type") != "alert" or not isinstance(item.get("rule"), str):
+            return
+        if item.get("event") == "raised":
+            self._active[item["rule"]] = {
+                "name": item["rule"], **{k: item.get(k) for k in (
+                    "stream", "zone", "above", "below", "for_seconds", "raised_at",
+                    "over_since", "peak", "value", "t")}}
+        else:
+            self._active.pop(item["rule"], None)
 
     def active_alerts(self) -> list[dict[str, Any]]:
+        return list(self._active.values())
+
+    def is_active(self, name: str) -> bool:
+        return name in self._active
+
+    def set_rules(self, rules: Iterable[ThresholdRule]) -> list[AlertEvent]:
+        """Nothing to apply here: the shards reload the saved rules when the store
+        announces the change, and clear what it ends there."""
+        names = {r.name for r in rules}
+        for gone in [n for n in self._active if n not in names]:
+            del self._active[gone]
         return []
-
-
-class ClusterRules:
-    """The ``rules`` the alert-rule routes read. On a cluster the rules are the config
-    file's ``[[thresholds]]`` (the shards load them from the cluster settings); editing
-    them through the API is refused (409) rather than applied to one process only."""
-
-    def __init__(self, config: Config) -> None:
-        self._rules = {r.name: r for r in config.thresholds}
-
-    def list(self, stream: str | None = None) -> list[dict[str, Any]]:
-        out = [self.describe(r) for r in self._rules.values()
-               if stream is None or r.stream == stream]
-        return sorted(out, key=lambda r: (r["stream"], r["name"]))
-
-    def get(self, name: str) -> dict[str, Any]:
-        rule = self._rules.get(name)
-        if rule is None:
-            raise RuleNotFound(f"no alert rule {name!r}")
-        return self.describe(rule)
-
-    @staticmethod
-    def describe(rule: Any) -> dict[str, Any]:
-        return {**rule.model_dump(mode="json"), "origin": "config", "active": None}
-
-    async def put(self, rule: Any, *, create: bool) -> dict[str, Any]:
-        raise RuleConflict("alert rules of a cluster come from the config file's "
-                           "[[thresholds]]; edit them there and restart the API processes")
-
-    async def delete(self, name: str) -> None:
-        if name not in self._rules:
-            raise RuleNotFound(f"no alert rule {name!r}")
-        await self.put(None, create=False)
 
 
 class ShardPeers:
@@ -163,7 +175,7 @@ class ShardPeers:
         validate_offer(sdp, type, mode, stream_id)
         if mode != "view":
             raise OfferError("a cluster serves viewers only: publish a browser camera to a "
-                             "single-process server")
+                             "single-process server (see docs/scaling-out.md)")
         assert isinstance(stream_id, str) and isinstance(sdp, str) and isinstance(type, str)
         entry = self._service.streams.get(stream_id)
         if entry is None:
@@ -199,8 +211,12 @@ class ClusterService:
         self.model_path = str(config.model.path or "(bundled, on the shards)")
         self.feed = CountFeed()
         self.streams: dict[str, ClusterEntry] = {}
-        self.integrations = ClusterZones(self)
-        self.rules = ClusterRules(config)
+        self.integrations = ClusterAlerts(self)
+        self.rules = RuleBook(rules_from_config(config.thresholds), self.store.settings,
+                              self.integrations, self._live_zone_names, lambda _events: None)
+        # The shards write the grids; this process only reads them (the bucket a shard is
+        # still filling reaches the map when it is written, at most a bucket later).
+        self.gathering = GatheringMap(self.store.gathering)
         self.peers = ShardPeers(self)
         self.metrics = Metrics(self.statuses, self._gauges, zones=self._zone_names,
                                alerts=self.integrations.active_alerts)
@@ -211,7 +227,6 @@ class ClusterService:
         self._changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._listener: threading.Thread | None = None
-        self._listen_conn: psycopg.Connection[Any] | None = None
         self._closed = False
 
     # -- views -------------------------------------------------------------------------------
@@ -244,6 +259,9 @@ class ClusterService:
 
     def _zone_names(self, stream_id: str) -> list[str]:
         return [z.name for z in self.integrations.zones(stream_id)]
+
+    def _live_zone_names(self, stream_id: str) -> list[str] | None:
+        return self._zone_names(stream_id) if stream_id in self.streams else None
 
     def get(self, stream_id: str) -> ClusterEntry:
         return find_entry(self.streams, stream_id)
@@ -282,13 +300,6 @@ class ClusterService:
                 f"shard {index} is unavailable ({type(exc).__name__}); retry shortly"
             ) from None
 
-    async def _sync_shard(self, index: int) -> None:
-        """Tell a shard its cameras changed; if it is down, it reads them when it is back."""
-        try:
-            await self.call_shard(index, "sync", timeout=10.0)
-        except Exception as exc:
-            log.warning("event=shard_sync_failed shard=%d error=%r", index, str(exc))
-
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -304,25 +315,29 @@ class ClusterService:
                                     logging_level=logging.WARNING)
         await asyncio.to_thread(self.store.cluster.set_setting, CONFIG_KEY,
                                 shard_config(self.config))
+        await self.rules.load()
         for stream in self.config.streams:
-            await self._register(stream, origin="config")
+            await self._register_config(stream)
         for index in range(self.cluster.shards):
             self.shard(index)
         self._start_listener()
         await self.refresh()
         self._tasks.append(asyncio.create_task(self._follow()))
-        for index in range(self.cluster.shards):
-            self._tasks.append(asyncio.create_task(self._sync_shard(index)))
 
     def _start_listener(self) -> None:
         """LISTEN on a thread of its own (psycopg's blocking ``notifies``); each item is
-        handed to the loop. A lost connection is re-opened."""
+        handed to the loop. A lost connection is re-opened, then everything re-read (what
+        was announced meanwhile was missed)."""
         loop = self._loop
         assert loop is not None
 
         def deliver(channel: str, payload: str) -> None:
             if channel == STREAMS_CHANNEL:
                 self._changed.set()
+                return
+            if channel == SETTINGS_CHANNEL:
+                if payload == "rules":
+                    self._tasks.append(asyncio.create_task(self._reload_rules()))
                 return
             import json
 
@@ -332,17 +347,21 @@ class ClusterService:
                 return
             sid = item.get("stream_id") or item.get("stream")
             if isinstance(sid, str):
+                self.integrations.on_feed(item)
                 self.feed.publish(sid, item)
+
+        def caught_up() -> None:
+            self._changed.set()
+            self._tasks.append(asyncio.create_task(self._reload_rules()))
 
         def run() -> None:
             while not self._closed:
                 conn = None
                 try:
                     conn = psycopg.connect(self.cluster.database, autocommit=True)
-                    self._listen_conn = conn
-                    conn.execute(f"LISTEN {FEED_CHANNEL}")
-                    conn.execute(f"LISTEN {STREAMS_CHANNEL}")
-                    loop.call_soon_threadsafe(self._changed.set)  # catch up on what we missed
+                    for channel in (FEED_CHANNEL, STREAMS_CHANNEL, SETTINGS_CHANNEL):
+                        conn.execute(f"LISTEN {channel}")
+                    loop.call_soon_threadsafe(caught_up)
                     while not self._closed:
                         for note in conn.notifies(timeout=0.5):
                             loop.call_soon_threadsafe(deliver, note.channel, note.payload)
@@ -358,10 +377,17 @@ class ClusterService:
         self._listener = threading.Thread(target=run, name="cluster-listen", daemon=True)
         self._listener.start()
 
+    async def _reload_rules(self) -> None:
+        try:
+            await self.rules.load()
+        except Exception as exc:
+            log.error("event=rules_reload_failed error=%r", str(exc).strip())
+
     async def _follow(self) -> None:
+        """Re-read at once when a camera changes, and every ``STATUS_S`` for the status."""
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), REFRESH_S)
+                await asyncio.wait_for(self._changed.wait(), STATUS_S)
             self._changed.clear()
             try:
                 await self.refresh()
@@ -382,74 +408,76 @@ class ClusterService:
 
     # -- cameras -----------------------------------------------------------------------------
 
-    async def _register(self, stream: StreamConfig, *, origin: str) -> int:
-        """Save a camera with its shard (the least loaded, for a new one); its shard."""
-        options = stream.model_dump(mode="json", exclude={"name", "url"}, exclude_defaults=True)
-        shard = await asyncio.to_thread(self.store.streams.shard_of, stream.name)
-        if shard is None:
-            shard = choose_shard(
-                await asyncio.to_thread(self.store.cluster.shard_loads, self.cluster.shards))
-        await asyncio.to_thread(self.store.streams.save, stream.name, stream.name, stream.url,
-                                stream.kind, options, shard=shard, origin=origin)
-        return shard
+    @staticmethod
+    def _options(stream: StreamConfig, *, zones: bool = True) -> dict[str, Any]:
+        exclude = {"name", "url"} | (set() if zones else {"zones"})
+        return stream.model_dump(mode="json", exclude=exclude, exclude_defaults=True)
+
+    async def _register_config(self, stream: StreamConfig) -> None:
+        """A config-file camera: saved (or updated in place) on the least loaded shard."""
+        await asyncio.to_thread(
+            self.store.streams.register, stream.name, stream.url, stream.kind,
+            self._options(stream), origin="config", shards=self.cluster.shards,
+            place=choose_shard, limit=None)
 
     async def add_stream(
         self, stream: StreamConfig, *, origin: str = "api", persist: bool = True
     ) -> ClusterEntry:
-        """Place and save a camera, then tell its shard. Raises ``StreamConflict``."""
+        """Place and save a camera in one transaction (the name must be free and the
+        cluster under ``max_streams``); its shard hears of it by NOTIFY. Raises
+        ``StreamConflict``."""
         if self._closed:
-            raise StreamConflict("server is shutting down")
-        if await asyncio.to_thread(self.store.streams.get, stream.name) is not None:
-            raise StreamConflict(f"a stream named {stream.name!r} already exists")
-        loads = await asyncio.to_thread(self.store.cluster.shard_loads, self.cluster.shards)
-        if sum(loads.values()) >= self.max_streams:
-            raise StreamConflict(
-                f"stream limit reached: {self.max_streams} streams (server.max_streams)")
-        shard = await self._register(stream, origin=origin)
-        await self._sync_shard(shard)
+            raise StreamConflict.shutting_down()
+        outcome = await asyncio.to_thread(
+            self.store.streams.register, stream.name, stream.url, stream.kind,
+            self._options(stream), origin=origin, shards=self.cluster.shards,
+            place=choose_shard, limit=self.max_streams)
+        if outcome == "name_taken":
+            raise StreamConflict.name_taken(stream.name)
+        if outcome == "limit_reached":
+            raise StreamConflict.limit_reached(self.max_streams)
         await self.refresh()
         return self.get(stream.name)
 
     async def remove_stream(self, stream_id: str) -> None:
         entry = self.get(stream_id)
-        if entry.origin == "config":
-            raise StreamConflict(
-                f"stream {stream_id!r} comes from the config file; remove it there and restart")
+        if entry.origin != "api":
+            raise StreamConflict.not_editable(stream_id, entry.origin, "remove")
         await asyncio.to_thread(self.store.streams.delete, stream_id)
-        await self._sync_shard(entry.shard)
+        await asyncio.to_thread(self.store.settings.delete_zones, stream_id)
         await self.refresh()
 
-    async def set_zones(self, stream_id: str, zones: list[Zone]) -> None:
-        """Save a camera's zones in its row (any origin: the shards read zones from the
-        database); the row's NOTIFY makes its shard apply them."""
+    async def set_zones(self, stream_id: str, zones: Sequence[Zone]) -> None:
+        """Save a camera's zones (the settings, and its row, whose NOTIFY makes its shard
+        apply them)."""
         entry = self.get(stream_id)
-        if zones:
-            entry.options["zones"] = [z.to_dict() for z in zones]
-        else:
-            entry.options.pop("zones", None)
-        await asyncio.to_thread(self.store.streams.save, entry.id, entry.id, entry.url,
-                                entry.kind, dict(entry.options), origin=entry.origin)
+        dicts = [z.to_dict() for z in zones]
+        options = {k: v for k, v in entry.options.items() if k != "zones"}
+        if dicts:
+            options["zones"] = dicts
+        await asyncio.to_thread(self.store.settings.save_zones, stream_id, dicts)
+        if not await asyncio.to_thread(self.store.streams.update, stream_id, entry.url,
+                                       entry.kind, options):
+            raise StreamNotFound(f"no stream {stream_id!r}")
+        entry.options = options
 
     async def replace_stream(self, stream: StreamConfig) -> ClusterEntry:
         """Edit an API camera (url or options) in place: same id, same shard, zones kept;
         its shard restarts it when the row changes."""
         entry = self.get(stream.name)
         if entry.origin != "api":
-            raise StreamConflict(f"stream {stream.name!r} comes from the config file; edit it "
-                                 "there and restart")
-        options = stream.model_dump(mode="json", exclude={"name", "url", "zones"},
-                                    exclude_defaults=True)
+            raise StreamConflict.not_editable(stream.name, entry.origin, "edit")
+        options = self._options(stream, zones=False)
         if entry.options.get("zones"):
             options["zones"] = entry.options["zones"]
-        await asyncio.to_thread(self.store.streams.save, entry.id, entry.id, stream.url,
-                                stream.kind, options, origin=entry.origin)
-        await self._sync_shard(entry.shard)
+        if not await asyncio.to_thread(self.store.streams.update, entry.id, stream.url,
+                                       stream.kind, options):
+            raise StreamNotFound(f"no stream {stream.name!r}")
         await self.refresh()
         return self.get(stream.name)
 
     async def has_history(self, stream_id: str) -> bool:
-        rows = await asyncio.to_thread(self.store.history.counts, stream_id, None, None, None, 1)
-        return bool(rows)
+        return await has_history(self.store, stream_id)
 
     # -- shutdown ----------------------------------------------------------------------------
 
@@ -468,5 +496,6 @@ class ClusterService:
                 await task
         if self._listener is not None:
             await asyncio.to_thread(self._listener.join, 5.0)
+        await asyncio.to_thread(self.gathering.close)
         await asyncio.to_thread(self.store.close)
         await self.uploads.close()

@@ -15,7 +15,14 @@ Status and the live feed leave the shard through PostgreSQL: every ``HEARTBEAT_S
 upserts the status of each of its cameras (the API reports a camera whose status stops
 coming as unavailable), and every count and alert item of its feed is sent with NOTIFY to
 whichever API processes are listening. Alerts, webhooks and MQTT are sent by this shard
-only, since only it sees the camera's results.
+only, since only it sees the camera's results. Counts, alerts and the gathering grids are
+written to the cluster's store by the shard's ``Service`` as on a single box.
+
+What the API processes change reaches the shard one way: the NOTIFY the store sends in the
+change's transaction (cameras on ``STREAMS_CHANNEL``, rules on ``SETTINGS_CHANNEL``). A
+shard that was not listening (starting, or its connection lost) re-reads everything when
+it listens again, so nothing needs a periodic resync. The shard never writes the camera
+registry (``Service(owns_registry=False)``).
 """
 
 from __future__ import annotations
@@ -23,12 +30,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Coroutine, Mapping
-from pathlib import Path
 from typing import Any, TypeVar
 
 import psycopg
@@ -38,7 +42,12 @@ from crowdcount.model.runtime import Runtime
 from crowdcount.model.zones import Zone
 from crowdcount.streamer.config import Config, StreamConfig, parse_config
 from crowdcount.streamer.service import Service
-from crowdcount.streamer.store.postgres import FEED_CHANNEL, STREAMS_CHANNEL, PostgresStore
+from crowdcount.streamer.store.postgres import (
+    FEED_CHANNEL,
+    SETTINGS_CHANNEL,
+    STREAMS_CHANNEL,
+    PostgresStore,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +55,6 @@ T = TypeVar("T")
 
 #: Seconds between status reports; the API's ``cluster.outage_after`` must be a few of them.
 HEARTBEAT_S = 1.0
-#: Every this many heartbeats the shard re-reads its cameras (a missed ``sync`` call heals).
-SYNC_EVERY = 5
 #: Setting that holds the shards' configuration (written by the API processes).
 CONFIG_KEY = "shard_config"
 
@@ -82,7 +89,6 @@ class ShardRuntime:
         self.service: Service | None = None
         self.failures: dict[str, str] = {}  # camera -> why it could not be started
         self._rows: dict[str, tuple[str, dict[str, Any]]] = {}  # url, options started with
-        self._local_dir: Path | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._sync_lock = asyncio.Lock()
 
@@ -101,20 +107,14 @@ class ShardRuntime:
                 delay = min(delay * 2, 10.0)
         store = self.store
         settings = await asyncio.to_thread(store.cluster.get_setting, CONFIG_KEY, {})
-        # Zones and rules the API saves, and the gathering maps, live in a SQLite file
-        # beside the store; a shard's copy stays on its node (the rows in PostgreSQL are
-        # the record of its cameras).
-        self._local_dir = Path(tempfile.mkdtemp(prefix=f"crowdcount-shard-{self.index}-"))
-        local = self._local_dir / "local.sqlite3"
-        data = settings.get("config", {})
-        data = {**data, "server": {**data.get("server", {}), "database": str(local)}}
-        config = parse_config(data, "cluster settings")
+        config = parse_config(settings.get("config", {}), "cluster settings")
         if settings.get("ice_addresses"):
             restrict_ice(tuple(settings["ice_addresses"]))
         runtime = await asyncio.to_thread(Runtime.open, config.model.path, config.model.backend,
                                           threads=config.model.threads)
         model_path = str(config.model.path or default_model(config.model.backend))
-        self.service = Service(config, runtime, model_path=model_path, store=store)
+        self.service = Service(config, runtime, model_path=model_path, store=store,
+                               owns_registry=False)
         await self.service.start_pipeline()
         await self.sync()
         self._tasks = [asyncio.create_task(self._heartbeat()),
@@ -183,12 +183,8 @@ class ShardRuntime:
 
     async def _heartbeat(self) -> None:
         _, store = self._require()
-        beat = 0
         while True:
-            beat += 1
             try:
-                if beat % SYNC_EVERY == 0:
-                    await self.sync()
                 await asyncio.to_thread(store.cluster.report_status, self.node, self.statuses())
             except Exception as exc:
                 log.error("event=shard_report_failed shard=%d error=%r", self.index, str(exc))
@@ -207,10 +203,12 @@ class ShardRuntime:
                     log.error("event=feed_notify_failed shard=%d error=%r", self.index, str(exc))
 
     async def _follow_streams(self) -> None:
-        """Re-sync whenever any process changes a camera row (NOTIFY from the store), so a
-        zone edit or a camera added through any API process takes effect at once."""
+        """Re-sync whenever any process changes a camera row, reload the rules when they
+        change (NOTIFY from the store), and both whenever the listening connection is
+        (re)opened: what was announced while it was down was missed."""
+        svc, _ = self._require()
         loop = asyncio.get_running_loop()
-        changed = asyncio.Event()
+        changed: asyncio.Queue[str] = asyncio.Queue()
         stop = threading.Event()
 
         def listen() -> None:
@@ -218,9 +216,13 @@ class ShardRuntime:
                 try:
                     with psycopg.connect(self.dsn, autocommit=True) as conn:
                         conn.execute(f"LISTEN {STREAMS_CHANNEL}")
+                        conn.execute(f"LISTEN {SETTINGS_CHANNEL}")
+                        loop.call_soon_threadsafe(changed.put_nowait, "*")
                         while not stop.is_set():
-                            for _note in conn.notifies(timeout=0.5, stop_after=1):
-                                loop.call_soon_threadsafe(changed.set)
+                            for note in conn.notifies(timeout=0.5, stop_after=1):
+                                what = ("streams" if note.channel == STREAMS_CHANNEL
+                                        else note.payload)
+                                loop.call_soon_threadsafe(changed.put_nowait, what)
                 except Exception as exc:
                     log.error("event=shard_listen_failed shard=%d error=%r", self.index,
                               str(exc).strip())
@@ -231,10 +233,14 @@ class ShardRuntime:
         thread.start()
         try:
             while True:
-                await changed.wait()
-                changed.clear()
+                what = {await changed.get()}
+                while not changed.empty():  # one sync for a burst of changes
+                    what.add(changed.get_nowait())
                 try:
-                    await self.sync()
+                    if what & {"*", "rules"}:
+                        await svc.rules.load()
+                    if what & {"*", "streams"}:
+                        await self.sync()
                 except Exception as exc:
                     log.error("event=shard_sync_failed shard=%d error=%r", self.index,
                               str(exc))
@@ -257,8 +263,6 @@ class ShardRuntime:
                 await task
         if self.service is not None:
             await self.service.close()  # closes the store too
-        if self._local_dir is not None:
-            shutil.rmtree(self._local_dir, ignore_errors=True)
 
 
 class Shard:

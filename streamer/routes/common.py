@@ -24,11 +24,13 @@ from crowdcount.streamer.limits import (
     MAX_JSON_NUMBER_CHARS,
     MAX_JSON_STRING_CHARS,
 )
-from crowdcount.streamer.service import Service
+from crowdcount.streamer.surface import ServiceSurface
 
 M = TypeVar("M", bound=BaseModel)
 
-SERVICE = web.AppKey("service", Service)
+#: The single-process ``Service`` or a cluster's ``ClusterService``: routes see only the
+#: surface both implement.
+SERVICE: web.AppKey[ServiceSurface] = web.AppKey("service")
 JSON_TYPE = "application/json"
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -60,7 +62,7 @@ def json_error(status: int, message: str, headers: dict[str, str] | None = None)
                              headers=headers)
 
 
-def service_of(request: web.Request) -> Service:
+def service_of(request: web.Request) -> ServiceSurface:
     return request.app[SERVICE]
 
 

@@ -25,9 +25,7 @@ async def heatmap(request: web.Request) -> web.Response:
     fmt = request.query.get("format", "png")
     if fmt not in ("png", "json"):
         raise ApiError(400, f"parameter 'format' must be png or json, got {fmt[:20]!r}")
-    gathering = getattr(svc, "gathering", None)
-    if gathering is None:  # a cluster's API process: the maps would live on the shards
-        raise ApiError(501, "the gathering map needs a single-process server")
+    gathering = svc.gathering
     if sid not in svc.streams and not await asyncio.to_thread(gathering.has_data, sid):
         raise ApiError(404, f"no stream {sid!r} and no gathering data for it")
     result = await asyncio.to_thread(gathering.heatmap, sid, since, until)

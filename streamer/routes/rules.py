@@ -27,17 +27,14 @@ from crowdcount.streamer.routes.common import (
     read_json_object,
     service_of,
 )
-from crowdcount.streamer.rules import RuleBook, RuleConflict, RuleNotFound
+from crowdcount.streamer.rules import RuleConflict, RuleNotFound
+from crowdcount.streamer.surface import RulesView
 
 FIELDS = {"name", "stream", "zone", "above", "below", "for_seconds"}
 
 
-def _book(request: web.Request) -> RuleBook:
-    book = getattr(service_of(request), "rules", None)
-    if book is None:  # a cluster's API process: its shards read the config file's rules
-        raise ApiError(501, "alert rules through the API need a single-process server; "
-                            "a cluster takes them from the config file")
-    return book
+def _book(request: web.Request) -> RulesView:
+    return service_of(request).rules
 
 
 def parse_rule(data: dict[str, Any]) -> ThresholdRule:

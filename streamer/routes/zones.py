@@ -34,17 +34,17 @@ from crowdcount.streamer.routes.common import (
     read_json_object,
     service_of,
 )
-from crowdcount.streamer.service import Service, StreamEntry, StreamNotFound
+from crowdcount.streamer.surface import ServiceSurface, StreamNotFound, StreamView
 
 MAX_ALERTS = 10_000
 
 
-def _entry(svc: Service, request: web.Request) -> StreamEntry:
+def _entry(svc: ServiceSurface, request: web.Request) -> StreamView:
     with http_errors({StreamNotFound: 404}):
         return svc.get(request.match_info["id"])
 
 
-def _zones_body(svc: Service, entry: StreamEntry) -> dict[str, Any]:
+def _zones_body(svc: ServiceSurface, entry: StreamView) -> dict[str, Any]:
     return {
         "stream": entry.id,
         "zones": [z.to_dict() for z in svc.integrations.zones(entry.id)],

@@ -66,11 +66,14 @@ class AlertRow(TypedDict):
 
 
 class StoreStats(TypedDict):
-    """Counters for metrics: rows waiting for the writer, committed, and dropped because the
-    queue hit its bound (the disk could not keep up), and the last write error."""
+    """Counters for metrics: rows waiting for the writer, committed, skipped because the
+    database already had them (replays), and dropped (the queue hit its bound because the
+    database could not keep up, or the final commit at close failed), and the last write
+    error. ``streamer.store.writer`` keeps them, alike for every database."""
 
     pending: int
     written: int
+    duplicates: int
     dropped: int
     last_error: str | None
 
@@ -135,8 +138,10 @@ class CountHistory(Protocol):
         than ``before``); returns how many raw rows."""
         ...
 
-    # A history with rollups also has ``prune_raw(before) -> int``: delete raw rows older
-    # than ``before`` and keep their rollups (the service prunes only when it exists).
+    def prune_raw(self, before: float) -> int:
+        """Delete raw rows older than ``before`` and keep their per-second and per-minute
+        rollups (stepped history still answers); how many raw rows."""
+        ...
 
 
 @runtime_checkable
@@ -265,7 +270,8 @@ class GatheringStore(Protocol):
 
 @runtime_checkable
 class Store(Protocol):
-    """One backend's three records plus the writer's lifecycle."""
+    """One backend's records plus the writer's lifecycle (``streamer.store.writer``): every
+    database has all of them, so the service never asks which it has."""
 
     @property
     def history(self) -> CountHistory: ...
@@ -276,8 +282,11 @@ class Store(Protocol):
     @property
     def alerts(self) -> AlertLog: ...
 
-    # A store may also have ``settings`` (``SettingsStore``) and ``gathering``
-    # (``GatheringStore``); the service uses them when present (SQLite has both).
+    @property
+    def settings(self) -> SettingsStore: ...
+
+    @property
+    def gathering(self) -> GatheringStore: ...
 
     def flush(self) -> int:
         """Commit everything queued so far; the number of count rows and alert changes
@@ -288,5 +297,6 @@ class Store(Protocol):
     def stats(self) -> StoreStats: ...
 
     def close(self) -> None:
-        """Commit what is queued and release every connection; idempotent."""
+        """Commit what is queued and release every connection; idempotent. Raises the final
+        commit's error (those rows are lost, and counted as dropped)."""
         ...

@@ -1,20 +1,26 @@
-"""What the SQLite and PostgreSQL stores share, written once.
+"""What the SQLite and PostgreSQL stores share, written once: every record but the camera
+registry.
 
-The two stores keep the same records with the same contract (``streamer.store.base``); they
-differ in how they reach the database (SQLite: one writer thread and ``query_only``
-readers; PostgreSQL: a writer thread and a pool of autocommit connections), in how zones are
-encoded (JSON text; JSONB) and in how bucketed history is aggregated (rollup tables; SQL
-``floor``). Everything else lives here: the range and filter clauses, the raw-row and bucket
-shapes, the alert log's queries, and the write queue's bound. SQL is built with named
-parameters, and each store supplies its dialect's spelling of one (``Placeholder``).
+The two stores keep the same records with the same contract (``streamer.store.base``) and
+the same write-behind writer (``streamer.store.writer``); they differ in how they reach the
+database (SQLite: one connection for the writer and ``query_only`` readers; PostgreSQL: a
+``psycopg_pool`` pool) and in a few spellings, which a ``Dialect`` names: a parameter,
+``floor`` of a time, the JSON functions and how JSON values are stored (text; JSONB).
+Everything else lives here, once: the history with its per-second and per-minute rollups
+and raw-row pruning, the alert log, the settings (rules, zones, per-stream JSON state) and
+the gathering grids. Both dialects accept ``INSERT ... ON CONFLICT ... DO UPDATE``.
 """
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any, Protocol
 
-from crowdcount.streamer.store.base import AlertRow, CountRow
+from crowdcount.streamer.store.base import AlertRow, CountRow, StoreStats
+from crowdcount.streamer.store.writer import Op, Row, Writer
 
 #: A dialect's named parameter as a format of its name: ``":{}"`` (SQLite) or ``"%({})s"``
 #: (psycopg).
@@ -25,28 +31,9 @@ Fetch = Callable[[str, Mapping[str, Any]], list[Any]]
 _ALERT_COLS = "id, stream, zone, rule, raised_at, cleared_at, peak"
 
 
-def check_writer_options(flush_interval: float, batch_rows: int, max_pending: int) -> None:
-    """The write-behind queue's settings, as both stores' constructors accept them."""
-    if flush_interval <= 0:
-        raise ValueError("flush_interval must be > 0")
-    if batch_rows < 1 or max_pending < batch_rows:
-        raise ValueError("need 1 <= batch_rows <= max_pending")
-
-
 def check_limit(limit: int) -> None:
     if limit < 1:
         raise ValueError("limit must be >= 1")
-
-
-def drop_oldest(queue: list[Any], max_pending: int) -> int:
-    """Trim ``queue`` to its newest ``max_pending`` items (the caller holds its lock); how
-    many were dropped. A bounded queue keeps a disk or network that cannot keep up from
-    taking the whole service down."""
-    excess = len(queue) - max_pending
-    if excess <= 0:
-        return 0
-    del queue[:excess]
-    return excess
 
 
 def range_where(
@@ -132,29 +119,162 @@ def add_zone_stats(
             owner["zones_max"][zone] = hi
 
 
+class SqlStore:
+    """A store's writer lifecycle (``Store.flush``, ``stats``, ``close``); a database adds
+    ``_release`` (its connections, after the writer's last commit)."""
+
+    def __init__(self, writer: Writer[Any]) -> None:
+        self._writer = writer
+        self._closed = False
+
+    def flush(self) -> int:
+        return self._writer.flush()
+
+    def stats(self) -> StoreStats:
+        return self._writer.stats()
+
+    def close(self) -> None:
+        """Commit what is queued, then release every connection; idempotent. Raises the
+        final commit's error (``Writer.close``)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._writer.close()
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        raise NotImplementedError
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class SqlConn(Protocol):
+    """The part of a DB-API connection the shared code uses (``sqlite3`` and ``psycopg``
+    connections both return a cursor with ``rowcount``, ``fetchone`` and ``fetchall``)."""
+
+    def execute(self, query: str, params: Any = ..., /) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """How one database spells what the shared SQL needs."""
+
+    #: A named parameter as a format of its name: ``":{}"`` or ``"%({})s"``.
+    ph: Placeholder
+    #: A positional parameter (``executemany`` of count rows): ``"?"`` or ``"%s"``.
+    pos: str
+    #: ``floor(c.t)`` as an integer, for the counts alias ``c``.
+    floor_t: str
+    #: ``floor(t / step)`` as an integer; ``{step}`` is the step's parameter.
+    bucket: str
+    #: A FROM item giving the ``key``/``value`` of the zones of the counts alias ``c`` as
+    #: ``z``, and ``z``'s value as a float.
+    zone_each: str
+    zone_value: str
+    #: The larger of two values (``MAX`` takes two arguments only in SQLite).
+    greatest: str
+    #: A JSON value as the database stores it, and back.
+    dump_json: Callable[[Any], Any]
+    load_json: Callable[[Any], Any]
+
+    def p(self, name: str) -> str:
+        return self.ph.format(name)
+
+
+_T_LIMIT = 2**62  # range ends beyond this (a client's 1e300) are "unbounded"
+_ROLLUP_TABLES = ("counts_1s", "counts_1m", "zone_counts_1s", "zone_counts_1m")
+_RULE_COLS = ("name", "stream", "zone", "above", "below", "for_seconds")
+
+
+def _rollup_sql(d: Dialect, scoped: bool) -> tuple[str, ...]:
+    """The statements that recompute the rollups of one stream's ``[lo, hi)`` seconds and
+    ``[mlo, mhi)`` minutes (``scoped``), or of everything (a migration).
+
+    Why recompute rather than add: the inserts are idempotent, so a replayed batch must
+    change nothing; recomputing a second from its raw rows keeps the rollups exact.
+    """
+    def where(lo: str, hi: str, alias: str = "") -> str:
+        if not scoped:
+            return "TRUE"
+        return (f"{alias}stream_id = {d.p('sid')} AND {alias}t >= {d.p(lo)} "
+                f"AND {alias}t < {d.p(hi)}")
+
+    def upsert(table: str, key: str, cols: str) -> str:
+        sets = ", ".join(f"{c} = excluded.{c}" for c in cols.split(", "))
+        return f" ON CONFLICT ({key}) DO UPDATE SET {sets}"
+
+    totals = "n, sum, min, max, ssum"
+    zones = "n, sum, min, max"
+    v = d.zone_value
+    return (
+        f"INSERT INTO counts_1s (stream_id, t, {totals}) "
+        f"SELECT c.stream_id, {d.floor_t} AS s, COUNT(*), SUM(c.count), MIN(c.count), "
+        f"MAX(c.count), SUM(c.smoothed) FROM counts AS c WHERE {where('lo', 'hi', 'c.')} "
+        "GROUP BY c.stream_id, s" + upsert("counts_1s", "stream_id, t", totals),
+        f"INSERT INTO zone_counts_1s (stream_id, zone, t, {zones}) "
+        f"SELECT c.stream_id, z.key, {d.floor_t} AS s, COUNT(*), SUM({v}), MIN({v}), "
+        f"MAX({v}) FROM counts AS c, {d.zone_each} WHERE {where('lo', 'hi', 'c.')} "
+        "AND c.zones IS NOT NULL GROUP BY c.stream_id, z.key, s"
+        + upsert("zone_counts_1s", "stream_id, t, zone", zones),
+        f"INSERT INTO counts_1m (stream_id, t, {totals}) "
+        "SELECT stream_id, (t / 60) * 60 AS m, SUM(n), SUM(sum), MIN(min), MAX(max), "
+        f"SUM(ssum) FROM counts_1s WHERE {where('mlo', 'mhi')} GROUP BY stream_id, m"
+        + upsert("counts_1m", "stream_id, t", totals),
+        f"INSERT INTO zone_counts_1m (stream_id, zone, t, {zones}) "
+        "SELECT stream_id, zone, (t / 60) * 60 AS m, SUM(n), SUM(sum), MIN(min), MAX(max) "
+        f"FROM zone_counts_1s WHERE {where('mlo', 'mhi')} GROUP BY stream_id, zone, m"
+        + upsert("zone_counts_1m", "stream_id, t, zone", zones),
+    )
+
+
+def write_batch(d: Dialect, conn: SqlConn, rows: Sequence[Row], ops: Sequence[Op],
+                executemany: Callable[[str, Sequence[Row]], int]) -> int:
+    """One batch inside the caller's transaction: the rows (a ``(stream_id, t)`` already
+    stored is skipped), the rollups of the seconds and minutes they touch, then the alert
+    changes; how many rows were new. ``executemany`` runs the insert and returns the rows
+    it changed."""
+    inserted = 0
+    if rows:
+        inserted = executemany(
+            f"INSERT INTO counts (stream_id, t, count, smoothed, zones) VALUES "
+            f"({', '.join([d.pos] * 5)}) ON CONFLICT (stream_id, t) DO NOTHING", rows)
+        spans: dict[str, tuple[float, float]] = {}
+        for sid, t, *_ in rows:
+            if not -_T_LIMIT < t < _T_LIMIT:  # NaN, inf, absurd: stored raw, never rolled up
+                continue
+            lo, hi = spans.get(sid, (t, t))
+            spans[sid] = (min(lo, t), max(hi, t))
+        for sid, (lo, hi) in spans.items():
+            s_lo, s_hi = math.floor(lo), math.floor(hi) + 1
+            args = {"sid": sid, "lo": s_lo, "hi": s_hi, "mlo": (s_lo // 60) * 60,
+                    "mhi": ((s_hi - 1) // 60) * 60 + 60}
+            for sql in _rollup_sql(d, scoped=True):
+                conn.execute(sql, args)
+    for sql, op_args in ops:
+        conn.execute(sql, op_args)
+    return inserted
+
+
+def rebuild_rollups(d: Dialect, conn: SqlConn) -> None:
+    """Every rollup from the raw rows (a database that had counts before it had rollups)."""
+    for table in _ROLLUP_TABLES:
+        conn.execute(f"DELETE FROM {table}")
+    for sql in _rollup_sql(d, scoped=False):
+        conn.execute(sql)
+
+
 class SqlHistory:
-    """``CountHistory`` over a ``counts`` table; a store supplies its reads (``fetch``), its
-    write queue (``queue_row``), the zones column's encoding and the bucketed query."""
+    """``CountHistory`` on the ``counts`` table and its rollups (``counts_1s``/``_1m`` and
+    their ``zone_`` twins, kept by ``write_batch``). A whole-second ``step`` is answered from
+    the rollups, so it stays fast and works after ``prune_raw``."""
 
-    ph: ClassVar[Placeholder]
-
-    def __init__(
-        self, fetch: Fetch, queue_row: Callable[[tuple[str, float, float, float, Any]], None]
-    ) -> None:
+    def __init__(self, d: Dialect, fetch: Fetch, writer: Writer[Any]) -> None:
+        self._d = d
         self._fetch = fetch
-        self._queue_row = queue_row
-
-    def _encode_zones(self, zones: dict[str, float]) -> Any:
-        raise NotImplementedError
-
-    def _decode_zones(self, value: Any) -> dict[str, float]:
-        raise NotImplementedError
-
-    def _bucketed(
-        self, stream_id: str, since: float | None, until: float | None, step: float,
-        limit: int, with_zones: bool,
-    ) -> list[dict[str, Any]]:
-        raise NotImplementedError
+        self._writer = writer
 
     def add(
         self,
@@ -165,8 +285,8 @@ class SqlHistory:
         zones: Mapping[str, float] | None = None,
     ) -> None:
         # float(): the runtime's zone sums are NumPy scalars, which JSON cannot encode.
-        z = self._encode_zones({k: float(v) for k, v in zones.items()}) if zones else None
-        self._queue_row((stream_id, float(t), float(count), float(smoothed), z))
+        z = self._d.dump_json({k: float(v) for k, v in zones.items()}) if zones else None
+        self._writer.add_row((stream_id, float(t), float(count), float(smoothed), z))
 
     def counts(
         self,
@@ -179,16 +299,90 @@ class SqlHistory:
         with_zones: bool = False,
     ) -> list[dict[str, Any]]:
         check_limit(limit)
+        d = self._d
         if step is not None:
             if not step > 0:
                 raise ValueError("step must be > 0")
-            return self._bucketed(stream_id, since, until, step, int(limit), with_zones)
-        where, args = range_where(self.ph, stream_id, since, until)
+            # A step past 64-bit integers (a whole history in one bucket, in effect) takes
+            # the raw path, which copes.
+            if 1 <= step < _T_LIMIT and float(step).is_integer():
+                return self._rolled_up(stream_id, since, until, int(step), int(limit),
+                                       with_zones)
+            return self._bucketed(stream_id, since, until, float(step), int(limit),
+                                  with_zones)
+        where, args = range_where(d.ph, stream_id, since, until)
         cols = "t, count, smoothed" + (", zones" if with_zones else "")
         sql = (f"SELECT {cols} FROM counts WHERE {where} ORDER BY t DESC "
-               f"LIMIT {self.ph.format('limit')}")
+               f"LIMIT {d.p('limit')}")
         rows = self._fetch(sql, {**args, "limit": int(limit)})
-        return raw_count_items(rows, self._decode_zones if with_zones else None)
+        return raw_count_items(rows, self._zones if with_zones else None)
+
+    def _zones(self, value: Any) -> dict[str, float]:
+        return self._d.load_json(value) if value else {}
+
+    def _bucketed(
+        self, stream_id: str, since: float | None, until: float | None, step: float,
+        limit: int, with_zones: bool,
+    ) -> list[dict[str, Any]]:
+        """Any step, aggregated from the raw rows."""
+        d = self._d
+        where, args = range_where(d.ph, stream_id, since, until)
+        bucket = d.bucket.format(step=d.p("step"))
+        named = {**args, "step": step, "limit": limit}
+        sql = (
+            f"SELECT {bucket} AS b, AVG(count), AVG(smoothed), MIN(count), MAX(count), "
+            f"COUNT(*) FROM counts WHERE {where} GROUP BY b ORDER BY b DESC "
+            f"LIMIT {d.p('limit')}"
+        )
+        rows = self._fetch(sql, named)
+        rows.reverse()
+        out = bucket_items(rows, step)
+        if with_zones and rows:
+            # Per zone, over the rows that have it (zones come and go).
+            # (t and stream_id are the counts' alone: the zone items have key and value)
+            zsql = (
+                f"SELECT {bucket} AS b, z.key, AVG({d.zone_value}), MIN({d.zone_value}), "
+                f"MAX({d.zone_value}) FROM counts AS c, {d.zone_each} "
+                f"WHERE {where} AND c.zones IS NOT NULL GROUP BY b, z.key"
+            )
+            add_zone_stats(out, [r[0] for r in rows],
+                           [r for r in self._fetch(zsql, named) if r[0] >= rows[0][0]])
+        return out
+
+    def _rolled_up(
+        self, stream_id: str, since: float | None, until: float | None, step: int, limit: int,
+        with_zones: bool,
+    ) -> list[dict[str, Any]]:
+        """A whole-second ``step`` from the coarsest rollup whose unit divides it; the range
+        is taken at that unit (``since`` rounded down to it)."""
+        d = self._d
+        unit = 60 if step % 60 == 0 else 1
+        suffix = "1m" if unit == 60 else "1s"
+        lo = -_T_LIMIT if since is None else max(-_T_LIMIT, math.floor(
+            max(-_T_LIMIT, since) / unit) * unit)
+        hi = _T_LIMIT if until is None else min(_T_LIMIT, math.ceil(min(_T_LIMIT, until)))
+        args = {"sid": stream_id, "lo": lo, "hi": hi, "step": step, "limit": limit}
+        # Integer division floors for t >= 0; a negative t is shifted to floor too.
+        bucket = (f"((t - CASE WHEN t < 0 THEN {d.p('step')} - 1 ELSE 0 END) "
+                  f"/ {d.p('step')})")
+        scope = f"stream_id = {d.p('sid')} AND t >= {d.p('lo')} AND t < {d.p('hi')}"
+        sql = (
+            f"SELECT {bucket} AS b, SUM(sum) / SUM(n), SUM(ssum) / SUM(n), MIN(min), MAX(max), "
+            f"CAST(SUM(n) AS BIGINT) FROM counts_{suffix} WHERE {scope} "
+            f"GROUP BY b ORDER BY b DESC LIMIT {d.p('limit')}"
+        )
+        rows = self._fetch(sql, args)
+        rows.reverse()
+        out = bucket_items(rows, step)
+        if with_zones and rows:
+            zsql = (
+                f"SELECT {bucket} AS b, zone, SUM(sum) / SUM(n), MIN(min), MAX(max) "
+                f"FROM zone_counts_{suffix} WHERE {scope} AND t >= {d.p('first')} "
+                "GROUP BY b, zone"
+            )
+            zone_rows = self._fetch(zsql, {**args, "first": rows[0][0] * step})
+            add_zone_stats(out, [r[0] for r in rows], zone_rows)
+        return out
 
     def rows(
         self,
@@ -200,35 +394,67 @@ class SqlHistory:
         limit: int = 5000,
     ) -> list[CountRow]:
         check_limit(limit)
-        where, args = range_where(self.ph, stream_id, since, until, after=after)
+        d = self._d
+        where, args = range_where(d.ph, stream_id, since, until, after=after)
         sql = (f"SELECT t, count, smoothed FROM counts WHERE {where} ORDER BY t "
-               f"LIMIT {self.ph.format('limit')}")
+               f"LIMIT {d.p('limit')}")
         return [(t, c, sm) for t, c, sm in self._fetch(sql, {**args, "limit": int(limit)})]
+
+    def delete(self, stream_id: str | None = None, before: float | None = None) -> int:
+        where, args = delete_where(self._d.ph, stream_id, before)
+
+        def purge(conn: SqlConn) -> int:
+            deleted: int = conn.execute(f"DELETE FROM counts WHERE {where}", args).rowcount
+            for table in _ROLLUP_TABLES:  # a minute starting before ``before`` goes too
+                conn.execute(f"DELETE FROM {table} WHERE {where}", args)
+            return deleted
+
+        return self._writer.call(purge)
+
+    def prune_raw(self, before: float) -> int:
+        """Delete raw rows older than ``before`` and keep their rollups: charts of old
+        ranges read the rollups; only sub-second detail and the raw CSV of them go."""
+        sql = f"DELETE FROM counts WHERE t < {self._d.p('before')}"
+        return self._writer.call(
+            lambda conn: int(conn.execute(sql, {"before": float(before)}).rowcount))
 
 
 class SqlAlerts:
-    """``AlertLog`` over an ``alerts`` table; a store supplies its reads (``fetch``), its
-    write queue (``queue_op``), its dialect's raise/clear statements and ``close_open``."""
+    """``AlertLog`` on the ``alerts`` table. Raises and clears go through the counts' queue
+    and transaction, so they are never reordered and the loop never waits on the database;
+    they are not subject to ``max_pending`` (there are few). ``scope`` (SQL and its
+    arguments) limits ``close_open`` to some streams (a cluster shard's)."""
 
-    ph: ClassVar[Placeholder]
-    raise_sql: ClassVar[str]  # args: stream, zone, rule, raised_at, peak
-    clear_sql: ClassVar[str]  # args: cleared_at, peak, stream, rule, raised_at
-
-    def __init__(self, fetch: Fetch, queue_op: Callable[[str, tuple[Any, ...]], None]) -> None:
+    def __init__(self, d: Dialect, fetch: Fetch, writer: Writer[Any],
+                 scope: tuple[str, Mapping[str, Any]] = ("", {})) -> None:
+        self._d = d
         self._fetch = fetch
-        self._queue_op = queue_op
+        self._writer = writer
+        self._scope = scope
+        p = d.p
+        self._raise_sql = (
+            "INSERT INTO alerts (stream, zone, rule, raised_at, cleared_at, peak) VALUES "
+            f"({p('stream')}, {p('zone')}, {p('rule')}, {p('raised_at')}, NULL, {p('peak')}) "
+            "ON CONFLICT (stream, rule, raised_at) DO NOTHING")
+        self._clear_sql = (
+            f"UPDATE alerts SET cleared_at = {p('cleared_at')}, "
+            f"peak = {d.greatest}(peak, {p('peak')}) WHERE stream = {p('stream')} "
+            f"AND rule = {p('rule')} AND raised_at = {p('raised_at')}")
 
     def raised(
         self, stream: str, zone: str | None, rule: str, raised_at: float, peak: float
     ) -> None:
-        self._queue_op(self.raise_sql, (stream, zone, rule, float(raised_at), float(peak)))
+        self._writer.add_op(self._raise_sql, {"stream": stream, "zone": zone, "rule": rule,
+                                              "raised_at": float(raised_at),
+                                              "peak": float(peak)})
 
     def cleared(
         self, stream: str, rule: str, raised_at: float, cleared_at: float, peak: float
     ) -> None:
-        self._queue_op(
-            self.clear_sql, (float(cleared_at), float(peak), stream, rule, float(raised_at))
-        )
+        self._writer.add_op(self._clear_sql, {"stream": stream, "rule": rule,
+                                              "raised_at": float(raised_at),
+                                              "cleared_at": float(cleared_at),
+                                              "peak": float(peak)})
 
     def query(
         self,
@@ -239,25 +465,156 @@ class SqlAlerts:
         limit: int = 1000,
     ) -> list[AlertRow]:
         check_limit(limit)
-        ph = self.ph
+        p = self._d.p
         clauses: list[str] = []
         args: dict[str, Any] = {"limit": int(limit)}
         if stream is not None:
-            clauses.append(f"stream = {ph.format('stream')}")
+            clauses.append(f"stream = {p('stream')}")
             args["stream"] = stream
         if since is not None:
-            clauses.append(f"(cleared_at IS NULL OR cleared_at >= {ph.format('since')})")
+            clauses.append(f"(cleared_at IS NULL OR cleared_at >= {p('since')})")
             args["since"] = float(since)
         if until is not None:
-            clauses.append(f"raised_at < {ph.format('until')}")
+            clauses.append(f"raised_at < {p('until')}")
             args["until"] = float(until)
         if active is not None:
             clauses.append("cleared_at IS NULL" if active else "cleared_at IS NOT NULL")
         sql = (
             f"SELECT {_ALERT_COLS} FROM alerts WHERE {' AND '.join(clauses) or 'TRUE'} "
-            f"ORDER BY raised_at DESC, id DESC LIMIT {ph.format('limit')}"
+            f"ORDER BY raised_at DESC, id DESC LIMIT {p('limit')}"
         )
         return [
             AlertRow(id=i, stream=s, zone=z, rule=r, raised_at=ra, cleared_at=ca, peak=p)
             for i, s, z, r, ra, ca, p in self._fetch(sql, args)
         ]
+
+    def close_open(self, at: float) -> int:
+        scope, scope_args = self._scope
+        sql = (f"UPDATE alerts SET cleared_at = {self._d.greatest}(raised_at, "
+               f"{self._d.p('at')}) WHERE cleared_at IS NULL{scope}")
+        args: dict[str, Any] = {**scope_args, "at": float(at)}
+        return self._writer.call(lambda conn: int(conn.execute(sql, args).rowcount))
+
+
+class _Records:
+    """Records read with ``fetch`` and written through the writer (durable when a write
+    returns). ``announce(conn, what)``, when given, runs in each write's transaction (a
+    cluster tells its other processes what changed)."""
+
+    def __init__(self, d: Dialect, fetch: Fetch, writer: Writer[Any],
+                 announce: Callable[[SqlConn, str], None] | None = None) -> None:
+        self._d = d
+        self._fetch = fetch
+        self._writer = writer
+        self._announce = announce
+
+    def _write(self, sql: str, args: Mapping[str, Any], what: str | None = None) -> int:
+        def write(conn: SqlConn) -> int:
+            n = int(conn.execute(sql, args).rowcount)
+            if what is not None and self._announce is not None:
+                self._announce(conn, what)
+            return n
+
+        return self._writer.call(write)
+
+    def _upsert(self, table: str, key: Sequence[str], values: Mapping[str, Any],
+                what: str | None = None) -> None:
+        cols = ", ".join(values)
+        sets = ", ".join(f"{c} = excluded.{c}" for c in values if c not in key)
+        self._write(f"INSERT INTO {table} ({cols}) VALUES "
+                    f"({', '.join(self._d.p(c) for c in values)}) "
+                    f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {sets}", values, what)
+
+
+
+class SqlSettings(_Records):
+    """``SettingsStore`` on the ``alert_rules``, ``stream_zones`` and ``stream_settings``
+    tables."""
+
+    def rules(self) -> list[dict[str, Any]]:
+        rows = self._fetch(f"SELECT {', '.join(_RULE_COLS)} FROM alert_rules ORDER BY name",
+                           {})
+        return [dict(zip(_RULE_COLS, row, strict=True)) for row in rows]
+
+    def save_rule(self, rule: Mapping[str, Any]) -> None:
+        self._upsert("alert_rules", ("name",), {
+            "name": rule["name"], "stream": rule["stream"], "zone": rule.get("zone"),
+            "above": float(rule["above"]), "below": float(rule["below"]),
+            "for_seconds": float(rule.get("for_seconds") or 0.0), "updated_at": time.time()},
+            "rules")
+
+    def delete_rule(self, name: str) -> bool:
+        return self._write(f"DELETE FROM alert_rules WHERE name = {self._d.p('name')}",
+                           {"name": name}, "rules") > 0
+
+    def zones(self) -> dict[str, list[dict[str, Any]]]:
+        rows = self._fetch("SELECT stream_id, zones FROM stream_zones", {})
+        return {sid: self._d.load_json(value) for sid, value in rows}
+
+    def save_zones(self, stream_id: str, zones: Sequence[Mapping[str, Any]]) -> None:
+        self._upsert("stream_zones", ("stream_id",), {
+            "stream_id": stream_id, "zones": self._d.dump_json([dict(z) for z in zones]),
+            "updated_at": time.time()}, f"zones:{stream_id}")
+
+    def delete_zones(self, stream_id: str) -> None:
+        self._write(f"DELETE FROM stream_zones WHERE stream_id = {self._d.p('sid')}",
+                    {"sid": stream_id}, f"zones:{stream_id}")
+
+    def stream_settings(self, key: str) -> dict[str, Any]:
+        rows = self._fetch(f"SELECT stream_id, value FROM stream_settings WHERE key = "
+                           f"{self._d.p('key')}", {"key": key})
+        return {sid: self._d.load_json(value) for sid, value in rows}
+
+    def save_stream_setting(self, stream_id: str, key: str, value: Any) -> None:
+        self._upsert("stream_settings", ("stream_id", "key"), {
+            "stream_id": stream_id, "key": key, "value": self._d.dump_json(value),
+            "updated_at": time.time()}, f"setting:{key}:{stream_id}")
+
+    def delete_stream_setting(self, stream_id: str, key: str | None = None) -> None:
+        p = self._d.p
+        sql = f"DELETE FROM stream_settings WHERE stream_id = {p('sid')}"
+        if key is not None:
+            sql += f" AND key = {p('key')}"
+        self._write(sql, {"sid": stream_id, "key": key}, f"setting:{key or '*'}:{stream_id}")
+
+
+class SqlGathering(_Records):
+    """``GatheringStore`` on the ``gathering`` and ``gathering_reference`` tables (the grids
+    and pictures are bytes: BLOB; bytea)."""
+
+    def add_bucket(self, stream_id: str, start: float, frames: int, grid: bytes) -> None:
+        p = self._d.p
+        self._write(f"INSERT INTO gathering (stream_id, start, frames, grid) VALUES "
+                    f"({p('sid')}, {p('start')}, {p('frames')}, {p('grid')})",
+                    {"sid": stream_id, "start": float(start), "frames": int(frames),
+                     "grid": bytes(grid)})
+
+    def buckets(self, stream_id: str, since: float, until: float) -> list[tuple[float, int, bytes]]:
+        p = self._d.p
+        rows = self._fetch(
+            f"SELECT start, frames, grid FROM gathering WHERE stream_id = {p('sid')} AND "
+            f"start >= {p('lo')} AND start < {p('hi')} ORDER BY start",
+            {"sid": stream_id, "lo": max(-_T_LIMIT, since), "hi": min(_T_LIMIT, until)})
+        return [(start, frames, bytes(grid)) for start, frames, grid in rows]
+
+    def has(self, stream_id: str) -> bool:
+        return bool(self._fetch(f"SELECT 1 FROM gathering WHERE stream_id = "
+                                f"{self._d.p('sid')} LIMIT 1", {"sid": stream_id}))
+
+    def save_reference(self, stream_id: str, t: float, jpeg: bytes) -> None:
+        self._upsert("gathering_reference", ("stream_id",),
+                     {"stream_id": stream_id, "t": float(t), "jpeg": bytes(jpeg)})
+
+    def reference(self, stream_id: str) -> bytes | None:
+        rows = self._fetch(f"SELECT jpeg FROM gathering_reference WHERE stream_id = "
+                           f"{self._d.p('sid')}", {"sid": stream_id})
+        return bytes(rows[0][0]) if rows else None
+
+    def delete_before(self, cutoff: float) -> int:
+        return self._write(f"DELETE FROM gathering WHERE start < {self._d.p('cutoff')}",
+                           {"cutoff": float(cutoff)})
+
+    def stats(self) -> dict[str, int]:
+        rows, size = self._fetch(
+            "SELECT COUNT(*), COALESCE(SUM(LENGTH(grid)), 0) FROM gathering", {})[0]
+        return {"rows": int(rows), "bytes": int(size)}
