@@ -14,16 +14,13 @@ inside the server.
 from __future__ import annotations
 
 import http.client
-import io
 import json
 import os
 import statistics
-import struct
 import subprocess
 import sys
 import threading
 import time
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,9 +28,9 @@ from typing import Any
 
 import psutil
 import pytest
-from PIL import Image
 
 from crowdcount.streamer.limits import MAX_ALERT_RULES, MAX_REQUEST_TARGET, MAX_URL_LENGTH
+from tests.fixtures.bombs import IMAGE_BOMBS, encoded
 from tests.fixtures.rtsp import free_port
 
 pytestmark = pytest.mark.slow
@@ -340,53 +337,6 @@ def test_query_string_credentials_are_masked_everywhere(live: Server, watch: Wat
 
 # -- memory before refusal: image bombs ---------------------------------------------------------
 
-BOMB_SIDE = 8000
-
-
-def _hdr_bomb(side: int = BOMB_SIDE, pad_to: int = 0) -> bytes:
-    """Radiance HDR, run-length encoded: 4 MB that decode to side x side float pixels."""
-    head = f"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y {side} +X {side}\n".encode()
-    line = bytearray(b"\x02\x02" + struct.pack(">H", side))
-    for _ in range(4):
-        n = side
-        while n:
-            k = min(127, n)
-            line += bytes([128 + k, 100])
-            n -= k
-    data = head + bytes(line) * side
-    return data + b"\0" * max(0, pad_to - len(data))
-
-
-def _png_bomb(side: int = BOMB_SIDE) -> bytes:
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        crc = struct.pack(">I", zlib.crc32(kind + payload))
-        return struct.pack(">I", len(payload)) + kind + payload + crc
-
-    rows = zlib.compress(b"\0" * ((side * 3 + 1) * side), 9)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 2,
-                                                             0, 0, 0))
-            + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
-
-
-def _pillow(fmt: str, size: tuple[int, int], mode: str = "RGB", **options: Any) -> bytes:
-    buf = io.BytesIO()
-    Image.new(mode, size).save(buf, fmt, **options)
-    return buf.getvalue()
-
-
-IMAGE_BOMBS = {
-    "hdr": lambda: _hdr_bomb(),
-    "hdr-10MB": lambda: _hdr_bomb(11_000, 10 * 2**20 - 4096),
-    "pfm": lambda: f"PF\n{BOMB_SIDE} {BOMB_SIDE}\n-1.0\n".encode() + b"\0" * 4_000_000,
-    "pam": lambda: (f"P7\nWIDTH {BOMB_SIDE}\nHEIGHT {BOMB_SIDE}\nDEPTH 3\nMAXVAL 255\n"
-                    "TUPLTYPE RGB\nENDHDR\n").encode() + b"\0" * 4_000_000,
-    "ppm": lambda: f"P6\n{BOMB_SIDE} {BOMB_SIDE}\n255\n".encode() + b"\0" * 4_000_000,
-    "tiff": lambda: _pillow("TIFF", (BOMB_SIDE, BOMB_SIDE), "L", compression="tiff_deflate"),
-    "png": lambda: _png_bomb(),
-    "webp": lambda: _pillow("WEBP", (BOMB_SIDE, BOMB_SIDE // 2), quality=1, method=0),
-}
-
-
 @pytest.mark.parametrize("kind", list(IMAGE_BOMBS))
 def test_image_bombs_are_refused_before_decoding(live: Server, watch: Watch,
                                                  kind: str) -> None:
@@ -403,8 +353,8 @@ def test_image_bombs_are_refused_before_decoding(live: Server, watch: Watch,
 def test_a_10_mb_image_is_counted_within_the_memory_bound(live: Server, watch: Watch) -> None:
     """The largest real upload: an uncompressed BMP at the 10 MB limit (and a 25-megapixel
     PNG, the largest accepted size) is decoded and counted; ``watch`` checks the RSS."""
-    bmp = _pillow("BMP", (1860, 1860))
-    png = _pillow("PNG", (6100, 4090))
+    bmp = encoded("BMP", (1860, 1860))
+    png = encoded("PNG", (6100, 4090))
     assert 9 * 2**20 < len(bmp) <= 10 * 2**20
     for data in (bmp, png):
         reply = live.request("POST", "/api/count?overlay=1", data,
