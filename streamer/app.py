@@ -20,7 +20,7 @@ from crowdcount.model.bundled import default_model
 from crowdcount.model.runtime import Runtime
 from crowdcount.streamer.auth import Handler, token_middleware
 from crowdcount.streamer.config import Config, resolve_token
-from crowdcount.streamer.limits import MAX_HTTP_LINE, MAX_REQUEST_TARGET
+from crowdcount.streamer.limits import MAX_HTTP_LINE, MAX_JSON_BYTES, MAX_REQUEST_TARGET
 from crowdcount.streamer.origin import browser_guard
 from crowdcount.streamer.ratelimit import RateLimiter
 from crowdcount.streamer.routes import (
@@ -33,7 +33,7 @@ from crowdcount.streamer.routes import (
     system,
     zones,
 )
-from crowdcount.streamer.routes.common import MAX_JSON_BYTES, SERVICE, ApiError, json_error
+from crowdcount.streamer.routes.common import SERVICE, ApiError, json_error
 from crowdcount.streamer.service import Service
 from crowdcount.streamer.surface import ServiceSurface
 from crowdcount.streamer.upload import UploadCounter

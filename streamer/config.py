@@ -94,8 +94,10 @@ from crowdcount.streamer.limits import (
     MAX_ALERT_RULES,
     MAX_NAME_LENGTH,
     MAX_URL_LENGTH,
+    MAX_ZONE_POINTS,
     MAX_ZONES_PER_STREAM,
 )
+from crowdcount.streamer.urls import mask_url
 
 __all__ = [
     "STREAM_NAME_RE",
@@ -182,7 +184,8 @@ class ZoneConfig(_Strict):
     """A polygon whose density is summed separately, in the stream's frame pixels."""
 
     name: ZoneName
-    points: Annotated[tuple[Point, ...], BeforeValidator(_as_tuple), Field(min_length=3)]
+    points: Annotated[tuple[Point, ...], BeforeValidator(_as_tuple),
+                      Field(min_length=3, max_length=MAX_ZONE_POINTS)]
 
     @field_validator("points")
     @classmethod
@@ -507,7 +510,8 @@ class ThresholdConfig(_Strict):
         return self
 
 
-_HTTP_URL_RE = re.compile(r"^https?://[^\s/?#]+[^\s]*$", re.IGNORECASE)
+# Unambiguous (the host ends where "/", "?" or "#" starts): linear time, no backtracking.
+_HTTP_URL_RE = re.compile(r"^https?://[^\s/?#]+(?:[/?#]\S*)?$", re.IGNORECASE)
 # MQTT topic levels: no wildcards, no empty levels, no NUL.
 _TOPIC_PREFIX_RE = r"^[^/+#\x00\s]+(/[^/+#\x00\s]+)*$"
 
@@ -535,7 +539,7 @@ class WebhookConfig(_Strict):
     def _check_url(cls, url: str) -> str:
         url = url.strip()
         if not _HTTP_URL_RE.match(url):
-            raise ValueError(f"{url!r} is not an http:// or https:// url")
+            raise ValueError(f"{mask_url(url)!r} is not an http:// or https:// url")
         return url
 
 
