@@ -20,6 +20,8 @@ from crowdcount.model.bundled import default_model
 from crowdcount.model.runtime import Runtime
 from crowdcount.streamer.auth import Handler, token_middleware
 from crowdcount.streamer.config import Config, resolve_token
+from crowdcount.streamer.limits import MAX_HTTP_LINE, MAX_REQUEST_TARGET
+from crowdcount.streamer.origin import browser_guard
 from crowdcount.streamer.ratelimit import RateLimiter
 from crowdcount.streamer.routes import count, gathering, rtc, rules, streams, system, zones
 from crowdcount.streamer.routes.common import MAX_JSON_BYTES, SERVICE, ApiError, json_error
@@ -36,6 +38,9 @@ WEB_DIR = ASSETS_DIR
 @web.middleware
 async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every failure as one-line JSON with its status; unexpected ones as a logged 500."""
+    if len(request.raw_path) > MAX_REQUEST_TARGET:
+        return json_error(414, f"request target is {len(request.raw_path)} bytes; the limit "
+                               f"is {MAX_REQUEST_TARGET}")
     try:
         return await handler(request)
     except ApiError as exc:
@@ -95,11 +100,15 @@ def build_app(
                           upload_counter=upload_counter)
 
     middlewares: list[Middleware] = [json_errors]
-    if token:
-        middlewares.append(token_middleware(token))
+    # With a token, the token is the protection; without one, Host and Origin checks keep
+    # web pages the operator visits from using the server (streamer/origin.py).
+    middlewares.append(token_middleware(token) if token else browser_guard(config.server))
     app = web.Application(
         middlewares=middlewares,
         client_max_size=max(config.server.max_upload_bytes, MAX_JSON_BYTES) + 64 * 1024,
+        # Lines up to MAX_HTTP_LINE are parsed, so that one over MAX_REQUEST_TARGET is
+        # refused by json_errors in JSON rather than by the HTTP parser in text.
+        handler_args={"max_line_size": MAX_HTTP_LINE, "max_field_size": MAX_HTTP_LINE},
     )
     app[SERVICE] = service
     app[count.LIMITER] = RateLimiter(config.server.upload_rate_per_minute)

@@ -71,6 +71,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -82,6 +83,12 @@ from pydantic import (
 )
 
 from crowdcount.model.errors import UserError
+from crowdcount.streamer.limits import (
+    MAX_ALERT_RULES,
+    MAX_NAME_LENGTH,
+    MAX_URL_LENGTH,
+    MAX_ZONES_PER_STREAM,
+)
 
 __all__ = [
     "STREAM_NAME_RE",
@@ -107,10 +114,15 @@ StreamKind = Literal["rtsp", "file", "device", "webcam"]
 
 # Stream names become ids in API paths, metric labels and the database: keep them plain.
 # The one definition: the config file, the API bodies and the WebRTC signalling use it.
-_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+_NAME_RE = rf"^[A-Za-z0-9][A-Za-z0-9_.-]{{0,{MAX_NAME_LENGTH - 1}}}$"
 STREAM_NAME_RE = re.compile(_NAME_RE)
-STREAM_NAME_RULE = "1-64 letters, digits, '_', '.' or '-' starting with a letter or digit"
-StreamName = Annotated[str, Field(pattern=_NAME_RE)]
+STREAM_NAME_RULE = (f"1-{MAX_NAME_LENGTH} letters, digits, '_', '.' or '-' starting with a "
+                    "letter or digit")
+# max_length before the pattern: a megabyte-long name is refused without being scanned.
+StreamName = Annotated[str, Field(max_length=MAX_NAME_LENGTH, pattern=_NAME_RE)]
+#: Every URL the config or the API accepts (see ``streamer.limits``).
+UrlStr = Annotated[str, Field(min_length=1, max_length=MAX_URL_LENGTH)]
+ZoneName = Annotated[str, Field(min_length=1, max_length=MAX_NAME_LENGTH)]
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _WEBCAM_RE = re.compile(r"^webcam:\d+$")
 _DEVICE_RE = re.compile(r"^/dev/video\d+$")
@@ -160,7 +172,7 @@ class _Strict(BaseModel):
 class ZoneConfig(_Strict):
     """A polygon whose density is summed separately, in the stream's frame pixels."""
 
-    name: Annotated[str, Field(min_length=1, max_length=64)]
+    name: ZoneName
     points: Annotated[tuple[Point, ...], BeforeValidator(_as_tuple), Field(min_length=3)]
 
     @field_validator("points")
@@ -197,9 +209,10 @@ class StreamConfig(StreamSettings):
     ``webcam:N``."""
 
     name: StreamName
-    url: Annotated[str, Field(min_length=1)]
+    url: UrlStr
     loop: bool = False
-    zones: Annotated[tuple[ZoneConfig, ...], BeforeValidator(_as_tuple)] = ()
+    zones: Annotated[tuple[ZoneConfig, ...], BeforeValidator(_as_tuple),
+                     Field(max_length=MAX_ZONES_PER_STREAM)] = ()
 
     @field_validator("url")
     @classmethod
@@ -274,6 +287,28 @@ def _is_loopback(host: str) -> bool:
         return False  # a host name: assume it may resolve to a public address
 
 
+_HOST_RE = re.compile(r"^[A-Za-z0-9._:-]{1,253}$")
+_ORIGIN_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]{0,30}://[A-Za-z0-9._:\[\]-]{1,260}$")
+
+
+def _check_host(value: str) -> str:
+    if value != "*" and not _HOST_RE.match(value):
+        raise ValueError(f"{value[:80]!r} is not a host name or address (no port, no "
+                         "scheme), or '*'")
+    return value
+
+
+def _check_origin(value: str) -> str:
+    if len(value) > 300 or not _ORIGIN_RE.match(value):
+        raise ValueError(f"{value[:80]!r} is not an origin such as "
+                         "'https://dash.example.com:8443' (no path, no trailing slash)")
+    return value
+
+
+HostName = Annotated[str, AfterValidator(_check_host)]
+OriginStr = Annotated[str, AfterValidator(_check_origin)]
+
+
 class ServerConfig(_Strict):
     """The HTTP API. Listening beyond loopback without a token must be asked for explicitly,
     because the API can add streams (an SSRF vector) and accepts uploads."""
@@ -298,6 +333,14 @@ class ServerConfig(_Strict):
     #: anywhere but localhost)
     tls_cert: PathStr | None = None
     tls_key: PathStr | None = None
+    #: without a token: extra names browsers may use in ``Host`` besides the listening host,
+    #: localhost and IP addresses (DNS rebinding protection, see streamer/origin.py); "*": any
+    allowed_hosts: Annotated[tuple[HostName, ...], BeforeValidator(_as_tuple),
+                             Field(max_length=64)] = ()
+    #: without a token: origins (``https://dash.example.com:8443``) whose pages may change
+    #: things (POST/PUT/PATCH/DELETE) besides the server's own
+    allowed_origins: Annotated[tuple[OriginStr, ...], BeforeValidator(_as_tuple),
+                               Field(max_length=64)] = ()
 
     @field_validator("database", "tls_cert", "tls_key")
     @classmethod
@@ -361,7 +404,7 @@ class ThresholdConfig(_Strict):
 
     name: StreamName
     stream: StreamName
-    zone: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    zone: ZoneName | None = None
     above: Annotated[float, Field(ge=0, allow_inf_nan=False)]
     below: Annotated[float, Field(ge=0, allow_inf_nan=False)]
     for_seconds: Annotated[float, Field(ge=0, le=86400, allow_inf_nan=False)] = 0.0
@@ -390,7 +433,7 @@ class WebhookConfig(_Strict):
     many seconds.
     """
 
-    url: Annotated[str, Field(min_length=1)]
+    url: UrlStr
     secret: Annotated[str, Field(min_length=1)]
     timeout: Annotated[float, Field(gt=0, le=300)] = 5.0
     retries: Annotated[int, Field(ge=0, le=20)] = 3
@@ -463,7 +506,7 @@ class ClusterConfig(_Strict):
     """
 
     address: Annotated[str, Field(min_length=1)]
-    database: Annotated[str, Field(pattern=r"^postgres(ql)?://")]
+    database: Annotated[str, Field(max_length=MAX_URL_LENGTH, pattern=r"^postgres(ql)?://")]
     shards: Annotated[int, Field(ge=1, le=4096)] = 8
     namespace: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] = "crowdcount"
     ice_addresses: Annotated[tuple[str, ...], BeforeValidator(_as_tuple)] = ()
@@ -491,7 +534,8 @@ class Config(_Strict):
     server: ServerConfig = Field(default_factory=dict, validate_default=True)
     model: ModelConfig = Field(default_factory=dict, validate_default=True)
     streams: Annotated[tuple[StreamConfig, ...], BeforeValidator(_as_tuple)] = ()
-    thresholds: Annotated[tuple[ThresholdConfig, ...], BeforeValidator(_as_tuple)] = ()
+    thresholds: Annotated[tuple[ThresholdConfig, ...], BeforeValidator(_as_tuple),
+                          Field(max_length=MAX_ALERT_RULES)] = ()
     sinks: SinksConfig = Field(default_factory=dict, validate_default=True)
     cluster: ClusterConfig | None = None
 
@@ -574,6 +618,8 @@ def _key_path(loc: tuple[int | str, ...]) -> str:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
+            if len(part) > MAX_NAME_LENGTH:  # a client's unknown key: shown, not echoed whole
+                part = part[:MAX_NAME_LENGTH] + "..."
             out += f".{part}" if out else str(part)
     return out
 
@@ -617,7 +663,7 @@ def to_config_error(exc: ValidationError, source: str) -> ConfigError:
     kind = err["type"]
     if kind == "extra_forbidden":
         key = str(loc[-1])
-        problem = f"unknown key {key!r}"
+        problem = f"unknown key {key[:MAX_NAME_LENGTH]!r}"
         model = _model_at(loc[:-1])
         if model is not None:
             close = difflib.get_close_matches(key, list(model.model_fields), n=1)

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal, Protocol
 
 from crowdcount.streamer.alerts import AlertEvent, ThresholdRule
+from crowdcount.streamer.limits import MAX_ALERT_RULES
 from crowdcount.streamer.store import SettingsStore
 
 __all__ = ["RuleBook", "RuleConflict", "RuleNotFound", "RuleTarget"]
@@ -27,7 +28,8 @@ class RuleNotFound(LookupError):
 
 
 class RuleConflict(Exception):
-    """The name is taken, or the rule comes from the config file (HTTP 409)."""
+    """The name is taken, the rule comes from the config file, or there are
+    ``MAX_ALERT_RULES`` already (HTTP 409)."""
 
 
 class RuleTarget(Protocol):
@@ -117,7 +119,12 @@ class RuleBook:
                 raise RuleConflict(f"an alert rule named {rule.name!r} already exists")
             if not create and origin is None:
                 raise RuleNotFound(f"no alert rule {rule.name!r}")
+            if create and len(self._config) + len(self._api) >= MAX_ALERT_RULES:
+                raise RuleConflict(f"there are {MAX_ALERT_RULES} alert rules, the most a "
+                                   "server keeps; delete one first")
             zones = self._zones_of(rule.stream)
+            if zones is None:  # a typo would be a rule that silently never fires
+                raise ValueError(f"no live stream {rule.stream!r}; add the stream first")
             if rule.zone is not None and zones is not None and rule.zone not in zones:
                 raise ValueError(f"stream {rule.stream!r} has no zone {rule.zone!r} "
                                  f"(zones: {', '.join(map(repr, zones)) or 'none'})")

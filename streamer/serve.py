@@ -29,15 +29,36 @@ class KeyValueFormatter(logging.Formatter):
     appended as they are."""
 
     def format(self, record: logging.LogRecord) -> str:
+        from crowdcount.streamer.urls import mask_text
+
         ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        msg = record.getMessage()
+        msg = mask_text(record.getMessage())  # whatever a library quoted: no credentials
         if "=" not in msg.split(" ", 1)[0]:
             msg = "msg=" + _quote(msg)
         line = f"ts={ts}.{int(record.msecs):03d}Z level={record.levelname.lower()} " \
                f"logger={record.name} {msg}"
         if record.exc_info:
-            line += " exc=" + _quote(self.formatException(record.exc_info))
+            line += " exc=" + _quote(mask_text(self.formatException(record.exc_info)))
         return line
+
+
+class ClientErrorFilter(logging.Filter):
+    """aiohttp logs a request it cannot parse (a request line over ``MAX_HTTP_LINE``, a
+    broken header) with a full traceback, at error level. That is the client's mistake, not
+    the server's: one warning line without the traceback, so tracebacks in the log keep
+    meaning a bug."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from aiohttp.http_exceptions import HttpProcessingError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            # The class only: the message quotes the request, which may hold a token.
+            record.msg = "event=bad_http_request status=%d reason=%s"
+            record.args = (exc.code, type(exc).__name__)
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info = record.exc_text = None
+        return True
 
 
 def _quote(text: str) -> str:
@@ -50,6 +71,9 @@ def setup_logging(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, ClientErrorFilter) for f in server_log.filters):
+        server_log.addFilter(ClientErrorFilter())
     if level != "debug":  # aiortc/aioice are chatty at INFO
         for name in ("aiortc", "aioice", "aiohttp.access"):
             logging.getLogger(name).setLevel(logging.WARNING)

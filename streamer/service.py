@@ -201,8 +201,8 @@ class Service:
         return [z.name for z in self.integrations.zones(stream_id)]
 
     def _live_zone_names(self, stream_id: str) -> list[str] | None:
-        """A live stream's zone names; ``None`` for a stream that is not live (rules may
-        name zones of streams added later)."""
+        """A live stream's zone names; ``None`` for a stream that is not live (the API
+        refuses rules for it: a misspelt stream would be a rule that never fires)."""
         return self._zone_names(stream_id) if stream_id in self.streams else None
 
     async def set_zones(self, stream_id: str, zones: Sequence[Zone]) -> None:

@@ -24,7 +24,7 @@ from crowdcount.streamer.gathering import GatheringMap
 from crowdcount.streamer.metrics import Metrics
 from crowdcount.streamer.store import Store
 from crowdcount.streamer.upload import UploadCounter
-from crowdcount.streamer.urls import mask_url
+from crowdcount.streamer.urls import mask_text, mask_url
 
 __all__ = [
     "PeersView",
@@ -80,7 +80,10 @@ def stream_dict(
     status: dict[str, Any],
 ) -> dict[str, Any]:
     """A stream as the API shows it (one shape for both services): its name is its id, and
-    the URL is masked (it may hold credentials)."""
+    the URL is masked (it may hold credentials), in ``last_error`` too (whatever a source
+    or a shard put there)."""
+    if isinstance(status.get("last_error"), str):
+        status = {**status, "last_error": mask_text(status["last_error"])}
     return {"id": sid, "name": sid, "url": mask_url(url), "kind": kind, "origin": origin,
             "options": dict(options), "status": status}
 

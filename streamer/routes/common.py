@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -17,15 +18,23 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from crowdcount.streamer.config import STREAM_NAME_RE, STREAM_NAME_RULE, to_config_error
+from crowdcount.streamer.limits import (
+    MAX_JSON_BYTES,
+    MAX_JSON_DEPTH,
+    MAX_JSON_NUMBER_CHARS,
+    MAX_JSON_STRING_CHARS,
+)
 from crowdcount.streamer.surface import ServiceSurface
+
+__all__ = ["MAX_JSON_BYTES", "decode_json"]  # MAX_JSON_BYTES: imported from here by app.py
 
 M = TypeVar("M", bound=BaseModel)
 
 #: The single-process ``Service`` or a cluster's ``ClusterService``: routes see only the
 #: surface both implement.
 SERVICE: web.AppKey[ServiceSurface] = web.AppKey("service")
-#: JSON bodies (stream definitions, SDP offers of at most 64 KiB) stay well below this.
-MAX_JSON_BYTES = 256 * 1024
+JSON_TYPE = "application/json"
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class ApiError(Exception):
@@ -74,25 +83,112 @@ async def read_body(request: web.Request, limit: int, what: str = "body") -> byt
     return b"".join(chunks)
 
 
-async def read_json_object(
-    request: web.Request, allowed: set[str] | None = None
-) -> dict[str, Any]:
-    """A JSON object body (400 otherwise, 413 if big) whose keys are all in ``allowed``, if
-    given (a body parsed with ``parse_body`` leaves that to its model)."""
-    raw = await read_body(request, MAX_JSON_BYTES, "JSON body")
-    if not raw.strip():
-        raise ApiError(400, "request body is empty; expected a JSON object")
+class _Refused(ValueError):
+    """A JSON value over a bound, raised from inside the decoder's hooks."""
+
+
+def _bounded_int(text: str) -> int:
+    if len(text) > MAX_JSON_NUMBER_CHARS:
+        raise _Refused(f"a number of {len(text)} digits; at most {MAX_JSON_NUMBER_CHARS} "
+                       "characters per number")
+    return int(text)
+
+
+def _bounded_float(text: str) -> float:
+    if len(text) > MAX_JSON_NUMBER_CHARS:
+        raise _Refused(f"a number of {len(text)} characters; at most "
+                       f"{MAX_JSON_NUMBER_CHARS} per number")
+    value = float(text)
+    if not math.isfinite(value):
+        raise _Refused(f"the number {text!r} is out of range")
+    return value
+
+
+def _no_constant(text: str) -> Any:
+    raise _Refused(f"{text} is not JSON (numbers must be finite)")
+
+
+_DECODER = json.JSONDecoder(parse_int=_bounded_int, parse_float=_bounded_float,
+                            parse_constant=_no_constant)
+
+
+def _check_tree(value: Any) -> None:
+    """Depth and string bounds of a decoded body, walked without recursion."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children = [*item.keys(), *item.values()]
+        elif isinstance(item, list):
+            children = item
+        else:
+            children = [item]
+            depth -= 1  # a scalar: only strings need a look
+        for child in children:
+            if isinstance(child, str):
+                if len(child) > MAX_JSON_STRING_CHARS:
+                    raise _Refused(f"a string of {len(child)} characters; at most "
+                                   f"{MAX_JSON_STRING_CHARS}")
+                if _SURROGATE.search(child):
+                    raise _Refused("a string with an unpaired surrogate escape "
+                                   "(\\ud800-\\udfff); text must be valid Unicode")
+            elif isinstance(child, dict | list):
+                if depth + 1 > MAX_JSON_DEPTH:
+                    raise _Refused(f"nesting deeper than {MAX_JSON_DEPTH} levels")
+                stack.append((child, depth + 1))
+
+
+def decode_json(raw: bytes) -> Any:
+    """THE decoder of every JSON request body: UTF-8 only, numbers of at most
+    ``MAX_JSON_NUMBER_CHARS`` characters and finite (no ``NaN``/``Infinity``), nesting at
+    most ``MAX_JSON_DEPTH``, strings at most ``MAX_JSON_STRING_CHARS`` and valid Unicode
+    (no lone surrogates, which no encoder can write back). Anything else is ``ApiError(400)``.
+
+    Why here and not per route: Python's ``json`` alone turns a 5,000-digit integer into a
+    ``ValueError`` (quadratic conversion, refused by the interpreter), 50,000 nested ``[``
+    into a ``RecursionError`` and ``"\\udc80"`` into a string that fails later, in the store
+    or the log: three 500s. Routes and request models only ever see bounded values.
+    """
     try:
-        data = json.loads(raw)
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise ApiError(400, "request body is not UTF-8 text") from None
+    try:
+        data = _DECODER.decode(text)
+        _check_tree(data)
+    except _Refused as exc:
+        raise ApiError(400, f"JSON body refused: {exc}") from None
+    except RecursionError:
+        raise ApiError(400, f"JSON body refused: nesting deeper than {MAX_JSON_DEPTH} "
+                            "levels") from None
     except json.JSONDecodeError as exc:
         raise ApiError(400, f"malformed JSON: {exc.msg} at line {exc.lineno} column "
                             f"{exc.colno}") from None
+    return data
+
+
+async def read_json_object(
+    request: web.Request, allowed: set[str] | None = None
+) -> dict[str, Any]:
+    """A JSON object body (400 otherwise, 413 if big, 415 unless sent as
+    ``application/json``) whose keys are all in ``allowed``, if given (a body parsed with
+    ``parse_body`` leaves that to its model).
+
+    Why 415: a web page on any origin may POST ``text/plain`` (or a form) without asking
+    the server first (no CORS preflight); ``application/json`` it may not. Refusing other
+    types keeps pages the operator visits from driving a server that has no token."""
+    raw = await read_body(request, MAX_JSON_BYTES, "JSON body")
+    if not raw.strip():
+        raise ApiError(400, "request body is empty; expected a JSON object")
+    if request.content_type != JSON_TYPE:
+        raise ApiError(415, f"request body must be sent as Content-Type: {JSON_TYPE}, not "
+                            f"{request.headers.get('Content-Type', 'none')[:60]!r}")
+    data = decode_json(raw)
     if not isinstance(data, dict):
         raise ApiError(400, f"expected a JSON object, got {_json_type(data)}")
     if allowed is not None and (unknown := sorted(set(data) - allowed)):
-        raise ApiError(400, f"unknown field {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}")
+        raise ApiError(400, f"unknown field {unknown[0][:64]!r}; allowed: "
+                            f"{', '.join(sorted(allowed))}")
     return data
 
 
@@ -138,6 +234,9 @@ def body_error(exc: ValidationError, model: type[BaseModel]) -> str:
         return f"unknown field {key!r}; allowed: {', '.join(sorted(model.model_fields))}"
     if kind in _TYPE_WORDS:
         return f"field {key!r} must be {_TYPE_WORDS[kind]}, got {_json_type(value)}"
+    if kind == "string_too_long":
+        return (f"field {key!r} is {len(value)} characters; at most "
+                f"{err['ctx']['max_length']} are allowed")
     if kind == "string_pattern_mismatch" and err["ctx"].get("pattern") == STREAM_NAME_RE.pattern:
         return f"field {key!r} must be {STREAM_NAME_RULE}, got {str(value)[:70]!r}"
     msg = str(err["msg"])

@@ -6,9 +6,10 @@
 ``POST /api/alerts/rules`` ``{"name", "stream", "zone"?, "above", "below", "for_seconds"?}``
 -> 201 and the rule; ``PUT /api/alerts/rules/{name}`` (same body, ``name`` optional) replaces
 it; ``DELETE`` -> 204. A body is checked like a ``[[thresholds]]`` table of the config file
-(so ``below`` must be under ``above``), and a zone must be one of the stream's when the
-stream is live. Config-file rules are listed but answer 409 to changes. Changing or deleting
-a rule clears its active alert (recorded as cleared with reason ``rule_changed``).
+(so ``below`` must be under ``above``), the stream must be live (400 otherwise) and a zone
+must be one of its zones; past ``MAX_ALERT_RULES`` rules, 409. Config-file rules are
+listed but answer 409 to changes. Changing or deleting a rule clears its active alert
+(recorded as cleared with reason ``rule_changed``).
 """
 
 from __future__ import annotations

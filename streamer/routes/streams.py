@@ -81,11 +81,16 @@ EDITABLE = frozenset({"url", *StreamSettings.model_fields})
 async def edit_stream(request: web.Request) -> web.Response:
     """``PATCH`` with ``{"url"?, "fps_limit"?, "max_side"?, "stall_timeout"?,
     "max_retries"?}``: the fields given replace the stream's (``null`` removes an option);
-    the stream restarts with them. API streams only (409 for the others)."""
+    the stream restarts with them (``{"url": null}``: 400). API streams only (409 for the
+    others)."""
     svc = service_of(request)
     with http_errors({StreamNotFound: 404}):
         entry = svc.get(request.match_info["id"])
     data = await read_json_object(request, set(EDITABLE))
+    required = [k for k, v in data.items()
+                if v is None and AddStreamBody.model_fields[k].is_required()]
+    if required:  # a stream cannot be without its url: null is a mistake, not "unchanged"
+        raise ApiError(400, f"field {required[0]!r} is required and cannot be null")
     # ``null`` removes an option (back to its default); the merged settings are then checked
     # by the same request model as a new stream's, so both accept exactly the same values.
     kept = {k: v for k, v in entry.options.items() if k in EDITABLE}

@@ -43,11 +43,26 @@ async def index(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(page, headers={"Cache-Control": "no-cache"})
 
 
+async def static_file(request: web.Request) -> web.StreamResponse:
+    """A file of the page's folder; 404 JSON for anything else (aiohttp's own static route
+    answers a missing file with an empty ``application/octet-stream`` body). Paths that
+    leave the folder, through ``..`` or a symlink, are missing files too."""
+    rel = request.match_info["path"]
+    base = request.app[WEB_DIR_KEY].resolve()
+    try:
+        target = (base / rel).resolve()
+        found = target.is_relative_to(base) and target.is_file()
+    except (OSError, ValueError):  # a NUL byte, a name too long
+        found = False
+    if not found:
+        raise ApiError(404, f"not found: {request.method} /static/{rel[:100]}")
+    return web.FileResponse(target)
+
+
 def add_routes(app: web.Application, web_dir: Path) -> None:
     app[WEB_DIR_KEY] = web_dir
     app.router.add_get("/", index)
     app.router.add_get("/api/health", health)
     app.router.add_get("/api/heatmap", heatmap)
     app.router.add_get("/metrics", metrics)
-    if web_dir.is_dir():
-        app.router.add_static("/static/", web_dir, show_index=False, follow_symlinks=False)
+    app.router.add_get("/static/{path:.*}", static_file)

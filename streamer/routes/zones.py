@@ -24,6 +24,7 @@ from pydantic import ValidationError
 
 from crowdcount.model.zones import Zone
 from crowdcount.streamer.config import ZoneConfig, to_config_error
+from crowdcount.streamer.limits import MAX_ZONES_PER_STREAM as MAX_ZONES
 from crowdcount.streamer.routes.common import (
     ApiError,
     http_errors,
@@ -35,7 +36,6 @@ from crowdcount.streamer.routes.common import (
 )
 from crowdcount.streamer.surface import ServiceSurface, StreamNotFound, StreamView
 
-MAX_ZONES = 32
 MAX_ALERTS = 10_000
 
 

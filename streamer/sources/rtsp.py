@@ -33,7 +33,6 @@ import contextlib
 import ipaddress
 import logging
 import os
-import re
 import socket
 import threading
 import time
@@ -44,14 +43,13 @@ import av
 
 from crowdcount.streamer.sources.base import ThreadedSource, rgb_later
 from crowdcount.streamer.status import StreamState
-from crowdcount.streamer.urls import mask_url
+from crowdcount.streamer.urls import mask_text, mask_url
 
 log = logging.getLogger(__name__)
 
 # Measured: analyzeduration/probesize this small cut time-to-first-frame from 1-2 s to ~0.1 s.
 AV_OPTIONS = {"rtsp_transport": "tcp", "analyzeduration": "0", "probesize": "32"}
 DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322}
-_URL_WITH_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://)[^/\s@]*@")
 
 
 class RtspSource(ThreadedSource):
@@ -200,8 +198,7 @@ class RtspSource(ThreadedSource):
 
     def _line(self, reason: str) -> str:
         """One line, URL masked, and no credentials even if FFmpeg echoed the raw URL."""
-        text = f"{self.masked_url}: {reason}".replace(self.url, self.masked_url)
-        text = _URL_WITH_USERINFO.sub(r"\1***@", text)
+        text = mask_text(f"{self.masked_url}: {reason}".replace(self.url, self.masked_url))
         return " ".join(text.split())
 
     # -- watchdog ----------------------------------------------------------------------

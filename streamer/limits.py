@@ -1,0 +1,41 @@
+"""Every bound on client input, in one place.
+
+Why one module: a bound only protects the server if every door that admits the value
+checks the same one (the config file, the HTTP API, the store), and a new feature that
+stores per-stream items (zones, alert rules, calibration's marked frames) should reuse
+these rather than invent its own. Each number is generous for real use and small enough
+that the worst case costs milliseconds and kilobytes.
+"""
+
+from __future__ import annotations
+
+#: Stream, rule and zone names (ids in paths, metric labels and the database).
+MAX_NAME_LENGTH = 64
+#: Stream and webhook URLs. Real camera URLs are under 300 characters; a URL is logged,
+#: masked and shown on every status line, so an unbounded one is a cost on every request.
+MAX_URL_LENGTH = 2048
+
+#: Request target (path and query) of any request: longer is a 414 JSON answer. HTTP lines
+#: are parsed up to ``MAX_HTTP_LINE`` bytes so that the refusal can be JSON; past that,
+#: aiohttp itself answers 400 in text (logged as one line, see ``streamer.app``).
+MAX_REQUEST_TARGET = 8190
+MAX_HTTP_LINE = 64 * 1024
+
+#: Request bodies read as JSON (stream definitions, zones, SDP offers of at most 64 KiB).
+MAX_JSON_BYTES = 256 * 1024
+#: Nesting of objects and arrays in a JSON body (the deepest real body, zones, has 4).
+MAX_JSON_DEPTH = 32
+#: Characters of one JSON number; a 5,000-digit integer costs quadratic time to convert.
+MAX_JSON_NUMBER_CHARS = 40
+#: Characters of one JSON string. The longest real one is an SDP offer (at most 64 KiB,
+#: checked by ``streamer.rtc`` with its own message); fields have tighter bounds of their own.
+MAX_JSON_STRING_CHARS = 128 * 1024
+
+#: Zones of one stream.
+MAX_ZONES_PER_STREAM = 32
+#: Alert rules of the whole server (config file and API together).
+MAX_ALERT_RULES = 256
+#: Per-stream items that calibration keeps (marked frames, calibrations): the same order of
+#: magnitude as zones, for the same reason (each is re-evaluated on every change).
+MAX_MARKED_FRAMES_PER_STREAM = 64
+MAX_CALIBRATIONS_PER_STREAM = 16
