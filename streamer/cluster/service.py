@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
-import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +46,7 @@ from crowdcount.streamer.store.postgres import (
     FEED_CHANNEL,
     SETTINGS_CHANNEL,
     STREAMS_CHANNEL,
+    Listener,
     PostgresStore,
 )
 from crowdcount.streamer.surface import (
@@ -225,8 +226,9 @@ class ClusterService:
         self._shards: dict[int, Any] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._changed = asyncio.Event()
+        self._rules_changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._listener: threading.Thread | None = None
+        self._listener: Listener | None = None
         self._closed = False
 
     # -- views -------------------------------------------------------------------------------
@@ -325,71 +327,46 @@ class ClusterService:
         self._tasks.append(asyncio.create_task(self._follow()))
 
     def _start_listener(self) -> None:
-        """LISTEN on a thread of its own (psycopg's blocking ``notifies``); each item is
-        handed to the loop. A lost connection is re-opened, then everything re-read (what
-        was announced meanwhile was missed)."""
-        loop = self._loop
-        assert loop is not None
+        """Follow the database's announcements: live feed items go to the feed, camera
+        changes and rule changes wake ``_follow``; a (re)opened connection re-reads both."""
+        assert self._loop is not None
 
         def deliver(channel: str, payload: str) -> None:
             if channel == STREAMS_CHANNEL:
                 self._changed.set()
-                return
-            if channel == SETTINGS_CHANNEL:
+            elif channel == SETTINGS_CHANNEL:
                 if payload == "rules":
-                    self._tasks.append(asyncio.create_task(self._reload_rules()))
-                return
-            import json
-
-            try:
-                item = json.loads(payload)
-            except ValueError:
-                return
-            sid = item.get("stream_id") or item.get("stream")
-            if isinstance(sid, str):
-                self.integrations.on_feed(item)
-                self.feed.publish(sid, item)
+                    self._rules_changed.set()
+                    self._changed.set()
+            else:
+                try:
+                    item = json.loads(payload)
+                except ValueError:
+                    return
+                sid = item.get("stream_id") or item.get("stream")
+                if isinstance(sid, str):
+                    self.integrations.on_feed(item)
+                    self.feed.publish(sid, item)
 
         def caught_up() -> None:
+            self._rules_changed.set()
             self._changed.set()
-            self._tasks.append(asyncio.create_task(self._reload_rules()))
 
-        def run() -> None:
-            while not self._closed:
-                conn = None
-                try:
-                    conn = psycopg.connect(self.cluster.database, autocommit=True)
-                    for channel in (FEED_CHANNEL, STREAMS_CHANNEL, SETTINGS_CHANNEL):
-                        conn.execute(f"LISTEN {channel}")
-                    loop.call_soon_threadsafe(caught_up)
-                    while not self._closed:
-                        for note in conn.notifies(timeout=0.5):
-                            loop.call_soon_threadsafe(deliver, note.channel, note.payload)
-                except Exception as exc:
-                    if self._closed:
-                        return
-                    log.error("event=listen_failed error=%r", str(exc).strip())
-                    time.sleep(1.0)
-                finally:
-                    if conn is not None:
-                        conn.close()
-
-        self._listener = threading.Thread(target=run, name="cluster-listen", daemon=True)
-        self._listener.start()
-
-    async def _reload_rules(self) -> None:
-        try:
-            await self.rules.load()
-        except Exception as exc:
-            log.error("event=rules_reload_failed error=%r", str(exc).strip())
+        self._listener = Listener(self.cluster.database,
+                                  (FEED_CHANNEL, STREAMS_CHANNEL, SETTINGS_CHANNEL),
+                                  self._loop, deliver, caught_up, name="cluster-listen")
 
     async def _follow(self) -> None:
-        """Re-read at once when a camera changes, and every ``STATUS_S`` for the status."""
+        """Re-read at once when a camera or a rule changes, and every ``STATUS_S`` for the
+        cameras' status."""
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), STATUS_S)
             self._changed.clear()
             try:
+                if self._rules_changed.is_set():
+                    self._rules_changed.clear()
+                    await self.rules.load()
                 await self.refresh()
             except Exception as exc:
                 log.error("event=refresh_failed error=%r", str(exc).strip())
@@ -495,7 +472,7 @@ class ClusterService:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         if self._listener is not None:
-            await asyncio.to_thread(self._listener.join, 5.0)
+            await asyncio.to_thread(self._listener.stop)
         await asyncio.to_thread(self.gathering.close)
         await asyncio.to_thread(self.store.close)
         await self.uploads.close()

@@ -35,8 +35,6 @@ import time
 from collections.abc import Coroutine, Mapping
 from typing import Any, TypeVar
 
-import psycopg
-
 from crowdcount.model.bundled import default_model
 from crowdcount.model.runtime import Runtime
 from crowdcount.model.zones import Zone
@@ -46,6 +44,7 @@ from crowdcount.streamer.store.postgres import (
     FEED_CHANNEL,
     SETTINGS_CHANNEL,
     STREAMS_CHANNEL,
+    Listener,
     PostgresStore,
 )
 
@@ -207,30 +206,14 @@ class ShardRuntime:
         change (NOTIFY from the store), and both whenever the listening connection is
         (re)opened: what was announced while it was down was missed."""
         svc, _ = self._require()
-        loop = asyncio.get_running_loop()
         changed: asyncio.Queue[str] = asyncio.Queue()
-        stop = threading.Event()
 
-        def listen() -> None:
-            while not stop.is_set():
-                try:
-                    with psycopg.connect(self.dsn, autocommit=True) as conn:
-                        conn.execute(f"LISTEN {STREAMS_CHANNEL}")
-                        conn.execute(f"LISTEN {SETTINGS_CHANNEL}")
-                        loop.call_soon_threadsafe(changed.put_nowait, "*")
-                        while not stop.is_set():
-                            for note in conn.notifies(timeout=0.5, stop_after=1):
-                                what = ("streams" if note.channel == STREAMS_CHANNEL
-                                        else note.payload)
-                                loop.call_soon_threadsafe(changed.put_nowait, what)
-                except Exception as exc:
-                    log.error("event=shard_listen_failed shard=%d error=%r", self.index,
-                              str(exc).strip())
-                    stop.wait(1.0)
+        def note(channel: str, payload: str) -> None:
+            changed.put_nowait("streams" if channel == STREAMS_CHANNEL else payload)
 
-        thread = threading.Thread(target=listen, name=f"shard-{self.index}-listen",
-                                  daemon=True)
-        thread.start()
+        listener = Listener(self.dsn, (STREAMS_CHANNEL, SETTINGS_CHANNEL),
+                            asyncio.get_running_loop(), note, lambda: changed.put_nowait("*"),
+                            name=f"shard-{self.index}-listen")
         try:
             while True:
                 what = {await changed.get()}
@@ -245,7 +228,7 @@ class ShardRuntime:
                     log.error("event=shard_sync_failed shard=%d error=%r", self.index,
                               str(exc))
         finally:
-            stop.set()
+            await asyncio.to_thread(listener.stop)
 
     async def offer(self, sdp: str, type: str, stream_id: str) -> dict[str, str]:
         svc, _ = self._require()
