@@ -153,7 +153,6 @@ class Service:
         # Rules and zones made through the API, saved in the store's settings, and where
         # people gather (per-minute density grids, in the store as well).
         self.settings: SettingsStore = self.store.settings
-        self.saved_zones: dict[str, list[dict[str, Any]]] = {}
         self.rules = RuleBook(rules_from_config(config.thresholds), self.settings,
                               self.integrations, self._live_zone_names,
                               self.pipeline.publish_alerts)
@@ -216,7 +215,6 @@ class Service:
             entry.options["zones"] = dicts
         else:
             entry.options.pop("zones", None)
-        self.saved_zones[stream_id] = dicts
         if not self.owns_registry:
             return
         await asyncio.to_thread(self.settings.save_zones, stream_id, dicts)
@@ -263,7 +261,6 @@ class Service:
         # Alerts left open by a previous process can never be cleared by it: close them; the
         # fresh engine raises again if the crowd is still there.
         await asyncio.to_thread(self.store.alerts.close_open, time.time())
-        self.saved_zones = await asyncio.to_thread(self.settings.zones)
         for name in await self.rules.load():
             log.warning("event=saved_rule_shadowed rule=%s (the config file has one of that "
                         "name)", name)
@@ -315,8 +312,11 @@ class Service:
         registered."""
         sid = source.stream_id
         self._reserve(sid, origin)
-        saved = self.saved_zones.get(sid)
-        if saved is not None:  # zones set through the API win over the config's
+        # Zones set through the API win over the config's; the settings are their one record
+        # (no copy kept here to drift from it).
+        saved = (await asyncio.to_thread(self.settings.zones)).get(sid)
+        self._reserve(sid, origin)  # again: the read awaited
+        if saved is not None:
             zones = saved
             self.integrations.set_zones(sid, [Zone.from_dict(z) for z in saved])
         options: dict[str, Any] = {
@@ -372,7 +372,6 @@ class Service:
             return
         # A removed API camera is forgotten with its zones (a new one of that name starts
         # clean); a browser camera's or a config stream's zones stay for its return.
-        self.saved_zones.pop(stream_id, None)
         if self.owns_registry:
             await asyncio.to_thread(self.store.streams.delete, stream_id)
             await asyncio.to_thread(self.settings.delete_zones, stream_id)

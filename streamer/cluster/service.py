@@ -392,10 +392,14 @@ class ClusterService:
 
     async def _register_config(self, stream: StreamConfig) -> None:
         """A config-file camera: saved (or updated in place) on the least loaded shard."""
-        await asyncio.to_thread(
+        outcome = await asyncio.to_thread(
             self.store.streams.register, stream.name, stream.url, stream.kind,
             self._options(stream), origin="config", shards=self.cluster.shards,
             place=choose_shard, limit=None)
+        if outcome == "name_taken":
+            log.warning("event=config_stream_shadowed stream=%s (a camera of that name was "
+                        "added through the API; remove it there to use the config's)",
+                        stream.name)
 
     async def add_stream(
         self, stream: StreamConfig, *, origin: str = "api", persist: bool = True
