@@ -24,7 +24,7 @@ import contextlib
 import logging
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -125,6 +125,7 @@ class Service:
         upload_counter: UploadCounter | None = None,
         store: Store | None = None,
         owns_registry: bool = True,
+        on_dropped: Callable[[StreamEntry], Awaitable[None]] | None = None,
     ) -> None:
         self.config = config
         self.runtime = runtime
@@ -134,6 +135,7 @@ class Service:
         # the zones are theirs to write (``streamer.cluster.service``), never the shard's,
         # so a shard restarting or dropping a camera cannot re-create or forget its row.
         self.owns_registry = owns_registry
+        self._on_dropped = on_dropped  # told when a stream has gone (a shard's browser cameras)
         if store is not None:  # a cluster's shard passes its PostgreSQL store
             self.store: Store = store
         else:
@@ -406,6 +408,11 @@ class Service:
         # Make its last counts queryable at once (the history outlives the stream).
         with contextlib.suppress(Exception):
             await asyncio.to_thread(self.store.flush)
+        if self._on_dropped is not None:
+            try:
+                await self._on_dropped(entry)
+            except Exception as exc:
+                log.error("event=on_dropped_failed stream=%s error=%r", stream_id, str(exc))
         log.info("event=stream_removed stream=%s", stream_id)
 
     async def has_history(self, stream_id: str) -> bool:

@@ -9,8 +9,9 @@ one path by which shards and API processes learn of it. Alert rules and zones ar
 store's settings (announced the same way), the gathering map is read from the grids the
 shards write, live counts and alerts arrive by LISTEN, history is read from SQL, and a
 viewer's WebRTC offer is forwarded to the shard that owns the camera, whose node then sends
-the media. Only the cameras' status is read on a timer (``STATUS_S``): a shard that died
-sends no event, and its silence is what the API must report.
+the media (a browser camera's offer likewise, once its row has placed it on a shard). Only
+the cameras' status is read on a timer (``STATUS_S``): a shard that died sends no event,
+and its silence is what the API must report.
 
 Any number of these processes can run side by side; they share nothing but the database
 and the Ray cluster, so one can be killed, restarted or added at any time.
@@ -22,6 +23,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import secrets
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -161,9 +163,9 @@ class ClusterAlerts:
 
 
 class ShardPeers:
-    """The ``peers`` the WebRTC routes call: offers go to the camera's shard. Peer ids
-    carry the shard (``"<shard>.<id>"``) so a hang-up reaches the same shard from any API
-    process."""
+    """The ``peers`` the WebRTC routes call: offers go to the camera's shard (a browser
+    camera's, to the shard its new row places it on). Peer ids carry the shard
+    (``"<shard>.<id>"``) so a hang-up reaches the same shard from any API process."""
 
     peer_count = 0  # peers live in the shards
 
@@ -174,10 +176,10 @@ class ShardPeers:
         self, sdp: object, type: object, mode: object, stream_id: object = None
     ) -> dict[str, str]:
         validate_offer(sdp, type, mode, stream_id)
-        if mode != "view":
-            raise OfferError("a cluster serves viewers only: publish a browser camera to a "
-                             "single-process server (see docs/scaling-out.md)")
-        assert isinstance(stream_id, str) and isinstance(sdp, str) and isinstance(type, str)
+        assert isinstance(sdp, str) and isinstance(type, str)
+        if mode == "publish":
+            return await self._service.publish(sdp, type, stream_id)
+        assert isinstance(stream_id, str)
         entry = self._service.streams.get(stream_id)
         if entry is None:
             raise UnknownStream(f"no stream {stream_id!r}")
@@ -420,12 +422,39 @@ class ClusterService:
         await self.refresh()
         return self.get(stream.name)
 
+    async def publish(self, sdp: str, type: str, stream_id: object) -> dict[str, str]:
+        """A browser camera: its row is saved first (one transaction: the name free, the
+        cluster under ``max_streams``), placed on a shard, and the offer is answered by that
+        shard, which runs the camera for as long as its peer and then removes the row."""
+        if self._closed:
+            raise StreamConflict.shutting_down()
+        sid = stream_id if isinstance(stream_id, str) else f"webrtc-{secrets.token_hex(4)}"
+        outcome = await asyncio.to_thread(
+            self.store.streams.register, sid, "webrtc", "webrtc", {}, origin="webrtc",
+            shards=self.cluster.shards, place=choose_shard, limit=self.max_streams)
+        if outcome == "name_taken":
+            raise OfferError(f"stream_id {sid!r} is already in use")
+        if outcome == "limit_reached":
+            raise StreamConflict.limit_reached(self.max_streams)
+        shard = await asyncio.to_thread(self.store.streams.shard_of, sid)
+        assert shard is not None
+        try:
+            answer = await self.call_shard(shard, "offer", sdp, type, sid, "publish")
+        except BaseException:
+            await asyncio.to_thread(self.store.streams.delete, sid)
+            raise
+        await self.refresh()
+        return {**answer, "peer_id": f"{shard}.{answer['peer_id']}"}
+
     async def remove_stream(self, stream_id: str) -> None:
+        """An API camera (its row and zones go; its shard stops it) or a browser camera
+        (its row goes; its shard hangs up the peer)."""
         entry = self.get(stream_id)
-        if entry.origin != "api":
+        if entry.origin not in ("api", "webrtc"):
             raise StreamConflict.not_editable(stream_id, entry.origin, "remove")
         await asyncio.to_thread(self.store.streams.delete, stream_id)
-        await asyncio.to_thread(self.store.settings.delete_zones, stream_id)
+        if entry.origin == "api":  # a browser camera's zones stay for its return
+            await asyncio.to_thread(self.store.settings.delete_zones, stream_id)
         await self.refresh()
 
     async def set_zones(self, stream_id: str, zones: Sequence[Zone]) -> None:

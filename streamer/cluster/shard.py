@@ -39,7 +39,7 @@ from crowdcount.model.bundled import default_model
 from crowdcount.model.runtime import Runtime
 from crowdcount.model.zones import Zone
 from crowdcount.streamer.config import Config, StreamConfig, parse_config
-from crowdcount.streamer.service import Service
+from crowdcount.streamer.service import Service, StreamEntry
 from crowdcount.streamer.store.postgres import (
     FEED_CHANNEL,
     SETTINGS_CHANNEL,
@@ -112,8 +112,14 @@ class ShardRuntime:
         runtime = await asyncio.to_thread(Runtime.open, config.model.path, config.model.backend,
                                           threads=config.model.threads)
         model_path = str(config.model.path or default_model(config.model.backend))
+        # A browser camera's row is the one registry entry a shard removes: its peer lives
+        # here, so only this shard sees it hang up (and rows left by a previous life of this
+        # shard are stale: their peers died with it).
+        for saved in await asyncio.to_thread(store.streams.all):
+            if saved.get("origin") == "webrtc":
+                await asyncio.to_thread(store.streams.delete, saved["id"])
         self.service = Service(config, runtime, model_path=model_path, store=store,
-                               owns_registry=False)
+                               owns_registry=False, on_dropped=self._dropped)
         await self.service.start_pipeline()
         await self.sync()
         self._tasks = [asyncio.create_task(self._heartbeat()),
@@ -121,6 +127,10 @@ class ShardRuntime:
                        asyncio.create_task(self._follow_streams())]
         log.info("event=shard_started shard=%d node=%s streams=%d", self.index, self.node,
                  len(self.service.streams))
+
+    async def _dropped(self, entry: StreamEntry) -> None:
+        if entry.origin == "webrtc" and self.store is not None:
+            await asyncio.to_thread(self.store.streams.delete, entry.id)
 
     def _require(self) -> tuple[Service, PostgresStore]:
         if self.service is None or self.store is None:
@@ -138,6 +148,8 @@ class ShardRuntime:
                 with contextlib.suppress(Exception):
                     await svc.remove_stream(sid)
             for sid, row in saved.items():
+                if row.get("origin") == "webrtc":
+                    continue  # a browser camera: its peer starts and ends it (``publish``)
                 entry = svc.streams.get(sid)
                 options = dict(row.get("options") or {})
                 zones = options.pop("zones", None) or []
@@ -230,9 +242,12 @@ class ShardRuntime:
         finally:
             await asyncio.to_thread(listener.stop)
 
-    async def offer(self, sdp: str, type: str, stream_id: str) -> dict[str, str]:
+    async def offer(self, sdp: str, type: str, stream_id: str, mode: str = "view"
+                    ) -> dict[str, str]:
+        """A viewer's offer, or a browser camera's (``publish``: the API process saved its
+        row on this shard first)."""
         svc, _ = self._require()
-        return await svc.peers.handle_offer(sdp, type, "view", stream_id)
+        return await svc.peers.handle_offer(sdp, type, mode, stream_id)
 
     async def close_peer(self, peer_id: str) -> bool:
         svc, _ = self._require()
@@ -277,9 +292,10 @@ class Shard:
         await asyncio.wrap_future(self._started)
         return await self._on_loop(self.runtime.sync())
 
-    async def offer(self, sdp: str, type: str, stream_id: str) -> dict[str, str]:
+    async def offer(self, sdp: str, type: str, stream_id: str, mode: str = "view"
+                    ) -> dict[str, str]:
         await asyncio.wrap_future(self._started)
-        return await self._on_loop(self.runtime.offer(sdp, type, stream_id))
+        return await self._on_loop(self.runtime.offer(sdp, type, stream_id, mode))
 
     async def close_peer(self, peer_id: str) -> bool:
         await asyncio.wrap_future(self._started)
