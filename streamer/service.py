@@ -188,8 +188,10 @@ class Service:
     def _service_counters(self) -> dict[str, float]:
         """Totals since start (Prometheus counters, ``_total`` in the exposition)."""
         stats = self.pipeline.stats()
+        store = self.store.stats()
         return {
-            "store_dropped_rows": float(self.store.stats()["dropped"]),
+            "store_dropped_rows": float(store["dropped"]),
+            "store_duplicate_rows": float(store["duplicates"]),
             "feed_dropped_items": float(self.feed.dropped),
             "inference_errors": float(stats.inference_errors),
             "sink_errors": float(stats.sink_errors),
