@@ -66,7 +66,6 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
-import math
 import os
 import re
 import tomllib
@@ -90,6 +89,7 @@ from pydantic import (
 
 from crowdcount.model.errors import UserError
 from crowdcount.model.floor import Floor, FloorError, level_bands
+from crowdcount.model.zones import check_points, check_unique_names
 from crowdcount.streamer.limits import (
     MAX_ALERT_RULES,
     MAX_NAME_LENGTH,
@@ -190,15 +190,7 @@ class ZoneConfig(_Strict):
     @field_validator("points")
     @classmethod
     def _check_points(cls, pts: tuple[tuple[float, float], ...]) -> tuple[tuple[float, float], ...]:
-        for i, (x, y) in enumerate(pts):
-            if not (math.isfinite(x) and math.isfinite(y)) or x < 0 or y < 0:
-                raise ValueError(f"point {i} ({x}, {y}) must be finite and >= 0 (pixels)")
-        # Shoelace area: a zero-area polygon would never contain any density.
-        edges = zip(pts, pts[1:] + pts[:1], strict=True)
-        area = sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in edges)
-        if area == 0:
-            raise ValueError("points enclose no area (all on one line?)")
-        return pts
+        return check_points(pts)  # the rule every door uses (model.zones)
 
 
 def check_zones_on_floor(floor: Floor, zones: Sequence[Any]) -> None:
@@ -314,11 +306,7 @@ class StreamConfig(StreamSettings):
     @field_validator("zones")
     @classmethod
     def _unique_zones(cls, zones: tuple[ZoneConfig, ...]) -> tuple[ZoneConfig, ...]:
-        seen: set[str] = set()
-        for z in zones:
-            if z.name in seen:
-                raise ValueError(f"duplicate zone name {z.name!r}")
-            seen.add(z.name)
+        check_unique_names(z.name for z in zones)
         return zones
 
     @model_validator(mode="after")

@@ -66,6 +66,7 @@ SERVICE_HELP = {
     "rtc_peers": "Open WebRTC peer connections",
     "store_pending_rows": "Count rows queued for the database",
     "store_dropped_rows": "Count rows dropped because the database queue was full",
+    "store_duplicate_rows": "Count rows the database already had (replays), stored once",
     "feed_dropped_items": "Live-feed items dropped for subscribers that fell behind",
     "inference_errors": "Batches whose inference raised",
     "sink_errors": "Results a sink failed to take",

@@ -24,7 +24,7 @@ import contextlib
 import logging
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -137,6 +137,7 @@ class Service:
         upload_counter: UploadCounter | None = None,
         store: Store | None = None,
         owns_registry: bool = True,
+        on_dropped: Callable[[StreamEntry], Awaitable[None]] | None = None,
     ) -> None:
         self.config = config
         self.runtime = runtime
@@ -146,6 +147,7 @@ class Service:
         # the zones are theirs to write (``streamer.cluster.service``), never the shard's,
         # so a shard restarting or dropping a camera cannot re-create or forget its row.
         self.owns_registry = owns_registry
+        self._on_dropped = on_dropped  # told when a stream has gone (a shard's browser cameras)
         if store is not None:  # a cluster's shard passes its PostgreSQL store
             self.store: Store = store
         else:
@@ -165,8 +167,6 @@ class Service:
         # Rules and zones made through the API, saved in the store's settings, and where
         # people gather (per-minute density grids, in the store as well).
         self.settings: SettingsStore = self.store.settings
-        self.saved_zones: dict[str, list[dict[str, Any]]] = {}
-        self.saved_floors: dict[str, dict[str, Any] | None] = {}
         self.rules = RuleBook(rules_from_config(config.thresholds), self.settings,
                               self.integrations, self._live_zone_names,
                               self.pipeline.publish_alerts)
@@ -200,8 +200,10 @@ class Service:
     def _service_counters(self) -> dict[str, float]:
         """Totals since start (Prometheus counters, ``_total`` in the exposition)."""
         stats = self.pipeline.stats()
+        store = self.store.stats()
         return {
-            "store_dropped_rows": float(self.store.stats()["dropped"]),
+            "store_dropped_rows": float(store["dropped"]),
+            "store_duplicate_rows": float(store["duplicates"]),
             "feed_dropped_items": float(self.feed.dropped),
             "inference_errors": float(stats.inference_errors),
             "sink_errors": float(stats.sink_errors),
@@ -233,7 +235,6 @@ class Service:
             entry.options["zones"] = dicts
         else:
             entry.options.pop("zones", None)
-        self.saved_zones[stream_id] = dicts
         if not self.owns_registry:
             return
         await asyncio.to_thread(self.settings.save_zones, stream_id, dicts)
@@ -254,7 +255,6 @@ class Service:
             entry.options.pop("floor", None)
         else:
             entry.options["floor"] = value
-        self.saved_floors[stream_id] = value
         if not self.owns_registry:
             return
         await asyncio.to_thread(self.settings.save_stream_setting, stream_id, FLOOR_KEY, value)
@@ -301,8 +301,6 @@ class Service:
         # Alerts left open by a previous process can never be cleared by it: close them; the
         # fresh engine raises again if the crowd is still there.
         await asyncio.to_thread(self.store.alerts.close_open, time.time())
-        self.saved_zones = await asyncio.to_thread(self.settings.zones)
-        self.saved_floors = await asyncio.to_thread(self.settings.stream_settings, FLOOR_KEY)
         for name in await self.rules.load():
             log.warning("event=saved_rule_shadowed rule=%s (the config file has one of that "
                         "name)", name)
@@ -357,12 +355,17 @@ class Service:
         registered."""
         sid = source.stream_id
         self._reserve(sid, origin)
-        saved = self.saved_zones.get(sid)
-        if saved is not None:  # zones set through the API win over the config's
+        # Zones set through the API win over the config's; the settings are their one record
+        # (no copy kept here to drift from it).
+        saved = (await asyncio.to_thread(self.settings.zones)).get(sid)
+        self._reserve(sid, origin)  # again: the read awaited
+        if saved is not None:
             zones = saved
             self.integrations.set_zones(sid, [Zone.from_dict(z) for z in saved])
-        if sid in self.saved_floors:  # and so does a floor calibration
-            floor = self._saved_floor(sid)
+        saved_floors = await asyncio.to_thread(self.settings.stream_settings, FLOOR_KEY)
+        self._reserve(sid, origin)
+        if sid in saved_floors:  # and so does a floor calibration
+            floor = self._saved_floor(sid, saved_floors[sid])
             self.integrations.set_floor(sid, floor)
         floor_dict = None if floor is None else floor.model_dump(mode="json",
                                                                  exclude_defaults=True)
@@ -392,10 +395,9 @@ class Service:
                  sid, kind, origin, mask_url(url))
         return entry
 
-    def _saved_floor(self, sid: str) -> FloorConfig | None:
-        """The saved calibration of ``sid``; one that no longer validates (a stricter build)
-        is logged and ignored rather than keeping the stream down."""
-        value = self.saved_floors.get(sid)
+    def _saved_floor(self, sid: str, value: dict[str, Any] | None) -> FloorConfig | None:
+        """The saved calibration ``value`` of ``sid``; one that no longer validates (a
+        stricter build) is logged and ignored rather than keeping the stream down."""
         if value is None:
             return None
         try:
@@ -433,8 +435,6 @@ class Service:
             return
         # A removed API camera is forgotten with its zones (a new one of that name starts
         # clean); a browser camera's or a config stream's zones stay for its return.
-        self.saved_zones.pop(stream_id, None)
-        self.saved_floors.pop(stream_id, None)
         if self.owns_registry:
             await asyncio.to_thread(self.store.streams.delete, stream_id)
             await asyncio.to_thread(self.settings.delete_zones, stream_id)
@@ -472,6 +472,11 @@ class Service:
         # Make its last counts queryable at once (the history outlives the stream).
         with contextlib.suppress(Exception):
             await asyncio.to_thread(self.store.flush)
+        if self._on_dropped is not None:
+            try:
+                await self._on_dropped(entry)
+            except Exception as exc:
+                log.error("event=on_dropped_failed stream=%s error=%r", stream_id, str(exc))
         log.info("event=stream_removed stream=%s", stream_id)
 
     async def has_history(self, stream_id: str) -> bool:

@@ -82,7 +82,8 @@ async def test_live_metrics_pass_promtool(serve) -> None:
         expected_count(np.full((H, W, 3), level, np.uint8)))
     assert values['crowdcount_zone_people{stream="plaza",zone="left"}'] == pytest.approx(
         values['crowdcount_people{stream="plaza"}'] / 2, rel=0.01)
-    for name in ("inference_errors", "sink_errors", "feed_dropped_items", "store_dropped_rows"):
+    for name in ("inference_errors", "sink_errors", "feed_dropped_items", "store_dropped_rows",
+                 "store_duplicate_rows"):
         assert re.search(rf"^# TYPE crowdcount_{name}(_total)? counter$", text, re.M), name
         assert values[f"crowdcount_{name}_total"] == 0
     assert values['crowdcount_alerts_active{rule="busy",stream="plaza",zone=""}'] == 1

@@ -24,7 +24,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from crowdcount.model.floor import FloorError
-from crowdcount.model.zones import Zone
+from crowdcount.model.zones import Zone, check_unique_names
 from crowdcount.streamer.config import ZoneConfig, check_zones_on_floor, to_config_error
 from crowdcount.streamer.limits import MAX_ZONES_PER_STREAM as MAX_ZONES
 from crowdcount.streamer.routes.common import (
@@ -61,15 +61,14 @@ def parse_zones(value: Any) -> list[Zone]:
     if len(value) > MAX_ZONES:
         raise ApiError(400, f"at most {MAX_ZONES} zones per stream, got {len(value)}")
     zones: list[Zone] = []
-    seen: set[str] = set()
     for i, raw in enumerate(value):
         try:
             cfg = ZoneConfig.model_validate(raw)
+            check_unique_names([*(z.name for z in zones), cfg.name])
         except ValidationError as exc:
             raise ApiError(400, _zone_error(exc, i)) from None
-        if cfg.name in seen:
-            raise ApiError(400, f"zones[{i}]: duplicate zone name {cfg.name!r}")
-        seen.add(cfg.name)
+        except ValueError as exc:
+            raise ApiError(400, f"zones[{i}]: {exc}") from None
         zones.append(Zone(cfg.name, cfg.points))
     return zones
 
