@@ -21,8 +21,6 @@ from crowdcount.streamer.store import SettingsStore
 __all__ = ["RuleBook", "RuleConflict", "RuleNotFound", "RuleTarget"]
 
 RuleOrigin = Literal["config", "api"]
-#: stream settings key of the API rules' metrics (``{rule name: "density" | "level"}``)
-METRICS_KEY = "alert_metrics"
 
 
 class RuleNotFound(LookupError):
@@ -67,7 +65,6 @@ class RuleBook:
         self._zones_of = zones_of  # stream id -> its zone names, None if not live
         self._publish = publish  # delivers the clears a rule change causes (the pipeline's)
         self._lock = asyncio.Lock()
-        self._metrics: dict[str, dict[str, str]] = {}  # stream -> rule name -> metric
 
     async def load(self) -> list[str]:
         """Read the saved rules and put them in force (again, when another process changed
@@ -75,13 +72,12 @@ class RuleBook:
         file wins)."""
         skipped: list[str] = []
         rows = await asyncio.to_thread(self._saved.rules)
-        saved = await asyncio.to_thread(self._saved.stream_settings, METRICS_KEY)
         async with self._lock:
-            self._metrics = {sid: dict(v) for sid, v in saved.items() if isinstance(v, dict)}
             self._api = {}
             for row in rows:
-                metric = self._metrics.get(row["stream"], {}).get(row["name"], "count")
-                rule = ThresholdRule(**row, metric=metric if metric in METRICS else "count")
+                if row.get("metric") not in METRICS:  # written by a newer build
+                    row = {**row, "metric": "count"}
+                rule = ThresholdRule(**row)
                 if rule.name in self._config:
                     skipped.append(rule.name)
                 else:
@@ -135,7 +131,6 @@ class RuleBook:
                 raise ValueError(f"stream {rule.stream!r} has no zone {rule.zone!r} "
                                  f"(zones: {', '.join(map(repr, zones)) or 'none'})")
             await asyncio.to_thread(self._saved.save_rule, rule.to_dict())
-            await self._save_metric(rule.name, rule.stream, rule.metric)
             self._api[rule.name] = rule
             self._apply()
             return self.describe(rule, "api")
@@ -149,32 +144,8 @@ class RuleBook:
                 raise RuleConflict(f"alert rule {name!r} comes from the config file; "
                                    "remove it there and restart")
             await asyncio.to_thread(self._saved.delete_rule, name)
-            await self._save_metric(name, self._api[name].stream, "count")
             del self._api[name]
             self._apply()
-
-    async def _save_metric(self, name: str, stream: str, metric: str) -> None:
-        """Remember a rule's metric (density, level) beside the saved rule: the rules table
-        has no column for it, and per-stream JSON state goes in the stream settings."""
-        for sid, metrics in self._metrics.items():  # a rule moved to another stream
-            if sid != stream and metrics.pop(name, None) is not None:
-                await self._write_metrics(sid)
-        current = self._metrics.setdefault(stream, {})
-        if (current.get(name) or "count") == metric:
-            return
-        if metric == "count":
-            current.pop(name, None)
-        else:
-            current[name] = metric
-        await self._write_metrics(stream)
-
-    async def _write_metrics(self, stream: str) -> None:
-        metrics = self._metrics.get(stream) or {}
-        if metrics:
-            await asyncio.to_thread(self._saved.save_stream_setting, stream, METRICS_KEY,
-                                    dict(metrics))
-        else:
-            await asyncio.to_thread(self._saved.delete_stream_setting, stream, METRICS_KEY)
 
     def _apply(self) -> None:
         self._publish(self._integrations.set_rules([*self._config.values(),

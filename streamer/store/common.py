@@ -186,7 +186,7 @@ class Dialect:
 
 _T_LIMIT = 2**62  # range ends beyond this (a client's 1e300) are "unbounded"
 _ROLLUP_TABLES = ("counts_1s", "counts_1m", "zone_counts_1s", "zone_counts_1m")
-_RULE_COLS = ("name", "stream", "zone", "above", "below", "for_seconds")
+_RULE_COLS = ("name", "stream", "zone", "above", "below", "for_seconds", "metric")
 
 
 def _rollup_sql(d: Dialect, scoped: bool) -> tuple[str, ...]:
@@ -541,7 +541,8 @@ class SqlSettings(_Records):
         self._upsert("alert_rules", ("name",), {
             "name": rule["name"], "stream": rule["stream"], "zone": rule.get("zone"),
             "above": float(rule["above"]), "below": float(rule["below"]),
-            "for_seconds": float(rule.get("for_seconds") or 0.0), "updated_at": time.time()},
+            "for_seconds": float(rule.get("for_seconds") or 0.0),
+            "metric": rule.get("metric") or "count", "updated_at": time.time()},
             "rules")
 
     def delete_rule(self, name: str) -> bool:

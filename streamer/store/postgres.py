@@ -135,6 +135,8 @@ CREATE TABLE IF NOT EXISTS alert_rules (
     for_seconds DOUBLE PRECISION NOT NULL,
     updated_at DOUBLE PRECISION NOT NULL
 );
+-- what a rule watches (count, density, level); added after the first release
+ALTER TABLE alert_rules ADD COLUMN IF NOT EXISTS metric TEXT NOT NULL DEFAULT 'count';
 CREATE TABLE IF NOT EXISTS stream_zones (
     stream_id TEXT PRIMARY KEY,
     zones JSONB NOT NULL,
