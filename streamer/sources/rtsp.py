@@ -33,6 +33,7 @@ import contextlib
 import ipaddress
 import logging
 import os
+import random
 import re
 import socket
 import threading
@@ -42,7 +43,8 @@ from urllib.parse import urlsplit
 
 import av
 
-from crowdcount.streamer.sources.base import ThreadedSource, rgb_later
+from crowdcount.streamer.sources.base import ThreadedSource
+from crowdcount.streamer.sources.decoding import Decoder
 from crowdcount.streamer.status import StreamState
 from crowdcount.streamer.urls import mask_url
 
@@ -61,8 +63,13 @@ class RtspSource(ThreadedSource):
     server hang-up or stall) -> RUNNING again, or FAILED once more than ``max_retries``
     connections in a row failed without a frame (``None``: retry forever). Between
     attempts the source sleeps ``backoff_initial * backoff_factor**(n-1)`` seconds (capped at
-    ``backoff_max``) after the n-th consecutive failure; a frame resets n. ``stop()`` ends
-    in STOPPED.
+    ``backoff_max``) after the n-th consecutive failure, times a random factor in
+    ``[1 - jitter, 1 + jitter]``, so that cameras dropped by one network blip do not all
+    reconnect in the same instant (a reconnect storm that starves counting); a frame resets
+    n. ``stop()`` ends in STOPPED.
+
+    ``target_fps`` (the stream's count rate) and ``max_side`` go to the ``Decoder``:
+    keyframes only when they meet the rate, pictures converted at the model's size.
 
     ``status.reconnects`` counts connection attempts after the first one; ``attempts``
     counts all of them; ``status.last_error`` is one line naming the masked URL.
@@ -82,8 +89,13 @@ class RtspSource(ThreadedSource):
         backoff_factor: float = 2.0,
         backoff_max: float = 10.0,
         max_retries: int | None = None,
+        jitter: float = 0.5,
+        target_fps: float | None = None,
+        max_side: int | None = None,
     ) -> None:
         super().__init__(stream_id)
+        if not 0 <= jitter < 1:
+            raise ValueError("jitter must be in [0, 1)")
         if min(open_timeout, read_timeout, stall_timeout, backoff_initial) <= 0:
             raise ValueError("timeouts and backoff_initial must be positive")
         if backoff_factor < 1 or backoff_max < backoff_initial:
@@ -99,6 +111,8 @@ class RtspSource(ThreadedSource):
         self.backoff_factor = backoff_factor
         self.backoff_max = backoff_max
         self.max_retries = max_retries
+        self.jitter = jitter
+        self.decoder = Decoder(self.status, target_fps, max_side)
         self.attempts = 0
         self._conn_lock = threading.Lock()
         self._sockets_before: set[int] | None = None  # set while a connection may be open
@@ -143,7 +157,7 @@ class RtspSource(ThreadedSource):
                 return
             delay = min(
                 self.backoff_max, self.backoff_initial * self.backoff_factor ** (failures - 1)
-            )
+            ) * random.uniform(1 - self.jitter, 1 + self.jitter)
             log.warning("%s; reconnecting in %.1f s", error, delay)
             self.status.state = StreamState.RECONNECTING
             if self._stop.wait(delay):
@@ -169,16 +183,16 @@ class RtspSource(ThreadedSource):
             if not container.streams.video:
                 return False, self._line("no video stream in the RTSP session")
             self._last_frame = time.monotonic()  # the watchdog's clock starts at open
-            for frame in container.decode(container.streams.video[0]):
+            stream = container.streams.video[0]
+            for frame in self.decoder.frames(container, stream, self._data_arrived):
                 if self._stop.is_set():
                     break
-                image = rgb_later(frame)
-                self._last_frame = time.monotonic()
+                image, size = self.decoder.picture(frame)
                 got_frame = True
                 if self.status.state != StreamState.RUNNING:
                     self.status.state = StreamState.RUNNING
                     log.info("%s: receiving frames", self.masked_url)
-                self._publish(image)
+                self._publish(image, source_size=size)
             reason = "server closed the connection (stream ended)"
         except av.FFmpegError as exc:
             reason = f"{type(exc).__name__}: {exc.strerror or 'FFmpeg error'}"
@@ -197,6 +211,11 @@ class RtspSource(ThreadedSource):
         if self._stalled:
             reason = f"no frame for {self.stall_timeout:g} s (server stalled), connection dropped"
         return got_frame, self._line(reason)
+
+    def _data_arrived(self) -> None:
+        """Every packet (not every decoded frame: keyframes-only decodes one a second or
+        less) feeds the watchdog, so a stall is "no data for ``stall_timeout``"."""
+        self._last_frame = time.monotonic()
 
     def _line(self, reason: str) -> str:
         """One line, URL masked, and no credentials even if FFmpeg echoed the raw URL."""
