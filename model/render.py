@@ -137,5 +137,16 @@ def annotate(
         lines.append(clock)
     image = overlay(result.frame.image, result.density)
     if zones:
-        image = draw_zones(image, zones, result.zones)
+        image = draw_zones(image, _in_image_pixels(zones, result.frame.size, image),
+                           result.zones)
     return draw_label(image, lines)
+
+
+def _in_image_pixels(zones: Sequence[Zone], size: tuple[int, int],
+                     image: NDArray[np.uint8]) -> Sequence[Zone]:
+    """Zones are in camera pixels (``Frame.size``); a decoder may have scaled the picture
+    down to the model's size, so outlines are scaled with it."""
+    sx, sy = image.shape[1] / size[0], image.shape[0] / size[1]
+    if sx == 1 and sy == 1:
+        return zones
+    return [Zone(z.name, tuple((x * sx, y * sy) for x, y in z.points)) for z in zones]

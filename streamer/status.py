@@ -33,7 +33,8 @@ class StreamStatus:
       (``"keyframes"`` or ``"full"``, ``None`` until the keyframe interval is known),
       ``keyframe_interval`` (seconds, learnt from the stream), ``decode_note`` (why a
       camera that could not be decoded keyframes-only is not), ``frames_decoded`` and
-      ``decode_seconds`` (CPU seconds of its decode thread);
+      ``decode_seconds`` (CPU seconds of its decode thread), ``frame_size`` (the camera's
+      (width, height), in which zones are drawn, whatever size the model sees);
     * the pipeline, on the event loop: ``batch_dropped`` (frames the batcher replaced),
       ``frames_out``, ``fps_out`` and ``last_count``; it also sets ``state``/``last_error``
       once when a source fails outside its own thread (plain assignments: the last wins).
@@ -57,6 +58,7 @@ class StreamStatus:
     decode_note: str | None = None
     frames_decoded: int = 0
     decode_seconds: float = 0.0
+    frame_size: tuple[int, int] | None = None
 
     @property
     def dropped(self) -> int:
@@ -69,7 +71,8 @@ class StreamStatus:
                 "last_error": self.last_error, "last_count": self.last_count,
                 "decode": self.decode, "keyframe_interval": self.keyframe_interval,
                 "decode_note": self.decode_note, "frames_decoded": self.frames_decoded,
-                "decode_seconds": round(self.decode_seconds, 3)}
+                "decode_seconds": round(self.decode_seconds, 3),
+                "frame_size": list(self.frame_size) if self.frame_size else None}
 
 
 @dataclass(slots=True)

@@ -197,3 +197,24 @@ async def test_isolated_decoder_decodes_keyframes_and_sends_only_what_the_rate_t
         assert source.status.decode_seconds > 0
     finally:
         await source.stop()
+
+
+def test_zones_stay_in_camera_pixels_when_the_picture_is_scaled() -> None:
+    """A 640x360 camera converted at 320x192: zones drawn on the page and in the config are
+    camera pixels, so counting and outlines use ``Frame.size``, not the picture's."""
+    from crowdcount.model.render import annotate
+    from crowdcount.model.types import Frame, Result
+    from crowdcount.model.zones import Zone, ZoneCounter
+
+    image = np.zeros((192, 320, 3), np.uint8)
+    frame = Frame("cam", 0, 0.0, image, source_size=(640, 360))
+    assert frame.size == (640, 360)
+    density = np.zeros((24, 40), np.float32)
+    density[:, :20] = 1.0  # everyone in the left half
+    left = Zone("left", ((0, 0), (320, 0), (320, 360), (0, 360)))  # camera pixels
+    counts = ZoneCounter([left]).count(density, frame.size)
+    assert counts["left"] == pytest.approx(density.sum())
+    drawn = annotate(Result(frame, np.zeros_like(density), 0.0, 0.0, counts), zones=[left])
+    outline = np.argwhere(np.abs(drawn.astype(int) - annotate(
+        Result(frame, np.zeros_like(density), 0.0, 0.0, counts)).astype(int)).sum(axis=2))
+    assert outline[:, 1].max() <= 165  # the zone's right edge at x = 160 of the picture

@@ -104,6 +104,7 @@ class Decoder:
             status.decode_seconds += cpu() - mark
             for frame in decoded:
                 status.frames_decoded += 1
+                status.frame_size = (frame.width, frame.height)
                 if self._await_key:
                     if not frame.key_frame:
                         continue

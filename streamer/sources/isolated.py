@@ -42,7 +42,8 @@ log = logging.getLogger(__name__)
 HEARTBEAT_S = 0.2
 #: The child's status fields the supervisor mirrors.
 _MIRRORED = ("state", "last_error", "reconnects", "source_dropped", "decode",
-             "keyframe_interval", "decode_note", "frames_decoded", "decode_seconds")
+             "keyframe_interval", "decode_note", "frames_decoded", "decode_seconds",
+             "frame_size")
 
 
 class IsolatedRtspSource(ThreadedSource):
@@ -169,6 +170,7 @@ class IsolatedRtspSource(ThreadedSource):
         st = self.status
         st.decode, st.decode_note = child["decode"], child["decode_note"]
         st.keyframe_interval = child["keyframe_interval"]
+        st.frame_size = child["frame_size"]
         st.frames_decoded = self._decode_base[0] + int(child["frames_decoded"])
         st.decode_seconds = self._decode_base[1] + float(child["decode_seconds"])
 
