@@ -218,3 +218,26 @@ def test_zones_stay_in_camera_pixels_when_the_picture_is_scaled() -> None:
     outline = np.argwhere(np.abs(drawn.astype(int) - annotate(
         Result(frame, np.zeros_like(density), 0.0, 0.0, counts)).astype(int)).sum(axis=2))
     assert outline[:, 1].max() <= 165  # the zone's right edge at x = 160 of the picture
+
+
+@pytest.mark.rtsp
+@pytest.mark.slow
+async def test_a_multi_slice_camera_gives_one_whole_picture_per_frame(
+        rtsp_server, h264_clip) -> None:
+    """FFmpeg's RTSP demuxer returns the slices of a keyframe as packets of their own;
+    decoded one by one they made two half-concealed pictures per keyframe. The Decoder joins
+    them first: keyframes-only, one decoded frame per keyframe (one a second here)."""
+    server = rtsp_server(h264_clip, slices=2)
+    source = RtspSource("cam", server.url, target_fps=1.0)
+    await source.start()
+    try:
+        await wait_until(lambda: source.status.decode == "keyframes", 20, "keyframes-only")
+        start, t0 = source.status.frames_decoded, time.monotonic()
+        await asyncio.sleep(4)
+        per_s = (source.status.frames_decoded - start) / (time.monotonic() - t0)
+        assert 0.5 <= per_s <= 1.3, per_s  # not 2 a second
+        frame = await asyncio.wait_for(source.recv(), 5)
+        assert frame.image.shape == (240, 320, 3)
+        assert frame.image.max() > 200  # the pattern's bright squares, not concealment
+    finally:
+        await source.stop()

@@ -37,8 +37,9 @@ from crowdcount.model.types import RGB
 from crowdcount.streamer.sources.base import rgb_later
 from crowdcount.streamer.status import StreamStatus
 
+import av
+
 if TYPE_CHECKING:
-    import av
     from av.container import InputContainer
     from av.video.stream import VideoStream
 
@@ -48,6 +49,31 @@ KEYFRAME_TOLERANCE = 1.05
 #: Keyframe intervals remembered; the longest of them decides (one short GOP after a scene
 #: cut must not switch a long-GOP camera to keyframes-only).
 INTERVALS_KEPT = 4
+
+
+def _same_picture(first: av.Packet, packet: av.Packet) -> bool:
+    """Whether ``packet`` is another slice of ``first``'s picture. FFmpeg's RTSP demuxer
+    hands over a multi-slice H.264 picture (cameras and x264 with slice threads send them)
+    as one packet per slice with the same timestamp, and the decoder then makes a picture of
+    each slice with the rest concealed (measured: every 1080p keyframe of a two-slice clip
+    became two frames, each with half of it wrong). Before RTCP has synchronised the clock
+    the first slice may carry no timestamp."""
+    if packet.pts is not None and packet.pts == first.pts:
+        return True
+    return first.pts is None and first.is_keyframe and packet.is_keyframe
+
+
+def _joined(packets: list[av.Packet]) -> av.Packet | None:
+    """One packet of a whole picture (slices are self-delimiting in both H.264 framings, so
+    joining them end to end is the picture's access unit)."""
+    if len(packets) <= 1:
+        return packets[0] if packets else None
+    first = packets[-1] if packets[0].pts is None else packets[0]
+    unit = av.Packet(b"".join(bytes(p) for p in packets))
+    unit.pts, unit.dts, unit.time_base = first.pts, first.dts, first.time_base
+    unit.is_keyframe = any(p.is_keyframe for p in packets)
+    unit.stream = first.stream
+    return unit
 
 
 class Decoder:
@@ -93,24 +119,33 @@ class Decoder:
         base = stream.time_base
         cpu = time.thread_time
         mark = cpu()
+        pending: list[av.Packet] = []
         for packet in container.demux(stream):
             if on_packet is not None:
                 on_packet()
-            if packet.size and packet.is_keyframe:
-                self._keyframe(codec, packet.pts, base)
-            elif self._keyframes_only and packet.size:
-                self._check_overdue(codec, packet.pts, base)
-            decoded = packet.decode()
-            status.decode_seconds += cpu() - mark
-            for frame in decoded:
-                status.frames_decoded += 1
-                status.frame_size = (frame.width, frame.height)
-                if self._await_key:
-                    if not frame.key_frame:
-                        continue
-                    self._await_key = False
-                yield frame
-            mark = cpu()
+            if packet.size and (not pending or _same_picture(pending[0], packet)):
+                pending.append(packet)
+                continue
+            # A new picture began (or the stream ended): the pending one is complete.
+            for unit in (_joined(pending), *(() if packet.size else (packet,))):
+                if unit is None:
+                    continue
+                if unit.size and unit.is_keyframe:
+                    self._keyframe(codec, unit.pts, base)
+                elif self._keyframes_only and unit.size:
+                    self._check_overdue(codec, unit.pts, base)
+                decoded = unit.decode()
+                status.decode_seconds += cpu() - mark
+                for frame in decoded:
+                    status.frames_decoded += 1
+                    status.frame_size = (frame.width, frame.height)
+                    if self._await_key:
+                        if not frame.key_frame:
+                            continue
+                        self._await_key = False
+                    yield frame
+                mark = cpu()
+            pending = [packet] if packet.size else []
 
     # -- the keyframe rule ---------------------------------------------------------------------
 
