@@ -33,11 +33,11 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
+import av
+
 from crowdcount.model.types import RGB
 from crowdcount.streamer.sources.base import rgb_later
 from crowdcount.streamer.status import StreamStatus
-
-import av
 
 if TYPE_CHECKING:
     from av.container import InputContainer
