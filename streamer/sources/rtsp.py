@@ -54,6 +54,9 @@ log = logging.getLogger(__name__)
 # Measured: analyzeduration/probesize this small cut time-to-first-frame from 1-2 s to ~0.1 s.
 AV_OPTIONS = {"rtsp_transport": "tcp", "analyzeduration": "0", "probesize": "32"}
 DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322}
+#: Socket inodes claimed by an open connection of some RtspSource (see ``_claim``).
+_CLAIMED: set[int] = set()
+_CLAIM_LOCK = threading.Lock()
 _URL_WITH_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://)[^/\s@]*@")
 
 
@@ -117,6 +120,7 @@ class RtspSource(ThreadedSource):
         self.attempts = 0
         self._conn_lock = threading.Lock()
         self._sockets_before: set[int] | None = None  # set while a connection may be open
+        self._mine: set[int] = set()  # the sockets this connection claimed once opened
         self._last_frame = 0.0
         self._stalled = False
         # Resolved on the decode thread at each attempt (see the module docstring).
@@ -186,6 +190,7 @@ class RtspSource(ThreadedSource):
                 self.url, options=options,
                 timeout=(self.open_timeout, None if watched else self.read_timeout),
             )
+            self._claim()
             if not container.streams.video:
                 return False, self._line("no video stream in the RTSP session")
             self._last_frame = time.monotonic()  # the watchdog's clock starts at open
@@ -211,6 +216,9 @@ class RtspSource(ThreadedSource):
         finally:
             with self._conn_lock:
                 self._sockets_before = None
+                with _CLAIM_LOCK:
+                    _CLAIMED.difference_update(self._mine)
+                self._mine = set()
             if container is not None:
                 with contextlib.suppress(Exception):
                     container.close()
@@ -245,18 +253,37 @@ class RtspSource(ThreadedSource):
                             self.masked_url, self.stall_timeout)
                 self._drop_connection()
 
-    def _drop_connection(self) -> None:
-        """Shut down (not close) the TCP sockets this source opened, from any thread.
+    def _claim(self) -> None:
+        """Once open, take the new sockets to the camera that no other source has claimed
+        as this connection's own. Cameras behind one NVR share its host and port: before
+        claims, stopping (or a stall of) one channel shut down the sockets of every channel
+        that had connected after it, and they all reconnected."""
+        with self._conn_lock:
+            before, remote = self._sockets_before, self._remote
+            if before is None:
+                return
+            with _CLAIM_LOCK:
+                self._mine = (_socket_inodes(remote) - before) - _CLAIMED
+                _CLAIMED.update(self._mine)
 
-        Sockets to the same camera opened since this source's current attempt began are
-        taken as its own; a second source to the same camera that connected meanwhile is
-        dropped too and simply reconnects.
+    def _drop_connection(self) -> None:
+        """Shut down (not close) the TCP sockets of this source's connection, from any
+        thread: the ones it claimed once open (``_claim``). While it is still opening (or
+        if another source opening at the same moment claimed its socket first), sockets to
+        the same camera opened since this attempt began (and claimed by nobody, if there
+        are such) are taken as its own; another source caught by that simply reconnects.
         """
         with self._conn_lock:
             before, remote = self._sockets_before, self._remote
             if before is None:
                 return
-            mine = _socket_inodes(remote) - before
+            current = _socket_inodes(remote)
+            if self._mine:
+                mine = self._mine & current
+            else:
+                fresh = current - before
+                with _CLAIM_LOCK:
+                    mine = (fresh - _CLAIMED) or fresh  # never leave a stall undropped
         for inode, fd in _process_sockets().items():
             if inode in mine:
                 _shutdown_fd(fd, inode)
