@@ -67,11 +67,11 @@ def test_only_keyframes_are_decoded_when_they_meet_the_rate(tmp_path: Path) -> N
 
     for rate in (1.0, 0.5):
         decoder, frames = decode_all(clip, rate)
-        # The first GOP is decoded whole while the interval is learnt (frames 0-9); from
-        # the second keyframe on, the decoder sees keyframes only.
-        assert decoder.status.frames_decoded == 10 + 3, rate
-        assert indices(frames) == [*range(10), 10, 20, 30]
-        assert all(f.key_frame for f in frames[10:])
+        # Keyframes only from the start (the interval is learnt meanwhile): frames 1-9,
+        # 11-19 and 21-29 are never decoded.
+        assert decoder.status.frames_decoded == 4, rate
+        assert indices(frames) == [0, 10, 20, 30]
+        assert all(f.key_frame for f in frames)
         assert decoder.status.decode == "keyframes"
         assert decoder.status.keyframe_interval == pytest.approx(1.0)
         assert decoder.status.decode_note is None
@@ -81,14 +81,18 @@ def test_only_keyframes_are_decoded_when_they_meet_the_rate(tmp_path: Path) -> N
 def test_a_long_gop_camera_is_decoded_in_full_and_says_why(tmp_path: Path) -> None:
     clip = write_clip(tmp_path / "gop3s.mp4", 160, 128, fps=10, seconds=7, gop=30)
     decoder, frames = decode_all(clip, 1.0)
-    assert len(frames) == 70 and decoder.status.frames_decoded == 70
+    # Keyframe 0, then at frame 11 the next keyframe is overdue (> 1.05 s): everything is
+    # decoded from there, and published from keyframe 30 on (the P-frames between lack
+    # their references).
+    assert indices(frames) == [0, *range(30, 70)]
+    assert decoder.status.frames_decoded == 1 + (70 - 11)
     assert decoder.status.decode == "full"
     assert decoder.status.keyframe_interval == pytest.approx(3.0)
     note = decoder.status.decode_note or ""
     assert "keyframe every 3 s" in note and "1 counts/s" in note, note
     # A faster GOP is no longer needed at a slower rate: 1 count every 4 s fits.
     slow, _ = decode_all(clip, 0.25)
-    assert slow.status.decode == "keyframes" and slow.status.frames_decoded == 30 + 2
+    assert slow.status.decode == "keyframes" and slow.status.frames_decoded == 3
 
 
 def test_a_gop_that_grows_mid_stream_switches_to_full_at_the_next_keyframe(
@@ -96,11 +100,11 @@ def test_a_gop_that_grows_mid_stream_switches_to_full_at_the_next_keyframe(
     # Keyframes every second for 3 s, then 3 s without one (frames 30 -> 60).
     clip = write_forced_keys(tmp_path / "grows.mp4", {0, 10, 20, 30, 60}, 70)
     decoder, frames = decode_all(clip, 1.0)
-    # Keyframes-only from 10 on; at frame 41 the next keyframe is overdue (> 1.05 s), so
-    # everything is decoded again, but nothing is published before keyframe 60: P-frames
-    # whose references were skipped would be smeared pictures.
-    assert indices(frames) == [*range(10), 10, 20, 30, *range(60, 70)]
-    assert decoder.status.frames_decoded == 10 + 3 + (70 - 41)
+    # Keyframes-only; at frame 41 the next keyframe is overdue (> 1.05 s), so everything is
+    # decoded again, but nothing is published before keyframe 60: P-frames whose
+    # references were skipped would be smeared pictures.
+    assert indices(frames) == [0, 10, 20, 30, *range(60, 70)]
+    assert decoder.status.frames_decoded == 4 + (70 - 41)
     assert decoder.status.decode == "full" and "too sparse" in (decoder.status.decode_note or "")
 
 
@@ -149,7 +153,11 @@ async def test_rtsp_camera_keyframes_only_then_relearns_after_a_reconnect(
         await wait_until(lambda: source.status.decode == "full" and source.status.reconnects,
                          30, "the full decode after the reconnect")
         assert "too sparse" in (source.status.decode_note or "")
+        # Overdue after 1.05 s already; the interval itself is known at the next keyframe.
+        await wait_until(lambda: (source.status.keyframe_interval or 0) > 2.5, 10,
+                         "the 3 s keyframe interval")
         assert source.status.keyframe_interval == pytest.approx(3.0, abs=0.3)
+        assert source.status.decode == "full"
         assert source.status.state == StreamState.RUNNING
     finally:
         await source.stop()

@@ -9,13 +9,15 @@ keyframe). So when the stream's target rate is at or below its keyframe rate, on
 are decoded; otherwise every frame is (as before), and still only the frames the batcher
 takes are converted (``Frame.pixels``).
 
-The keyframe interval is learnt from the stream itself, never configured: each connection
-(or pass through a file) starts with a full decode, and the packets' timestamps between two
-keyframes give the interval. The decision is re-made at every keyframe, so a camera whose GOP
-grows (a reconfigured camera, another stream after a reconnect) falls back to the full
-decode by itself, at the latest when a keyframe is overdue. Switching from keyframes-only to
-full waits for the next keyframe before publishing: a P-frame decoded after skipped ones
-would be a smeared picture.
+The keyframe interval is learnt from the stream itself, never configured: the packets'
+timestamps between two keyframes give it. Each connection (or pass through a file) with a
+target rate starts keyframes-only, so that a start-up or a reconnect storm (every camera
+connecting at once after a network blip) costs each camera a keyframe decode, not a GOP of
+full decoding. The decision is re-made at every keyframe and whenever a keyframe is overdue,
+so a camera whose GOP is (or grows) too long for the rate falls back to the full decode by
+itself. Switching from keyframes-only to full waits for the next keyframe before publishing:
+a P-frame decoded after skipped ones would be a smeared picture; a long-GOP camera
+therefore shows its second picture one GOP after its first.
 
 One FFmpeg thread per decoder (``thread_count = 1``): FFmpeg's default starts a thread pool
 per decoder sized to the machine, which at 64 cameras is hundreds of threads, and frame
@@ -95,7 +97,9 @@ class Decoder:
         self._intervals: deque[float] = deque(maxlen=INTERVALS_KEPT)
         self._last_key: float | None = None
         self._keyframes_only = False
-        self._await_key = False
+        self._await_key = False  # after a switch to full: publish only whole pictures
+        self._resume_known = False  # ... until the keyframe fed after it (its pts) is out
+        self._resume_pts: int | None = None
 
     @property
     def keyframes_only(self) -> bool:
@@ -132,6 +136,8 @@ class Decoder:
                     continue
                 if unit.size and unit.is_keyframe:
                     self._keyframe(codec, unit.pts, base)
+                    if self._await_key and not self._resume_known:
+                        self._resume_known, self._resume_pts = True, unit.pts
                 elif self._keyframes_only and unit.size:
                     self._check_overdue(codec, unit.pts, base)
                 decoded = unit.decode()
@@ -139,10 +145,8 @@ class Decoder:
                 for frame in decoded:
                     status.frames_decoded += 1
                     status.frame_size = (frame.width, frame.height)
-                    if self._await_key:
-                        if not frame.key_frame:
-                            continue
-                        self._await_key = False
+                    if self._await_key and not self._whole(frame):
+                        continue
                     yield frame
                 mark = cpu()
             pending = [packet] if packet.size else []
@@ -150,16 +154,27 @@ class Decoder:
     # -- the keyframe rule ---------------------------------------------------------------------
 
     def _start(self, stream: VideoStream) -> None:
-        """A new connection or pass: learn the interval again, decoding everything."""
+        """A new connection or pass: learn the interval again (keyframes-only meanwhile)."""
         codec = stream.codec_context
         codec.thread_count = 1
-        codec.skip_frame = "DEFAULT"
         self._intervals.clear()
         self._last_key = None
-        self._keyframes_only = False
         self._await_key = False
+        self._keyframes_only = self.target_fps is not None  # optimistic, see the docstring
+        codec.skip_frame = "NONKEY" if self._keyframes_only else "DEFAULT"
         if self.target_fps is None:
             self._set_mode("full", None)
+
+    def _whole(self, frame: av.VideoFrame) -> bool:
+        """After a switch to the full decode: only keyframes are whole pictures until the
+        first keyframe fed after the switch comes out (the decoder may still hand over a
+        keyframe, and frames after it, that it got before the switch)."""
+        if not frame.key_frame:
+            return False
+        if self._resume_known and (self._resume_pts is None or frame.pts is None
+                                   or frame.pts >= self._resume_pts):
+            self._await_key = False
+        return True
 
     def _seconds(self, pts: int | None, base: object) -> float:
         if pts is None or base is None:
@@ -203,7 +218,7 @@ class Decoder:
         if self._keyframes_only:
             codec.skip_frame = "DEFAULT"
             self._keyframes_only = False
-            self._await_key = True
+            self._await_key, self._resume_known, self._resume_pts = True, False, None
         assert self.target_fps is not None
         self._set_mode("full", f"keyframe every {interval:g} s is too sparse for "
                                f"{self.target_fps:g} counts/s: decoding every frame")
