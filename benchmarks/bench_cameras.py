@@ -14,8 +14,9 @@ capture-to-count latency (a frame leaving the decoder to its count arriving here
 p95 over every count; the server's CPU (% of one core, its process and any decoder
 children) and its peak RSS; the RTSP server's CPU apart (it shares the machine); how many
 cameras were decoded keyframes-only (``status.decode``) and their decoders' CPU per camera
-(``status.decode_seconds``, % of a core). The machine's load average is printed with the
-table: timings on a shared machine are only comparable within one run.
+(``status.decode_seconds``, % of a core); reconnects during the run; the server's threads.
+The machine's load average is printed with the table: timings on a shared machine are only
+comparable within one run.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ class Row:
     keyframes_only: int
     decode_cpu_pct: float  # mean per camera
     reconnects: int
+    threads: int  # the server's, at the end of the window
 
 
 class CamerasServer:
@@ -189,6 +191,7 @@ async def measure(n: int, clip: Path, args: argparse.Namespace, tmp: Path) -> Ro
                 rss = max(rss, _rss_mb(proc))
             elapsed = time.monotonic() - t0
             cpu1, rtsp1 = _cpu_seconds(proc), _cpu_seconds(rtsp_proc)
+            threads = proc.num_threads()
             got = list(seen)
             after = await _statuses(session, base)
             feed.cancel()
@@ -216,6 +219,7 @@ async def measure(n: int, clip: Path, args: argparse.Namespace, tmp: Path) -> Ro
         keyframes_only=sum(after.get(s, {}).get("decode") == "keyframes" for s in names),
         decode_cpu_pct=100 * float(np.mean(decode)) / elapsed if decode else float("nan"),
         reconnects=sum(int(after.get(s, {}).get("reconnects") or 0) for s in names),
+        threads=threads,
     )
 
 
@@ -227,14 +231,14 @@ def load() -> str:
 def table(rows: list[Row]) -> str:
     out = ["| cameras | counts/s per camera min / mean | latency p50 / p95 (ms) "
            "| server CPU % | server RSS MB | RTSP server CPU % | running "
-           "| keyframes-only | decode CPU % per camera | reconnects |",
-           "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           "| keyframes-only | decode CPU % per camera | reconnects | server threads |",
+           "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         out.append(
             f"| {r.cameras} | {r.counts_min:.2f} / {r.counts_mean:.2f} "
             f"| {r.latency_p50_ms:.0f} / {r.latency_p95_ms:.0f} | {r.server_cpu_pct:.0f} "
             f"| {r.server_rss_mb:.0f} | {r.rtsp_cpu_pct:.0f} | {r.running} "
-            f"| {r.keyframes_only} | {r.decode_cpu_pct:.2f} | {r.reconnects} |")
+            f"| {r.keyframes_only} | {r.decode_cpu_pct:.2f} | {r.reconnects} | {r.threads} |")
     return "\n".join(out)
 
 
