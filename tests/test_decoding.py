@@ -165,15 +165,17 @@ async def test_rtsp_camera_keyframes_only_then_relearns_after_a_reconnect(
 
 @pytest.mark.rtsp
 @pytest.mark.slow
-async def test_a_hung_keyframes_only_camera_is_noticed_within_stall_timeout_plus_1s(
-        rtsp_server, h264_clip) -> None:
+@pytest.mark.parametrize(("target", "mode"), [(1.0, "keyframes"), (None, "full")])
+async def test_a_hung_camera_is_noticed_within_stall_timeout_plus_1s(
+        rtsp_server, h264_clip, target: float | None, mode: str) -> None:
     """Defaults (stall_timeout = read_timeout = 5 s): noticed after 10.1 s before, because
     PyAV's read timeout fired first and FFmpeg's close then hung on the frozen server."""
     server = rtsp_server(h264_clip)
-    source = RtspSource("cam", server.url, target_fps=1.0)
+    source = RtspSource("cam", server.url, target_fps=target)
     await source.start()
     try:
-        await wait_until(lambda: source.status.decode == "keyframes", 20, "keyframes-only")
+        await wait_until(lambda: source.status.decode == mode and source.status.frames_in,
+                         20, f"{mode} decoding")
         server.pause()
         detected = await wait_until(lambda: source.status.state != StreamState.RUNNING, 15,
                                     "the stall to be noticed")
