@@ -57,6 +57,9 @@ DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322}
 #: Socket inodes claimed by an open connection of some RtspSource (see ``_claim``).
 _CLAIMED: set[int] = set()
 _CLAIM_LOCK = threading.Lock()
+#: (camera addresses, port) -> the lock its connections are opened under, one at a time.
+_OPEN_GATES: dict[tuple[frozenset[ipaddress.IPv4Address | ipaddress.IPv6Address], int],
+                  threading.Lock] = {}
 _URL_WITH_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://)[^/\s@]*@")
 
 
@@ -174,6 +177,10 @@ class RtspSource(ThreadedSource):
         container = None
         self._stalled = False
         remote = _remote_endpoint(self.url)  # blocking DNS: this thread, never the loop
+        gate = _open_gate(remote)
+        while gate is not None and not gate.acquire(timeout=0.25):
+            if self._stop.is_set():
+                return False, self._line("stopped while waiting to connect")
         with self._conn_lock:
             self._remote = remote
             self._sockets_before = _socket_inodes(remote)
@@ -191,6 +198,9 @@ class RtspSource(ThreadedSource):
                 timeout=(self.open_timeout, None if watched else self.read_timeout),
             )
             self._claim()
+            if gate is not None:
+                gate.release()
+                gate = None
             if not container.streams.video:
                 return False, self._line("no video stream in the RTSP session")
             self._last_frame = time.monotonic()  # the watchdog's clock starts at open
@@ -214,6 +224,8 @@ class RtspSource(ThreadedSource):
         except Exception as exc:  # a camera must never kill the thread silently
             reason = f"{type(exc).__name__}: {exc}"
         finally:
+            if gate is not None:
+                gate.release()
             with self._conn_lock:
                 self._sockets_before = None
                 with _CLAIM_LOCK:
@@ -257,7 +269,10 @@ class RtspSource(ThreadedSource):
         """Once open, take the new sockets to the camera that no other source has claimed
         as this connection's own. Cameras behind one NVR share its host and port: before
         claims, stopping (or a stall of) one channel shut down the sockets of every channel
-        that had connected after it, and they all reconnected."""
+        that had connected after it, and they all reconnected. Connections to one host and
+        port are opened one at a time (``_open_gate``), so the new sockets are this
+        connection's alone; that also spreads a start-up or reconnect storm of an NVR's
+        channels (an open takes 0.1-0.3 s)."""
         with self._conn_lock:
             before, remote = self._sockets_before, self._remote
             if before is None:
@@ -287,6 +302,20 @@ class RtspSource(ThreadedSource):
         for inode, fd in _process_sockets().items():
             if inode in mine:
                 _shutdown_fd(fd, inode)
+
+
+def _open_gate(remote: tuple[set[ipaddress.IPv4Address | ipaddress.IPv6Address], int]
+               ) -> threading.Lock | None:
+    """The lock that opens connections to ``remote`` one at a time (``None``: unresolved)."""
+    hosts, port = remote
+    if not hosts:
+        return None
+    key = (frozenset(hosts), port)
+    with _CLAIM_LOCK:
+        gate = _OPEN_GATES.get(key)
+        if gate is None:
+            gate = _OPEN_GATES[key] = threading.Lock()
+        return gate
 
 
 # -- /proc helpers (Linux); every one degrades to "nothing found" elsewhere -------------
