@@ -78,6 +78,21 @@ def test_only_keyframes_are_decoded_when_they_meet_the_rate(tmp_path: Path) -> N
         assert decoder.status.decode_seconds > 0
 
 
+def test_a_keyframe_is_the_same_picture_whichever_way_it_is_decoded(tmp_path: Path) -> None:
+    """Keyframes-only cannot change a count: a keyframe refers to no other frame, so it
+    decodes to the same pixels as in the full decode; only which frames are counted
+    differs."""
+    clip = write_clip(tmp_path / "same.mp4", 320, 240, fps=10, seconds=3, gop=10)
+    _, every = decode_all(clip, None)
+    _, keys = decode_all(clip, 1.0)
+    full_keys = {round(float(f.time) * 10): f.to_ndarray(format="rgb24")
+                 for f in every if f.key_frame}
+    assert sorted(full_keys) == indices(keys) == [0, 10, 20]
+    for frame in keys:
+        assert np.array_equal(frame.to_ndarray(format="rgb24"),
+                              full_keys[round(float(frame.time) * 10)])
+
+
 def test_a_long_gop_camera_is_decoded_in_full_and_says_why(tmp_path: Path) -> None:
     clip = write_clip(tmp_path / "gop3s.mp4", 160, 128, fps=10, seconds=7, gop=30)
     decoder, frames = decode_all(clip, 1.0)
