@@ -36,18 +36,18 @@ def rgb_later(frame: av.VideoFrame, max_side: int | None = None) -> Callable[[],
     pass to the size the model will run it at (``input_size``), so no full-size RGB copy
     is made and the runtime's resize is a no-op. The decoder's picture is
     reference-counted, so it stays valid after the decoder moves on or closes."""
-    if max_side is not None and max(frame.width, frame.height) > max_side:
-        h, w = input_size(frame.width, frame.height, max_side)
-        return cast(Callable[[], RGB], functools.partial(
-            _scaled_rgb, frame, w, h))
-    return cast(Callable[[], RGB], functools.partial(frame.to_ndarray, format="rgb24"))
+    width, height = frame.width, frame.height
+    if max_side is not None and max(width, height) > max_side:
+        height, width = input_size(width, height, max_side)
+    return cast(Callable[[], RGB], functools.partial(_rgb, frame, width, height))
 
 
-def _scaled_rgb(frame: av.VideoFrame, width: int, height: int) -> RGB:
+def _rgb(frame: av.VideoFrame, width: int, height: int) -> RGB:
     # AREA, like the runtime's own downscaling (cv2.INTER_AREA), so counts do not depend
-    # on which of the two resized the picture.
-    return cast(RGB, frame.reformat(width, height, format="rgb24",
-                                    interpolation="AREA").to_ndarray())
+    # on which of the two resized the picture. One swscale thread: by default each
+    # conversion context starts a pool of its own (measured: 2 more threads per camera).
+    return cast(RGB, frame.reformat(width, height, format="rgb24", interpolation="AREA",
+                                    threads=1).to_ndarray())
 
 
 class SourceEnded(Exception):
