@@ -70,10 +70,10 @@ class RtspSource(ThreadedSource):
     server hang-up or stall) -> RUNNING again, or FAILED once more than ``max_retries``
     connections in a row failed without a frame (``None``: retry forever). Between
     attempts the source sleeps ``backoff_initial * backoff_factor**(n-1)`` seconds (capped at
-    ``backoff_max``) after the n-th consecutive failure, times a random factor in
-    ``[1 - jitter, 1 + jitter]``, so that cameras dropped by one network blip do not all
-    reconnect in the same instant (a reconnect storm that starves counting); a frame resets
-    n. ``stop()`` ends in STOPPED.
+    ``backoff_max``) after the n-th consecutive failure, lengthened by a random factor in
+    ``[1, 1 + jitter]`` (the backoff stays a minimum), so that cameras dropped by one
+    network blip do not all reconnect in the same instant (a reconnect storm that starves
+    counting); a frame resets n. ``stop()`` ends in STOPPED.
 
     ``target_fps`` (the stream's count rate) and ``max_side`` go to the ``Decoder``:
     keyframes only when they meet the rate, pictures converted at the model's size.
@@ -101,8 +101,8 @@ class RtspSource(ThreadedSource):
         max_side: int | None = None,
     ) -> None:
         super().__init__(stream_id)
-        if not 0 <= jitter < 1:
-            raise ValueError("jitter must be in [0, 1)")
+        if not 0 <= jitter <= 1:
+            raise ValueError("jitter must be in [0, 1]")
         if min(open_timeout, read_timeout, stall_timeout, backoff_initial) <= 0:
             raise ValueError("timeouts and backoff_initial must be positive")
         if backoff_factor < 1 or backoff_max < backoff_initial:
@@ -165,7 +165,7 @@ class RtspSource(ThreadedSource):
                 return
             delay = min(
                 self.backoff_max, self.backoff_initial * self.backoff_factor ** (failures - 1)
-            ) * random.uniform(1 - self.jitter, 1 + self.jitter)
+            ) * random.uniform(1, 1 + self.jitter)
             log.warning("%s; reconnecting in %.1f s", error, delay)
             self.status.state = StreamState.RECONNECTING
             if self._stop.wait(delay):
