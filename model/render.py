@@ -158,7 +158,8 @@ def annotate(
         per_m2 = floor.per_m2(result.density, result.frame.size).astype(np.float32)
         image = draw_grid(overlay(result.frame.image, per_m2, cap=FLOOR_HEAT_CAP), floor)
     if zones:
-        image = draw_zones(image, zones, result.zones,
+        image = draw_zones(image, _in_image_pixels(zones, result.frame.size, image),
+                           result.zones,
                            labels={k: f"{v.per_m2:.2f}/m2 {v.level}"
                                    for k, v in result.floor.items()})
     return draw_label(image, lines)
@@ -180,3 +181,13 @@ def draw_grid(image: NDArray[np.uint8], floor: Floor, step_m: float = 1.0
     cv2.putText(out, label, (6, image.shape[0] - base - 4), cv2.FONT_HERSHEY_SIMPLEX, scale,
                 (255, 255, 255), 1, cv2.LINE_AA)
     return out
+
+
+def _in_image_pixels(zones: Sequence[Zone], size: tuple[int, int],
+                     image: NDArray[np.uint8]) -> Sequence[Zone]:
+    """Zones are in camera pixels (``Frame.size``); a decoder may have scaled the picture
+    down to the model's size, so outlines are scaled with it."""
+    sx, sy = image.shape[1] / size[0], image.shape[0] / size[1]
+    if sx == 1 and sy == 1:
+        return zones
+    return [Zone(z.name, tuple((x * sx, y * sy) for x, y in z.points)) for z in zones]

@@ -28,12 +28,18 @@ class Frame:
     (YUV) picture with its conversion, and it runs when ``image`` is first read, i.e. only for
     frames the model actually takes. A live service drops most frames it cannot keep up with
     (newest-frame-wins, ``fps_limit``), and converting those to RGB was wasted CPU.
+
+    ``source_size`` is the (width, height) the camera sent when the decoder scaled the
+    picture down on conversion (to the model's input size: no full-size RGB copy of a 1080p
+    frame). Zones are drawn in camera pixels, so ``size`` reports that size; ``image`` is
+    the smaller picture.
     """
 
     stream_id: str
     seq: int
     captured_at: float
     pixels: RGB | Callable[[], RGB]
+    source_size: tuple[int, int] | None = None
 
     @property
     def image(self) -> RGB:
@@ -49,7 +55,10 @@ class Frame:
 
     @property
     def size(self) -> tuple[int, int]:
-        """(width, height) as video APIs report it."""
+        """(width, height) of the camera's picture, as video APIs report it (zones refer
+        to it): ``source_size`` when the decoder scaled the picture, else the image's."""
+        if self.source_size is not None:
+            return self.source_size
         return int(self.image.shape[1]), int(self.image.shape[0])
 
 

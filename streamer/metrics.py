@@ -11,7 +11,8 @@ of the same name, and tests (or one process embedding two apps) build many appli
 Two kinds of series:
 
 * Values the sources and the pipeline already keep in ``StreamStatus`` (fps, drops,
-  reconnects, the last count) are read at scrape time by a custom collector, so there is no
+  reconnects, the last count, the decoder's CPU seconds and frames, whether it decodes
+  keyframes only) are read at scrape time by a custom collector, so there is no
   second copy to keep in step, and a removed stream's series disappear with it.
 * Latency distributions need every observation, so a sink feeds two histograms; their label
   sets are removed explicitly by ``forget`` when a stream is removed.
@@ -119,6 +120,20 @@ class _StatusCollector(Collector):
         up = GaugeMetricFamily(
             "crowdcount_stream_up", "1 while the stream is delivering frames", labels=["stream"]
         )
+        decode_cpu = CounterMetricFamily(
+            "crowdcount_decode_cpu_seconds",
+            "CPU seconds the stream's decoder thread spent reading and decoding video",
+            labels=["stream"],
+        )
+        decoded = CounterMetricFamily(
+            "crowdcount_frames_decoded",
+            "Frames the decoder produced (keyframes only, when they meet the stream's rate)",
+            labels=["stream"],
+        )
+        keyframes_only = GaugeMetricFamily(
+            "crowdcount_keyframes_only", "1 while the stream is decoded keyframes-only",
+            labels=["stream"],
+        )
         for sid, st in sorted(statuses.items()):
             if st.last_count is not None:
                 count.add_metric([sid], st.last_count)
@@ -128,7 +143,11 @@ class _StatusCollector(Collector):
             reconnects.add_metric([sid], st.reconnects)
             frames_out.add_metric([sid], st.frames_out)
             up.add_metric([sid], 1.0 if st.state == StreamState.RUNNING else 0.0)
-        yield from (count, fps_in, fps_out, dropped, reconnects, frames_out, up)
+            decode_cpu.add_metric([sid], st.decode_seconds)
+            decoded.add_metric([sid], st.frames_decoded)
+            keyframes_only.add_metric([sid], 1.0 if st.decode == "keyframes" else 0.0)
+        yield from (count, fps_in, fps_out, dropped, reconnects, frames_out, up, decode_cpu,
+                    decoded, keyframes_only)
         if self._zones is not None:
             zone = GaugeMetricFamily(
                 "crowdcount_zone_people", "Latest per-frame count inside a zone",

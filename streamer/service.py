@@ -96,23 +96,29 @@ class StreamEntry:
                            self.source.status.to_dict())
 
 
-def make_source(stream: StreamConfig) -> Source:
-    """The source for one configured stream (imports only the module it needs)."""
+def make_source(stream: StreamConfig, max_side: int | None = None) -> Source:
+    """The source for one configured stream (imports only the module it needs).
+    Decoders get the stream's count rate (keyframes only when they meet it) and the
+    longer side the model runs it at (``max_side``: the stream's, else the caller's)."""
     kind = stream.kind
+    target_fps, side = stream.target_fps, stream.max_side or max_side
     if kind == "rtsp" and stream.isolate_decoder:
         from crowdcount.streamer.sources.isolated import IsolatedRtspSource
 
         return IsolatedRtspSource(stream.name, stream.url, stall_timeout=stream.stall_timeout,
-                                  max_retries=stream.max_retries)
+                                  max_retries=stream.max_retries,
+                                  target_fps=target_fps, max_side=side)
     if kind == "rtsp":
         from crowdcount.streamer.sources.rtsp import RtspSource
 
         return RtspSource(stream.name, stream.url, stall_timeout=stream.stall_timeout,
-                          max_retries=stream.max_retries)
+                          max_retries=stream.max_retries,
+                          target_fps=target_fps, max_side=side)
     if kind == "file":
         from crowdcount.streamer.sources.file import FileSource
 
-        return FileSource(stream.name, stream.url, loop=stream.loop)
+        return FileSource(stream.name, stream.url, loop=stream.loop, target_fps=target_fps,
+                          max_side=side)
     from crowdcount.streamer.sources.webcam import WebcamSource
 
     device = stream.url if kind == "device" else f"/dev/video{stream.url.partition(':')[2]}"
@@ -324,9 +330,14 @@ class Service:
         if origin != "config":  # config streams got theirs from Integrations.from_config
             self.integrations.set_zones(stream.name, zones_from_config(stream))
             self.integrations.set_floor(stream.name, stream.floor)
+        runtime = self.pipeline.runtime
+        # The size the model runs this stream at, for the decoder to convert to (a backend
+        # with a fixed input size resizes by itself).
+        model_side = runtime.max_side if runtime.backend.fixed_size is None else None
         entry = await self.add_source(
-            make_source(stream), url=stream.url, kind=stream.kind, origin=origin,
-            fps_limit=stream.fps_limit, max_side=stream.max_side, persist=persist,
+            make_source(stream, model_side), url=stream.url, kind=stream.kind, origin=origin,
+            fps_limit=stream.fps_limit, target_fps=stream.target_fps,
+            max_side=stream.max_side, persist=persist,
             zones=[z.model_dump() for z in stream.zones],
             floor=stream.floor,
             # non-default source settings, recorded so that a resumed stream keeps them
@@ -348,8 +359,11 @@ class Service:
         zones: list[dict[str, Any]] | None = None,
         floor: FloorConfig | None = None,
         settings: dict[str, Any] | None = None,
+        target_fps: float | None = None,
     ) -> StreamEntry:
         """Add an already built source (any kind: tests and benchmarks use synthetic ones).
+        ``target_fps`` is the rate the model is fed (default: ``fps_limit``, which is what
+        the options record; a camera's default rate is not written down as a limit).
         ``zones`` (``{"name", "points"}`` dicts) are recorded in the options (and so saved
         with ``persist``). Raises ``StreamConflict``; on any failure nothing is left
         registered."""
@@ -380,7 +394,7 @@ class Service:
         try:
             if persist:
                 await asyncio.to_thread(self.store.streams.save, sid, sid, url, kind, options)
-            await self.pipeline.add_stream(source, fps_limit, max_side)
+            await self.pipeline.add_stream(source, target_fps or fps_limit, max_side)
             self.viewers.sink(sid)  # viewers of this stream can connect from now on
         except BaseException:
             self.streams.pop(sid, None)

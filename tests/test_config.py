@@ -484,3 +484,26 @@ def test_browser_protection_keys_parse() -> None:
     assert server.allowed_hosts == ("crowd.local", "10.0.0.5", "*")
     assert server.allowed_origins == ("https://dash.example.com:8443",)
     assert parse_config({}).server.allowed_hosts == ()
+
+
+def test_cameras_default_to_one_count_a_second_and_fps_limit_overrides(
+        tmp_path: Path) -> None:
+    from crowdcount.streamer.config import CAMERA_FPS
+    from crowdcount.streamer.service import make_source
+
+    clip = tmp_path / "clip.mp4"
+    cfg = parse_config({"streams": [
+        {"name": "cam", "url": "rtsp://10.0.0.1/s"},
+        {"name": "fast", "url": "rtsp://10.0.0.1/t", "fps_limit": 5, "max_side": 512},
+        {"name": "iso", "url": "rtsp://10.0.0.1/u", "isolate_decoder": True},
+        {"name": "file", "url": str(clip)},
+    ]})
+    cam, fast, iso, file = cfg.streams
+    assert CAMERA_FPS == 1.0 and cam.fps_limit is None and cam.target_fps == 1.0
+    assert fast.target_fps == 5 and iso.target_fps == 1.0 and file.target_fps is None
+    # The decoders get the rate (keyframes only when it allows) and the model's size.
+    source = make_source(cam, max_side=768)
+    assert (source.decoder.target_fps, source.decoder.max_side) == (1.0, 768)
+    assert make_source(fast, max_side=768).decoder.max_side == 512  # the stream's own wins
+    assert make_source(iso).options["target_fps"] == 1.0  # the child decodes the same way
+    assert make_source(file).decoder.target_fps is None

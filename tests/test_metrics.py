@@ -12,6 +12,7 @@ import subprocess
 import numpy as np
 import pytest
 
+from crowdcount.streamer.sources.file import FileSource
 from crowdcount.streamer.sources.synthetic import SyntheticSource
 from tests.fixtures.app import service
 from tests.fixtures.models import expected_count
@@ -41,7 +42,7 @@ def test_promtool_flags_what_we_fixed() -> None:
     assert code != 0 and 'should not have "_count" suffix' in report
 
 
-async def test_live_metrics_pass_promtool(serve) -> None:
+async def test_live_metrics_pass_promtool(serve, h264_clip) -> None:
     level = 220
     rule = expected_count(np.full((H, W, 3), level, np.uint8)) * 0.5
     client = await serve(thresholds=[{"name": "busy", "stream": "plaza", "above": rule,
@@ -51,6 +52,10 @@ async def test_live_metrics_pass_promtool(serve) -> None:
         source = SyntheticSource(sid, W, H, fps=20.0,
                                  render=lambda _i: np.full((H, W, 3), level, np.uint8))
         await svc.add_source(source, url="synthetic", kind="synthetic", origin="api")
+    # A decoding source, whose decoder's CPU time is a counter of its own.
+    clip = FileSource("clip", h264_clip, loop=True, target_fps=1.0)
+    await svc.add_source(clip, url=str(h264_clip), kind="file", origin="api", fps_limit=1.0)
+    await wait_until(lambda: clip.status.decode == "keyframes", what="keyframes-only decode")
     r = await client.put("/api/streams/plaza/zones",
                          json={"zones": [{"name": "left", "points": LEFT}]})
     assert r.status == 200
@@ -82,6 +87,10 @@ async def test_live_metrics_pass_promtool(serve) -> None:
         expected_count(np.full((H, W, 3), level, np.uint8)))
     assert values['crowdcount_zone_people{stream="plaza",zone="left"}'] == pytest.approx(
         values['crowdcount_people{stream="plaza"}'] / 2, rel=0.01)
+    assert values['crowdcount_decode_cpu_seconds_total{stream="clip"}'] > 0
+    assert values['crowdcount_frames_decoded_total{stream="clip"}'] > 0
+    assert values['crowdcount_keyframes_only{stream="clip"}'] == 1.0
+    assert values['crowdcount_decode_cpu_seconds_total{stream="plaza"}'] == 0  # not decoded
     for name in ("inference_errors", "sink_errors", "feed_dropped_items", "store_dropped_rows",
                  "store_duplicate_rows"):
         assert re.search(rf"^# TYPE crowdcount_{name}(_total)? counter$", text, re.M), name

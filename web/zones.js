@@ -20,7 +20,7 @@ function zonesPath(id) {
 class ZoneEditor {
   constructor(card) {
     this.card = card;
-    this.zones = []; // [{name, points: [[x, y], ...]}] in video pixels, as the server has them
+    this.zones = []; // [{name, points: [[x, y], ...]}] in camera pixels, as the server has them
     this.counts = {}; // zone name -> latest count from the feed
     this.floor = {}; // zone name -> {area_m2, per_m2, level} on a floor-calibrated stream
     this.draft = null; // points of the polygon being drawn, or null when not drawing
@@ -118,14 +118,15 @@ class ZoneEditor {
     delete this.card.el.dataset.drawing;
   }
 
-  // A click on the overlay, in video pixels (the picture is letterboxed inside .media).
+  // A click on the overlay, in camera pixels (the picture is letterboxed inside .media, and
+  // may be sent smaller than the camera's size, in which zones are given).
   toVideo(event) {
     const rect = this.card.videoRect();
     if (!rect) return null;
-    const x = (event.offsetX - rect.x) / rect.scale;
-    const y = (event.offsetY - rect.y) / rect.scale;
-    const w = this.card.video.videoWidth;
-    const h = this.card.video.videoHeight;
+    const x = ((event.offsetX - rect.x) / rect.scale) * rect.sx;
+    const y = ((event.offsetY - rect.y) / rect.scale) * rect.sy;
+    const w = rect.frameWidth;
+    const h = rect.frameHeight;
     if (x < -2 || y < -2 || x > w + 2 || y > h + 2) return null; // on the black bars
     const clamp = (v, hi) => Math.round(Math.min(Math.max(v, 0), hi) * 10) / 10;
     return [clamp(x, w), clamp(y, h)];
@@ -136,8 +137,10 @@ class ZoneEditor {
     const point = this.toVideo(event);
     if (!point) return;
     const last = this.draft[this.draft.length - 1];
-    const scale = this.card.videoRect().scale;
-    if (last && Math.hypot(point[0] - last[0], point[1] - last[1]) * scale < MIN_POINT_GAP_PX) {
+    const rect = this.card.videoRect();
+    const gap = Math.hypot((point[0] - (last?.[0] ?? 0)) / rect.sx,
+                           (point[1] - (last?.[1] ?? 0)) / rect.sy) * rect.scale;
+    if (last && gap < MIN_POINT_GAP_PX) {
       return; // the second click of a double-click, or a shaky one
     }
     this.draft.push(point);
@@ -210,7 +213,8 @@ class ZoneEditor {
         "“Finish zone” to close the polygon.";
     this.canvas.dataset.points = String(points.length);
     if (!rect || !points.length) return;
-    const toCss = ([x, y]) => [rect.x + x * rect.scale, rect.y + y * rect.scale];
+    const toCss = ([x, y]) => [rect.x + (x / rect.sx) * rect.scale,
+                               rect.y + (y / rect.sy) * rect.scale];
     ctx.lineWidth = 2;
     ctx.strokeStyle = "#ffb347";
     ctx.fillStyle = "rgba(255, 179, 71, 0.25)";

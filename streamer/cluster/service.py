@@ -260,7 +260,9 @@ class ClusterService:
             st = entry.status()
             state = st["state"]
             known = {k: st[k] for k in ("fps_in", "fps_out", "frames_in", "frames_out",
-                                        "reconnects", "last_error", "last_count") if k in st}
+                                        "reconnects", "last_error", "last_count", "decode",
+                                        "keyframe_interval", "decode_note", "frames_decoded",
+                                        "decode_seconds") if k in st}
             out[sid] = StreamStatus(
                 state=StreamState(state) if state in StreamState.__members__.values()
                 else StreamState.FAILED,

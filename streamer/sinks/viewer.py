@@ -134,7 +134,10 @@ class ViewerSink:
         self._result = result
         self._version += 1
         self.results_in += 1
-        self.set_size(result.frame.size)
+        # The picture's size, not the camera's (``Frame.size``): a decoder may have scaled
+        # it to the model's size, and that is what viewers are sent.
+        image = result.frame.image  # already converted: the model took this frame
+        self.set_size((int(image.shape[1]), int(image.shape[0])))
 
     # -- size --------------------------------------------------------------------------------
 
