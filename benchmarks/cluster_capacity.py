@@ -35,8 +35,7 @@ async def measure(n: int, args: argparse.Namespace, tmp: Path, clip: Path) -> di
     from benchmarks.cluster_failover import streams_of, wait_running
     from crowdcount.streamer.app import build_app
     from crowdcount.streamer.config import parse_config
-    from tests.fixtures.postgres import PostgresServer
-    from tests.fixtures.ray_cluster import start_cluster, stop_cluster
+    from tests.fixtures.local import PostgresServer, start_cluster, stop_cluster
 
     pg_root = Path(tempfile.mkdtemp(prefix="crowdcount-pg-"))
     pg = PostgresServer(pg_root)
@@ -91,7 +90,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     sys.path.insert(0, str(ROOT))  # tests/ and benchmarks/ are not installed
-    from tests.fixtures.media import write_clip
+    from tests.fixtures.local import write_clip
 
     width, height = (int(v) for v in args.size.split("x"))
     results = []

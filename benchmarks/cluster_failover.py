@@ -19,8 +19,10 @@ Figures (the last line is one JSON object):
   other than each moved camera's outage (from its shard's last row on the dead node to its
   first on the new one).
 
-Needs the ``cluster`` extra and Debian's ``postgresql`` package. On a 2-core machine keep
-the cluster small: every node is a raylet with its own processes (~0.4 GB each).
+Needs the ``cluster`` extra and Debian's ``postgresql`` package, nothing else (no pytest, no
+onnx: the cameras run the bundled model, or ``--model``; the servers are started by
+``tests/fixtures/local.py``, which imports neither). On a 2-core machine keep the cluster
+small: every node is a raylet with its own processes (~0.4 GB each).
 """
 
 from __future__ import annotations
@@ -68,14 +70,13 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 
     from crowdcount.streamer.app import build_app
     from crowdcount.streamer.config import parse_config
-    from tests.fixtures.media import write_clip
-    from tests.fixtures.models import brightness_onnx
-    from tests.fixtures.postgres import PostgresServer
-    from tests.fixtures.ray_cluster import start_cluster, stop_cluster
+    from tests.fixtures.local import PostgresServer, start_cluster, stop_cluster, write_clip
 
     width, height = (int(v) for v in args.size.split("x"))
     clip = write_clip(tmp / "clip.mp4", width, height, fps=args.fps, seconds=5.0, gop=args.fps)
-    model = brightness_onnx(tmp / "brightness.onnx")
+    model: dict[str, Any] = {"threads": 1}
+    if args.model:
+        model["path"] = str(args.model)
     log("starting PostgreSQL")
     pg_root = Path(tempfile.mkdtemp(prefix="crowdcount-pg-"))
     pg = PostgresServer(pg_root)
@@ -89,7 +90,7 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         cameras = [f"cam{i}" for i in range(args.cameras)]
         config = parse_config({
             "server": {"database": str(tmp / "unused.sqlite3"), "max_streams": 4096},
-            "model": {"path": str(model), "threads": 1},
+            "model": model,
             "streams": [{"name": c, "url": str(clip), "loop": True} for c in cameras],
             "cluster": {"address": cluster.address, "database": dsn, "shards": shards},
         })
@@ -150,6 +151,7 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, default=2, help="worker nodes (besides the head)")
     parser.add_argument("--slots", type=int, default=2, help="camera slots per worker node")
     parser.add_argument("--shards", type=int, help="default: what the surviving nodes hold")
+    parser.add_argument("--model", type=Path, help="default: the bundled model")
     parser.add_argument("--fps", type=int, default=4)
     parser.add_argument("--size", default="160x128")
     parser.add_argument("--before", type=float, default=5.0)

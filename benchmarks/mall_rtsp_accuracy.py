@@ -12,6 +12,8 @@ the streaming path (x264 re-encoding, RTSP, frame drops under load) costs.
 
     python benchmarks/mall_rtsp_accuracy.py                 # 60 s, ~1.5 passes of the clip
     python benchmarks/mall_rtsp_accuracy.py --seconds 20 --json out.json
+    python benchmarks/mall_rtsp_accuracy.py --rate 1 --decode both --seconds 120
+                                             # keyframes-only vs full decode, 1 count/s
 
 Why alignment is by content, and how it is checked
 ---------------------------------------------------
@@ -203,9 +205,13 @@ async def _read_feed(
                     deadline = time.monotonic() + seconds
 
 
-async def run_stream(clip: Path, seconds: float, *, threads: int | None = None) -> StreamRun:
+async def run_stream(clip: Path, seconds: float, *, threads: int | None = None,
+                     rate: float | None = None, decode: str = "auto") -> StreamRun:
     """Serve ``clip`` over RTSP, run the real service on it, read its feed for ``seconds``
-    and its count history afterwards."""
+    and its count history afterwards. ``rate``: the stream's ``fps_limit`` (``None``: the
+    camera default). ``decode="auto"`` adds the camera through the API (keyframes only when
+    they meet the rate); ``"full"`` adds the same RtspSource in process with no target rate,
+    so every frame is decoded and the batcher alone keeps ``rate``."""
     sys.path.insert(0, str(ROOT))  # tests/ is not installed; its fixture runs the server
     from tests.fixtures.rtsp import RtspServer
 
@@ -230,10 +236,21 @@ async def run_stream(clip: Path, seconds: float, *, threads: int | None = None) 
 
             feed: list[dict[str, Any]] = []
             async with aiohttp.ClientSession() as session:
-                r = await session.post(f"{base}/api/streams",
-                                       json={"name": STREAM, "url": server.url})
-                if r.status != 201:
-                    raise RuntimeError(f"POST /api/streams: {r.status} {await r.text()}")
+                if decode == "full":
+                    from crowdcount.streamer.config import CAMERA_FPS
+                    from crowdcount.streamer.sources.rtsp import RtspSource
+
+                    runtime = service.pipeline.runtime
+                    source = RtspSource(STREAM, server.url, max_side=runtime.max_side)
+                    await service.add_source(source, url=server.url, kind="rtsp",
+                                             origin="api", fps_limit=rate or CAMERA_FPS)
+                else:
+                    body: dict[str, Any] = {"name": STREAM, "url": server.url}
+                    if rate is not None:
+                        body["fps_limit"] = rate
+                    r = await session.post(f"{base}/api/streams", json=body)
+                    if r.status != 201:
+                        raise RuntimeError(f"POST /api/streams: {r.status} {await r.text()}")
                 t0 = time.monotonic()
                 await _read_feed(session, f"{base}/api/streams/{STREAM}/feed", seconds, feed)
                 elapsed = time.monotonic() - t0
@@ -310,6 +327,7 @@ class Report:
     seq_offset: int
     seq_offset_mae: dict[int, float] = field(default_factory=dict)
     seq_offset_agreement: float = 0.0
+    decode_mode: str | None = None  # the stream's status.decode at the end
 
 
 def analyse(run: StreamRun, truth: NDArray[np.float64], ident: FrameIdentifier,
@@ -376,6 +394,7 @@ def analyse(run: StreamRun, truth: NDArray[np.float64], ident: FrameIdentifier,
         seq_offset=best,
         seq_offset_mae=around,
         seq_offset_agreement=agree,
+        decode_mode=run.status.get("decode"),
     )
 
 
@@ -403,17 +422,35 @@ def file_counts_for(frames: Sequence[NDArray[np.uint8]],
 
 
 async def measure(clip: Path, seconds: float, *, with_file: bool = True,
-                  threads: int | None = None) -> Report:
-    """The whole benchmark: live run, then (with ``with_file``) the no-RTSP baseline, which
-    runs after the stream is stopped so that it does not steal CPU from it."""
+                  threads: int | None = None, rate: float | None = None,
+                  decodes: Sequence[str] = ("auto",)) -> list[tuple[str, Report]]:
+    """The whole benchmark: one live run per decode mode, then (with ``with_file``) the
+    no-RTSP baseline, which runs after the streams are stopped so that it does not steal
+    CPU from them."""
     truth = load_truth(counts_csv_for(clip))
     frames = await asyncio.to_thread(decode_clip, clip)
     if len(frames) != len(truth):
         raise ValueError(f"{clip}: {len(frames)} frames but {len(truth)} true counts")
     ident = FrameIdentifier(frames)
-    run = await run_stream(clip, seconds, threads=threads)
+    runs = [(d, await run_stream(clip, seconds, threads=threads, rate=rate, decode=d))
+            for d in decodes]
     file_counts = await asyncio.to_thread(file_counts_for, frames) if with_file else None
-    return analyse(run, truth, ident, file_counts)
+    return [(d, analyse(run, truth, ident, file_counts)) for d, run in runs]
+
+
+def format_comparison(reports: list[tuple[str, Report]]) -> str:
+    """Keyframes-only (``auto`` at a rate the keyframes meet) against the full decode, at
+    the same rate. The two see different clip frames, so besides each one's MAE the table
+    gives its MAE minus the mp4-decode MAE on the very frames it counted: what the path
+    itself costs, the fair comparison."""
+    lines = ["| decode | status.decode | counts | MAE (RTSP) | MAE (mp4, same frames) "
+             "| path cost (difference) |", "|---|---|---:|---:|---:|---:|"]
+    for name, rep in reports:
+        same = rep.file_same_frames
+        cost = None if same is None else rep.feed.mae - same.mae
+        lines.append(f"| {name} | {rep.decode_mode} | {rep.feed.frames} | {_f(rep.feed.mae)} | "
+                     f"{_f(None if same is None else same.mae)} | {_f(cost)} |")
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- printing
@@ -489,16 +526,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-file", action="store_true",
                         help="skip the no-RTSP baseline on frames decoded from the mp4")
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    parser.add_argument("--rate", type=float, default=None,
+                        help="the stream's fps_limit (default: the cameras' default rate)")
+    parser.add_argument("--decode", choices=("auto", "full", "both"), default="auto",
+                        help="auto: as the service decodes (keyframes only when they meet "
+                             "the rate); full: every frame; both: one run of each and a "
+                             "comparison table")
     args = parser.parse_args(argv)
     if not args.clip.is_file() or not counts_csv_for(args.clip).is_file():
         print(f"clip or its counts not found: {args.clip} (set CROWD_SHARED)", file=sys.stderr)
         return 2
     os.environ.pop("CROWDCOUNT_TOKEN", None)  # loopback benchmark: no token needed
-    rep = asyncio.run(measure(args.clip, args.seconds, with_file=not args.no_file,
-                              threads=args.threads))
-    print(format_report(rep, args.clip))
+    decodes = ("auto", "full") if args.decode == "both" else (args.decode,)
+    reports = asyncio.run(measure(args.clip, args.seconds, with_file=not args.no_file,
+                                  threads=args.threads, rate=args.rate, decodes=decodes))
+    for name, rep in reports:
+        print(f"## decode: {name}\n")
+        print(format_report(rep, args.clip))
+        print()
+    if len(reports) > 1:
+        print(format_comparison(reports))
     if args.json is not None:
-        args.json.write_text(json.dumps(asdict(rep), indent=1))
+        args.json.write_text(json.dumps({name: asdict(rep) for name, rep in reports},
+                                        indent=1))
     return 0
 
 

@@ -135,7 +135,7 @@ def gather(paths: Iterable[Path], recursive: bool) -> list[Input]:
 
 def load_zones_file(path: Path) -> list[Zone]:
     """Zones from JSON: a list of ``{"name", "points"}`` or ``{"zones": [...]}``."""
-    from crowdcount.model.zones import Zone
+    from crowdcount.model.zones import Zone, check_unique_names
 
     try:
         data = json.loads(path.read_text())
@@ -152,8 +152,10 @@ def load_zones_file(path: Path) -> list[Zone]:
             zones.append(Zone.from_dict(item))
         except (KeyError, TypeError, ValueError) as exc:
             raise UserError(f"{path}: zones[{i}]: {exc}") from None
-    if len({z.name for z in zones}) != len(zones):
-        raise UserError(f"{path}: zone names must be unique")
+    try:
+        check_unique_names(z.name for z in zones)
+    except ValueError as exc:
+        raise UserError(f"{path}: {exc}") from None
     return zones
 
 

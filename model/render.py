@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
+from crowdcount.model.floor import Floor
 from crowdcount.model.types import Result
 from crowdcount.model.zones import Zone, draw_zones
 
@@ -26,12 +27,18 @@ HEAT_CAP = 1.0
 #: Below this many people per cell the heat fades out, so empty floor shows untinted.
 HEAT_FADE = 0.15 * HEAT_CAP
 HEAT_UNIT = "people per output cell"
+#: People per square metre of floor drawn as full red on a floor-calibrated stream: a
+#: standing crowd this dense is past Fruin's queuing level D, and moving crowds of 4-5 per m2
+#: are where crowd-safety guidance puts the danger.
+FLOOR_HEAT_CAP = 4.0
+FLOOR_HEAT_UNIT = "people per m2 of floor"
 
 
-def heat_level(density: NDArray[np.float32]) -> NDArray[np.float32]:
+def heat_level(density: NDArray[np.float32], cap: float = HEAT_CAP) -> NDArray[np.float32]:
     """Where each cell's density lies on the absolute colour scale: 0 (none) to 1 (at or
-    over ``HEAT_CAP``). The one scale every picture uses."""
-    return np.clip(np.asarray(density, np.float32) / HEAT_CAP, 0.0, 1.0)
+    over ``cap``: ``HEAT_CAP`` per cell, or ``FLOOR_HEAT_CAP`` per m2). NaN (a masked
+    cell of a floor map) is 0."""
+    return np.clip(np.nan_to_num(np.asarray(density, np.float32) / cap), 0.0, 1.0)
 
 
 def _jet(levels: NDArray[np.float32]) -> NDArray[np.uint8]:
@@ -41,36 +48,41 @@ def _jet(levels: NDArray[np.float32]) -> NDArray[np.uint8]:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB).reshape(*levels.shape, 3)
 
 
-def heat_legend(stops: int = 11) -> dict[str, Any]:
+def heat_legend(stops: int = 11, *, floor: bool = False) -> dict[str, Any]:
     """The colour scale as data, for legends drawn elsewhere (the page):
-    ``{"unit", "max", "fade", "stops": [{"value", "color": "#rrggbb"}, ...]}``."""
+    ``{"unit", "max", "fade", "stops": [{"value", "color": "#rrggbb"}, ...]}``; with
+    ``floor`` the people-per-m2 scale of floor-calibrated streams."""
+    cap = FLOOR_HEAT_CAP if floor else HEAT_CAP
     levels = np.linspace(0.0, 1.0, stops, dtype=np.float32)
     colors = _jet(levels)
     return {
-        "unit": HEAT_UNIT,
-        "max": HEAT_CAP,
-        "fade": HEAT_FADE,
-        "stops": [{"value": round(float(v) * HEAT_CAP, 4),
+        "unit": FLOOR_HEAT_UNIT if floor else HEAT_UNIT,
+        "max": cap,
+        "fade": 0.15 * cap,
+        "stops": [{"value": round(float(v) * cap, 4),
                    "color": "#{:02x}{:02x}{:02x}".format(*map(int, c))}
                   for v, c in zip(levels, colors, strict=True)],
     }
 
 
-def colorize(density: NDArray[np.float32], size: tuple[int, int]) -> NDArray[np.uint8]:
+def colorize(density: NDArray[np.float32], size: tuple[int, int],
+             cap: float = HEAT_CAP) -> NDArray[np.uint8]:
     """RGB Jet image of ``density`` on the absolute scale, resized to ``size`` = (w, h)."""
-    level = cv2.resize(heat_level(density), size, interpolation=cv2.INTER_LINEAR)
+    level = cv2.resize(heat_level(density, cap), size, interpolation=cv2.INTER_LINEAR)
     return _jet(level)
 
 
 def overlay(
-    image: NDArray[np.uint8], density: NDArray[np.float32], alpha: float = 0.45
+    image: NDArray[np.uint8], density: NDArray[np.float32], alpha: float = 0.45,
+    cap: float = HEAT_CAP,
 ) -> NDArray[np.uint8]:
-    """Blend the Jet heatmap over ``image`` (RGB); cells under ``HEAT_FADE`` people fade
-    to untinted."""
+    """Blend the Jet heatmap over ``image`` (RGB); cells under 15 % of ``cap`` fade to
+    untinted, as do NaN cells (masked: beyond a calibrated floor)."""
     h, w = image.shape[:2]
-    heat = colorize(density, (w, h))
-    weight = cv2.resize(np.asarray(density, np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
-    mask = np.clip(weight / HEAT_FADE, 0.0, 1.0)[..., None]
+    heat = colorize(density, (w, h), cap)
+    values = np.nan_to_num(np.asarray(density, np.float32))
+    weight = cv2.resize(values, (w, h), interpolation=cv2.INTER_LINEAR)
+    mask = np.clip(weight / (0.15 * cap), 0.0, 1.0)[..., None]
     blend = image.astype(np.float32) * (1 - alpha * mask) + heat.astype(np.float32) * alpha * mask
     return blend.astype(np.uint8)
 
@@ -127,15 +139,55 @@ def annotate(
     title: str | None = None,
     clock: str | None = None,
     zones: Sequence[Zone] | None = None,
+    floor: Floor | None = None,
 ) -> NDArray[np.uint8]:
     """The annotated frame viewers see: heatmap, count, stream name and time, and when
-    ``zones`` are given their outlines labelled with ``result.zones`` counts."""
+    ``zones`` are given their outlines labelled with ``result.zones`` counts. With a
+    ``floor`` calibration the heatmap is people per m2 of floor (masked beyond it), a
+    one-metre grid is drawn on the floor and zone labels carry density and level."""
     lines = [f"count {result.count:.1f}"]
     if title:
         lines.insert(0, title)
     if clock:
         lines.append(clock)
-    image = overlay(result.frame.image, result.density)
+    if floor is None:
+        lines.append(HEAT_UNIT)
+        image = overlay(result.frame.image, result.density)
+    else:
+        lines.append(FLOOR_HEAT_UNIT)
+        per_m2 = floor.per_m2(result.density, result.frame.size).astype(np.float32)
+        image = draw_grid(overlay(result.frame.image, per_m2, cap=FLOOR_HEAT_CAP), floor)
     if zones:
-        image = draw_zones(image, zones, result.zones)
+        image = draw_zones(image, _in_image_pixels(zones, result.frame.size, image),
+                           result.zones,
+                           labels={k: f"{v.per_m2:.2f}/m2 {v.level}"
+                                   for k, v in result.floor.items()})
     return draw_label(image, lines)
+
+
+def draw_grid(image: NDArray[np.uint8], floor: Floor, step_m: float = 1.0
+              ) -> NDArray[np.uint8]:
+    """The floor's metric grid (every ``step_m`` metres) as thin light lines, with the
+    calibration's reprojection error in the bottom-left corner."""
+    out = image.copy()
+    sx = image.shape[1] / floor.frame_size[0]
+    sy = image.shape[0] / floor.frame_size[1]
+    for line in floor.grid(step_m):
+        pts = np.round(np.asarray(line) * (sx, sy)).astype(np.int32)
+        cv2.polylines(out, [pts], False, (235, 235, 235), 1, cv2.LINE_AA)
+    label = f"{step_m:g} m grid, error {floor.rms_error_px:.1f} px"
+    scale = max(0.35, image.shape[0] / 1400)
+    _, base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    cv2.putText(out, label, (6, image.shape[0] - base - 4), cv2.FONT_HERSHEY_SIMPLEX, scale,
+                (255, 255, 255), 1, cv2.LINE_AA)
+    return out
+
+
+def _in_image_pixels(zones: Sequence[Zone], size: tuple[int, int],
+                     image: NDArray[np.uint8]) -> Sequence[Zone]:
+    """Zones are in camera pixels (``Frame.size``); a decoder may have scaled the picture
+    down to the model's size, so outlines are scaled with it."""
+    sx, sy = image.shape[1] / size[0], image.shape[0] / size[1]
+    if sx == 1 and sy == 1:
+        return zones
+    return [Zone(z.name, tuple((x * sx, y * sy) for x, y in z.points)) for z in zones]

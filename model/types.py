@@ -28,12 +28,18 @@ class Frame:
     (YUV) picture with its conversion, and it runs when ``image`` is first read, i.e. only for
     frames the model actually takes. A live service drops most frames it cannot keep up with
     (newest-frame-wins, ``fps_limit``), and converting those to RGB was wasted CPU.
+
+    ``source_size`` is the (width, height) the camera sent when the decoder scaled the
+    picture down on conversion (to the model's input size: no full-size RGB copy of a 1080p
+    frame). Zones are drawn in camera pixels, so ``size`` reports that size; ``image`` is
+    the smaller picture.
     """
 
     stream_id: str
     seq: int
     captured_at: float
     pixels: RGB | Callable[[], RGB]
+    source_size: tuple[int, int] | None = None
 
     @property
     def image(self) -> RGB:
@@ -49,8 +55,24 @@ class Frame:
 
     @property
     def size(self) -> tuple[int, int]:
-        """(width, height) as video APIs report it."""
+        """(width, height) of the camera's picture, as video APIs report it (zones refer
+        to it): ``source_size`` when the decoder scaled the picture, else the image's."""
+        if self.source_size is not None:
+            return self.source_size
         return int(self.image.shape[1]), int(self.image.shape[0])
+
+
+@dataclass(frozen=True, slots=True)
+class ZoneDensity:
+    """A zone of a floor-calibrated stream: its floor area (m2), its people per m2 in this
+    frame and that density's level of service (``"A"`` .. ``"F"``)."""
+
+    area_m2: float
+    per_m2: float
+    level: str
+
+    def to_dict(self) -> dict[str, float | str]:
+        return {"area_m2": self.area_m2, "per_m2": self.per_m2, "level": self.level}
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +80,9 @@ class Result:
     """What the runtime returns for one frame.
 
     ``density`` is the model's map at its output stride (float32, (h, w)); it sums to
-    ``count``. ``zones`` maps zone name to the density summed inside that zone's polygon.
+    ``count``. ``zones`` maps zone name to the density summed inside that zone's polygon;
+    ``floor`` has each zone's density on the floor when the stream is floor-calibrated
+    (``model.floor``), else it is empty.
     """
 
     frame: Frame
@@ -66,6 +90,7 @@ class Result:
     count: float
     inferred_at: float
     zones: dict[str, float] = field(default_factory=dict)
+    floor: dict[str, ZoneDensity] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,26 +32,56 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["SUPERSAMPLE", "Zone", "ZoneCounter", "draw_zones", "zone_mask"]
+__all__ = ["SUPERSAMPLE", "Zone", "ZoneCounter", "check_points", "check_unique_names",
+           "draw_zones", "zone_mask"]
 
 SUPERSAMPLE = 8  # samples per density cell along each axis (64 per cell)
 
 PointXY = tuple[float, float]
 
 
+def check_points(points: Iterable[Sequence[float]]) -> tuple[PointXY, ...]:
+    """The one rule for a zone's polygon, whichever door it comes through (the config file's
+    ``ZoneConfig``, the zones route, ``crowdcount count --zones``, a cluster's rows):
+    at least 3 points, each finite and >= 0 (frame pixels; a mask clips what lies beyond
+    the frame), enclosing some area (a zero-area polygon never contains any density).
+    The points as floats; ``ValueError`` naming the first problem."""
+    pts = tuple((float(x), float(y)) for x, y in points)
+    if len(pts) < 3:
+        raise ValueError(f"a polygon needs at least 3 points, has {len(pts)}")
+    for i, (x, y) in enumerate(pts):
+        if not (math.isfinite(x) and math.isfinite(y)) or x < 0 or y < 0:
+            raise ValueError(f"point {i} ({x}, {y}) must be finite and >= 0 (pixels)")
+    # Shoelace area (twice it; only zero matters).
+    edges = zip(pts, pts[1:] + pts[:1], strict=True)
+    if sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in edges) == 0:
+        raise ValueError("points enclose no area (all on one line?)")
+    return pts
+
+
+def check_unique_names(names: Iterable[str]) -> None:
+    """A stream's zones are told apart by name (counts, rules, metrics, MQTT topics)."""
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise ValueError(f"duplicate zone name {name!r} (zone names are unique within a "
+                             "stream)")
+        seen.add(name)
+
+
 @dataclass(frozen=True, slots=True)
 class Zone:
-    """A named polygon in frame pixels (x right, y down), as configured or drawn in the UI."""
+    """A named polygon in frame pixels (x right, y down), as configured or drawn in the UI;
+    its points keep ``check_points``'s rule."""
 
     name: str
     points: tuple[PointXY, ...]
 
     def __post_init__(self) -> None:
-        pts = tuple((float(x), float(y)) for x, y in self.points)
-        if len(pts) < 3:
-            raise ValueError(f"zone {self.name!r}: a polygon needs at least 3 points")
-        if not all(math.isfinite(v) for p in pts for v in p):
-            raise ValueError(f"zone {self.name!r}: points must be finite")
+        try:
+            pts = check_points(self.points)
+        except ValueError as exc:
+            raise ValueError(f"zone {self.name!r}: {exc}") from None
         object.__setattr__(self, "points", pts)
 
     @classmethod
@@ -128,9 +158,7 @@ class ZoneCounter:
     """
 
     def __init__(self, zones: Sequence[Zone] = (), max_shapes: int = 4) -> None:
-        names = [z.name for z in zones]
-        if len(set(names)) != len(names):
-            raise ValueError("zone names must be unique within a stream")
+        check_unique_names(z.name for z in zones)
         self.zones: tuple[Zone, ...] = tuple(zones)
         self.max_shapes = max(1, int(max_shapes))
         self.masks_computed = 0  # how many masks were rasterised (for tests and metrics)
@@ -177,9 +205,11 @@ def draw_zones(
     zones: Sequence[Zone],
     counts: Mapping[str, float] | None = None,
     fill_alpha: float = 0.15,
+    labels: Mapping[str, str] | None = None,
 ) -> NDArray[np.uint8]:
     """A copy of ``image`` (RGB) with each zone outlined, lightly filled and labelled with
-    its name and, when given, its count. Points are in the image's pixels."""
+    its name and, when given, its count and extra text (``labels``, e.g. its density).
+    Points are in the image's pixels."""
     out = image.copy()
     if not zones:
         return out
@@ -197,6 +227,8 @@ def draw_zones(
         label = zone.name
         if counts is not None and zone.name in counts:
             label += f" {counts[zone.name]:.1f}"
+        if labels is not None and zone.name in labels:
+            label += f" {labels[zone.name]}"
         (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
         # Label at the top-most vertex, kept inside the image.
         x, y = (int(v) for v in poly[np.argmin(poly[:, 1])])

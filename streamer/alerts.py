@@ -35,6 +35,11 @@ __all__ = ["AlertEngine", "AlertEvent", "ThresholdRule"]
 _EPS = 1e-9
 
 EventKind = Literal["raised", "cleared"]
+#: What a rule watches: the people count (of the stream or a zone), a zone's people per m2
+#: of floor, or its level of service as a number (A = 1 ... F = 6: ``above = 4`` raises at
+#: level E or F). The last two need a floor-calibrated stream (``model.floor``).
+Metric = Literal["count", "density", "level"]
+METRICS: tuple[Metric, ...] = ("count", "density", "level")
 ClearReason = Literal["below", "rule_changed", "stream_removed"]
 
 
@@ -49,10 +54,16 @@ class ThresholdRule:
     above: float
     below: float
     for_seconds: float = 0.0
+    metric: Metric = "count"
 
     def __post_init__(self) -> None:
         if not self.name:
             raise ValueError("a rule needs a name")
+        if self.metric not in METRICS:
+            raise ValueError(f"rule {self.name!r}: metric must be one of {', '.join(METRICS)}")
+        if self.metric != "count" and self.zone is None:
+            raise ValueError(f"rule {self.name!r}: a {self.metric} rule needs a zone (a zone "
+                             "has a floor area; the whole frame has none)")
         if not (math.isfinite(self.above) and math.isfinite(self.below)):
             raise ValueError(f"rule {self.name!r}: above and below must be finite")
         if not self.below < self.above:
@@ -71,7 +82,13 @@ class ThresholdRule:
             "above": self.above,
             "below": self.below,
             "for_seconds": self.for_seconds,
+            "metric": self.metric,
         }
+
+    @property
+    def key(self) -> str | tuple[str | None, str] | None:
+        """Where its value is in an ``AlertEngine.update`` sample."""
+        return self.zone if self.metric == "count" else (self.zone, self.metric)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +134,7 @@ class AlertEvent:
             "above": self.rule.above,
             "below": self.rule.below,
             "for_seconds": self.rule.for_seconds,
+            "metric": self.rule.metric,
         }
 
 
@@ -169,12 +187,15 @@ class AlertEngine:
             self._by_stream.setdefault(rule.stream, []).append(rule)
         return events
 
-    def update(self, stream: str, t: float, values: Mapping[str | None, float]) -> list[AlertEvent]:
+    def update(
+        self, stream: str, t: float, values: Mapping[str | tuple[str | None, str] | None, float]
+    ) -> list[AlertEvent]:
         """Feed one sample: ``values[None]`` is the stream's total, ``values[name]`` a zone's
-        count. Returns the raised/cleared events, in rule order."""
+        count, ``values[(name, "density")]`` and ``values[(name, "level")]`` its density and
+        level on a calibrated floor. Returns the raised/cleared events, in rule order."""
         events: list[AlertEvent] = []
         for rule in self._by_stream.get(stream, ()):
-            value = values.get(rule.zone)
+            value = values.get(rule.key)
             if value is None:
                 continue
             value = float(value)

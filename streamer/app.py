@@ -20,12 +20,22 @@ from crowdcount.model.bundled import default_model
 from crowdcount.model.runtime import Runtime
 from crowdcount.streamer.auth import Handler, token_middleware
 from crowdcount.streamer.config import Config, resolve_token
-from crowdcount.streamer.limits import MAX_HTTP_LINE, MAX_REQUEST_TARGET
+from crowdcount.streamer.limits import MAX_HTTP_LINE, MAX_JSON_BYTES, MAX_REQUEST_TARGET
 from crowdcount.streamer.openapi import TOKEN_REQUIRED
 from crowdcount.streamer.origin import browser_guard
 from crowdcount.streamer.ratelimit import RateLimiter
-from crowdcount.streamer.routes import count, docs, gathering, rtc, rules, streams, system, zones
-from crowdcount.streamer.routes.common import MAX_JSON_BYTES, SERVICE, ApiError, json_error
+from crowdcount.streamer.routes import (
+    count,
+    docs,
+    floor,
+    gathering,
+    rtc,
+    rules,
+    streams,
+    system,
+    zones,
+)
+from crowdcount.streamer.routes.common import SERVICE, ApiError, json_error
 from crowdcount.streamer.service import Service
 from crowdcount.streamer.surface import ServiceSurface
 from crowdcount.streamer.upload import UploadCounter
@@ -130,6 +140,7 @@ def add_routes(app: web.Application, web_dir: Path = WEB_DIR) -> None:
     count.add_routes(app)
     rtc.add_routes(app)
     zones.add_routes(app)
+    floor.add_routes(app)
     rules.add_routes(app)
     gathering.add_routes(app)
 

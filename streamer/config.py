@@ -33,6 +33,12 @@ Example::
     name = "door"
     points = [[100, 200], [400, 200], [400, 600], [100, 600]]
 
+    [streams.floor]          # people per m2 (docs/floor-density.md)
+    image_points = [[80, 700], [900, 700], [760, 300], [220, 300]]
+    width = 4.0              # metres: the four points are a 4 m x 6 m floor rectangle
+    depth = 6.0
+    frame_size = [960, 720]
+
     [[thresholds]]
     name = "door-crowded"
     stream = "entrance"
@@ -60,7 +66,6 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
-import math
 import os
 import re
 import tomllib
@@ -83,12 +88,16 @@ from pydantic import (
 )
 
 from crowdcount.model.errors import UserError
+from crowdcount.model.floor import Floor, FloorError, level_bands
+from crowdcount.model.zones import check_points, check_unique_names
 from crowdcount.streamer.limits import (
     MAX_ALERT_RULES,
     MAX_NAME_LENGTH,
     MAX_URL_LENGTH,
+    MAX_ZONE_POINTS,
     MAX_ZONES_PER_STREAM,
 )
+from crowdcount.streamer.urls import mask_url
 
 __all__ = [
     "STREAM_NAME_RE",
@@ -96,6 +105,7 @@ __all__ = [
     "ClusterConfig",
     "Config",
     "ConfigError",
+    "FloorConfig",
     "ModelConfig",
     "MqttConfig",
     "ServerConfig",
@@ -106,11 +116,19 @@ __all__ = [
     "ThresholdConfig",
     "WebhookConfig",
     "ZoneConfig",
+    "check_zones_on_floor",
     "load_config",
     "parse_config",
 ]
 
 StreamKind = Literal["rtsp", "file", "device", "webcam"]
+
+#: Counts per second of an RTSP camera whose ``fps_limit`` is unset (docs/cameras.md). A
+#: crowd changes over seconds, and at one count a second a camera sending a keyframe every
+#: second is decoded keyframes-only: ~1 % of a core per 1080p camera instead of ~21 % for
+#: every frame, and the model's 10-20 ms once a second. Files, webcams and browser cameras
+#: keep counting every frame they can.
+CAMERA_FPS = 1.0
 
 # Stream names become ids in API paths, metric labels and the database: keep them plain.
 # The one definition: the config file, the API bodies and the WebRTC signalling use it.
@@ -175,20 +193,79 @@ class ZoneConfig(_Strict):
     #: the zone's name in counts, metrics, topics and alert rules; unique within its stream
     name: ZoneName
     #: the polygon's corners as [x, y] pixels of the stream's frames, in order
-    points: Annotated[tuple[Point, ...], BeforeValidator(_as_tuple), Field(min_length=3)]
+    points: Annotated[tuple[Point, ...], BeforeValidator(_as_tuple),
+                      Field(min_length=3, max_length=MAX_ZONE_POINTS)]
 
     @field_validator("points")
     @classmethod
     def _check_points(cls, pts: tuple[tuple[float, float], ...]) -> tuple[tuple[float, float], ...]:
-        for i, (x, y) in enumerate(pts):
-            if not (math.isfinite(x) and math.isfinite(y)) or x < 0 or y < 0:
-                raise ValueError(f"point {i} ({x}, {y}) must be finite and >= 0 (pixels)")
-        # Shoelace area: a zero-area polygon would never contain any density.
-        edges = zip(pts, pts[1:] + pts[:1], strict=True)
-        area = sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in edges)
-        if area == 0:
-            raise ValueError("points enclose no area (all on one line?)")
-        return pts
+        return check_points(pts)  # the rule every door uses (model.zones)
+
+
+def check_zones_on_floor(floor: Floor, zones: Sequence[Any]) -> None:
+    """Raise ``FloorError`` naming the first zone (``.name``, ``.points``) with a corner off
+    the calibrated floor (beyond the horizon, or deeper than ``max_range``)."""
+    for zone in zones:
+        ok = floor.valid(list(zone.points))
+        if not ok.all():
+            i = int(ok.argmin())
+            raise FloorError(f"zone {zone.name!r}: point {i} {tuple(zone.points[i])} is beyond "
+                             "the calibrated floor: move it nearer the camera or mark floor "
+                             "points farther away")
+
+
+class FloorConfig(_Strict):
+    """A stream's floor calibration (``model.floor``): four or more floor points marked in
+    the stream's frame (pixels, of a frame of ``frame_size``) and their positions on the
+    floor in metres (``floor_points``), or the four corners of a floor rectangle of
+    ``width`` x ``depth`` metres, in order around it."""
+
+    image_points: Annotated[tuple[Point, ...], BeforeValidator(_as_tuple),
+                            Field(max_length=64)]
+    floor_points: Annotated[tuple[Point, ...], BeforeValidator(_as_tuple),
+                            Field(max_length=64)] | None = None
+    width: Annotated[float, Field(allow_inf_nan=False)] | None = None
+    depth: Annotated[float, Field(allow_inf_nan=False)] | None = None
+    #: (width, height) of the frame the points were marked on
+    frame_size: Annotated[tuple[Annotated[int, Field(ge=1, le=16384)],
+                                Annotated[int, Field(ge=1, le=16384)]],
+                          BeforeValidator(_as_tuple)]
+    #: metres above the floor of the plane the density is on (heads); 0: the floor itself
+    head_height: Annotated[float, Field(ge=0, le=5, allow_inf_nan=False)] = 1.6
+    #: cells deeper than this many times the deepest marked point are masked
+    max_range: Annotated[float, Field(ge=1, le=20, allow_inf_nan=False)] = 3.0
+    #: levels of service: Fruin's "walkway" or "queuing" bands, or five ascending upper
+    #: bounds (people/m2) of levels A-E
+    levels: Literal["walkway", "queuing"] | Annotated[
+        tuple[Annotated[float, Field(gt=0, allow_inf_nan=False)], ...],
+        BeforeValidator(_as_tuple), Field(min_length=5, max_length=5)] = "walkway"
+
+    @model_validator(mode="after")
+    def _check_geometry(self) -> Self:
+        self.build()  # FloorError is a ValueError: its one line becomes the problem
+        return self
+
+    def build(self) -> Floor:
+        """The calibration; raises ``FloorError`` (what to fix) for unusable input."""
+        options = {"head_height": self.head_height, "max_range": self.max_range}
+        rectangle = self.width is not None or self.depth is not None
+        if rectangle and self.floor_points is not None:
+            raise FloorError("give floor_points or width and depth (a rectangle), not both")
+        level_bands(self.levels)
+        if rectangle:
+            if self.width is None or self.depth is None:
+                raise FloorError("a rectangle needs both width and depth (metres)")
+            return Floor.from_rectangle(self.image_points, self.width, self.depth,
+                                        self.frame_size, **options)
+        if self.floor_points is None:
+            raise FloorError("give floor_points (metres, one per image point) or the width "
+                             "and depth of the rectangle the four image points mark")
+        return Floor.calibrate(self.image_points, self.floor_points, self.frame_size,
+                               **options)
+
+    @property
+    def bands(self) -> tuple[float, ...]:
+        return level_bands(self.levels)
 
 
 class StreamSettings(_Strict):
@@ -225,6 +302,7 @@ class StreamConfig(StreamSettings):
     #: polygons counted separately: [[streams.zones]] tables
     zones: Annotated[tuple[ZoneConfig, ...], BeforeValidator(_as_tuple),
                      Field(max_length=MAX_ZONES_PER_STREAM)] = ()
+    floor: FloorConfig | None = None
 
     @field_validator("url")
     @classmethod
@@ -247,12 +325,14 @@ class StreamConfig(StreamSettings):
     @field_validator("zones")
     @classmethod
     def _unique_zones(cls, zones: tuple[ZoneConfig, ...]) -> tuple[ZoneConfig, ...]:
-        seen: set[str] = set()
-        for z in zones:
-            if z.name in seen:
-                raise ValueError(f"duplicate zone name {z.name!r}")
-            seen.add(z.name)
+        check_unique_names(z.name for z in zones)
         return zones
+
+    @model_validator(mode="after")
+    def _zones_on_the_floor(self) -> Self:
+        if self.floor is not None:
+            check_zones_on_floor(self.floor.build(), self.zones)
+        return self
 
     @model_validator(mode="after")
     def _loop_only_for_files(self) -> Self:
@@ -261,6 +341,14 @@ class StreamConfig(StreamSettings):
         if self.isolate_decoder and self.kind != "rtsp":
             raise ValueError(f"isolate_decoder only applies to rtsp urls, not {self.kind} urls")
         return self
+
+    @property
+    def target_fps(self) -> float | None:
+        """Counts per second wanted: ``fps_limit``, else ``CAMERA_FPS`` for RTSP cameras,
+        else every frame (``None``)."""
+        if self.fps_limit is not None:
+            return self.fps_limit
+        return CAMERA_FPS if self.kind == "rtsp" else None
 
     @property
     def kind(self) -> StreamKind:
@@ -441,6 +529,9 @@ class ThresholdConfig(_Strict):
     below: Annotated[float, Field(ge=0, allow_inf_nan=False)]
     #: seconds over above before the alert is raised
     for_seconds: Annotated[float, Field(ge=0, le=86400, allow_inf_nan=False)] = 0.0
+    #: what is watched: "count" (people), "density" (a zone's people/m2) or "level" (a
+    #: zone's level of service, A = 1 ... F = 6); the last two need a floor-calibrated stream
+    metric: Literal["count", "density", "level"] = "count"
 
     @model_validator(mode="after")
     def _check_levels(self) -> Self:
@@ -449,10 +540,14 @@ class ThresholdConfig(_Strict):
                 f"below ({self.below:g}) must be less than above ({self.above:g}) so the "
                 "alert cannot flap"
             )
+        if self.metric != "count" and self.zone is None:
+            raise ValueError(f"a {self.metric} rule needs a zone (the zone's floor area is "
+                             "what the density is per)")
         return self
 
 
-_HTTP_URL_RE = re.compile(r"^https?://[^\s/?#]+[^\s]*$", re.IGNORECASE)
+# Unambiguous (the host ends where "/", "?" or "#" starts): linear time, no backtracking.
+_HTTP_URL_RE = re.compile(r"^https?://[^\s/?#]+(?:[/?#]\S*)?$", re.IGNORECASE)
 # MQTT topic levels: no wildcards, no empty levels, no NUL.
 _TOPIC_PREFIX_RE = r"^[^/+#\x00\s]+(/[^/+#\x00\s]+)*$"
 
@@ -488,7 +583,7 @@ class WebhookConfig(_Strict):
     def _check_url(cls, url: str) -> str:
         url = url.strip()
         if not _HTTP_URL_RE.match(url):
-            raise ValueError(f"{url!r} is not an http:// or https:// url")
+            raise ValueError(f"{mask_url(url)!r} is not an http:// or https:// url")
         return url
 
 
@@ -620,6 +715,9 @@ class Config(_Strict):
         streams = {s.name: s for s in info.data.get("streams") or ()}
         for i, r in enumerate(rules):
             stream = streams.get(r.stream)
+            if stream is not None and r.metric != "count" and stream.floor is None:
+                raise ValueError(f"thresholds[{i}]: a {r.metric} rule needs a floor-calibrated "
+                                 f"stream; add [streams.floor] to stream {r.stream!r}")
             if stream is not None and r.zone is not None:
                 zones = [z.name for z in stream.zones]
                 if r.zone not in zones:

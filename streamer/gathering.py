@@ -35,12 +35,14 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
+from crowdcount.model.floor import Floor
 from crowdcount.model.types import Result
 
 if TYPE_CHECKING:
     from crowdcount.streamer.store import GatheringStore
 
-__all__ = ["GRID_H", "GRID_W", "GatheringMap", "Heatmap", "render_overlay", "resample_weights"]
+__all__ = ["GRID_H", "GRID_W", "GatheringMap", "Heatmap", "render_floor_view", "render_overlay",
+           "resample_weights"]
 
 log = logging.getLogger(__name__)
 
@@ -281,16 +283,53 @@ def _shrink(image: NDArray[np.uint8], max_side: int = 960) -> NDArray[np.uint8]:
 
 
 def render_overlay(image: NDArray[np.uint8] | None, heatmap: Heatmap,
-                   max_side: int = 960) -> NDArray[np.uint8]:
+                   max_side: int = 960, floor: Floor | None = None) -> NDArray[np.uint8]:
     """The map in the Jet colours over the reference frame (a grey canvas of the grid's
     aspect when there is none). Unlike live heatmaps (one absolute scale), the map is
     relative: its busiest cell is red and cells under 15 % of it stay untinted, because the
-    question is where, not how many (the JSON has the numbers)."""
+    question is where, not how many (the JSON has the numbers). With a ``floor``
+    calibration the cells are people per m2 of floor (beyond the floor: untinted)."""
     from crowdcount.model.render import HEAT_CAP, overlay
 
     base = _shrink(image, max_side) if image is not None else np.full(
         (GRID_H * 16, GRID_W * 16, 3), 96, np.uint8)
     if heatmap.grid is None or heatmap.grid.max() <= 0:
         return base.copy()
-    scaled = heatmap.grid / heatmap.grid.max() * HEAT_CAP
+    grid = heatmap.grid if floor is None else floor.per_m2(heatmap.grid, floor.frame_size)
+    peak = float(np.nanmax(grid)) if np.isfinite(grid).any() else 0.0
+    if peak <= 0:
+        return base.copy()
+    scaled = grid / peak * HEAT_CAP
     return overlay(base, scaled.astype(np.float32), alpha=0.55)
+
+
+def render_floor_view(floor: Floor, heatmap: Heatmap, frame_size: tuple[int, int],
+                      side: int = 640) -> NDArray[np.uint8]:
+    """The gathering map warped top-down onto the floor (``Floor.floor_view``): people per
+    m2 in the Jet colours (the busiest spot red, under 15 % of it untinted) on dark grey,
+    off the calibrated floor light grey, with a grid every metre (every 5 m on a large
+    floor)."""
+    from crowdcount.model.render import colorize
+
+    if heatmap.grid is None:
+        return np.full((side * 3 // 4, side, 3), 96, np.uint8)
+    raster, (x0, y0, x1, y1) = floor.floor_view(heatmap.grid, frame_size, 0.05)
+    peak = float(np.nanmax(raster)) if np.isfinite(raster).any() else 0.0
+    levels = np.zeros(raster.shape, np.float32) if peak <= 0 else np.nan_to_num(
+        raster / peak).astype(np.float32)
+    scale = side / max(raster.shape)
+    size = (max(1, round(raster.shape[1] * scale)), max(1, round(raster.shape[0] * scale)))
+    heat = colorize(levels, size, cap=1.0).astype(np.float32)
+    weight = np.clip(cv2.resize(levels, size, interpolation=cv2.INTER_LINEAR) / 0.15, 0, 1)
+    image = (np.float32(50) * (1 - weight[..., None]) + heat * weight[..., None]).astype(np.uint8)
+    off = cv2.resize(np.isnan(raster).astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)
+    image[off > 0] = (120, 120, 120)
+    px_per_m = size[0] / (x1 - x0)
+    step = 1.0 if max(x1 - x0, y1 - y0) <= 30 else 5.0
+    for x in np.arange(math.ceil(x0 / step) * step, x1, step):
+        u = round((x - x0) * px_per_m)
+        cv2.line(image, (u, 0), (u, size[1] - 1), (200, 200, 200), 1)
+    for y in np.arange(math.ceil(y0 / step) * step, y1, step):
+        v = round((y1 - y) * px_per_m)
+        cv2.line(image, (0, v), (size[0] - 1, v), (200, 200, 200), 1)
+    return image

@@ -22,16 +22,25 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from crowdcount.model.types import Result
+from crowdcount.model.floor import LEVELS, Floor, FloorError, level_of_service
+from crowdcount.model.types import Result, ZoneDensity
 from crowdcount.model.zones import Zone, ZoneCounter
 from crowdcount.streamer.alerts import AlertEngine, AlertEvent, ThresholdRule
 from crowdcount.streamer.sinks.base import Notifier, StreamAware
 
 if TYPE_CHECKING:
-    from crowdcount.streamer.config import Config, SinksConfig, StreamConfig, ThresholdConfig
+    from crowdcount.streamer.config import (
+        Config,
+        FloorConfig,
+        SinksConfig,
+        StreamConfig,
+        ThresholdConfig,
+    )
 
 __all__ = [
+    "FLOOR_KEY",
     "Integrations",
+    "StreamFloor",
     "notifiers_from_config",
     "rules_from_config",
     "zones_from_config",
@@ -44,9 +53,64 @@ def zones_from_config(stream: StreamConfig) -> tuple[Zone, ...]:
     return tuple(Zone(z.name, z.points) for z in stream.zones)
 
 
+#: The stream settings key of a stream's floor calibration (``FloorConfig`` as JSON; JSON
+#: ``null``: uncalibrated on purpose, over a config file's calibration).
+FLOOR_KEY = "floor"
+
+
+class StreamFloor:
+    """One stream's floor calibration in force, and its zones' floor areas per frame and
+    density shape (computed on the first frame of a shape, then reused)."""
+
+    def __init__(self, config: FloorConfig) -> None:
+        self.config = config
+        self.floor: Floor = config.build()
+        self.bands = config.bands
+        self._areas: dict[tuple[object, ...], dict[str, float | None]] = {}
+        self.last_areas: dict[str, float | None] = {}
+
+    def areas(self, zones: Sequence[Zone], frame_size: tuple[int, int],
+              shape: tuple[int, int]) -> dict[str, float | None]:
+        """``{zone: m2}``; ``None`` for a zone that reaches off the calibrated floor (its
+        density is not reported rather than divided by a wrong area)."""
+        key = (tuple(zones), frame_size, shape)
+        areas = self._areas.get(key)
+        if areas is None:
+            areas = {}
+            for z in zones:
+                try:
+                    areas[z.name] = self.floor.zone_area(z.points, frame_size, shape)
+                except FloorError:
+                    log.warning("event=zone_off_floor zone=%s", z.name)
+                    areas[z.name] = None
+            if len(self._areas) >= 4:
+                self._areas.pop(next(iter(self._areas)))
+            self._areas[key] = areas
+        self.last_areas = areas
+        return areas
+
+    def zone_areas(self, zones: Sequence[Zone]) -> dict[str, float | None]:
+        """The zones' areas of the last frame, or before any frame (a cluster's API process
+        sees none) at the calibrated frame size and the bundled model's stride of 8."""
+        if self.last_areas and set(self.last_areas) == {z.name for z in zones}:
+            return self.last_areas
+        w, h = self.config.frame_size
+        return self.areas(zones, (w, h), (max(1, h // 8), max(1, w // 8)))
+
+    def densities(self, zones: Sequence[Zone], counts: Mapping[str, float],
+                  frame_size: tuple[int, int], shape: tuple[int, int]) -> dict[str, ZoneDensity]:
+        out = {}
+        for name, area in self.areas(zones, frame_size, shape).items():
+            if area is not None and area > 0 and name in counts:
+                per_m2 = max(0.0, float(counts[name])) / area
+                out[name] = ZoneDensity(area, per_m2, level_of_service(per_m2, self.bands))
+        return out
+
+
 def rules_from_config(thresholds: Iterable[ThresholdConfig]) -> tuple[ThresholdRule, ...]:
     return tuple(
-        ThresholdRule(t.name, t.stream, t.zone, t.above, t.below, t.for_seconds) for t in thresholds
+        ThresholdRule(t.name, t.stream, t.zone, t.above, t.below, t.for_seconds, t.metric)
+        for t in thresholds
     )
 
 
@@ -77,6 +141,7 @@ class Integrations:
         notifiers: Sequence[Notifier] = (),
     ) -> None:
         self._counters: dict[str, ZoneCounter] = {}
+        self._floors: dict[str, StreamFloor] = {}
         for stream, zs in (zones or {}).items():
             self.set_zones(stream, zs)
         self.engine = AlertEngine(rules)
@@ -87,11 +152,14 @@ class Integrations:
     @classmethod
     def from_config(cls, config: Config) -> Integrations:
         """Zones of the configured streams, the ``[[thresholds]]`` and the ``[sinks]``."""
-        return cls(
+        out = cls(
             zones={s.name: zones_from_config(s) for s in config.streams if s.zones},
             rules=rules_from_config(config.thresholds),
             notifiers=notifiers_from_config(config.sinks),
         )
+        for s in config.streams:
+            out.set_floor(s.name, s.floor)
+        return out
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -127,6 +195,17 @@ class Integrations:
     def zones(self, stream: str) -> tuple[Zone, ...]:
         counter = self._counters.get(stream)
         return counter.zones if counter is not None else ()
+
+    def set_floor(self, stream: str, config: FloorConfig | None) -> None:
+        """Put a stream's floor calibration in force (``None``: uncalibrated); its zones'
+        densities are reported from the next frame. Raises ``FloorError``."""
+        if config is None:
+            self._floors.pop(stream, None)
+        else:
+            self._floors[stream] = StreamFloor(config)
+
+    def floor(self, stream: str) -> StreamFloor | None:
+        return self._floors.get(stream)
 
     @property
     def rules(self) -> tuple[ThresholdRule, ...]:
@@ -175,10 +254,17 @@ class Integrations:
         sid = result.frame.stream_id
         counter = self._counters.get(sid)
         if counter is not None:
-            zones = counter.count(result.density, result.frame.size)
-            result = dataclasses.replace(result, zones=zones)
-        values: dict[str | None, float] = {None: float(result.count)}
+            size = result.frame.size
+            zones = counter.count(result.density, size)
+            floor = self._floors.get(sid)
+            dens = ({} if floor is None else
+                    floor.densities(counter.zones, zones, size, result.density.shape[:2]))
+            result = dataclasses.replace(result, zones=zones, floor=dens)
+        values: dict[str | tuple[str | None, str] | None, float] = {None: float(result.count)}
         values.update(result.zones)
+        for name, d in result.floor.items():
+            values[(name, "density")] = d.per_m2
+            values[(name, "level")] = float(LEVELS.index(d.level) + 1)
         return result, self.engine.update(sid, result.frame.captured_at, values)
 
     def stats(self) -> dict[str, Any]:

@@ -31,8 +31,9 @@ MAX_JSON_NUMBER_CHARS = 40
 #: checked by ``streamer.rtc`` with its own message); fields have tighter bounds of their own.
 MAX_JSON_STRING_CHARS = 128 * 1024
 
-#: Zones of one stream.
+#: Zones of one stream, and corners of one zone (rasterised into a mask per frame size).
 MAX_ZONES_PER_STREAM = 32
+MAX_ZONE_POINTS = 256
 #: Alert rules of the whole server (config file and API together).
 MAX_ALERT_RULES = 256
 #: Per-stream items that calibration keeps (marked frames, calibrations): the same order of

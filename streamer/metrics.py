@@ -11,7 +11,8 @@ of the same name, and tests (or one process embedding two apps) build many appli
 Two kinds of series:
 
 * Values the sources and the pipeline already keep in ``StreamStatus`` (fps, drops,
-  reconnects, the last count) are read at scrape time by a custom collector, so there is no
+  reconnects, the last count, the decoder's CPU seconds and frames, whether it decodes
+  keyframes only) are read at scrape time by a custom collector, so there is no
   second copy to keep in step, and a removed stream's series disappear with it.
 * Latency distributions need every observation, so a sink feeds two histograms; their label
   sets are removed explicitly by ``forget`` when a stream is removed.
@@ -20,6 +21,10 @@ Two kinds of series:
   stream's zones or removing it drops the old label sets. Active alerts
   (``crowdcount_alerts_active{stream,rule,zone}``, 1 each) are read from the alert engine at
   scrape time; ``crowdcount_alerts_raised_total{stream,rule}`` counts raises.
+* On a floor-calibrated stream (``model.floor``) each zone also has
+  ``crowdcount_zone_people_per_square_meter``, ``crowdcount_zone_floor_area_square_meters``
+  and ``crowdcount_zone_level_of_service`` (A = 1 ... F = 6, so ``>= 5`` is E or worse), kept
+  and dropped like the zone counts.
 
 ``crowdcount_model_info{backend,path}`` (always 1) says which inference backend and model
 file the service runs, since the default backend depends on what is installed.
@@ -40,7 +45,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, Info, gener
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from crowdcount.model.types import Result
+from crowdcount.model.floor import LEVELS
+from crowdcount.model.types import Result, ZoneDensity
 from crowdcount.streamer.status import StreamState, StreamStatus
 
 if TYPE_CHECKING:
@@ -61,6 +67,7 @@ SERVICE_HELP = {
     "rtc_peers": "Open WebRTC peer connections",
     "store_pending_rows": "Count rows queued for the database",
     "store_dropped_rows": "Count rows dropped because the database queue was full",
+    "store_duplicate_rows": "Count rows the database already had (replays), stored once",
     "feed_dropped_items": "Live-feed items dropped for subscribers that fell behind",
     "inference_errors": "Batches whose inference raised",
     "sink_errors": "Results a sink failed to take",
@@ -78,8 +85,10 @@ class _StatusCollector(Collector):
         zones: ZoneSource | None = None,
         alerts: AlertSource | None = None,
         service_counters: GaugeSource | None = None,
+        zone_floor: Mapping[str, Mapping[str, ZoneDensity]] | None = None,
     ) -> None:
         self._statuses = statuses
+        self._zone_floor = zone_floor if zone_floor is not None else {}
         self._service_gauges = service_gauges
         self._service_counters = service_counters
         self._zone_counts = zone_counts if zone_counts is not None else {}
@@ -111,6 +120,20 @@ class _StatusCollector(Collector):
         up = GaugeMetricFamily(
             "crowdcount_stream_up", "1 while the stream is delivering frames", labels=["stream"]
         )
+        decode_cpu = CounterMetricFamily(
+            "crowdcount_decode_cpu_seconds",
+            "CPU seconds the stream's decoder thread spent reading and decoding video",
+            labels=["stream"],
+        )
+        decoded = CounterMetricFamily(
+            "crowdcount_frames_decoded",
+            "Frames the decoder produced (keyframes only, when they meet the stream's rate)",
+            labels=["stream"],
+        )
+        keyframes_only = GaugeMetricFamily(
+            "crowdcount_keyframes_only", "1 while the stream is decoded keyframes-only",
+            labels=["stream"],
+        )
         for sid, st in sorted(statuses.items()):
             if st.last_count is not None:
                 count.add_metric([sid], st.last_count)
@@ -120,7 +143,11 @@ class _StatusCollector(Collector):
             reconnects.add_metric([sid], st.reconnects)
             frames_out.add_metric([sid], st.frames_out)
             up.add_metric([sid], 1.0 if st.state == StreamState.RUNNING else 0.0)
-        yield from (count, fps_in, fps_out, dropped, reconnects, frames_out, up)
+            decode_cpu.add_metric([sid], st.decode_seconds)
+            decoded.add_metric([sid], st.frames_decoded)
+            keyframes_only.add_metric([sid], 1.0 if st.decode == "keyframes" else 0.0)
+        yield from (count, fps_in, fps_out, dropped, reconnects, frames_out, up, decode_cpu,
+                    decoded, keyframes_only)
         if self._zones is not None:
             zone = GaugeMetricFamily(
                 "crowdcount_zone_people", "Latest per-frame count inside a zone",
@@ -132,6 +159,7 @@ class _StatusCollector(Collector):
                     if name in last:
                         zone.add_metric([sid, name], last[name])
             yield zone
+            yield from self._floor_metrics(sorted(statuses))
         if self._alerts is not None:
             active = GaugeMetricFamily(
                 "crowdcount_alerts_active", "1 for each alert raised and not yet cleared",
@@ -150,6 +178,31 @@ class _StatusCollector(Collector):
                 total = CounterMetricFamily(f"crowdcount_{name}", SERVICE_HELP.get(name, name))
                 total.add_metric([], value)
                 yield total
+
+
+    def _floor_metrics(self, streams: Iterable[str]) -> Iterator[Metric]:
+        assert self._zones is not None
+        labels = ["stream", "zone"]
+        density = GaugeMetricFamily(
+            "crowdcount_zone_people_per_square_meter",
+            "Latest people per square metre of floor inside a zone (floor-calibrated streams)",
+            labels=labels)
+        area = GaugeMetricFamily(
+            "crowdcount_zone_floor_area_square_meters",
+            "Floor area of a zone (floor-calibrated streams)", labels=labels)
+        level = GaugeMetricFamily(
+            "crowdcount_zone_level_of_service",
+            "Latest level of service of a zone's density, A=1 to F=6 (floor-calibrated)",
+            labels=labels)
+        for sid in streams:
+            last = self._zone_floor.get(sid) or {}
+            for name in self._zones(sid):
+                d = last.get(name)
+                if d is not None:
+                    density.add_metric([sid, name], d.per_m2)
+                    area.add_metric([sid, name], d.area_m2)
+                    level.add_metric([sid, name], float(LEVELS.index(d.level) + 1))
+        yield from (density, area, level)
 
 
 class Metrics:
@@ -197,9 +250,10 @@ class Metrics:
         )
         self._raised_labels: set[tuple[str, str]] = set()
         self._zone_counts: dict[str, dict[str, float]] = {}
+        self._zone_floor: dict[str, dict[str, ZoneDensity]] = {}
         self.registry.register(
             _StatusCollector(statuses, service_gauges, self._zone_counts, zones, alerts,
-                             service_counters)
+                             service_counters, self._zone_floor)
         )
         self._children: dict[str, tuple[Any, Any]] = {}
 
@@ -219,6 +273,10 @@ class Metrics:
             self._zone_counts[sid] = result.zones
         else:
             self._zone_counts.pop(sid, None)
+        if result.floor:
+            self._zone_floor[sid] = result.floor
+        else:
+            self._zone_floor.pop(sid, None)
 
     def on_alert(self, event: AlertEvent) -> None:
         """Alert sink: count raised alerts."""
@@ -230,6 +288,7 @@ class Metrics:
     def forget(self, stream_id: str) -> None:
         """Remove a removed stream's histogram series (the collector's vanish by themselves)."""
         self._zone_counts.pop(stream_id, None)
+        self._zone_floor.pop(stream_id, None)
         if self._children.pop(stream_id, None) is not None:
             for hist in (self.inference_latency, self.e2e_latency):
                 with contextlib.suppress(KeyError):

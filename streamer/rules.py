@@ -14,7 +14,7 @@ import asyncio
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal, Protocol
 
-from crowdcount.streamer.alerts import AlertEvent, ThresholdRule
+from crowdcount.streamer.alerts import METRICS, AlertEvent, ThresholdRule
 from crowdcount.streamer.limits import MAX_ALERT_RULES
 from crowdcount.streamer.store import SettingsStore
 
@@ -75,6 +75,8 @@ class RuleBook:
         async with self._lock:
             self._api = {}
             for row in rows:
+                if row.get("metric") not in METRICS:  # written by a newer build
+                    row = {**row, "metric": "count"}
                 rule = ThresholdRule(**row)
                 if rule.name in self._config:
                     skipped.append(rule.name)

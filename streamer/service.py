@@ -24,17 +24,29 @@ import contextlib
 import logging
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from crowdcount.model.errors import UserError
+from crowdcount.model.floor import Floor
 from crowdcount.model.runtime import Runtime
 from crowdcount.model.zones import Zone
-from crowdcount.streamer.config import STREAM_NAME_RE, Config, StreamConfig
+from crowdcount.streamer.config import (
+    STREAM_NAME_RE,
+    Config,
+    FloorConfig,
+    StreamConfig,
+    check_zones_on_floor,
+)
 from crowdcount.streamer.feed import CountFeed
 from crowdcount.streamer.gathering import GatheringMap
-from crowdcount.streamer.integrations import Integrations, rules_from_config, zones_from_config
+from crowdcount.streamer.integrations import (
+    FLOOR_KEY,
+    Integrations,
+    rules_from_config,
+    zones_from_config,
+)
 from crowdcount.streamer.metrics import Metrics
 from crowdcount.streamer.pipeline import Pipeline
 from crowdcount.streamer.rtc import PeerManager
@@ -84,23 +96,29 @@ class StreamEntry:
                            self.source.status.to_dict())
 
 
-def make_source(stream: StreamConfig) -> Source:
-    """The source for one configured stream (imports only the module it needs)."""
+def make_source(stream: StreamConfig, max_side: int | None = None) -> Source:
+    """The source for one configured stream (imports only the module it needs).
+    Decoders get the stream's count rate (keyframes only when they meet it) and the
+    longer side the model runs it at (``max_side``: the stream's, else the caller's)."""
     kind = stream.kind
+    target_fps, side = stream.target_fps, stream.max_side or max_side
     if kind == "rtsp" and stream.isolate_decoder:
         from crowdcount.streamer.sources.isolated import IsolatedRtspSource
 
         return IsolatedRtspSource(stream.name, stream.url, stall_timeout=stream.stall_timeout,
-                                  max_retries=stream.max_retries)
+                                  max_retries=stream.max_retries,
+                                  target_fps=target_fps, max_side=side)
     if kind == "rtsp":
         from crowdcount.streamer.sources.rtsp import RtspSource
 
         return RtspSource(stream.name, stream.url, stall_timeout=stream.stall_timeout,
-                          max_retries=stream.max_retries)
+                          max_retries=stream.max_retries,
+                          target_fps=target_fps, max_side=side)
     if kind == "file":
         from crowdcount.streamer.sources.file import FileSource
 
-        return FileSource(stream.name, stream.url, loop=stream.loop)
+        return FileSource(stream.name, stream.url, loop=stream.loop, target_fps=target_fps,
+                          max_side=side)
     from crowdcount.streamer.sources.webcam import WebcamSource
 
     device = stream.url if kind == "device" else f"/dev/video{stream.url.partition(':')[2]}"
@@ -125,6 +143,7 @@ class Service:
         upload_counter: UploadCounter | None = None,
         store: Store | None = None,
         owns_registry: bool = True,
+        on_dropped: Callable[[StreamEntry], Awaitable[None]] | None = None,
     ) -> None:
         self.config = config
         self.runtime = runtime
@@ -134,6 +153,7 @@ class Service:
         # the zones are theirs to write (``streamer.cluster.service``), never the shard's,
         # so a shard restarting or dropping a camera cannot re-create or forget its row.
         self.owns_registry = owns_registry
+        self._on_dropped = on_dropped  # told when a stream has gone (a shard's browser cameras)
         if store is not None:  # a cluster's shard passes its PostgreSQL store
             self.store: Store = store
         else:
@@ -145,7 +165,7 @@ class Service:
         # ``Result.zones`` before any sink sees a result, so every sink agrees.
         self.integrations = Integrations.from_config(config)
         self.feed = CountFeed()
-        self.viewers = ViewerRegistry(zones=self.integrations.zones)
+        self.viewers = ViewerRegistry(zones=self.integrations.zones, floors=self._floor_of)
         self.pipeline = Pipeline(runtime, max_batch=config.model.max_batch,
                                  analysis=self.integrations)
         self.counts = CountSink(self.store.history, self.feed, Ema(), store_rate,
@@ -153,7 +173,6 @@ class Service:
         # Rules and zones made through the API, saved in the store's settings, and where
         # people gather (per-minute density grids, in the store as well).
         self.settings: SettingsStore = self.store.settings
-        self.saved_zones: dict[str, list[dict[str, Any]]] = {}
         self.rules = RuleBook(rules_from_config(config.thresholds), self.settings,
                               self.integrations, self._live_zone_names,
                               self.pipeline.publish_alerts)
@@ -187,12 +206,18 @@ class Service:
     def _service_counters(self) -> dict[str, float]:
         """Totals since start (Prometheus counters, ``_total`` in the exposition)."""
         stats = self.pipeline.stats()
+        store = self.store.stats()
         return {
-            "store_dropped_rows": float(self.store.stats()["dropped"]),
+            "store_dropped_rows": float(store["dropped"]),
+            "store_duplicate_rows": float(store["duplicates"]),
             "feed_dropped_items": float(self.feed.dropped),
             "inference_errors": float(stats.inference_errors),
             "sink_errors": float(stats.sink_errors),
         }
+
+    def _floor_of(self, stream_id: str) -> Floor | None:
+        current = self.integrations.floor(stream_id)
+        return None if current is None else current.floor
 
     def _zone_names(self, stream_id: str) -> list[str]:
         """The zones a live stream has now (metrics drop series of zones no longer there)."""
@@ -216,11 +241,30 @@ class Service:
             entry.options["zones"] = dicts
         else:
             entry.options.pop("zones", None)
-        self.saved_zones[stream_id] = dicts
         if not self.owns_registry:
             return
         await asyncio.to_thread(self.settings.save_zones, stream_id, dicts)
         if entry.origin == "api":  # its saved definition lists its options, zones included
+            await asyncio.to_thread(self.store.streams.save, entry.id, entry.id, entry.url,
+                                    entry.kind, dict(entry.options))
+
+    async def set_floor(self, stream_id: str, floor: FloorConfig | None) -> None:
+        """Replace a live stream's floor calibration (``None``: remove it) and save it, like
+        zones (it comes back over a config file's one). Raises ``StreamNotFound`` and
+        ``FloorError`` (a zone off the calibrated floor); nothing changes on error."""
+        entry = self.get(stream_id)
+        if floor is not None:
+            check_zones_on_floor(floor.build(), self.integrations.zones(stream_id))
+        self.integrations.set_floor(stream_id, floor)
+        value = None if floor is None else floor.model_dump(mode="json", exclude_defaults=True)
+        if value is None:
+            entry.options.pop("floor", None)
+        else:
+            entry.options["floor"] = value
+        if not self.owns_registry:
+            return
+        await asyncio.to_thread(self.settings.save_stream_setting, stream_id, FLOOR_KEY, value)
+        if entry.origin == "api":
             await asyncio.to_thread(self.store.streams.save, entry.id, entry.id, entry.url,
                                     entry.kind, dict(entry.options))
 
@@ -263,7 +307,6 @@ class Service:
         # Alerts left open by a previous process can never be cleared by it: close them; the
         # fresh engine raises again if the crowd is still there.
         await asyncio.to_thread(self.store.alerts.close_open, time.time())
-        self.saved_zones = await asyncio.to_thread(self.settings.zones)
         for name in await self.rules.load():
             log.warning("event=saved_rule_shadowed rule=%s (the config file has one of that "
                         "name)", name)
@@ -286,10 +329,17 @@ class Service:
         self._reserve(stream.name)
         if origin != "config":  # config streams got theirs from Integrations.from_config
             self.integrations.set_zones(stream.name, zones_from_config(stream))
+            self.integrations.set_floor(stream.name, stream.floor)
+        runtime = self.pipeline.runtime
+        # The size the model runs this stream at, for the decoder to convert to (a backend
+        # with a fixed input size resizes by itself).
+        model_side = runtime.max_side if runtime.backend.fixed_size is None else None
         entry = await self.add_source(
-            make_source(stream), url=stream.url, kind=stream.kind, origin=origin,
-            fps_limit=stream.fps_limit, max_side=stream.max_side, persist=persist,
+            make_source(stream, model_side), url=stream.url, kind=stream.kind, origin=origin,
+            fps_limit=stream.fps_limit, target_fps=stream.target_fps,
+            max_side=stream.max_side, persist=persist,
             zones=[z.model_dump() for z in stream.zones],
+            floor=stream.floor,
             # non-default source settings, recorded so that a resumed stream keeps them
             settings=stream.model_dump(include={"stall_timeout", "max_retries",
                                                 "isolate_decoder"}, exclude_defaults=True),
@@ -307,20 +357,35 @@ class Service:
         max_side: int | None = None,
         persist: bool = False,
         zones: list[dict[str, Any]] | None = None,
+        floor: FloorConfig | None = None,
         settings: dict[str, Any] | None = None,
+        target_fps: float | None = None,
     ) -> StreamEntry:
         """Add an already built source (any kind: tests and benchmarks use synthetic ones).
+        ``target_fps`` is the rate the model is fed (default: ``fps_limit``, which is what
+        the options record; a camera's default rate is not written down as a limit).
         ``zones`` (``{"name", "points"}`` dicts) are recorded in the options (and so saved
         with ``persist``). Raises ``StreamConflict``; on any failure nothing is left
         registered."""
         sid = source.stream_id
         self._reserve(sid, origin)
-        saved = self.saved_zones.get(sid)
-        if saved is not None:  # zones set through the API win over the config's
+        # Zones set through the API win over the config's; the settings are their one record
+        # (no copy kept here to drift from it).
+        saved = (await asyncio.to_thread(self.settings.zones)).get(sid)
+        self._reserve(sid, origin)  # again: the read awaited
+        if saved is not None:
             zones = saved
             self.integrations.set_zones(sid, [Zone.from_dict(z) for z in saved])
+        saved_floors = await asyncio.to_thread(self.settings.stream_settings, FLOOR_KEY)
+        self._reserve(sid, origin)
+        if sid in saved_floors:  # and so does a floor calibration
+            floor = self._saved_floor(sid, saved_floors[sid])
+            self.integrations.set_floor(sid, floor)
+        floor_dict = None if floor is None else floor.model_dump(mode="json",
+                                                                 exclude_defaults=True)
         options: dict[str, Any] = {
-            k: v for k, v in (("fps_limit", fps_limit), ("max_side", max_side), ("zones", zones))
+            k: v for k, v in (("fps_limit", fps_limit), ("max_side", max_side), ("zones", zones),
+                              ("floor", floor_dict))
             if v
         } | (settings or {})
         entry = StreamEntry(sid, url, kind, origin, source, options)
@@ -329,7 +394,7 @@ class Service:
         try:
             if persist:
                 await asyncio.to_thread(self.store.streams.save, sid, sid, url, kind, options)
-            await self.pipeline.add_stream(source, fps_limit, max_side)
+            await self.pipeline.add_stream(source, target_fps or fps_limit, max_side)
             self.viewers.sink(sid)  # viewers of this stream can connect from now on
         except BaseException:
             self.streams.pop(sid, None)
@@ -343,6 +408,18 @@ class Service:
         log.info("event=stream_added stream=%s kind=%s origin=%s url=%s",
                  sid, kind, origin, mask_url(url))
         return entry
+
+    def _saved_floor(self, sid: str, value: dict[str, Any] | None) -> FloorConfig | None:
+        """The saved calibration ``value`` of ``sid``; one that no longer validates (a
+        stricter build) is logged and ignored rather than keeping the stream down."""
+        if value is None:
+            return None
+        try:
+            return FloorConfig.model_validate(value)
+        except ValueError as exc:
+            log.error("event=saved_floor_invalid stream=%s error=%r", sid,
+                      " ".join(str(exc).split()))
+            return None
 
     def _reserve(self, sid: str, origin: Origin = "config") -> None:
         """Refuse a stream that may not be added now (HTTP 409). A browser camera's viewer
@@ -372,10 +449,10 @@ class Service:
             return
         # A removed API camera is forgotten with its zones (a new one of that name starts
         # clean); a browser camera's or a config stream's zones stay for its return.
-        self.saved_zones.pop(stream_id, None)
         if self.owns_registry:
             await asyncio.to_thread(self.store.streams.delete, stream_id)
             await asyncio.to_thread(self.settings.delete_zones, stream_id)
+            await asyncio.to_thread(self.settings.delete_stream_setting, stream_id, FLOOR_KEY)
         await self._drop(stream_id, entry)
 
     async def replace_stream(self, stream: StreamConfig) -> StreamEntry:
@@ -386,9 +463,10 @@ class Service:
         if entry.origin != "api":
             raise StreamConflict.not_editable(stream.name, entry.origin, "edit")
         zones = [z.to_dict() for z in self.integrations.zones(stream.name)]
-        stream = StreamConfig.model_validate({**stream.model_dump(exclude={"zones"},
-                                                                  exclude_defaults=True),
-                                              "zones": zones})
+        kept = self.integrations.floor(stream.name)
+        stream = StreamConfig.model_validate({
+            **stream.model_dump(exclude={"zones", "floor"}, exclude_defaults=True),
+            "zones": zones, "floor": None if kept is None else kept.config})
         await self._drop(stream.name, entry)
         return await self.add_stream(stream, origin="api", persist=True)
 
@@ -404,9 +482,15 @@ class Service:
         self.gathering.forget(stream_id)
         if entry.origin != "config":  # API streams get theirs back from the store
             self.integrations.set_zones(stream_id, ())
+            self.integrations.set_floor(stream_id, None)
         # Make its last counts queryable at once (the history outlives the stream).
         with contextlib.suppress(Exception):
             await asyncio.to_thread(self.store.flush)
+        if self._on_dropped is not None:
+            try:
+                await self._on_dropped(entry)
+            except Exception as exc:
+                log.error("event=on_dropped_failed stream=%s error=%r", stream_id, str(exc))
         log.info("event=stream_removed stream=%s", stream_id)
 
     async def has_history(self, stream_id: str) -> bool:
@@ -476,5 +560,6 @@ class Service:
 
 def _stream_options(options: dict[str, Any]) -> dict[str, Any]:
     """The saved options that ``StreamConfig`` knows (older rows may hold others)."""
-    known = ("fps_limit", "max_side", "stall_timeout", "max_retries", "isolate_decoder", "zones")
+    known = ("fps_limit", "max_side", "stall_timeout", "max_retries", "isolate_decoder", "zones",
+             "floor")
     return {k: options[k] for k in known if k in options}

@@ -28,8 +28,13 @@ class StreamStatus:
     them and a figure fed by two is a sum read on demand:
 
     * the source's thread: ``state`` (and ``last_error``) while it runs, ``frames_in``,
-      ``fps_in``, ``reconnects`` and ``source_dropped`` (frames it replaced before the
-      pipeline took them);
+      ``fps_in``, ``reconnects``, ``source_dropped`` (frames it replaced before the
+      pipeline took them) and the decode figures (``sources/decoding.py``): ``decode``
+      (``"keyframes"`` or ``"full"``, ``None`` until the keyframe interval is known),
+      ``keyframe_interval`` (seconds, learnt from the stream), ``decode_note`` (why a
+      camera that could not be decoded keyframes-only is not), ``frames_decoded`` and
+      ``decode_seconds`` (CPU seconds of its decode thread), ``frame_size`` (the camera's
+      (width, height), in which zones are drawn, whatever size the model sees);
     * the pipeline, on the event loop: ``batch_dropped`` (frames the batcher replaced),
       ``frames_out``, ``fps_out`` and ``last_count``; it also sets ``state``/``last_error``
       once when a source fails outside its own thread (plain assignments: the last wins).
@@ -48,6 +53,12 @@ class StreamStatus:
     reconnects: int = 0
     last_error: str | None = None
     last_count: float | None = None
+    decode: str | None = None
+    keyframe_interval: float | None = None
+    decode_note: str | None = None
+    frames_decoded: int = 0
+    decode_seconds: float = 0.0
+    frame_size: tuple[int, int] | None = None
 
     @property
     def dropped(self) -> int:
@@ -57,7 +68,11 @@ class StreamStatus:
         return {"state": self.state, "fps_in": self.fps_in, "fps_out": self.fps_out,
                 "frames_in": self.frames_in, "frames_out": self.frames_out,
                 "dropped": self.dropped, "reconnects": self.reconnects,
-                "last_error": self.last_error, "last_count": self.last_count}
+                "last_error": self.last_error, "last_count": self.last_count,
+                "decode": self.decode, "keyframe_interval": self.keyframe_interval,
+                "decode_note": self.decode_note, "frames_decoded": self.frames_decoded,
+                "decode_seconds": round(self.decode_seconds, 3),
+                "frame_size": list(self.frame_size) if self.frame_size else None}
 
 
 @dataclass(slots=True)

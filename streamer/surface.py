@@ -14,17 +14,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 from crowdcount.model.zones import Zone
 from crowdcount.streamer.alerts import ThresholdRule
-from crowdcount.streamer.config import Config, StreamConfig
+from crowdcount.streamer.config import Config, FloorConfig, StreamConfig
 from crowdcount.streamer.feed import CountFeed
 from crowdcount.streamer.gathering import GatheringMap
 from crowdcount.streamer.metrics import Metrics
 from crowdcount.streamer.store import Store
 from crowdcount.streamer.upload import UploadCounter
 from crowdcount.streamer.urls import mask_text, mask_url
+
+if TYPE_CHECKING:
+    from crowdcount.streamer.integrations import StreamFloor
 
 __all__ = [
     "PeersView",
@@ -135,6 +138,10 @@ class ZonesView(Protocol):
 
     def zones(self, stream: str) -> tuple[Zone, ...]: ...
 
+    def floor(self, stream: str) -> StreamFloor | None:
+        """The stream's floor calibration in force (``None``: uncalibrated)."""
+        ...
+
     def active_alerts(self) -> list[dict[str, Any]]: ...
 
 
@@ -225,6 +232,11 @@ class ServiceSurface(Protocol):
     async def remove_stream(self, stream_id: str) -> None: ...
 
     async def set_zones(self, stream_id: str, zones: Sequence[Zone]) -> None: ...
+
+    async def set_floor(self, stream_id: str, floor: FloorConfig | None) -> None:
+        """Replace (``None``: remove) and save a stream's floor calibration; ``FloorError``
+        when one of its zones would be off the calibrated floor."""
+        ...
 
     async def has_history(self, stream_id: str) -> bool: ...
 

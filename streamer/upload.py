@@ -7,8 +7,9 @@ one thread, which also serialises uploads without a lock. Routing uploads throug
 pipeline was rejected: its batcher keeps only the newest frame per stream and would drop
 concurrent uploads by design.
 
-Decoding (with the decompression-bomb check of ``decode_image``), inference, the overlay
-and PNG encoding all run on that thread. ``max_pending`` bounds how many uploads may wait
+Decoding (with the format and decompression-bomb checks of ``decode_image``, from the
+header, before anything is decoded), inference, the overlay (drawn at the network's input
+size) and PNG encoding all run on that thread. ``max_pending`` bounds how many uploads may wait
 for it, so a burst from many clients is refused (HTTP 503) instead of queueing without end.
 """
 
@@ -21,13 +22,24 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from crowdcount.model.imageio import MAX_PIXELS
 from crowdcount.model.runtime import Runtime
 from crowdcount.streamer.config import ModelConfig
 
-#: Uploads are shrunk so their longer side is at most this before inference: a 40-megapixel
-#: photo run at full size would need gigabytes of activations for no better count.
-UPLOAD_MAX_SIDE = 2048
+#: Uploads are shrunk so their longer side is at most this before inference. Why 1280: the
+#: network's activations grow with its input, and the server must stay small whatever a
+#: client sends (issue 17: under 300 MB over idle for any upload). Measured with the
+#: bundled model on OpenVINO (benchmarks/bench_hostile.py): a 25-megapixel PNG peaked at
+#: 311 MB over idle at 2048 and 143 MB at 1280. The bundled model counts best at 768 px
+#: anyway (its card's serving size), so 1280 costs it nothing.
+UPLOAD_MAX_SIDE = 1280
+#: Compiled input shapes the upload runtime keeps (OpenVINO; see ``from_config``): every
+#: picture size is a new shape, and 16 kept shapes at upload sizes were gigabytes.
+UPLOAD_COMPILED_SHAPES = 1
+#: Uploads above this many pixels are refused from the header, before decoding. Why lower
+#: than the CLI's ``imageio.MAX_PIXELS``: OpenCV's PNG decoder holds two copies while
+#: decoding (measured: +229 MB for a 40-megapixel PNG, +115 MB for JPEG or WebP). 25
+#: megapixels take a 6000x4000 photo.
+UPLOAD_MAX_PIXELS = 25_000_000
 
 
 class UploadBusy(RuntimeError):
@@ -67,7 +79,7 @@ class UploadCounter:
         self,
         open_runtime: Callable[[], Runtime],
         *,
-        max_pixels: int = MAX_PIXELS,
+        max_pixels: int = UPLOAD_MAX_PIXELS,
         max_pending: int = 8,
     ) -> None:
         self._open_runtime = open_runtime
@@ -82,8 +94,13 @@ class UploadCounter:
     @classmethod
     def from_config(cls, model: ModelConfig) -> UploadCounter:
         def open_runtime() -> Runtime:
-            return Runtime.open(model.path, model.backend, threads=model.threads,
-                                max_side=UPLOAD_MAX_SIDE)
+            runtime = Runtime.open(model.path, model.backend, threads=model.threads,
+                                   max_side=UPLOAD_MAX_SIDE)
+            if hasattr(runtime.backend, "max_shapes"):  # OpenVINO: one compiled network
+                # per input shape, each with its activation buffers; every picture size
+                # is a new shape, so an upload keeps only the last (bounded memory).
+                runtime.backend.max_shapes = UPLOAD_COMPILED_SHAPES
+            return runtime
 
         return cls(open_runtime)
 
@@ -118,6 +135,13 @@ class UploadCounter:
 
         image = decode_image(data, name, self.max_pixels)  # before the model: cheap refusal
         runtime = self._runtime_here()
+        height, width = image.shape[:2]
+        # Shrunk to the network's input size here, exactly as the runtime would (INTER_AREA),
+        # and the full-size picture dropped: the overlay is drawn on the small one, and a
+        # large upload's float32 intermediates never exist at full size.
+        h, w = runtime.size_for(image)
+        if h * w < height * width:
+            image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
         (density,) = runtime.predict([image])
         count = float(density.sum())
         png: bytes | None = None
@@ -130,8 +154,8 @@ class UploadCounter:
         self.counted += 1
         return UploadResult(
             count=count,
-            width=int(image.shape[1]),
-            height=int(image.shape[0]),
+            width=int(width),
+            height=int(height),
             density_shape=(int(density.shape[0]), int(density.shape[1])),
             density_max=float(density.max()) if density.size else 0.0,
             overlay_png=png,

@@ -180,6 +180,23 @@ def test_count_video_every_csv_with_zones(levels, brightness_model, tmp_path):
         assert float(r["left"]) + float(r["right"]) == pytest.approx(float(r["count"]), abs=0.05)
 
 
+@pytest.mark.parametrize(("points", "problem"), [
+    ([[0, 0], [100, 100], [200, 200]], "points enclose no area"),
+    ([[0, 0], [-5, 1], [2, 9]], "point 1 (-5.0, 1.0) must be finite and >= 0"),
+    ([[0, 0], [1, 1]], "needs at least 3 points"),
+])
+def test_count_refuses_the_zones_the_api_refuses(levels, brightness_model, tmp_path, points,
+                                                  problem):
+    """One rule for a zone (``model.zones.check_points``) at every door: the CLI's
+    ``--zones`` file refuses what ``PUT /api/streams/{id}/zones`` and the config refuse."""
+    zones = tmp_path / "zones.json"
+    zones.write_text(json.dumps([{"name": "flat", "points": points}]))
+    result = crowdcount("count", str(levels), "--model", str(brightness_model),
+                        "--zones", str(zones))
+    assert result.returncode == 2 and result.stdout == ""
+    assert problem in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
 def test_count_video_zones_from_config_stream(levels, brightness_model, tmp_path):
     config = tmp_path / "serve.toml"
     config.write_text(

@@ -319,6 +319,32 @@ async def test_edits_through_one_api_reach_the_shard_and_the_other_api(
             assert time.monotonic() - t0 < 30, "cam1's shard never counted the new zone"
             await asyncio.sleep(0.2)
 
+        # The floor calibration travels with the camera like its zones: put through B, it
+        # is in the camera's row (A shows it), and cam1's shard reports the zone's density.
+        w, h = SIZE
+        floor = {"image_points": [[0, h], [w, h], [w * 0.8, 0], [w * 0.2, 0]], "width": 4,
+                 "depth": 6, "frame_size": [w, h], "head_height": 0}
+        async with http.put(f"{api_b}/api/streams/cam1/floor", json=floor) as r:
+            assert r.status == 200, await r.text()
+        await wait_until_async(lambda s: "floor" in s["cam1"]["options"], api, "the floor in A")
+        async with api.get("/api/streams/cam1/floor") as resp:
+            body = await resp.json()
+        assert body["floor"]["width"] == 4 and body["zones"]["left"]["area_m2"] > 0
+
+        async def density_counted() -> bool:
+            async with http.get(f"{api_b}/api/streams/cam1/feed") as resp:
+                async for line in resp.content:
+                    if line.startswith(b"data:"):
+                        item = json.loads(line[5:])
+                        if item.get("stream") == "cam1" and "count" in item:
+                            return "left" in item.get("floor", {})
+            return False
+
+        t0 = time.monotonic()
+        while not await density_counted():
+            assert time.monotonic() - t0 < 30, "cam1's shard never reported a floor density"
+            await asyncio.sleep(0.2)
+
         first = f"rtsp://127.0.0.1:{free_port()}/a"
         second = f"rtsp://127.0.0.1:{free_port()}/b"
         async with http.post(f"{api_b}/api/streams", json={"name": "gate", "url": first}) as r:
@@ -405,13 +431,46 @@ async def test_viewer_through_api_gets_annotated_frames_from_worker_node(
         assert max(f.mean for f in frames) > 16
         async with api.delete(f"/api/rtc/peers/{answer['peer_id']}") as resp:
             assert resp.status == 204
-        async with api.post("/api/rtc/offer", json={**client.offer, "mode": "publish"}) as r:
-            assert r.status == 400  # browser cameras need a single-process server
         async with api.post("/api/rtc/offer", json={**client.offer, "mode": "view",
                                                      "stream_id": "nope"}) as r:
             assert r.status == 404
     finally:
         await client.close()
+
+
+async def test_browser_camera_published_through_api_runs_on_a_shard(
+    api: TestClient, api_b: str, ray_cluster: Any, cluster_dsn: str
+) -> None:
+    """A browser camera on a cluster: its row is saved, its shard answers the offer and
+    counts its frames (the other API process lists it too); a second publisher of the same
+    name is refused; hanging up removes it everywhere."""
+    camera = await make_client("publish", size=SIZE, fps=FPS, level=160)
+    other = await make_client("publish", size=SIZE, fps=FPS, level=160)
+    try:
+        async with api.post("/api/rtc/offer", json={**camera.offer, "mode": "publish",
+                                                     "stream_id": "phone"}) as resp:
+            assert resp.status == 200, await resp.text()
+            answer = await resp.json()
+        await camera.accept(answer)
+        async with api.post("/api/rtc/offer", json={**other.offer, "mode": "publish",
+                                                     "stream_id": "phone"}) as resp:
+            assert resp.status == 400 and "already in use" in (await resp.json())["error"]
+        async with aiohttp.ClientSession() as http:
+            await wait_until_async(
+                lambda s: "phone" in s and s["phone"]["origin"] == "webrtc"
+                and s["phone"]["status"]["frames_out"] > 0
+                and s["phone"]["node"] in _worker_ids(ray_cluster),
+                http, "the browser camera counted by its shard, seen from B", base=api_b)
+        await camera.wait_frames(2, timeout=30)  # annotated video back from the shard
+        async with api.delete(f"/api/rtc/peers/{answer['peer_id']}") as resp:
+            assert resp.status == 204
+        await wait_until_async(lambda s: "phone" not in s, api, "the hang-up in A")
+        with psycopg.connect(cluster_dsn) as conn:
+            assert conn.execute("SELECT count(*) FROM streams WHERE id = 'phone'"
+                                ).fetchone() == (0,)
+    finally:
+        await camera.close()
+        await other.close()
 
 
 async def test_worker_node_killed_cameras_resume_on_other_node(

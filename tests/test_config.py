@@ -255,6 +255,17 @@ def test_unknown_keys_rejected_with_key_path(
             "streams[0].zones",
             "duplicate zone name 'z'",
         ),
+        ("[server]\nallowed_hosts = ['crowd.local:8080 x']\n", "server.allowed_hosts[0]",
+         "not a host name"),
+        ("[server]\nallowed_hosts = 'crowd.local'\n", "server.allowed_hosts", "tuple"),
+        ("[server]\nallowed_origins = ['https://dash.example.com/']\n",
+         "server.allowed_origins[0]", "no path"),
+        ("[server]\nallowed_origins = ['dash.example.com']\n", "server.allowed_origins[0]",
+         "not an origin"),
+        ("[[streams]]\nname = 'a'\nurl = 'rtsp://h/" + "a" * 3000 + "'\n", "streams[0].url",
+         "at most 2048"),
+        ("[[streams]]\nname = '" + "a" * 100 + "'\nurl = 'x.mp4'\n", "streams[0].name",
+         "at most 64"),
     ],
 )
 def test_bad_values_rejected(tmp_path: Path, text: str, path: str, fragment: str) -> None:
@@ -464,3 +475,35 @@ def test_stream_max_retries_bounds_rtsp_reconnects() -> None:
     assert default.streams[0].max_retries is None
     with pytest.raises(ConfigError, match="max_retries"):
         parse_config({"streams": [{"name": "c", "url": "rtsp://h/s", "max_retries": -1}]})
+
+
+def test_browser_protection_keys_parse() -> None:
+    server = parse_config({"server": {
+        "allowed_hosts": ["crowd.local", "10.0.0.5", "*"],
+        "allowed_origins": ["https://dash.example.com:8443"]}}).server
+    assert server.allowed_hosts == ("crowd.local", "10.0.0.5", "*")
+    assert server.allowed_origins == ("https://dash.example.com:8443",)
+    assert parse_config({}).server.allowed_hosts == ()
+
+
+def test_cameras_default_to_one_count_a_second_and_fps_limit_overrides(
+        tmp_path: Path) -> None:
+    from crowdcount.streamer.config import CAMERA_FPS
+    from crowdcount.streamer.service import make_source
+
+    clip = tmp_path / "clip.mp4"
+    cfg = parse_config({"streams": [
+        {"name": "cam", "url": "rtsp://10.0.0.1/s"},
+        {"name": "fast", "url": "rtsp://10.0.0.1/t", "fps_limit": 5, "max_side": 512},
+        {"name": "iso", "url": "rtsp://10.0.0.1/u", "isolate_decoder": True},
+        {"name": "file", "url": str(clip)},
+    ]})
+    cam, fast, iso, file = cfg.streams
+    assert CAMERA_FPS == 1.0 and cam.fps_limit is None and cam.target_fps == 1.0
+    assert fast.target_fps == 5 and iso.target_fps == 1.0 and file.target_fps is None
+    # The decoders get the rate (keyframes only when it allows) and the model's size.
+    source = make_source(cam, max_side=768)
+    assert (source.decoder.target_fps, source.decoder.max_side) == (1.0, 768)
+    assert make_source(fast, max_side=768).decoder.max_side == 512  # the stream's own wins
+    assert make_source(iso).options["target_fps"] == 1.0  # the child decodes the same way
+    assert make_source(file).decoder.target_fps is None

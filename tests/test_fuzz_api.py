@@ -29,6 +29,11 @@ from hypothesis.errors import InvalidArgument
 
 from crowdcount.streamer.app import build_app
 from crowdcount.streamer.config import parse_config
+from crowdcount.streamer.limits import (
+    MAX_JSON_DEPTH,
+    MAX_JSON_NUMBER_CHARS,
+    MAX_JSON_STRING_CHARS,
+)
 from crowdcount.streamer.routes.common import SERVICE
 from crowdcount.streamer.service import Service
 from crowdcount.streamer.sources.synthetic import SyntheticSource
@@ -211,6 +216,39 @@ def test_fuzz_raw_json_bodies(server: LiveServer, raw: bytes, ctype: str) -> Non
         status, _ = server.request("POST", path, raw, ctype)
         assert status in (201, 400, 409, 413, 415), status
     _cleanup(server)
+
+
+#: Every route that reads a JSON body (issue 17: one decoder for all of them).
+JSON_ROUTES = [("POST", "/api/streams"), ("PATCH", "/api/streams/cam"),
+               ("PUT", "/api/streams/cam/zones"), ("POST", "/api/alerts/rules"),
+               ("PUT", "/api/alerts/rules/r"), ("POST", "/api/rtc/offer")]
+#: JSON values past a bound of the decoder, as text: over-long numbers, nesting past
+#: MAX_JSON_DEPTH, lone surrogates, non-finite numbers, over-long strings.
+JSON_BOMBS = st.one_of(
+    st.integers(MAX_JSON_NUMBER_CHARS + 1, 6000).map(lambda n: "9" * n),
+    st.integers(MAX_JSON_NUMBER_CHARS, 3000).map(lambda n: "-1." + "5" * n),
+    st.integers(MAX_JSON_DEPTH + 1, 60_000).map(lambda d: "[" * d + "]" * d),
+    st.integers(MAX_JSON_DEPTH + 1, 20_000).map(lambda d: '{"a": ' * d + "1" + "}" * d),
+    st.integers(0xD800, 0xDFFF).map(lambda c: f'"rtsp://127.0.0.1:9/x\\u{c:04x}y"'),
+    st.sampled_from(["NaN", "Infinity", "-Infinity", "1e400", "-1e999", "1E+309"]),
+    st.integers(MAX_JSON_STRING_CHARS + 1, MAX_JSON_STRING_CHARS + 5000).map(
+        lambda n: '"' + "a" * n + '"'),
+)
+BOMB_PLACES = st.sampled_from(['{"url": %s}', '{"name": "x", "zones": [1, %s]}',
+                               '{"sdp": {"b": %s}}', "%s", '[%s]', '{"above": %s}'])
+
+
+@FUZZ
+@given(route=st.sampled_from(JSON_ROUTES), bomb=JSON_BOMBS, place=BOMB_PLACES)
+def test_fuzz_json_bombs_on_every_route(server: LiveServer, route: tuple[str, str],
+                                        bomb: str, place: str) -> None:
+    """Past any bound of the decoder: 400 JSON on every route, whatever the route would
+    otherwise say (the body is refused before a route looks at it)."""
+    method, path = route
+    status, data = server.request(method, path, (place % bomb).encode())
+    assert status == 400, (method, path, place % bomb[:80], data)
+    status, data = server.request(method, path, b'{"name": "x"}', "text/plain")
+    assert status == 415, (method, path, data)
 
 
 QUERY_KEYS = st.one_of(st.sampled_from(["since", "until", "step", "limit", "zones"]),

@@ -48,8 +48,8 @@ def expected(data: dict[str, np.ndarray], key: str, step: int, mask=None) -> dic
     return out
 
 
-@pytest.mark.parametrize("step", [1, 5, 60, 120])
-def test_rollups_equal_raw_aggregation(db: StoreDb, step: int) -> None:
+@pytest.mark.parametrize("step", [1, 5, 60, 120, 2.5])  # 2.5: aggregated from raw rows
+def test_rollups_equal_raw_aggregation(db: StoreDb, step: float) -> None:
     with db.open(batch_rows=37) as store:  # many small commits
         data = fill(store)
         got = store.history.counts("cam", step=step, with_zones=True)

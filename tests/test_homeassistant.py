@@ -5,11 +5,13 @@ delivered)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import jinja2
 import pytest
 
+from crowdcount.model.types import ZoneDensity
 from crowdcount.streamer.alerts import AlertEvent, ThresholdRule
 from crowdcount.streamer.config import ConfigError, parse_config
 from crowdcount.streamer.sinks.homeassistant import slug
@@ -175,3 +177,35 @@ async def test_service_announces_streams_zones_rules_and_removes_them(serve, mos
     finally:
         sub.close()
 
+
+
+async def test_floor_density_and_level_sensors(mosquitto) -> None:
+    """A floor-calibrated stream's zones get a density and a level-of-service sensor, and
+    the state and zone topics carry the values those templates read."""
+    sub = Subscriber(mosquitto, "#")
+    pub = MqttNotifier(mosquitto.host, mosquitto.port, max_rate=100, home_assistant=True)
+    await pub.start()
+    await wait_until(lambda: pub.connected)
+    result = dataclasses.replace(make_result("cam", 1.0, 12.5, {"door": 4.25}),
+                                 floor={"door": ZoneDensity(2.5, 1.7, "E")})
+    pub.on_result(result)
+    density = "homeassistant/sensor/crowdcount/crowdcount_cam_zone_door_density/config"
+    level = "homeassistant/sensor/crowdcount/crowdcount_cam_zone_door_level/config"
+    await wait_until(lambda: {density, level} <= set(configs(sub))
+                     and sub.on("crowdcount/cam/state"), what="floor sensors")
+    seen = configs(sub)
+    d, lv = json.loads(seen[density]), json.loads(seen[level])
+    assert d["unit_of_measurement"] == "people/m²" and d["state_class"] == "measurement"
+    assert lv["device_class"] == "enum" and lv["options"] == list("ABCDEF")
+    state = sub.on("crowdcount/cam/state")[-1]
+    assert render(d["value_template"], state) == "1.7"
+    assert render(lv["value_template"], state) == "E"
+    await wait_until(lambda: sub.on("crowdcount/cam/door/count"))
+    zone_msg = sub.on("crowdcount/cam/door/count")[-1]
+    assert zone_msg == {"stream": "cam", "zone": "door", "t": 1.0, "count": 4.25,
+                        "area_m2": 2.5, "per_m2": 1.7, "level": "E"}
+    # Calibration removed: the next result has no floor, and the sensors are deleted.
+    pub.on_result(make_result("cam", 2.0, 12.0, {"door": 4.0}))
+    await wait_until(lambda: configs(sub).get(density) == b"" and configs(sub).get(level) == b"")
+    await pub.close()
+    sub.close()

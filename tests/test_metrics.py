@@ -12,6 +12,7 @@ import subprocess
 import numpy as np
 import pytest
 
+from crowdcount.streamer.sources.file import FileSource
 from crowdcount.streamer.sources.synthetic import SyntheticSource
 from tests.fixtures.app import service
 from tests.fixtures.models import expected_count
@@ -41,7 +42,7 @@ def test_promtool_flags_what_we_fixed() -> None:
     assert code != 0 and 'should not have "_count" suffix' in report
 
 
-async def test_live_metrics_pass_promtool(serve) -> None:
+async def test_live_metrics_pass_promtool(serve, h264_clip) -> None:
     level = 220
     rule = expected_count(np.full((H, W, 3), level, np.uint8)) * 0.5
     client = await serve(thresholds=[{"name": "busy", "stream": "plaza", "above": rule,
@@ -51,11 +52,21 @@ async def test_live_metrics_pass_promtool(serve) -> None:
         source = SyntheticSource(sid, W, H, fps=20.0,
                                  render=lambda _i: np.full((H, W, 3), level, np.uint8))
         await svc.add_source(source, url="synthetic", kind="synthetic", origin="api")
+    # A decoding source, whose decoder's CPU time is a counter of its own.
+    clip = FileSource("clip", h264_clip, loop=True, target_fps=1.0)
+    await svc.add_source(clip, url=str(h264_clip), kind="file", origin="api", fps_limit=1.0)
+    await wait_until(lambda: clip.status.decode == "keyframes", what="keyframes-only decode")
     r = await client.put("/api/streams/plaza/zones",
                          json={"zones": [{"name": "left", "points": LEFT}]})
     assert r.status == 200
+    r = await client.put("/api/streams/plaza/floor", json={
+        "image_points": [[20, 250], [300, 250], [260, 20], [60, 20]], "width": 4, "depth": 6,
+        "frame_size": [W, H], "head_height": 0})
+    assert r.status == 200, await r.text()
     await wait_until(lambda: svc.integrations.active_alerts(), what="the alert")
     families = ("crowdcount_zone_people{", "crowdcount_alerts_active{",
+                "crowdcount_zone_people_per_square_meter{", "crowdcount_zone_level_of_service{",
+                "crowdcount_zone_floor_area_square_meters{",
                 "crowdcount_alerts_raised_total{", "crowdcount_inference_latency_seconds_bucket{")
     text = ""
     for _ in range(200):  # until a scrape shows every family (zones need a zoned frame)
@@ -76,7 +87,12 @@ async def test_live_metrics_pass_promtool(serve) -> None:
         expected_count(np.full((H, W, 3), level, np.uint8)))
     assert values['crowdcount_zone_people{stream="plaza",zone="left"}'] == pytest.approx(
         values['crowdcount_people{stream="plaza"}'] / 2, rel=0.01)
-    for name in ("inference_errors", "sink_errors", "feed_dropped_items", "store_dropped_rows"):
+    assert values['crowdcount_decode_cpu_seconds_total{stream="clip"}'] > 0
+    assert values['crowdcount_frames_decoded_total{stream="clip"}'] > 0
+    assert values['crowdcount_keyframes_only{stream="clip"}'] == 1.0
+    assert values['crowdcount_decode_cpu_seconds_total{stream="plaza"}'] == 0  # not decoded
+    for name in ("inference_errors", "sink_errors", "feed_dropped_items", "store_dropped_rows",
+                 "store_duplicate_rows"):
         assert re.search(rf"^# TYPE crowdcount_{name}(_total)? counter$", text, re.M), name
         assert values[f"crowdcount_{name}_total"] == 0
     assert values['crowdcount_alerts_active{rule="busy",stream="plaza",zone=""}'] == 1

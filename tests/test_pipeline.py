@@ -202,13 +202,14 @@ async def test_close_releases_all_threads(runtime):
 async def test_frames_the_model_never_takes_are_never_converted(runtime, h264_clip, monkeypatch):
     """A 10 fps file with ``fps_limit = 2``: the batcher refuses about 4 frames in 5, and only
     the frames the model took were ever converted from the decoder's YUV to RGB."""
+    from crowdcount.streamer.sources import decoding
     from crowdcount.streamer.sources import file as file_source
 
     conversions: list[int] = []
-    real = file_source.rgb_later
+    real = decoding.rgb_later
 
-    def counting(frame):
-        convert = real(frame)
+    def counting(frame, max_side=None):
+        convert = real(frame, max_side)
 
         def run():
             conversions.append(frame.pts)
@@ -216,7 +217,7 @@ async def test_frames_the_model_never_takes_are_never_converted(runtime, h264_cl
 
         return run
 
-    monkeypatch.setattr(file_source, "rgb_later", counting)
+    monkeypatch.setattr(decoding, "rgb_later", counting)
     rec = Recorder()
     async with Pipeline(runtime) as pipe:
         pipe.add_sink(rec)

@@ -262,6 +262,27 @@ async def test_viewer_gets_placeholder_before_results_and_ends_with_stream() -> 
         await h.close()
 
 
+async def test_a_camera_counted_once_a_second_keeps_its_viewers_at_the_track_rate() -> None:
+    """At one count a second the track still sends FPS pictures a second: the newest
+    annotated frame again (drawn once), at the size it was converted to, not the camera's."""
+    sink = ViewerSink("cam")
+    image = np.full((192, 320, 3), 90, np.uint8)  # a 640x360 camera at the model's size
+    frame = Frame("cam", 0, time.time(), image, source_size=(640, 360))
+    sink.on_result(Result(frame, np.zeros((24, 40), np.float32), 0.0, time.time()))
+    assert sink.size == (320, 192)
+    track = sink.track()
+    try:
+        t0 = time.monotonic()
+        frames = [await track.recv() for _ in range(10)]
+        elapsed = time.monotonic() - t0
+    finally:
+        track.stop()
+    assert {(f.width, f.height) for f in frames} == {(320, 192)}
+    assert sink.renders == 1  # one result, drawn once, repeated
+    assert [f.pts for f in frames] == sorted({f.pts for f in frames})  # a steady clock
+    assert elapsed >= 9 / FPS * 0.9  # paced at the track's rate, not the count rate
+
+
 async def test_view_unknown_stream() -> None:
     h = Harness(None)
     client = await make_client("view")

@@ -284,3 +284,31 @@ async def test_stop_while_opening_on_a_hung_server_is_prompt(rtsp_server, h264_c
     server.resume()
     print(f"\nstop() during a hung open took {took:.3f} s (open_timeout 120 s)")
     assert not [t.name for t in threading.enumerate() if t.name.startswith("rtsp-")]
+
+
+@pytest.mark.slow
+async def test_stopping_one_camera_of_an_nvr_leaves_the_others_connected(
+        rtsp_server, h264_clip):
+    """Channels of one NVR share its host and port; a source used to take every socket to
+    it opened after its own attempt began as its own, so stopping (or a stall of) the first
+    channel dropped all later ones."""
+    server = rtsp_server(h264_clip)
+    first = RtspSource("ch1", server.url)
+    later = [RtspSource(f"ch{i}", server.url) for i in (2, 3, 4)]
+    await first.start()
+    try:
+        await next_frame(first, 15)
+        for source in later:  # all at once, as after a start-up or a network blip
+            await source.start()
+        for source in later:
+            await next_frame(source, 15)
+        await first.stop()
+        await later[0].stop()  # one of those that connected at the same moment
+        await asyncio.sleep(2.0)  # a dropped channel would have reconnected by now
+        for source in later[1:]:
+            assert source.status.reconnects == 0, source.status.last_error
+            assert source.status.state == StreamState.RUNNING
+            await next_frame(source, 5)
+    finally:
+        for source in (first, *later):
+            await source.stop()

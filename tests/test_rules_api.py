@@ -44,7 +44,7 @@ async def test_create_edit_delete_with_hysteresis(serve) -> None:
     assert r.status == 201, await r.text()
     assert r.headers["Location"] == "/api/alerts/rules/crowded"
     created = await r.json()
-    assert created == {**body, "zone": None, "origin": "api", "active": False}
+    assert created == {**body, "zone": None, "metric": "count", "origin": "api", "active": False}
     svc = service(client)
     await wait_until(lambda: svc.integrations.engine.is_active("crowded"), what="the raise")
     assert [a["rule"] for a in await active(client)] == ["crowded"]
@@ -82,36 +82,47 @@ async def test_create_edit_delete_with_hysteresis(serve) -> None:
     assert (await client.get(f"{RULES}/crowded")).status == 404
 
 
-@pytest.mark.parametrize(
-    ("method", "path", "body", "status", "needle"),
-    [
-        ("post", RULES, {"name": "a", "stream": "cam", "above": 5, "below": 5}, 400,
-         "below (5) must be less than above (5)"),
-        ("post", RULES, {"name": "a", "stream": "cam", "above": 5}, 400,
-         "below: required key is missing"),
-        ("post", RULES, {"name": "a", "stream": "cam", "above": "5", "below": 1}, 400, "above"),
-        ("post", RULES, {"name": "a b", "stream": "cam", "above": 5, "below": 1}, 400, "name"),
-        ("post", RULES, {"name": "a", "stream": "cam", "above": 5, "below": 1, "x": 1}, 400,
-         "unknown field 'x'"),
-        ("post", RULES, {"name": "a", "stream": "cam", "zone": "nope", "above": 5, "below": 1},
-         400, "stream 'cam' has no zone 'nope'"),
-        ("post", RULES, {"name": "from-file", "stream": "cam", "above": 5, "below": 1}, 409,
-         "config file"),
-        ("put", f"{RULES}/from-file", {"stream": "cam", "above": 5, "below": 1}, 409,
-         "config file"),
-        ("delete", f"{RULES}/from-file", None, 409, "config file"),
-        ("put", f"{RULES}/ghost", {"stream": "cam", "above": 5, "below": 1}, 404, "ghost"),
-        ("delete", f"{RULES}/ghost", None, 404, "ghost"),
-        ("put", f"{RULES}/api-rule", {"name": "other", "stream": "cam", "above": 5, "below": 1},
-         400, "cannot be renamed"),
-        ("post", RULES, {"name": "api-rule", "stream": "cam", "above": 5, "below": 1}, 409,
-         "already exists"),
-    ],
-)
+#: Refused rule requests (method, path, body, status, message): the cluster's API answers
+#: them alike (tests/test_cluster_api.py).
+BAD_RULE_REQUESTS = [
+    ("post", RULES, {"name": "a", "stream": "cam", "above": 5, "below": 5}, 400,
+     "below (5) must be less than above (5)"),
+    ("post", RULES, {"name": "a", "stream": "cam", "above": 5}, 400,
+     "below: required key is missing"),
+    ("post", RULES, {"name": "a", "stream": "cam", "above": "5", "below": 1}, 400, "above"),
+    ("post", RULES, {"name": "a b", "stream": "cam", "above": 5, "below": 1}, 400, "name"),
+    ("post", RULES, {"name": "a", "stream": "cam", "above": 5, "below": 1, "x": 1}, 400,
+     "unknown field 'x'"),
+    ("post", RULES, {"name": "a", "stream": "cam", "zone": "nope", "above": 5, "below": 1},
+     400, "stream 'cam' has no zone 'nope'"),
+    ("post", RULES, {"name": "from-file", "stream": "cam", "above": 5, "below": 1}, 409,
+     "config file"),
+    ("put", f"{RULES}/from-file", {"stream": "cam", "above": 5, "below": 1}, 409,
+     "config file"),
+    ("delete", f"{RULES}/from-file", None, 409, "config file"),
+    ("put", f"{RULES}/ghost", {"stream": "cam", "above": 5, "below": 1}, 404, "ghost"),
+    ("delete", f"{RULES}/ghost", None, 404, "ghost"),
+    ("put", f"{RULES}/api-rule", {"name": "other", "stream": "cam", "above": 5, "below": 1},
+     400, "cannot be renamed"),
+    ("post", RULES, {"name": "api-rule", "stream": "cam", "above": 5, "below": 1}, 409,
+     "already exists"),
+]
+
+
+#: The config file's rule of ``BAD_RULE_REQUESTS``.
+FILE_RULE = {"name": "from-file", "stream": "cam", "above": 9, "below": 1}
+
+
+@pytest.mark.parametrize(("method", "path", "body", "status", "needle"), BAD_RULE_REQUESTS)
 async def test_bad_rule_requests(serve, method, path, body, status, needle) -> None:
-    client = await serve(thresholds=[{"name": "from-file", "stream": "cam", "above": 9,
-                                      "below": 1}])
+    client = await serve(thresholds=[FILE_RULE])
     await add_source(client, "cam", [0])
+    await check_refused(client, method, path, body, status, needle)
+
+
+async def check_refused(client: TestClient, method: str, path: str, body: Any, status: int,
+                        needle: str) -> None:
+    """With live stream ``cam`` and ``FILE_RULE``: make an API rule, then the request."""
     r = await client.post(RULES, json={"name": "api-rule", "stream": "cam", "above": 3,
                                        "below": 1})
     assert r.status == 201

@@ -35,10 +35,19 @@ async def test_rtsp_stream_via_api_counts_every_processed_frame(
     before = set(_rtsp_threads())
     async with TestClient(TestServer(build_app(config))) as client:
         r = await client.post("/api/streams", json={
-            "name": "cam", "url": server.url_with("viewer", "pa55word")})
+            "name": "cam", "url": server.url_with("viewer", "pa55word"), "fps_limit": 10})
         assert r.status == 201, await r.text()
         assert "pa55word" not in await r.text()
-        status = client.server.app[SERVICE].get("cam").source.status
+        svc = client.server.app[SERVICE]
+        status = svc.get("cam").source.status
+        # Without fps_limit a camera is counted once a second, and that default is not
+        # recorded as the stream's own limit (a later default applies to it too).
+        r = await client.post("/api/streams", json={"name": "idle", "url": server.url})
+        assert r.status == 201, await r.text()
+        assert "fps_limit" not in (await r.json())["options"]
+        assert svc.pipeline.batcher._lanes["idle"].fps_limit == 1.0
+        assert svc.get("idle").source.decoder.target_fps == 1.0
+        assert (await client.delete("/api/streams/idle")).status == 204
         deadline = time.monotonic() + 30
         while status.frames_out < 20:
             assert time.monotonic() < deadline, status

@@ -49,7 +49,9 @@ def test_dropped_is_the_sum_of_its_writers_and_to_dict_keeps_the_api_shape() -> 
     assert status.dropped == 7
     d = status.to_dict()
     assert list(d) == ["state", "fps_in", "fps_out", "frames_in", "frames_out", "dropped",
-                       "reconnects", "last_error", "last_count"]
+                       "reconnects", "last_error", "last_count", "decode",
+                       "keyframe_interval", "decode_note", "frames_decoded", "decode_seconds",
+                       "frame_size"]
     assert d["dropped"] == 7
     with pytest.raises(AttributeError):
         status.dropped = 1  # type: ignore[misc]  # a sum has no writer

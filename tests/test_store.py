@@ -362,17 +362,30 @@ def test_rules_and_zones_survive_reopen(db: StoreDb) -> None:
     with db.open() as s:
         s.settings.save_rule(rule)
         s.settings.save_rule({**rule, "name": "calm", "zone": None, "for_seconds": None})
-        s.settings.save_rule({**rule, "above": 9.0})  # replaces
+        s.settings.save_rule({**rule, "above": 9.0, "metric": "density"})  # replaces
         s.settings.save_zones("a", zones)
         s.settings.save_zones("b", [])  # none, on purpose
     with db.open() as s:
-        assert s.settings.rules() == [  # by name
-            {**rule, "above": 9.0}, {**rule, "name": "calm", "zone": None, "for_seconds": 0.0}]
+        assert s.settings.rules() == [  # by name; a rule without a metric watches the count
+            {**rule, "above": 9.0, "metric": "density"},
+            {**rule, "name": "calm", "zone": None, "for_seconds": 0.0, "metric": "count"}]
         assert s.settings.zones() == {"a": zones, "b": []}
         assert s.settings.delete_rule("busy") and not s.settings.delete_rule("busy")
         s.settings.delete_zones("a")
         assert s.settings.zones() == {"b": []}
         assert [r["name"] for r in s.settings.rules()] == ["calm"]
+
+
+def test_rules_table_without_metric_column_is_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite3"
+    SQLiteStore(path).close()
+    conn = sqlite3.connect(path)  # a file written before rules had a metric
+    conn.execute("ALTER TABLE alert_rules DROP COLUMN metric")
+    conn.execute("INSERT INTO alert_rules VALUES ('old', 'a', NULL, 5, 3, 0, 1)")
+    conn.commit()
+    conn.close()
+    with SQLiteStore(path) as s:
+        assert [(r["name"], r["metric"]) for r in s.settings.rules()] == [("old", "count")]
 
 
 def test_gathering_buckets_and_reference(db: StoreDb) -> None:

@@ -166,14 +166,17 @@ async def test_use_my_camera_works_over_https_on_a_lan_origin(
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     try:
         # Plain http from that origin: no secure context, no camera.
-        async with serve_app(server_config(tmp_path / "http", brightness_model), runtime,
+        # A name other than the listening host: allowed_hosts (no token: Host is checked).
+        async with serve_app(server_config(tmp_path / "http", brightness_model,
+                                           allowed_hosts=[HOST]), runtime,
                              host_name=HOST) as plain:
             await page.goto(plain.url + "/")
             assert await page.evaluate("() => window.isSecureContext") is False
             assert await page.get_by_role("button", name="Use my camera").is_disabled()
 
         tls = server_ssl_context(cert, key)
-        async with serve_app(server_config(tmp_path / "https", brightness_model), runtime,
+        async with serve_app(server_config(tmp_path / "https", brightness_model,
+                                           allowed_hosts=[HOST]), runtime,
                              ssl_context=tls, host_name=HOST) as server:
             assert server.url.startswith(f"https://{HOST}:")
             await page.goto(server.url + "/")

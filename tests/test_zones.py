@@ -112,11 +112,14 @@ def test_zone_covering_nothing_counts_zero() -> None:
 
 def test_zone_outside_the_frame_is_clipped() -> None:
     d = np.ones(SHAPE, np.float32)
-    big = Zone("big", ((-500, -500), (2000, -500), (2000, 2000), (-500, 2000)))
-    left = Zone("left", ((-100, -100), (W / 2, -100), (W / 2, H + 100), (-100, H + 100)))
+    big = Zone("big", ((0, 0), (2000, 0), (2000, 2000), (0, 2000)))
+    left = Zone("left", ((0, 0), (W / 2, 0), (W / 2, H + 100), (0, H + 100)))
     counts = ZoneCounter([big, left]).count(d, (W, H))
     assert counts["big"] == pytest.approx(d.sum())
     assert counts["left"] == pytest.approx(d.sum() / 2)
+    # The mask clips on every side (a zone's points are >= 0; the maths is general).
+    around = [(-500, -500), (2000, -500), (2000, 2000), (-500, 2000)]
+    assert zone_mask(around, (W, H), SHAPE).sum() == pytest.approx(d.size)
 
 
 def test_masks_are_cached_per_shape() -> None:
@@ -149,6 +152,10 @@ def test_zone_validation() -> None:
         Zone("a", ((0, 0), (1, 1)))
     with pytest.raises(ValueError, match="finite"):
         Zone("a", ((0, 0), (1, float("nan")), (2, 0)))
+    with pytest.raises(ValueError, match=r"zone 'a': point 1 \(-1.0, 1.0\) must be finite"):
+        Zone("a", ((0, 0), (-1, 1), (2, 0)))
+    with pytest.raises(ValueError, match="enclose no area"):
+        Zone.from_dict({"name": "a", "points": [[0, 0], [5, 5], [9, 9]]})
     with pytest.raises(ValueError, match="unique"):
         ZoneCounter([Zone("a", ((0, 0), (1, 0), (0, 1)))] * 2)
     z = Zone.from_dict({"name": "d", "points": [[1, 2], [3, 4], [5, 0]]})

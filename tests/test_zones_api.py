@@ -112,28 +112,30 @@ async def test_api_stream_zones_resume_after_restart(serve, tmp_path) -> None:
     assert [z["name"] for z in got["zones"]] == ["mat"]
 
 
-@pytest.mark.parametrize(
-    ("body", "needle"),
-    [
-        ({}, "field 'zones' is required"),
-        ({"zones": "x"}, "must be a list"),
-        ({"zones": [{"name": "a", "points": [[0, 0], [1, 1]]}]},
-         "zones[0].points: needs at least 3 items, has 2"),
-        ({"zones": [{"name": "a", "points": [[0, 0], [1, 1], [2, 2]]}]},
-         "zones[0].points: points enclose no area"),
-        ({"zones": [{"name": "a", "points": LEFT}, {"name": "a", "points": RIGHT}]},
-         "zones[1]: duplicate zone name 'a'"),
-        ({"zones": [{"name": "", "points": LEFT}]}, "zones[0].name"),
-        ({"zones": [{"points": LEFT}]}, "zones[0].name: required key is missing"),
-        ({"zones": [{"name": "a", "points": LEFT, "colour": "red"}]},
-         "zones[0].colour: unknown key 'colour'"),
-        ({"zones": [{"name": "a", "points": [[0, 0], [-5, 1], [2, 9]]}]},
-         "zones[0].points: point 1 (-5.0, 1.0) must be finite and >= 0"),
-        ({"zones": [{"name": "a", "points": [[0, 0], ["x", 1], [2, 9]]}]},
-         "zones[0].points[1][0]"),
-        ({"zones": [], "extra": 1}, "unknown field 'extra'"),
-    ],
-)
+#: Refused zone bodies (body, message): the cluster's API answers them alike
+#: (tests/test_cluster_api.py).
+BAD_ZONES = [
+    ({}, "field 'zones' is required"),
+    ({"zones": "x"}, "must be a list"),
+    ({"zones": [{"name": "a", "points": [[0, 0], [1, 1]]}]},
+     "zones[0].points: needs at least 3 items, has 2"),
+    ({"zones": [{"name": "a", "points": [[0, 0], [1, 1], [2, 2]]}]},
+     "zones[0].points: points enclose no area"),
+    ({"zones": [{"name": "a", "points": LEFT}, {"name": "a", "points": RIGHT}]},
+     "zones[1]: duplicate zone name 'a'"),
+    ({"zones": [{"name": "", "points": LEFT}]}, "zones[0].name"),
+    ({"zones": [{"points": LEFT}]}, "zones[0].name: required key is missing"),
+    ({"zones": [{"name": "a", "points": LEFT, "colour": "red"}]},
+     "zones[0].colour: unknown key 'colour'"),
+    ({"zones": [{"name": "a", "points": [[0, 0], [-5, 1], [2, 9]]}]},
+     "zones[0].points: point 1 (-5.0, 1.0) must be finite and >= 0"),
+    ({"zones": [{"name": "a", "points": [[0, 0], ["x", 1], [2, 9]]}]},
+     "zones[0].points[1][0]"),
+    ({"zones": [], "extra": 1}, "unknown field 'extra'"),
+]
+
+
+@pytest.mark.parametrize(("body", "needle"), BAD_ZONES)
 async def test_bad_zones_are_400_with_the_problem(serve, body, needle) -> None:
     client = await serve()
     await add_source(client, "gate", [200])

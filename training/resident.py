@@ -15,10 +15,9 @@ The semantics are those of :func:`training.targets.augment_crop` and
   image's last row and column, so the resampling filter at the true border sees the border
   (as OpenCV's replicate border does) and never the black of a neighbour's padding;
 * head points are padded to one maximum per image with a mask;
-* a fixed kernel's sigma is the reader's; an adaptive kernel's (Zhang et al.) is computed on
-  the host from the whole image's nearest neighbours and multiplied by the crop's scale in
-  the step. ``density_target`` finds the neighbours among the heads inside the crop instead,
-  so heads whose neighbours the crop cuts off differ (they keep their true spacing here);
+* kernels follow ``training.kernels``, as the host path's do: each head's sigma is found
+  on the host (an adaptive one from the whole image's nearest neighbours) and multiplied by
+  the crop's scale in the step;
 * the density target is separable: a head's Gaussian, truncated at three sigmas and
   renormalised over the crop (the mass-preserving border rule of ``model.density``), is the
   outer product of a row and a column profile, so a whole map is one (rows x heads) by
@@ -44,15 +43,13 @@ import keras
 import numpy as np
 from numpy.typing import NDArray
 
-from crowdcount.model.density import TRUNCATE, adaptive_sigmas
+from crowdcount.model.density import TRUNCATE
 from crowdcount.model.errors import UserError
 from crowdcount.training.data import WeightedReader
+from crowdcount.training.kernels import ADAPTIVE_LIMITS, head_sigmas
 from crowdcount.training.targets import Augment, scale_range
 
 log = logging.getLogger(__name__)
-
-#: Adaptive sigmas are clipped to this range in crop pixels, as ``adaptive_density`` does.
-ADAPTIVE_LIMITS = (1.0, 40.0)
 
 
 def require_jax() -> None:
@@ -105,13 +102,7 @@ def pack(sources: Sequence[WeightedReader], min_points: int = 1) -> Packed:
             if sample.points is None:
                 raise UserError(f"{sample.name}: count-only samples cannot train --resident")
             pts = np.asarray(sample.points, np.float32).reshape(-1, 2)
-            if kernel.mode == "adaptive" and len(pts) >= 2:
-                sig = adaptive_sigmas(pts, limits=(0.0, np.inf)).astype(np.float32)
-                scales = True
-            elif kernel.mode == "adaptive":  # a lone head: density_target's default
-                sig, scales = np.full(len(pts), kernel.sigma * 4, np.float32), False
-            else:
-                sig, scales = np.full(len(pts), kernel.sigma, np.float32), False
+            sig, scales = head_sigmas(pts, kernel)
             items.append((sample.image, pts, sig, scales, src.weight))
     if not items:
         raise UserError("no training samples to hold resident")

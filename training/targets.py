@@ -2,7 +2,9 @@
 to image and head points together, then the density target at the network's output stride.
 
 Targets are built after augmentation from the moved points, so a crop's target sums to the
-heads inside the crop and kernels never get stretched by resizing.
+heads inside the crop and kernels never get stretched by resizing. A crop's kernels follow
+``training.kernels`` (the rule the resident path shares): an adaptive kernel's width comes
+from the head's neighbours in the whole image, scaled with the crop.
 """
 
 from __future__ import annotations
@@ -14,8 +16,15 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from crowdcount.model.density import adaptive_density, centered_density, downsample, fixed_density
+from crowdcount.model.density import (
+    adaptive_density,
+    centered_density,
+    density_map,
+    downsample,
+    fixed_density,
+)
 from crowdcount.model.types import Sample
+from crowdcount.training.kernels import ADAPTIVE_LIMITS, LONE_HEAD_FACTOR, crop_sigmas, head_sigmas
 from crowdcount.training.readers.base import Kernel
 
 log = logging.getLogger(__name__)
@@ -41,10 +50,23 @@ class Augment:
 def density_target(
     points: NDArray[np.float32], shape: tuple[int, int], kernel: Kernel, stride: int
 ) -> NDArray[np.float32]:
-    """Kernel map at the output stride (sum = head count in the crop)."""
+    """Kernel map at the output stride (sum = head count in the crop) of an image resized
+    as a whole (no crop: neighbours are all there)."""
     if kernel.mode == "adaptive":
-        return adaptive_density(points, shape, stride, default=kernel.sigma * 4)
+        return adaptive_density(points, shape, stride, default=kernel.sigma * LONE_HEAD_FACTOR,
+                                limits=ADAPTIVE_LIMITS)
     return fixed_density(points, shape, kernel.sigma, stride)
+
+
+def crop_density(
+    sample: Sample, kept: NDArray[np.intp], points: NDArray[np.float32], scale: float,
+    shape: tuple[int, int], kernel: Kernel, stride: int,
+) -> NDArray[np.float32]:
+    """The target of an augmented crop: heads ``kept`` of ``sample`` (now at ``points`` in
+    the crop, taken at ``scale``) with the kernels of ``training.kernels``."""
+    assert sample.points is not None
+    sigmas, scales = head_sigmas(sample.points, kernel)
+    return density_map(points, shape, crop_sigmas(sigmas[kept], scales, scale), stride)
 
 
 def point_target(points: NDArray[np.float32], stride: int, max_points: int) -> NDArray[np.float32]:
@@ -76,16 +98,17 @@ def augment_crop(
     rng: np.random.Generator,
     augment: Augment,
     max_points: int | None = None,
-) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
-    """A random scaled, cropped, flipped, recoloured crop and the head points inside it.
-    With ``max_points``, crops holding more heads are redrawn (up to ``augment.tries``
-    times, each at a larger scale, where fewer heads fit in the crop)."""
+) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.intp], float]:
+    """A random scaled, cropped, flipped, recoloured crop; the head points inside it, which
+    of the sample's heads they are, and the scale it was taken at. With ``max_points``,
+    crops holding more heads are redrawn (up to ``augment.tries`` times, each at a larger
+    scale, where fewer heads fit in the crop)."""
     assert sample.points is not None
     cw = crop[1]
     lo, hi = scale_range(augment, sample.image.shape)
     for attempt in range(max(1, augment.tries)):
         s = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
-        image, pts = _scaled_crop(sample, crop, s, rng)
+        image, pts, kept = _scaled_crop(sample, crop, s, rng)
         if max_points is None or len(pts) <= max_points:
             break
         lo = hi = min(hi * 1.25 ** (attempt + 1), 4.0)
@@ -99,12 +122,12 @@ def augment_crop(
         out = out * gain + bias
     if augment.grey and rng.random() < augment.grey:
         out = np.repeat(out.mean(axis=2, keepdims=True), 3, axis=2)
-    return np.clip(out, 0, 255).astype(np.float32), pts.astype(np.float32)
+    return np.clip(out, 0, 255).astype(np.float32), pts.astype(np.float32), kept, s
 
 
 def _scaled_crop(
     sample: Sample, crop: tuple[int, int], s: float, rng: np.random.Generator
-) -> tuple[NDArray[np.uint8], NDArray[np.float32]]:
+) -> tuple[NDArray[np.uint8], NDArray[np.float32], NDArray[np.intp]]:
     ch, cw = crop
     image = sample.image
     h, w = max(1, round(image.shape[0] * s)), max(1, round(image.shape[1] * s))
@@ -124,7 +147,7 @@ def _scaled_crop(
     image = image[y0 : y0 + ch, x0 : x0 + cw]
     pts = pts - np.array([x0, y0], np.float32)
     inside = (pts[:, 0] >= 0) & (pts[:, 0] < cw) & (pts[:, 1] >= 0) & (pts[:, 1] < ch)
-    return image, pts[inside]
+    return image, pts[inside], np.flatnonzero(inside)
 
 
 def make_example(
@@ -159,7 +182,7 @@ def make_example(
                 return image.astype(np.float32), point_target(pts, stride, max_points)
             target = density_target(pts, (ch, cw), kernel, stride)[..., None]
         return image.astype(np.float32), target
-    out, pts = augment_crop(sample, crop, rng, augment, max_points)
+    out, pts, kept, scale = augment_crop(sample, crop, rng, augment, max_points)
     if max_points is not None:
         return out, point_target(pts, stride, max_points)
-    return out, density_target(pts, (ch, cw), kernel, stride)[..., None]
+    return out, crop_density(sample, kept, pts, scale, (ch, cw), kernel, stride)[..., None]

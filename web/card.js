@@ -129,7 +129,10 @@ export class Card {
   }
 
   // Where the video picture lies inside .media (object-fit: contain), for overlays such as
-  // zone drawing: {x, y, width, height, scale} in CSS pixels, scale = CSS px per video px.
+  // zone drawing: {x, y, width, height, scale} in CSS pixels, scale = CSS px per video px;
+  // frameWidth/frameHeight is the camera's size (status.frame_size), in which zones are
+  // given, and sx/sy camera px per video px: the server may send a camera's video at the
+  // model's smaller size.
   videoRect() {
     const box = this.media.getBoundingClientRect();
     const vw = this.video.videoWidth;
@@ -138,7 +141,11 @@ export class Card {
     const scale = Math.min(box.width / vw, box.height / vh);
     const width = vw * scale;
     const height = vh * scale;
-    return { x: (box.width - width) / 2, y: (box.height - height) / 2, width, height, scale };
+    const [frameWidth, frameHeight] = this.frameSize || [vw, vh];
+    return {
+      x: (box.width - width) / 2, y: (box.height - height) / 2, width, height, scale,
+      frameWidth, frameHeight, sx: frameWidth / vw, sy: frameHeight / vh,
+    };
   }
 
   // A stream as GET /api/streams lists it: name, kind, status.
@@ -150,6 +157,9 @@ export class Card {
     }
     const st = stream.status || {};
     this.serverState = st.state || this.serverState;
+    if (Array.isArray(st.frame_size) && st.frame_size[0] > 0 && st.frame_size[1] > 0) {
+      this.frameSize = st.frame_size;
+    }
     this.lastError = st.last_error || null;
     this.el.dataset.kind = stream.kind || this.el.dataset.kind;
     if (stream.origin) {

@@ -43,6 +43,8 @@ function attach(card) {
     try {
       const stream = await api(streamPath(card.id));
       fps.value = stream.options?.fps_limit ?? "";
+      // An RTSP camera without a limit is counted once a second (docs/cameras.md).
+      fps.placeholder = stream.kind === "rtsp" ? "1 (camera default)" : "all";
       side.value = stream.options?.max_side ?? "";
       url.placeholder = `keep ${stream.url}`;
     } catch {

@@ -23,7 +23,8 @@ let editing = null; // the name of the rule being edited, or null when adding
 function describe(rule) {
   const where = rule.zone ? `${rule.stream} / zone ${rule.zone}` : `${rule.stream} (total)`;
   const hold = rule.for_seconds ? ` for ${rule.for_seconds} s` : "";
-  return `${where}: over ${rule.above}${hold}, clears under ${rule.below}`;
+  const what = { density: " people/m²", level: " (level, A=1…F=6)" }[rule.metric] || "";
+  return `${where}: over ${rule.above}${what}${hold}, clears under ${rule.below}`;
 }
 
 async function refresh() {
@@ -100,6 +101,7 @@ function startEdit(rule) {
   form.elements.above.value = rule.above;
   form.elements.below.value = rule.below;
   form.elements.for_seconds.value = rule.for_seconds;
+  form.elements.metric.value = rule.metric || "count";
   submit.textContent = "Save changes";
   cancel.hidden = false;
   panel.dataset.editing = rule.name;
@@ -142,6 +144,7 @@ form.addEventListener("submit", async (event) => {
     above: number("above"),
     below: number("below"),
     for_seconds: number("for_seconds") ?? 0,
+    metric: form.elements.metric.value || "count",
   };
   if (!body.name || !body.stream || body.above === undefined || body.below === undefined) {
     showError("Give the rule a name, a stream, and both levels.");

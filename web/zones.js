@@ -20,8 +20,9 @@ function zonesPath(id) {
 class ZoneEditor {
   constructor(card) {
     this.card = card;
-    this.zones = []; // [{name, points: [[x, y], ...]}] in video pixels, as the server has them
+    this.zones = []; // [{name, points: [[x, y], ...]}] in camera pixels, as the server has them
     this.counts = {}; // zone name -> latest count from the feed
+    this.floor = {}; // zone name -> {area_m2, per_m2, level} on a floor-calibrated stream
     this.draft = null; // points of the polygon being drawn, or null when not drawing
     this.closed = false; // the draft is finished and waits for its name
 
@@ -117,14 +118,15 @@ class ZoneEditor {
     delete this.card.el.dataset.drawing;
   }
 
-  // A click on the overlay, in video pixels (the picture is letterboxed inside .media).
+  // A click on the overlay, in camera pixels (the picture is letterboxed inside .media, and
+  // may be sent smaller than the camera's size, in which zones are given).
   toVideo(event) {
     const rect = this.card.videoRect();
     if (!rect) return null;
-    const x = (event.offsetX - rect.x) / rect.scale;
-    const y = (event.offsetY - rect.y) / rect.scale;
-    const w = this.card.video.videoWidth;
-    const h = this.card.video.videoHeight;
+    const x = ((event.offsetX - rect.x) / rect.scale) * rect.sx;
+    const y = ((event.offsetY - rect.y) / rect.scale) * rect.sy;
+    const w = rect.frameWidth;
+    const h = rect.frameHeight;
     if (x < -2 || y < -2 || x > w + 2 || y > h + 2) return null; // on the black bars
     const clamp = (v, hi) => Math.round(Math.min(Math.max(v, 0), hi) * 10) / 10;
     return [clamp(x, w), clamp(y, h)];
@@ -135,8 +137,10 @@ class ZoneEditor {
     const point = this.toVideo(event);
     if (!point) return;
     const last = this.draft[this.draft.length - 1];
-    const scale = this.card.videoRect().scale;
-    if (last && Math.hypot(point[0] - last[0], point[1] - last[1]) * scale < MIN_POINT_GAP_PX) {
+    const rect = this.card.videoRect();
+    const gap = Math.hypot((point[0] - (last?.[0] ?? 0)) / rect.sx,
+                           (point[1] - (last?.[1] ?? 0)) / rect.sy) * rect.scale;
+    if (last && gap < MIN_POINT_GAP_PX) {
       return; // the second click of a double-click, or a shaky one
     }
     this.draft.push(point);
@@ -209,7 +213,8 @@ class ZoneEditor {
         "“Finish zone” to close the polygon.";
     this.canvas.dataset.points = String(points.length);
     if (!rect || !points.length) return;
-    const toCss = ([x, y]) => [rect.x + x * rect.scale, rect.y + y * rect.scale];
+    const toCss = ([x, y]) => [rect.x + (x / rect.sx) * rect.scale,
+                               rect.y + (y / rect.sy) * rect.scale];
     ctx.lineWidth = 2;
     ctx.strokeStyle = "#ffb347";
     ctx.fillStyle = "rgba(255, 179, 71, 0.25)";
@@ -242,18 +247,20 @@ class ZoneEditor {
       item.dataset.zone = zone.name;
       const name = el("span", { class: "zone-name" }, zone.name);
       const count = el("output", { class: "zone-count", testid: "zone-count" });
+      const density = el("output", { class: "zone-density", testid: "zone-density" });
       const del = el("button", { type: "button", class: "zone-delete", testid: "zone-delete" },
                      "×");
       del.setAttribute("aria-label", `Delete zone ${zone.name}`);
       del.addEventListener("click", () => this.remove(zone.name));
-      item.append(name, count, del);
+      item.append(name, count, density, del);
       this.list.append(item);
     }
     this.showCounts();
   }
 
-  onCounts(zones) {
+  onCounts(zones, floor = {}) {
     this.counts = zones;
+    this.floor = floor;
     const known = this.zones.map((z) => z.name).sort().join("\n");
     if (Object.keys(zones).sort().join("\n") !== known && !this.reloading) {
       // Someone else changed this stream's zones: fetch them (at most once a second).
@@ -270,6 +277,19 @@ class ZoneEditor {
       const out = item.querySelector('[data-testid="zone-count"]');
       out.textContent = formatCount(value);
       if (Number.isFinite(value)) out.dataset.value = String(value);
+      // People per m2 of floor and the level of service (A-F), when the floor is calibrated.
+      const d = this.floor[item.dataset.zone];
+      const dens = item.querySelector('[data-testid="zone-density"]');
+      dens.textContent = d ? `${Number(d.per_m2).toFixed(2)}/m² · ${d.level}` : "";
+      dens.title = d ? `${Number(d.area_m2).toFixed(1)} m² of floor; level of service ` +
+        `${d.level} (A free flow … F jammed)` : "";
+      if (d) {
+        dens.dataset.value = String(d.per_m2);
+        dens.dataset.level = d.level;
+      } else {
+        delete dens.dataset.value;
+        delete dens.dataset.level;
+      }
     }
   }
 
@@ -372,7 +392,7 @@ document.addEventListener("crowdcount:feed", (event) => {
   const editor = editorOf(item.stream ?? item.stream_id);
   if (!editor) return;
   if (!editor.loaded) editor.load();
-  else if (item.zones || editor.zones.length) editor.onCounts(item.zones || {});
+  else if (item.zones || editor.zones.length) editor.onCounts(item.zones || {}, item.floor || {});
 });
 
 loadAlerts();

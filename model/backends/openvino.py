@@ -60,6 +60,8 @@ class OpenVinoBackend:
         if threads:
             self._config["INFERENCE_NUM_THREADS"] = threads
         self._requests: OrderedDict[tuple[int, int, int], ov.InferRequest] = OrderedDict()
+        #: compiled shapes kept (uploads, a new shape per picture size, keep fewer)
+        self.max_shapes = MAX_SHAPES
 
     def _request(self, shape: tuple[int, int, int]) -> ov.InferRequest:
         """The infer request of the model compiled for (batch, h, w), compiling it once."""
@@ -71,7 +73,7 @@ class OpenVinoBackend:
         model.reshape({model.inputs[0]: ov.PartialShape([*shape, 3])})
         compiled = self._core.compile_model(model, "CPU", self._config)
         request = self._requests[shape] = compiled.create_infer_request()
-        while len(self._requests) > MAX_SHAPES:
+        while len(self._requests) > self.max_shapes:
             self._requests.popitem(last=False)
         return request
 

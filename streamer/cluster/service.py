@@ -9,8 +9,9 @@ one path by which shards and API processes learn of it. Alert rules and zones ar
 store's settings (announced the same way), the gathering map is read from the grids the
 shards write, live counts and alerts arrive by LISTEN, history is read from SQL, and a
 viewer's WebRTC offer is forwarded to the shard that owns the camera, whose node then sends
-the media. Only the cameras' status is read on a timer (``STATUS_S``): a shard that died
-sends no event, and its silence is what the API must report.
+the media (a browser camera's offer likewise, once its row has placed it on a shard). Only
+the cameras' status is read on a timer (``STATUS_S``): a shard that died sends no event,
+and its silence is what the API must report.
 
 Any number of these processes can run side by side; they share nothing but the database
 and the Ray cluster, so one can be killed, restarted or added at any time.
@@ -20,8 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
-import threading
+import secrets
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -34,10 +36,16 @@ from crowdcount.model.zones import Zone
 from crowdcount.streamer.alerts import AlertEvent, ThresholdRule
 from crowdcount.streamer.cluster.placement import choose_shard
 from crowdcount.streamer.cluster.shard import CONFIG_KEY, shard_actor, shard_config
-from crowdcount.streamer.config import ClusterConfig, Config, StreamConfig
+from crowdcount.streamer.config import (
+    ClusterConfig,
+    Config,
+    FloorConfig,
+    StreamConfig,
+    check_zones_on_floor,
+)
 from crowdcount.streamer.feed import CountFeed
 from crowdcount.streamer.gathering import GatheringMap
-from crowdcount.streamer.integrations import rules_from_config
+from crowdcount.streamer.integrations import FLOOR_KEY, StreamFloor, rules_from_config
 from crowdcount.streamer.metrics import Metrics
 from crowdcount.streamer.rtc import OfferError, PeerLimitReached, UnknownStream, validate_offer
 from crowdcount.streamer.rules import RuleBook
@@ -46,6 +54,7 @@ from crowdcount.streamer.store.postgres import (
     FEED_CHANNEL,
     SETTINGS_CHANNEL,
     STREAMS_CHANNEL,
+    Listener,
     PostgresStore,
 )
 from crowdcount.streamer.surface import (
@@ -144,6 +153,17 @@ class ClusterAlerts:
         else:
             self._active.pop(item["rule"], None)
 
+    def floor(self, stream_id: str) -> StreamFloor | None:
+        """The camera's calibration from its row (the shards compute the densities)."""
+        entry = self._service.streams.get(stream_id)
+        value = None if entry is None else entry.options.get("floor")
+        if not value:
+            return None
+        try:
+            return StreamFloor(FloorConfig.model_validate(value))
+        except ValueError:
+            return None
+
     def active_alerts(self) -> list[dict[str, Any]]:
         return list(self._active.values())
 
@@ -160,9 +180,9 @@ class ClusterAlerts:
 
 
 class ShardPeers:
-    """The ``peers`` the WebRTC routes call: offers go to the camera's shard. Peer ids
-    carry the shard (``"<shard>.<id>"``) so a hang-up reaches the same shard from any API
-    process."""
+    """The ``peers`` the WebRTC routes call: offers go to the camera's shard (a browser
+    camera's, to the shard its new row places it on). Peer ids carry the shard
+    (``"<shard>.<id>"``) so a hang-up reaches the same shard from any API process."""
 
     peer_count = 0  # peers live in the shards
 
@@ -173,10 +193,10 @@ class ShardPeers:
         self, sdp: object, type: object, mode: object, stream_id: object = None
     ) -> dict[str, str]:
         validate_offer(sdp, type, mode, stream_id)
-        if mode != "view":
-            raise OfferError("a cluster serves viewers only: publish a browser camera to a "
-                             "single-process server (see docs/scaling-out.md)")
-        assert isinstance(stream_id, str) and isinstance(sdp, str) and isinstance(type, str)
+        assert isinstance(sdp, str) and isinstance(type, str)
+        if mode == "publish":
+            return await self._service.publish(sdp, type, stream_id)
+        assert isinstance(stream_id, str)
         entry = self._service.streams.get(stream_id)
         if entry is None:
             raise UnknownStream(f"no stream {stream_id!r}")
@@ -225,8 +245,9 @@ class ClusterService:
         self._shards: dict[int, Any] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._changed = asyncio.Event()
+        self._rules_changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._listener: threading.Thread | None = None
+        self._listener: Listener | None = None
         self._closed = False
 
     # -- views -------------------------------------------------------------------------------
@@ -239,7 +260,9 @@ class ClusterService:
             st = entry.status()
             state = st["state"]
             known = {k: st[k] for k in ("fps_in", "fps_out", "frames_in", "frames_out",
-                                        "reconnects", "last_error", "last_count") if k in st}
+                                        "reconnects", "last_error", "last_count", "decode",
+                                        "keyframe_interval", "decode_note", "frames_decoded",
+                                        "decode_seconds") if k in st}
             out[sid] = StreamStatus(
                 state=StreamState(state) if state in StreamState.__members__.values()
                 else StreamState.FAILED,
@@ -325,71 +348,46 @@ class ClusterService:
         self._tasks.append(asyncio.create_task(self._follow()))
 
     def _start_listener(self) -> None:
-        """LISTEN on a thread of its own (psycopg's blocking ``notifies``); each item is
-        handed to the loop. A lost connection is re-opened, then everything re-read (what
-        was announced meanwhile was missed)."""
-        loop = self._loop
-        assert loop is not None
+        """Follow the database's announcements: live feed items go to the feed, camera
+        changes and rule changes wake ``_follow``; a (re)opened connection re-reads both."""
+        assert self._loop is not None
 
         def deliver(channel: str, payload: str) -> None:
             if channel == STREAMS_CHANNEL:
                 self._changed.set()
-                return
-            if channel == SETTINGS_CHANNEL:
+            elif channel == SETTINGS_CHANNEL:
                 if payload == "rules":
-                    self._tasks.append(asyncio.create_task(self._reload_rules()))
-                return
-            import json
-
-            try:
-                item = json.loads(payload)
-            except ValueError:
-                return
-            sid = item.get("stream_id") or item.get("stream")
-            if isinstance(sid, str):
-                self.integrations.on_feed(item)
-                self.feed.publish(sid, item)
+                    self._rules_changed.set()
+                    self._changed.set()
+            else:
+                try:
+                    item = json.loads(payload)
+                except ValueError:
+                    return
+                sid = item.get("stream_id") or item.get("stream")
+                if isinstance(sid, str):
+                    self.integrations.on_feed(item)
+                    self.feed.publish(sid, item)
 
         def caught_up() -> None:
+            self._rules_changed.set()
             self._changed.set()
-            self._tasks.append(asyncio.create_task(self._reload_rules()))
 
-        def run() -> None:
-            while not self._closed:
-                conn = None
-                try:
-                    conn = psycopg.connect(self.cluster.database, autocommit=True)
-                    for channel in (FEED_CHANNEL, STREAMS_CHANNEL, SETTINGS_CHANNEL):
-                        conn.execute(f"LISTEN {channel}")
-                    loop.call_soon_threadsafe(caught_up)
-                    while not self._closed:
-                        for note in conn.notifies(timeout=0.5):
-                            loop.call_soon_threadsafe(deliver, note.channel, note.payload)
-                except Exception as exc:
-                    if self._closed:
-                        return
-                    log.error("event=listen_failed error=%r", str(exc).strip())
-                    time.sleep(1.0)
-                finally:
-                    if conn is not None:
-                        conn.close()
-
-        self._listener = threading.Thread(target=run, name="cluster-listen", daemon=True)
-        self._listener.start()
-
-    async def _reload_rules(self) -> None:
-        try:
-            await self.rules.load()
-        except Exception as exc:
-            log.error("event=rules_reload_failed error=%r", str(exc).strip())
+        self._listener = Listener(self.cluster.database,
+                                  (FEED_CHANNEL, STREAMS_CHANNEL, SETTINGS_CHANNEL),
+                                  self._loop, deliver, caught_up, name="cluster-listen")
 
     async def _follow(self) -> None:
-        """Re-read at once when a camera changes, and every ``STATUS_S`` for the status."""
+        """Re-read at once when a camera or a rule changes, and every ``STATUS_S`` for the
+        cameras' status."""
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), STATUS_S)
             self._changed.clear()
             try:
+                if self._rules_changed.is_set():
+                    self._rules_changed.clear()
+                    await self.rules.load()
                 await self.refresh()
             except Exception as exc:
                 log.error("event=refresh_failed error=%r", str(exc).strip())
@@ -415,10 +413,14 @@ class ClusterService:
 
     async def _register_config(self, stream: StreamConfig) -> None:
         """A config-file camera: saved (or updated in place) on the least loaded shard."""
-        await asyncio.to_thread(
+        outcome = await asyncio.to_thread(
             self.store.streams.register, stream.name, stream.url, stream.kind,
             self._options(stream), origin="config", shards=self.cluster.shards,
             place=choose_shard, limit=None)
+        if outcome == "name_taken":
+            log.warning("event=config_stream_shadowed stream=%s (a camera of that name was "
+                        "added through the API; remove it there to use the config's)",
+                        stream.name)
 
     async def add_stream(
         self, stream: StreamConfig, *, origin: str = "api", persist: bool = True
@@ -439,12 +441,39 @@ class ClusterService:
         await self.refresh()
         return self.get(stream.name)
 
+    async def publish(self, sdp: str, type: str, stream_id: object) -> dict[str, str]:
+        """A browser camera: its row is saved first (one transaction: the name free, the
+        cluster under ``max_streams``), placed on a shard, and the offer is answered by that
+        shard, which runs the camera for as long as its peer and then removes the row."""
+        if self._closed:
+            raise StreamConflict.shutting_down()
+        sid = stream_id if isinstance(stream_id, str) else f"webrtc-{secrets.token_hex(4)}"
+        outcome = await asyncio.to_thread(
+            self.store.streams.register, sid, "webrtc", "webrtc", {}, origin="webrtc",
+            shards=self.cluster.shards, place=choose_shard, limit=self.max_streams)
+        if outcome == "name_taken":
+            raise OfferError(f"stream_id {sid!r} is already in use")
+        if outcome == "limit_reached":
+            raise StreamConflict.limit_reached(self.max_streams)
+        shard = await asyncio.to_thread(self.store.streams.shard_of, sid)
+        assert shard is not None
+        try:
+            answer = await self.call_shard(shard, "offer", sdp, type, sid, "publish")
+        except BaseException:
+            await asyncio.to_thread(self.store.streams.delete, sid)
+            raise
+        await self.refresh()
+        return {**answer, "peer_id": f"{shard}.{answer['peer_id']}"}
+
     async def remove_stream(self, stream_id: str) -> None:
+        """An API camera (its row and zones go; its shard stops it) or a browser camera
+        (its row goes; its shard hangs up the peer)."""
         entry = self.get(stream_id)
-        if entry.origin != "api":
+        if entry.origin not in ("api", "webrtc"):
             raise StreamConflict.not_editable(stream_id, entry.origin, "remove")
         await asyncio.to_thread(self.store.streams.delete, stream_id)
-        await asyncio.to_thread(self.store.settings.delete_zones, stream_id)
+        if entry.origin == "api":  # a browser camera's zones stay for its return
+            await asyncio.to_thread(self.store.settings.delete_zones, stream_id)
         await self.refresh()
 
     async def set_zones(self, stream_id: str, zones: Sequence[Zone]) -> None:
@@ -461,6 +490,22 @@ class ClusterService:
             raise StreamNotFound(f"no stream {stream_id!r}")
         entry.options = options
 
+    async def set_floor(self, stream_id: str, floor: FloorConfig | None) -> None:
+        """Save a camera's floor calibration in its row, as its zones are: the row's NOTIFY
+        makes its shard apply it. Raises ``FloorError`` (a zone off the floor)."""
+        entry = self.get(stream_id)
+        options = {k: v for k, v in entry.options.items() if k != "floor"}
+        value = None if floor is None else floor.model_dump(mode="json", exclude_defaults=True)
+        if floor is not None:
+            check_zones_on_floor(floor.build(), self.integrations.zones(stream_id))
+            options["floor"] = value
+        await asyncio.to_thread(self.store.settings.save_stream_setting, stream_id, FLOOR_KEY,
+                                value)
+        if not await asyncio.to_thread(self.store.streams.update, stream_id, entry.url,
+                                       entry.kind, options):
+            raise StreamNotFound(f"no stream {stream_id!r}")
+        entry.options = options
+
     async def replace_stream(self, stream: StreamConfig) -> ClusterEntry:
         """Edit an API camera (url or options) in place: same id, same shard, zones kept;
         its shard restarts it when the row changes."""
@@ -468,8 +513,10 @@ class ClusterService:
         if entry.origin != "api":
             raise StreamConflict.not_editable(stream.name, entry.origin, "edit")
         options = self._options(stream, zones=False)
-        if entry.options.get("zones"):
-            options["zones"] = entry.options["zones"]
+        options.pop("floor", None)
+        for kept in ("zones", "floor"):  # zones and the floor calibration stay with it
+            if entry.options.get(kept):
+                options[kept] = entry.options[kept]
         if not await asyncio.to_thread(self.store.streams.update, entry.id, stream.url,
                                        stream.kind, options):
             raise StreamNotFound(f"no stream {stream.name!r}")
@@ -495,7 +542,7 @@ class ClusterService:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         if self._listener is not None:
-            await asyncio.to_thread(self._listener.join, 5.0)
+            await asyncio.to_thread(self._listener.stop)
         await asyncio.to_thread(self.gathering.close)
         await asyncio.to_thread(self.store.close)
         await self.uploads.close()

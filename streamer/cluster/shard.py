@@ -35,17 +35,16 @@ import time
 from collections.abc import Coroutine, Mapping
 from typing import Any, TypeVar
 
-import psycopg
-
 from crowdcount.model.bundled import default_model
 from crowdcount.model.runtime import Runtime
 from crowdcount.model.zones import Zone
-from crowdcount.streamer.config import Config, StreamConfig, parse_config
-from crowdcount.streamer.service import Service
+from crowdcount.streamer.config import Config, FloorConfig, StreamConfig, parse_config
+from crowdcount.streamer.service import Service, StreamEntry
 from crowdcount.streamer.store.postgres import (
     FEED_CHANNEL,
     SETTINGS_CHANNEL,
     STREAMS_CHANNEL,
+    Listener,
     PostgresStore,
 )
 
@@ -113,8 +112,14 @@ class ShardRuntime:
         runtime = await asyncio.to_thread(Runtime.open, config.model.path, config.model.backend,
                                           threads=config.model.threads)
         model_path = str(config.model.path or default_model(config.model.backend))
+        # A browser camera's row is the one registry entry a shard removes: its peer lives
+        # here, so only this shard sees it hang up (and rows left by a previous life of this
+        # shard are stale: their peers died with it).
+        for saved in await asyncio.to_thread(store.streams.all):
+            if saved.get("origin") == "webrtc":
+                await asyncio.to_thread(store.streams.delete, saved["id"])
         self.service = Service(config, runtime, model_path=model_path, store=store,
-                               owns_registry=False)
+                               owns_registry=False, on_dropped=self._dropped)
         await self.service.start_pipeline()
         await self.sync()
         self._tasks = [asyncio.create_task(self._heartbeat()),
@@ -122,6 +127,10 @@ class ShardRuntime:
                        asyncio.create_task(self._follow_streams())]
         log.info("event=shard_started shard=%d node=%s streams=%d", self.index, self.node,
                  len(self.service.streams))
+
+    async def _dropped(self, entry: StreamEntry) -> None:
+        if entry.origin == "webrtc" and self.store is not None:
+            await asyncio.to_thread(self.store.streams.delete, entry.id)
 
     def _require(self) -> tuple[Service, PostgresStore]:
         if self.service is None or self.store is None:
@@ -139,15 +148,21 @@ class ShardRuntime:
                 with contextlib.suppress(Exception):
                     await svc.remove_stream(sid)
             for sid, row in saved.items():
+                if row.get("origin") == "webrtc":
+                    continue  # a browser camera: its peer starts and ends it (``publish``)
                 entry = svc.streams.get(sid)
                 options = dict(row.get("options") or {})
                 zones = options.pop("zones", None) or []
+                floor = options.pop("floor", None)
                 if entry is not None:
                     if self._rows.get(sid) != (row["url"], options):
                         await svc.replace_stream(stream_config(row))  # edited: restart it
                         self._rows[sid] = (row["url"], options)
-                    elif (entry.options.get("zones") or []) != zones:
+                        continue
+                    if (entry.options.get("zones") or []) != zones:
                         self._apply_zones(svc, sid, zones)
+                    if entry.options.get("floor") != floor:
+                        self._apply_floor(svc, sid, floor)
                     continue
                 try:
                     await svc.add_stream(stream_config(row), origin="api")
@@ -173,6 +188,21 @@ class ShardRuntime:
             entry.options["zones"] = zones
         else:
             entry.options.pop("zones", None)
+
+    @staticmethod
+    def _apply_floor(svc: Service, sid: str, floor: dict[str, Any] | None) -> None:
+        """In memory only, like zones: the camera's row is the record."""
+        try:
+            svc.integrations.set_floor(sid, None if floor is None
+                                       else FloorConfig.model_validate(floor))
+        except ValueError as exc:
+            log.error("event=floor_invalid stream=%s error=%r", sid, " ".join(str(exc).split()))
+            return
+        entry = svc.streams[sid]
+        if floor:
+            entry.options["floor"] = floor
+        else:
+            entry.options.pop("floor", None)
 
     def statuses(self) -> dict[str, dict[str, Any]]:
         svc, _ = self._require()
@@ -207,30 +237,14 @@ class ShardRuntime:
         change (NOTIFY from the store), and both whenever the listening connection is
         (re)opened: what was announced while it was down was missed."""
         svc, _ = self._require()
-        loop = asyncio.get_running_loop()
         changed: asyncio.Queue[str] = asyncio.Queue()
-        stop = threading.Event()
 
-        def listen() -> None:
-            while not stop.is_set():
-                try:
-                    with psycopg.connect(self.dsn, autocommit=True) as conn:
-                        conn.execute(f"LISTEN {STREAMS_CHANNEL}")
-                        conn.execute(f"LISTEN {SETTINGS_CHANNEL}")
-                        loop.call_soon_threadsafe(changed.put_nowait, "*")
-                        while not stop.is_set():
-                            for note in conn.notifies(timeout=0.5, stop_after=1):
-                                what = ("streams" if note.channel == STREAMS_CHANNEL
-                                        else note.payload)
-                                loop.call_soon_threadsafe(changed.put_nowait, what)
-                except Exception as exc:
-                    log.error("event=shard_listen_failed shard=%d error=%r", self.index,
-                              str(exc).strip())
-                    stop.wait(1.0)
+        def note(channel: str, payload: str) -> None:
+            changed.put_nowait("streams" if channel == STREAMS_CHANNEL else payload)
 
-        thread = threading.Thread(target=listen, name=f"shard-{self.index}-listen",
-                                  daemon=True)
-        thread.start()
+        listener = Listener(self.dsn, (STREAMS_CHANNEL, SETTINGS_CHANNEL),
+                            asyncio.get_running_loop(), note, lambda: changed.put_nowait("*"),
+                            name=f"shard-{self.index}-listen")
         try:
             while True:
                 what = {await changed.get()}
@@ -245,11 +259,14 @@ class ShardRuntime:
                     log.error("event=shard_sync_failed shard=%d error=%r", self.index,
                               str(exc))
         finally:
-            stop.set()
+            await asyncio.to_thread(listener.stop)
 
-    async def offer(self, sdp: str, type: str, stream_id: str) -> dict[str, str]:
+    async def offer(self, sdp: str, type: str, stream_id: str, mode: str = "view"
+                    ) -> dict[str, str]:
+        """A viewer's offer, or a browser camera's (``publish``: the API process saved its
+        row on this shard first)."""
         svc, _ = self._require()
-        return await svc.peers.handle_offer(sdp, type, "view", stream_id)
+        return await svc.peers.handle_offer(sdp, type, mode, stream_id)
 
     async def close_peer(self, peer_id: str) -> bool:
         svc, _ = self._require()
@@ -294,9 +311,10 @@ class Shard:
         await asyncio.wrap_future(self._started)
         return await self._on_loop(self.runtime.sync())
 
-    async def offer(self, sdp: str, type: str, stream_id: str) -> dict[str, str]:
+    async def offer(self, sdp: str, type: str, stream_id: str, mode: str = "view"
+                    ) -> dict[str, str]:
         await asyncio.wrap_future(self._started)
-        return await self._on_loop(self.runtime.offer(sdp, type, stream_id))
+        return await self._on_loop(self.runtime.offer(sdp, type, stream_id, mode))
 
     async def close_peer(self, peer_id: str) -> bool:
         await asyncio.wrap_future(self._started)

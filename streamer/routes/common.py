@@ -28,8 +28,6 @@ from crowdcount.streamer.limits import (
 )
 from crowdcount.streamer.surface import ServiceSurface
 
-__all__ = ["MAX_JSON_BYTES", "decode_json"]  # MAX_JSON_BYTES: imported from here by app.py
-
 M = TypeVar("M", bound=BaseModel)
 
 #: The single-process ``Service`` or a cluster's ``ClusterService``: routes see only the
@@ -115,27 +113,28 @@ _DECODER = json.JSONDecoder(parse_int=_bounded_int, parse_float=_bounded_float,
 
 
 def _check_tree(value: Any) -> None:
-    """Depth and string bounds of a decoded body, walked without recursion."""
+    """Depth and string bounds of a decoded body, walked without recursion (exact type
+    checks: the decoder makes only dict, list, str, int, float, bool and None)."""
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         item, depth = stack.pop()
-        if isinstance(item, dict):
-            children = [*item.keys(), *item.values()]
-        elif isinstance(item, list):
+        if type(item) is dict:
+            children: Any = [*item.keys(), *item.values()]
+        elif type(item) is list:
             children = item
         else:
-            children = [item]
-            depth -= 1  # a scalar: only strings need a look
+            children, depth = (item,), depth - 1  # a scalar: only strings need a look
         for child in children:
-            if isinstance(child, str):
+            kind = type(child)
+            if kind is str:
                 if len(child) > MAX_JSON_STRING_CHARS:
                     raise _Refused(f"a string of {len(child)} characters; at most "
                                    f"{MAX_JSON_STRING_CHARS}")
                 if _SURROGATE.search(child):
                     raise _Refused("a string with an unpaired surrogate escape "
                                    "(\\ud800-\\udfff); text must be valid Unicode")
-            elif isinstance(child, dict | list):
-                if depth + 1 > MAX_JSON_DEPTH:
+            elif kind is dict or kind is list:
+                if depth >= MAX_JSON_DEPTH:
                     raise _Refused(f"nesting deeper than {MAX_JSON_DEPTH} levels")
                 stack.append((child, depth + 1))
 

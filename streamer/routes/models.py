@@ -176,3 +176,21 @@ class RtcAnswer(_Answer):
     type: Literal["answer"]
     peer_id: str
     stream_id: str
+
+
+class FloorZone(_Answer):
+    area_m2: float | None = Field(description="null for a zone off the calibrated floor")
+
+
+class Floor(_Answer):
+    """``floor`` is the calibration as it was put (a ``[streams.floor]`` table), or null."""
+
+    stream: str
+    floor: dict[str, Any] | None
+    rms_error_px: float | None = None
+    max_error_px: float | None = None
+    grid: list[list[Point]] | None = Field(None, description="one-metre floor grid lines, "
+                                                             "as frame polylines")
+    levels: list[float] | None = Field(None, description="upper bounds (people/m²) of the "
+                                                         "levels of service A-E")
+    zones: dict[str, FloorZone] | None = None

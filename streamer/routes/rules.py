@@ -1,9 +1,10 @@
 """Alert rules through the API: thresholds with hysteresis, created, edited and deleted.
 
 ``GET /api/alerts/rules?stream=`` -> ``{"rules": [{"name", "stream", "zone", "above",
-"below", "for_seconds", "origin": "config"|"api", "active"}]}``
+"below", "for_seconds", "metric", "origin": "config"|"api", "active"}]}``
 
-``POST /api/alerts/rules`` ``{"name", "stream", "zone"?, "above", "below", "for_seconds"?}``
+``POST /api/alerts/rules`` ``{"name", "stream", "zone"?, "above", "below", "for_seconds"?,
+"metric"?}`` (``metric``: ``count``, or a zone's ``density`` per m2 or ``level`` A=1..F=6)
 -> 201 and the rule; ``PUT /api/alerts/rules/{name}`` (same body, ``name`` optional) replaces
 it; ``DELETE`` -> 204. A body is checked like a ``[[thresholds]]`` table of the config file
 (so ``below`` must be under ``above``), the stream must be live (400 otherwise) and a zone
@@ -60,7 +61,8 @@ def parse_rule(data: dict[str, Any]) -> ThresholdRule:
     except ValidationError as exc:
         err = to_config_error(exc, "request")
         raise ApiError(400, f"{err.path}: {err.problem}" if err.path else err.problem) from None
-    return ThresholdRule(cfg.name, cfg.stream, cfg.zone, cfg.above, cfg.below, cfg.for_seconds)
+    return ThresholdRule(cfg.name, cfg.stream, cfg.zone, cfg.above, cfg.below, cfg.for_seconds,
+                         cfg.metric)
 
 
 async def _put(request: web.Request, rule: ThresholdRule, create: bool) -> dict[str, Any]:

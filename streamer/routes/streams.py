@@ -245,8 +245,9 @@ class CountsQuery(CsvQuery):
 async def counts(request: web.Request) -> web.Response:
     """``?since=&until=`` (unix seconds, [since, until); default: the last day),
     ``step`` (seconds per bucket), ``limit`` (newest rows kept), ``zones=1`` (per-zone counts:
-    raw, or with a step their mean, ``zones_min`` and ``zones_max``). Whole-second steps read
-    the rollups."""
+    raw, or with a step their mean, ``zones_min`` and ``zones_max``; on a floor-calibrated
+    stream also ``density`` and, with a step, ``density_max`` in people/m2). Whole-second
+    steps read the rollups."""
     query = parse_query(CountsQuery, request)
     since, until = _range(query)
     sid = await _known(request)
@@ -255,7 +256,33 @@ async def counts(request: web.Request) -> web.Response:
         svc.store.history.counts, sid, since, until, query.step, query.limit,
         with_zones=query.zones,
     )
+    if query.zones:
+        add_density(rows, zone_areas(svc, sid))
     return web.json_response({"stream": sid, "counts": rows})
+
+
+def zone_areas(svc: Any, sid: str) -> dict[str, float]:
+    """The floor area (m2) of each zone of a floor-calibrated stream (none otherwise)."""
+    current = svc.integrations.floor(sid)
+    if current is None:
+        return {}
+    areas = current.zone_areas(svc.integrations.zones(sid))
+    return {name: a for name, a in areas.items() if a}
+
+
+def add_density(rows: list[dict[str, Any]], areas: dict[str, float]) -> None:
+    """People per m2 of each zone beside its counts: ``"density"`` (from a raw row's count
+    or a bucket's mean) and, for buckets, ``"density_max"`` (the peak, from the rollups'
+    max). Computed here from the zones' areas now, so the store keeps counts only; a history
+    from before the zones or the calibration last changed is read with today's areas."""
+    if not areas:
+        return
+    for row in rows:
+        for src, dst in (("zones", "density"), ("zones_max", "density_max")):
+            values = row.get(src)
+            if values:
+                row[dst] = {z: v / areas[z] for z, v in values.items() if z in areas}
+
 
 
 @operation(Operation(
@@ -279,7 +306,8 @@ async def counts_csv(request: web.Request) -> web.StreamResponse:
     sid = await _known(request)
     history = service_of(request).store.history
     if step is not None:
-        return await _aggregated_csv(sid, history, since, until, step)
+        return await _aggregated_csv(sid, history, since, until, step,
+                                     zone_areas(service_of(request), sid))
     response = web.StreamResponse(
         headers={"Content-Disposition": f'attachment; filename="{sid}-counts.csv"'}
     )
@@ -302,17 +330,27 @@ async def counts_csv(request: web.Request) -> web.StreamResponse:
 
 
 async def _aggregated_csv(sid: str, history: Any, since: float | None, until: float | None,
-                          step: float) -> web.Response:
+                          step: float, areas: dict[str, float]) -> web.Response:
+    """One column per zone's mean count; on a floor-calibrated stream also
+    ``<zone> per m2`` (mean density) and ``<zone> peak per m2`` per zone with an area."""
     rows = await asyncio.to_thread(history.counts, sid, since, until, step, MAX_LIMIT,
                                    with_zones=True)
+    add_density(rows, areas)
     zones = sorted({z for r in rows for z in r.get("zones", {})})
+    dense = [z for z in zones if z in areas]
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["t", "count", "min", "max", "smoothed", "n", *zones])
+    writer.writerow(["t", "count", "min", "max", "smoothed", "n", *zones,
+                     *(h for z in dense for h in (f"{z} per m2", f"{z} peak per m2"))])
+
+    def cell(r: dict[str, Any], key: str, z: str) -> str:
+        return repr(r[key][z]) if z in r.get(key, {}) else ""
+
     for r in rows:
         writer.writerow([repr(r["t"]), repr(r["count"]), repr(r["min"]), repr(r["max"]),
-                         repr(r["smoothed"]), r["n"],
-                         *(repr(r["zones"][z]) if z in r.get("zones", {}) else "" for z in zones)])
+                         repr(r["smoothed"]), r["n"], *(cell(r, "zones", z) for z in zones),
+                         *(c for z in dense
+                           for c in (cell(r, "density", z), cell(r, "density_max", z)))])
     name = f"{sid}-counts-{step:g}s.csv"
     return web.Response(text=out.getvalue(), content_type="text/csv",
                         headers={"Content-Disposition": f'attachment; filename="{name}"'})

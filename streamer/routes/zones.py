@@ -7,7 +7,8 @@ replaces the stream's zones (``[]`` removes them) and answers like ``GET``. Poin
 stream's frame pixels. Each zone is validated like a ``[[streams.zones]]`` table of the config
 file, so the 400 names the zone and the problem. Zones are saved for every kind of stream
 (``streamer.saved``) and come back after a restart; on a config-file stream they replace
-the file's zones from then on.
+the file's zones from then on. On a floor-calibrated stream a zone reaching beyond the
+calibrated floor (towards the horizon) is refused (400).
 
 ``GET /api/alerts?stream=&since=&until=&active=&limit=`` -> ``{"alerts": [...]}``, newest
 first: the stored alerts, with the live peak and value of those still active (the store is
@@ -22,8 +23,9 @@ from typing import Annotated, Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from crowdcount.model.zones import Zone
-from crowdcount.streamer.config import StreamName, ZoneConfig, to_config_error
+from crowdcount.model.floor import FloorError
+from crowdcount.model.zones import Zone, check_unique_names
+from crowdcount.streamer.config import StreamName, ZoneConfig, check_zones_on_floor, to_config_error
 from crowdcount.streamer.limits import MAX_ZONES_PER_STREAM as MAX_ZONES
 from crowdcount.streamer.openapi import Operation, Reply, error, operation
 from crowdcount.streamer.routes.common import (
@@ -75,15 +77,14 @@ def parse_zones(value: Any) -> list[Zone]:
     if len(value) > MAX_ZONES:
         raise ApiError(400, f"at most {MAX_ZONES} zones per stream, got {len(value)}")
     zones: list[Zone] = []
-    seen: set[str] = set()
     for i, raw in enumerate(value):
         try:
             cfg = ZoneConfig.model_validate(raw)
+            check_unique_names([*(z.name for z in zones), cfg.name])
         except ValidationError as exc:
             raise ApiError(400, _zone_error(exc, i)) from None
-        if cfg.name in seen:
-            raise ApiError(400, f"zones[{i}]: duplicate zone name {cfg.name!r}")
-        seen.add(cfg.name)
+        except ValueError as exc:
+            raise ApiError(400, f"zones[{i}]: {exc}") from None
         zones.append(Zone(cfg.name, cfg.points))
     return zones
 
@@ -118,6 +119,10 @@ async def put_zones(request: web.Request) -> web.Response:
     if "zones" not in data:
         raise ApiError(400, "field 'zones' is required (use [] to remove every zone)")
     zones = parse_zones(data["zones"])
+    current = svc.integrations.floor(entry.id)
+    if current is not None:
+        with http_errors({FloorError: 400}):
+            check_zones_on_floor(current.floor, zones)
     if svc.streams.get(entry.id) is not entry:  # removed while the body was read
         raise ApiError(404, f"no stream {entry.id!r}")
     await svc.set_zones(entry.id, zones)

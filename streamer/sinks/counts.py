@@ -60,6 +60,8 @@ class CountSink:
         }
         if result.zones:
             item["zones"] = {k: float(v) for k, v in result.zones.items()}
+        if result.floor:  # a floor-calibrated stream: each zone's area, people/m2, level
+            item["floor"] = {k: v.to_dict() for k, v in result.floor.items()}
         self.feed.publish(sid, item)
 
     def on_alert(self, event: AlertEvent) -> None:

@@ -76,13 +76,15 @@ class HaDiscovery:
     # ------------------------------------------------------------------ per stream
 
     def sync(
-        self, stream: str, state_topic: str, zones: Iterable[str], rules: Iterable[Any]
+        self, stream: str, state_topic: str, zones: Iterable[str], rules: Iterable[Any],
+        floor_zones: Iterable[str] = (),
     ) -> list[Message]:
         """The messages that bring ``stream``'s entities in line with its ``zones`` and the
         alert ``rules`` on it (objects with ``name``, ``zone``, ``above``, ``below``):
-        configs that are new or changed, and empty payloads for entities that went away."""
+        configs that are new or changed, and empty payloads for entities that went away.
+        ``floor_zones`` (those with a floor density) also get a density and a level sensor."""
         want = {self._topic(e): e.config for e in self._entities(stream, state_topic, zones,
-                                                                  rules)}
+                                                                  rules, floor_zones)}
         have = self._published.get(stream, {})
         out: list[Message] = [(t, None) for t in have if t not in want]
         out += [(t, cfg) for t, cfg in want.items() if have.get(t) != cfg]
@@ -127,7 +129,8 @@ class HaDiscovery:
         }
 
     def _entities(
-        self, stream: str, state_topic: str, zones: Iterable[str], rules: Iterable[Any]
+        self, stream: str, state_topic: str, zones: Iterable[str], rules: Iterable[Any],
+        floor_zones: Iterable[str] = (),
     ) -> list[_Entity]:
         base = f"crowdcount_{slug(stream)}"
         count = {
@@ -151,6 +154,28 @@ class HaDiscovery:
                 "unique_id": oid,
                 "value_template": f"{{{{ value_json.zones[{key}] | round(2) }}}}",
                 **count,
+                **self._common(stream, state_topic),
+            }))
+        for zone in sorted(floor_zones):
+            key = json.dumps(zone)
+            oid = f"{base}_zone_{slug(zone)}"
+            out.append(_Entity("sensor", f"{oid}_density", {
+                "name": f"{zone} density",
+                "unique_id": f"{oid}_density",
+                "value_template": f"{{{{ value_json.floor[{key}].per_m2 | round(3) }}}}",
+                "unit_of_measurement": "people/m²",
+                "state_class": "measurement",
+                "icon": "mdi:account-group-outline",
+                "suggested_display_precision": 2,
+                **self._common(stream, state_topic),
+            }))
+            out.append(_Entity("sensor", f"{oid}_level", {
+                "name": f"{zone} level of service",
+                "unique_id": f"{oid}_level",
+                "value_template": f"{{{{ value_json.floor[{key}].level }}}}",
+                "device_class": "enum",
+                "options": list("ABCDEF"),
+                "icon": "mdi:alpha-f-box-outline",
                 **self._common(stream, state_topic),
             }))
         for rule in sorted(rules, key=lambda r: r.name):

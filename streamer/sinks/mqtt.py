@@ -4,17 +4,21 @@ Topics, under ``topic_prefix`` (default ``crowdcount``)::
 
     <prefix>/<stream>/count           {"stream", "t", "count"}              rate-limited
     <prefix>/<stream>/<zone>/count    {"stream", "zone", "t", "count"}      rate-limited
+                                      (+ "area_m2", "per_m2", "level" on a
+                                      floor-calibrated stream)
     <prefix>/<stream>/state           {"stream", "t", "count", "zones",     retained,
-                                       "alert", "alerts": {rule: {...}}}    rate-limited
-                                                                            (not on alerts)
+                                       "floor": {zone: {"area_m2",          rate-limited
+                                       "per_m2", "level"}}, "alert",        (not on alerts)
+                                       "alerts": {rule: {...}}}
     <prefix>/alerts                   AlertEvent.to_dict()                  every event
     <prefix>/status                   "online" / "offline" (last will)      retained
 
 With ``home_assistant`` on, retained Home Assistant discovery configs are published too
-(``sinks.homeassistant``): a sensor per stream count and zone count and a binary sensor per
-alert rule, all reading the retained state topic. They follow the stream: new zones or rules
-add entities, removed ones (and removed streams) delete them with an empty retained payload,
-and they are sent again whenever Home Assistant announces itself (``<discovery>/status``).
+(``sinks.homeassistant``): a sensor per stream count and zone count (and, floor-calibrated,
+a density and a level-of-service sensor per zone) and a binary sensor per alert rule, all
+reading the retained state topic. They follow the stream: new zones or rules add entities,
+removed ones (and removed streams) delete them with an empty retained payload, and they are
+sent again whenever Home Assistant announces itself (``<discovery>/status``).
 
 Why a rate limit: the pipeline can produce a count per frame per stream, far more than a
 dashboard or a home-automation rule needs, and every message costs the broker and every
@@ -112,7 +116,8 @@ class MqttNotifier:
         self.client.on_message = self._on_message
         self.ha = HaDiscovery(self.prefix, discovery_prefix) if home_assistant else None
         self._rules: tuple[ThresholdRule, ...] = ()
-        self._zones_seen: dict[str, tuple[str, ...]] = {}  # stream -> zones in its counts
+        # stream -> (zones in its counts, zones with a floor density)
+        self._zones_seen: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
 
         self._loop: asyncio.AbstractEventLoop | None = None
         self._last_sent: dict[str, float] = {}  # topic -> monotonic time of last publish
@@ -164,8 +169,9 @@ class MqttNotifier:
         stream, t, total = result.frame.stream_id, result.frame.captured_at, result.count
         zones = result.zones
         base = f"{self.prefix}/{topic_level(stream)}"
+        floor = {k: v.to_dict() for k, v in result.floor.items()}
         if self.ha is not None:
-            names = tuple(sorted(zones))
+            names = (tuple(sorted(zones)), tuple(sorted(floor)))
             if self._zones_seen.get(stream) != names:
                 self._zones_seen[stream] = names
                 self._discover(stream)
@@ -173,10 +179,12 @@ class MqttNotifier:
         for zone, value in zones.items():
             self._limited(
                 f"{base}/{topic_level(zone)}/count",
-                {"stream": stream, "zone": zone, "t": t, "count": float(value)},
+                {"stream": stream, "zone": zone, "t": t, "count": float(value),
+                 **floor.get(zone, {})},
             )
         state = self._state.setdefault(stream, {"stream": stream, "alerts": {}})
-        state.update(t=t, count=float(total), zones={k: float(v) for k, v in zones.items()})
+        state.update(t=t, count=float(total), zones={k: float(v) for k, v in zones.items()},
+                     floor=floor)
         self._limited(f"{base}/state", self._state_payload(stream), retain=True)
 
     def on_alert(self, event: AlertEvent) -> None:
@@ -246,6 +254,7 @@ class MqttNotifier:
             "t": state.get("t"),
             "count": state.get("count"),
             "zones": state.get("zones", {}),
+            "floor": state.get("floor", {}),
             "alert": bool(alerts),
             "alerts": alerts,
         }
@@ -254,7 +263,8 @@ class MqttNotifier:
         assert self.ha is not None
         state = f"{self.prefix}/{topic_level(stream)}/state"
         rules = [r for r in self._rules if r.stream == stream]
-        self._send_discovery(self.ha.sync(stream, state, self._zones_seen.get(stream, ()), rules))
+        zones, floor = self._zones_seen.get(stream, ((), ()))
+        self._send_discovery(self.ha.sync(stream, state, zones, rules, floor))
 
     def _send_discovery(self, messages: list[Message]) -> None:
         """Discovery configs are retained, at least once (qos >= 1): a lost config is an

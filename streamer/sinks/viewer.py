@@ -29,6 +29,7 @@ import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from numpy.typing import NDArray
 
+from crowdcount.model.floor import Floor
 from crowdcount.model.render import annotate
 from crowdcount.model.types import Result
 from crowdcount.model.zones import Zone
@@ -48,6 +49,8 @@ Picture = tuple[str, NDArray[np.uint8]]
 #: stream id -> that stream's zones now (the service passes ``Integrations.zones``); looked
 #: up at every render so zones edited while someone watches show up on the next frame.
 ZonesLookup = Callable[[str], Sequence[Zone]]
+#: stream id -> its floor calibration now, or ``None`` (heatmap per cell, no grid).
+FloorLookup = Callable[[str], Floor | None]
 
 _live_tracks: weakref.WeakSet[AnnotatedTrack] = weakref.WeakSet()
 
@@ -98,11 +101,13 @@ class ViewerSink:
         size: tuple[int, int] | None = None,
         show_clock: bool = True,
         zones: ZonesLookup | None = None,
+        floors: FloorLookup | None = None,
     ) -> None:
         if fps <= 0:
             raise ValueError(f"fps must be positive, got {fps}")
         self.stream_id = stream_id
         self.zones = zones
+        self.floors = floors
         self.title = title if title is not None else stream_id
         self.fps = fps
         self.show_clock = show_clock
@@ -129,7 +134,10 @@ class ViewerSink:
         self._result = result
         self._version += 1
         self.results_in += 1
-        self.set_size(result.frame.size)
+        # The picture's size, not the camera's (``Frame.size``): a decoder may have scaled
+        # it to the model's size, and that is what viewers are sent.
+        image = result.frame.image  # already converted: the model took this frame
+        self.set_size((int(image.shape[1]), int(image.shape[0])))
 
     # -- size --------------------------------------------------------------------------------
 
@@ -199,7 +207,8 @@ class ViewerSink:
         )
         try:
             zones = self.zones(self.stream_id) if self.zones is not None else None
-            rgb = annotate(result, self.title, clock, zones=zones)
+            floor = self.floors(self.stream_id) if self.floors is not None else None
+            rgb = annotate(result, self.title, clock, zones=zones, floor=floor)
         except Exception:  # a bad density map must not kill every viewer's track
             log.exception("annotating %s failed; sending the bare frame", self.stream_id)
             rgb = result.frame.image
@@ -240,9 +249,11 @@ class ViewerRegistry:
     ``ViewerSink``, if that stream has one (viewers come and go; the pipeline never needs to
     know)."""
 
-    def __init__(self, fps: float = DEFAULT_FPS, zones: ZonesLookup | None = None) -> None:
+    def __init__(self, fps: float = DEFAULT_FPS, zones: ZonesLookup | None = None,
+                 floors: FloorLookup | None = None) -> None:
         self.fps = fps
         self.zones = zones
+        self.floors = floors
         self._sinks: dict[str, ViewerSink] = {}
 
     def sink(self, stream_id: str, title: str | None = None) -> ViewerSink:
@@ -250,7 +261,7 @@ class ViewerRegistry:
         sink = self._sinks.get(stream_id)
         if sink is None or sink.closed:
             sink = self._sinks[stream_id] = ViewerSink(
-                stream_id, title=title, fps=self.fps, zones=self.zones
+                stream_id, title=title, fps=self.fps, zones=self.zones, floors=self.floors
             )
         return sink
 

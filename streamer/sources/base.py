@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
+from crowdcount.model.preprocess import input_size
 from crowdcount.model.types import RGB, Frame
 from crowdcount.streamer.status import RateMeter, StreamState, StreamStatus
 
@@ -29,11 +30,24 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def rgb_later(frame: av.VideoFrame) -> Callable[[], RGB]:
+def rgb_later(frame: av.VideoFrame, max_side: int | None = None) -> Callable[[], RGB]:
     """A decoded frame's RGB conversion, to run only if the model takes the frame (see
-    ``Frame.pixels``). The decoder's picture is reference-counted, so it stays valid after
-    the decoder moves on or closes."""
-    return cast(Callable[[], RGB], functools.partial(frame.to_ndarray, format="rgb24"))
+    ``Frame.pixels``). With ``max_side`` a bigger picture is scaled in the same swscale
+    pass to the size the model will run it at (``input_size``), so no full-size RGB copy
+    is made and the runtime's resize is a no-op. The decoder's picture is
+    reference-counted, so it stays valid after the decoder moves on or closes."""
+    width, height = frame.width, frame.height
+    if max_side is not None and max(width, height) > max_side:
+        height, width = input_size(width, height, max_side)
+    return cast(Callable[[], RGB], functools.partial(_rgb, frame, width, height))
+
+
+def _rgb(frame: av.VideoFrame, width: int, height: int) -> RGB:
+    # AREA, like the runtime's own downscaling (cv2.INTER_AREA), so counts do not depend
+    # on which of the two resized the picture. One swscale thread: by default each
+    # conversion context starts a pool of its own (measured: 2 more threads per camera).
+    return cast(RGB, frame.reformat(width, height, format="rgb24", interpolation="AREA",
+                                    threads=1).to_ndarray())
 
 
 class SourceEnded(Exception):
@@ -68,14 +82,16 @@ class Source(ABC):
         self._loop = asyncio.get_running_loop()
         self._ready = asyncio.Event()
 
-    def _publish(self, image: RGB | Callable[[], RGB], captured_at: float | None = None
-                 ) -> None:
+    def _publish(self, image: RGB | Callable[[], RGB], captured_at: float | None = None,
+                 source_size: tuple[int, int] | None = None) -> None:
         """Thread-safe: replace the pending frame by a newer one (counting the drop).
 
         ``image`` is an RGB array or, from decoders, ``rgb_later(frame)``, so that frames
-        dropped on the way to the model are never converted."""
+        dropped on the way to the model are never converted; ``source_size`` is the
+        camera's (width, height) when that conversion scales the picture down."""
         pixels = image if callable(image) else np.asarray(image)
-        frame = Frame(self.stream_id, self._seq, captured_at or time.time(), pixels)
+        frame = Frame(self.stream_id, self._seq, captured_at or time.time(), pixels,
+                      source_size)
         self._seq += 1
         with self._lock:
             if self._latest is not None:

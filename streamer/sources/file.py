@@ -14,7 +14,8 @@ from pathlib import Path
 
 import av
 
-from crowdcount.streamer.sources.base import ThreadedSource, rgb_later
+from crowdcount.streamer.sources.base import ThreadedSource
+from crowdcount.streamer.sources.decoding import Decoder
 from crowdcount.streamer.status import StreamState
 from crowdcount.streamer.urls import mask_url
 
@@ -37,13 +38,16 @@ class FileSource(ThreadedSource):
 
     At the end it restarts (``loop=True``) or finishes in ENDED, after which ``recv()``
     raises ``SourceEnded``. A file that cannot be opened or decoded ends in FAILED with
-    ``status.last_error`` saying why.
+    ``status.last_error`` saying why. ``target_fps`` and ``max_side`` go to the ``Decoder``
+    (keyframes only when they meet the rate, pictures converted at the model's size).
     """
 
     kind = "file"
 
-    def __init__(self, stream_id: str, path: str | Path, *, loop: bool = False) -> None:
+    def __init__(self, stream_id: str, path: str | Path, *, loop: bool = False,
+                 target_fps: float | None = None, max_side: int | None = None) -> None:
         super().__init__(stream_id)
+        self.decoder = Decoder(self.status, target_fps, max_side)
         self.path = str(path)
         self.loop = loop
         self.loops = 0  # completed passes through the file
@@ -80,7 +84,7 @@ class FileSource(ThreadedSource):
             step = 1.0 / rate if rate > 0 else 0.04
             first: float | None = None
             end = 0.0
-            for index, frame in enumerate(container.decode(stream)):
+            for index, frame in enumerate(self.decoder.frames(container, stream)):
                 t = frame.time if frame.time is not None else index * step
                 first = t if first is None else first
                 media_t = t - first
@@ -93,8 +97,8 @@ class FileSource(ThreadedSource):
                     clock_start -= delay  # fell behind: re-anchor rather than burst
                 if self._stop.is_set():
                     return None
-                image = rgb_later(frame)
+                image, size = self.decoder.picture(frame)
                 if self.status.state != StreamState.RUNNING:
                     self.status.state = StreamState.RUNNING
-                self._publish(image)
+                self._publish(image, source_size=size)
             return end

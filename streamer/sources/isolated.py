@@ -11,9 +11,14 @@ for the same reason.
 The child runs the unchanged ``RtspSource`` (its reconnects, stall watchdog and frame
 dropping), and sends over a pipe each frame its ``recv()`` returns plus a status heartbeat
 every ``HEARTBEAT_S``. The supervisor thread publishes the frames here and mirrors the
-child's state, error, reconnects and drops into ``status``; it is the only writer of those
-fields. The cost is one Python process per camera (spawned, so nothing of the server is
-inherited) and one copy of each delivered frame through the pipe.
+child's state, error, reconnects, drops and decode figures into ``status``; it is the only
+writer of those fields. The cost is one Python process per camera (spawned, so nothing of
+the server is inherited) and one copy of each delivered frame through the pipe.
+
+The child decodes like any source (``sources/decoding.py``: keyframes only when they meet
+``target_fps``, pictures converted at ``max_side``), and sends only the frames the stream's
+rate will take (the batcher's own rule, ``Batcher``), so a full-decode camera does not
+convert and pipe 25 pictures a second of which the model takes one.
 """
 
 from __future__ import annotations
@@ -36,7 +41,9 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 0.2
 #: The child's status fields the supervisor mirrors.
-_MIRRORED = ("state", "last_error", "reconnects", "source_dropped")
+_MIRRORED = ("state", "last_error", "reconnects", "source_dropped", "decode",
+             "keyframe_interval", "decode_note", "frames_decoded", "decode_seconds",
+             "frame_size")
 
 
 class IsolatedRtspSource(ThreadedSource):
@@ -73,6 +80,7 @@ class IsolatedRtspSource(ThreadedSource):
         self.child_pid: int | None = None
         self._process: BaseProcess | None = None
         self._child_dropped = 0
+        self._decode_base = (0, 0.0)
 
     def _stop_timeout(self) -> float:
         return 5.0
@@ -111,6 +119,7 @@ class IsolatedRtspSource(ThreadedSource):
         theirs.close()
         self._process, self.child_pid = process, process.pid
         base_reconnects = self.status.reconnects
+        self._decode_base = (self.status.frames_decoded, self.status.decode_seconds)
         self._child_dropped = 0  # the child's drops already added to status.source_dropped
         try:
             last_message = time.monotonic()
@@ -127,8 +136,8 @@ class IsolatedRtspSource(ThreadedSource):
                     return _death_cause(process.exitcode), False
                 last_message = time.monotonic()
                 if message[0] == "frame":
-                    _, captured_at, image = message
-                    self._publish(image, captured_at)
+                    _, captured_at, image, source_size = message
+                    self._publish(image, captured_at, source_size)
                 elif message[0] == "status":
                     self._mirror(message[1], base_reconnects)
                 elif message[0] == "ended":
@@ -158,6 +167,12 @@ class IsolatedRtspSource(ThreadedSource):
             self.status.state = state
         if child.get("last_error"):
             self.status.last_error = child["last_error"]
+        st = self.status
+        st.decode, st.decode_note = child["decode"], child["decode_note"]
+        st.keyframe_interval = child["keyframe_interval"]
+        st.frame_size = child["frame_size"]
+        st.frames_decoded = self._decode_base[0] + int(child["frames_decoded"])
+        st.decode_seconds = self._decode_base[1] + float(child["decode_seconds"])
 
 
 def _death_cause(exitcode: int | None) -> str:
@@ -183,9 +198,12 @@ def _child_main(stream_id: str, url: str, options: dict[str, Any], conn: Connect
 
 
 async def _child(stream_id: str, url: str, options: dict[str, Any], conn: Connection) -> None:
+    from crowdcount.streamer.batcher import Batcher
     from crowdcount.streamer.sources.rtsp import RtspSource
 
     source = RtspSource(stream_id, url, **options)
+    rate = Batcher()  # only its fps_limit rule: frames the stream's rate would refuse stay here
+    rate.add(stream_id, options.get("target_fps"))
 
     def status() -> dict[str, Any]:
         st = source.status
@@ -205,8 +223,11 @@ async def _child(stream_id: str, url: str, options: dict[str, Any], conn: Connec
             except SourceEnded:
                 conn.send(("ended", status()))
                 return
+            if not rate.submit(frame):
+                continue
+            rate.take(1, timeout=0)
             # The array pickles as one buffer: no tobytes() copy here, no reshape there.
-            conn.send(("frame", frame.captured_at, frame.image))
+            conn.send(("frame", frame.captured_at, frame.image, frame.source_size))
     finally:
         beating.cancel()
         await source.stop()

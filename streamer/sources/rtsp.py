@@ -7,8 +7,9 @@ it without an operator. What this module relies on (measured; docs/runtime-notes
   of the loop is treated as a failure, not as the end of the stream.
 - A hung server (SIGSTOP, a frozen camera) keeps the TCP connection open and PyAV's own
   ``timeout=`` noticed it only after about twice the read timeout, if at all. A watchdog
-  thread therefore watches the time since the last frame and, past ``stall_timeout``,
-  drops the connection itself.
+  thread therefore watches the time since the last packet (not frame: a keyframes-only
+  camera decodes one a second or less) and, past ``stall_timeout``, drops the connection
+  itself.
 - Closing the PyAV container from the watchdog while the decode thread is inside
   ``av_read_frame`` would free the demuxer under its feet (use-after-free, a crash of the
   whole service). The watchdog instead ``shutdown()``s the container's TCP socket, found in
@@ -33,6 +34,7 @@ import contextlib
 import ipaddress
 import logging
 import os
+import random
 import socket
 import threading
 import time
@@ -41,7 +43,8 @@ from urllib.parse import urlsplit
 
 import av
 
-from crowdcount.streamer.sources.base import ThreadedSource, rgb_later
+from crowdcount.streamer.sources.base import ThreadedSource
+from crowdcount.streamer.sources.decoding import Decoder
 from crowdcount.streamer.status import StreamState
 from crowdcount.streamer.urls import mask_text, mask_url
 
@@ -50,6 +53,12 @@ log = logging.getLogger(__name__)
 # Measured: analyzeduration/probesize this small cut time-to-first-frame from 1-2 s to ~0.1 s.
 AV_OPTIONS = {"rtsp_transport": "tcp", "analyzeduration": "0", "probesize": "32"}
 DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322}
+#: Socket inodes claimed by an open connection of some RtspSource (see ``_claim``).
+_CLAIMED: set[int] = set()
+_CLAIM_LOCK = threading.Lock()
+#: (camera addresses, port) -> the lock its connections are opened under, one at a time.
+_OPEN_GATES: dict[tuple[frozenset[ipaddress.IPv4Address | ipaddress.IPv6Address], int],
+                  threading.Lock] = {}
 
 
 class RtspSource(ThreadedSource):
@@ -59,8 +68,13 @@ class RtspSource(ThreadedSource):
     server hang-up or stall) -> RUNNING again, or FAILED once more than ``max_retries``
     connections in a row failed without a frame (``None``: retry forever). Between
     attempts the source sleeps ``backoff_initial * backoff_factor**(n-1)`` seconds (capped at
-    ``backoff_max``) after the n-th consecutive failure; a frame resets n. ``stop()`` ends
-    in STOPPED.
+    ``backoff_max``) after the n-th consecutive failure, lengthened by a random factor in
+    ``[1, 1 + jitter]`` (the backoff stays a minimum), so that cameras dropped by one
+    network blip do not all reconnect in the same instant (a reconnect storm that starves
+    counting); a frame resets n. ``stop()`` ends in STOPPED.
+
+    ``target_fps`` (the stream's count rate) and ``max_side`` go to the ``Decoder``:
+    keyframes only when they meet the rate, pictures converted at the model's size.
 
     ``status.reconnects`` counts connection attempts after the first one; ``attempts``
     counts all of them; ``status.last_error`` is one line naming the masked URL.
@@ -80,8 +94,13 @@ class RtspSource(ThreadedSource):
         backoff_factor: float = 2.0,
         backoff_max: float = 10.0,
         max_retries: int | None = None,
+        jitter: float = 0.5,
+        target_fps: float | None = None,
+        max_side: int | None = None,
     ) -> None:
         super().__init__(stream_id)
+        if not 0 <= jitter <= 1:
+            raise ValueError("jitter must be in [0, 1]")
         if min(open_timeout, read_timeout, stall_timeout, backoff_initial) <= 0:
             raise ValueError("timeouts and backoff_initial must be positive")
         if backoff_factor < 1 or backoff_max < backoff_initial:
@@ -97,9 +116,12 @@ class RtspSource(ThreadedSource):
         self.backoff_factor = backoff_factor
         self.backoff_max = backoff_max
         self.max_retries = max_retries
+        self.jitter = jitter
+        self.decoder = Decoder(self.status, target_fps, max_side)
         self.attempts = 0
         self._conn_lock = threading.Lock()
         self._sockets_before: set[int] | None = None  # set while a connection may be open
+        self._mine: set[int] = set()  # the sockets this connection claimed once opened
         self._last_frame = 0.0
         self._stalled = False
         # Resolved on the decode thread at each attempt (see the module docstring).
@@ -141,7 +163,7 @@ class RtspSource(ThreadedSource):
                 return
             delay = min(
                 self.backoff_max, self.backoff_initial * self.backoff_factor ** (failures - 1)
-            )
+            ) * random.uniform(1, 1 + self.jitter)
             log.warning("%s; reconnecting in %.1f s", error, delay)
             self.status.state = StreamState.RECONNECTING
             if self._stop.wait(delay):
@@ -153,30 +175,43 @@ class RtspSource(ThreadedSource):
         container = None
         self._stalled = False
         remote = _remote_endpoint(self.url)  # blocking DNS: this thread, never the loop
+        gate = _open_gate(remote)
+        while gate is not None and not gate.acquire(timeout=0.25):
+            if self._stop.is_set():
+                return False, self._line("stopped while waiting to connect")
         with self._conn_lock:
             self._remote = remote
             self._sockets_before = _socket_inodes(remote)
             self._last_frame = 0.0  # the watchdog waits for the open to finish
         opening = time.monotonic()
         try:
-            options = AV_OPTIONS if _proc_available() else self._fallback_options
+            watched = _proc_available()
+            options = AV_OPTIONS if watched else self._fallback_options
+            # Where the watchdog can drop the socket, PyAV's read timeout is left off: when
+            # it fired first (read_timeout = stall_timeout, the defaults) FFmpeg's close of
+            # the still-open connection then hung for another read timeout, and a stalled
+            # camera was noticed after 10.1 s instead of 5.2 s (measured).
             container = av.open(
                 self.url, options=options,
-                timeout=(self.open_timeout, self.read_timeout),
+                timeout=(self.open_timeout, None if watched else self.read_timeout),
             )
+            self._claim()
+            if gate is not None:
+                gate.release()
+                gate = None
             if not container.streams.video:
                 return False, self._line("no video stream in the RTSP session")
             self._last_frame = time.monotonic()  # the watchdog's clock starts at open
-            for frame in container.decode(container.streams.video[0]):
+            stream = container.streams.video[0]
+            for frame in self.decoder.frames(container, stream, self._data_arrived):
                 if self._stop.is_set():
                     break
-                image = rgb_later(frame)
-                self._last_frame = time.monotonic()
+                image, size = self.decoder.picture(frame)
                 got_frame = True
                 if self.status.state != StreamState.RUNNING:
                     self.status.state = StreamState.RUNNING
                     log.info("%s: receiving frames", self.masked_url)
-                self._publish(image)
+                self._publish(image, source_size=size)
             reason = "server closed the connection (stream ended)"
         except av.FFmpegError as exc:
             reason = f"{type(exc).__name__}: {exc.strerror or 'FFmpeg error'}"
@@ -187,14 +222,24 @@ class RtspSource(ThreadedSource):
         except Exception as exc:  # a camera must never kill the thread silently
             reason = f"{type(exc).__name__}: {exc}"
         finally:
+            if gate is not None:
+                gate.release()
             with self._conn_lock:
                 self._sockets_before = None
+                with _CLAIM_LOCK:
+                    _CLAIMED.difference_update(self._mine)
+                self._mine = set()
             if container is not None:
                 with contextlib.suppress(Exception):
                     container.close()
         if self._stalled:
-            reason = f"no frame for {self.stall_timeout:g} s (server stalled), connection dropped"
+            reason = f"no data for {self.stall_timeout:g} s (server stalled), connection dropped"
         return got_frame, self._line(reason)
+
+    def _data_arrived(self) -> None:
+        """Every packet (not every decoded frame: keyframes-only decodes one a second or
+        less) feeds the watchdog, so a stall is "no data for ``stall_timeout``"."""
+        self._last_frame = time.monotonic()
 
     def _line(self, reason: str) -> str:
         """One line, URL masked, and no credentials even if FFmpeg echoed the raw URL."""
@@ -213,25 +258,61 @@ class RtspSource(ThreadedSource):
                 continue
             if time.monotonic() - last_frame > self.stall_timeout:
                 self._stalled = True
-                log.warning("%s: no frame for %.1f s, dropping the connection",
+                log.warning("%s: no data for %.1f s, dropping the connection",
                             self.masked_url, self.stall_timeout)
                 self._drop_connection()
 
-    def _drop_connection(self) -> None:
-        """Shut down (not close) the TCP sockets this source opened, from any thread.
+    def _claim(self) -> None:
+        """Once open, take the new sockets to the camera that no other source has claimed
+        as this connection's own. Cameras behind one NVR share its host and port: before
+        claims, stopping (or a stall of) one channel shut down the sockets of every channel
+        that had connected after it, and they all reconnected. Connections to one host and
+        port are opened one at a time (``_open_gate``), so the new sockets are this
+        connection's alone; that also spreads a start-up or reconnect storm of an NVR's
+        channels (an open takes 0.1-0.3 s)."""
+        with self._conn_lock:
+            before, remote = self._sockets_before, self._remote
+            if before is None:
+                return
+            with _CLAIM_LOCK:
+                self._mine = (_socket_inodes(remote) - before) - _CLAIMED
+                _CLAIMED.update(self._mine)
 
-        Sockets to the same camera opened since this source's current attempt began are
-        taken as its own; a second source to the same camera that connected meanwhile is
-        dropped too and simply reconnects.
+    def _drop_connection(self) -> None:
+        """Shut down (not close) the TCP sockets of this source's connection, from any
+        thread: the ones it claimed once open (``_claim``). While it is still opening (or
+        if another source opening at the same moment claimed its socket first), sockets to
+        the same camera opened since this attempt began (and claimed by nobody, if there
+        are such) are taken as its own; another source caught by that simply reconnects.
         """
         with self._conn_lock:
             before, remote = self._sockets_before, self._remote
             if before is None:
                 return
-            mine = _socket_inodes(remote) - before
+            current = _socket_inodes(remote)
+            if self._mine:
+                mine = self._mine & current
+            else:
+                fresh = current - before
+                with _CLAIM_LOCK:
+                    mine = (fresh - _CLAIMED) or fresh  # never leave a stall undropped
         for inode, fd in _process_sockets().items():
             if inode in mine:
                 _shutdown_fd(fd, inode)
+
+
+def _open_gate(remote: tuple[set[ipaddress.IPv4Address | ipaddress.IPv6Address], int]
+               ) -> threading.Lock | None:
+    """The lock that opens connections to ``remote`` one at a time (``None``: unresolved)."""
+    hosts, port = remote
+    if not hosts:
+        return None
+    key = (frozenset(hosts), port)
+    with _CLAIM_LOCK:
+        gate = _OPEN_GATES.get(key)
+        if gate is None:
+            gate = _OPEN_GATES[key] = threading.Lock()
+        return gate
 
 
 # -- /proc helpers (Linux); every one degrades to "nothing found" elsewhere -------------

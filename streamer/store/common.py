@@ -191,7 +191,7 @@ def _clamp_t(t: float) -> int:
     """``t`` as a whole number of seconds within the integers the databases store."""
     return int(min(max(t, -_T_LIMIT), _T_LIMIT))
 _ROLLUP_TABLES = ("counts_1s", "counts_1m", "zone_counts_1s", "zone_counts_1m")
-_RULE_COLS = ("name", "stream", "zone", "above", "below", "for_seconds")
+_RULE_COLS = ("name", "stream", "zone", "above", "below", "for_seconds", "metric")
 
 
 def _rollup_sql(d: Dialect, scoped: bool) -> tuple[str, ...]:
@@ -339,20 +339,14 @@ class SqlHistory:
             f"COUNT(*) FROM counts WHERE {where} GROUP BY b ORDER BY b DESC "
             f"LIMIT {d.p('limit')}"
         )
-        rows = self._fetch(sql, named)
-        rows.reverse()
-        out = bucket_items(rows, step)
-        if with_zones and rows:
-            # Per zone, over the rows that have it (zones come and go).
-            # (t and stream_id are the counts' alone: the zone items have key and value)
-            zsql = (
-                f"SELECT {bucket} AS b, z.key, AVG({d.zone_value}), MIN({d.zone_value}), "
-                f"MAX({d.zone_value}) FROM counts AS c, {d.zone_each} "
-                f"WHERE {where} AND c.zones IS NOT NULL GROUP BY b, z.key"
-            )
-            add_zone_stats(out, [r[0] for r in rows],
-                           [r for r in self._fetch(zsql, named) if r[0] >= rows[0][0]])
-        return out
+        # Per zone, over the rows that have it (zones come and go). (t and stream_id are
+        # the counts' alone: the zone items have key and value.)
+        zsql = (
+            f"SELECT {bucket} AS b, z.key, AVG({d.zone_value}), MIN({d.zone_value}), "
+            f"MAX({d.zone_value}) FROM counts AS c, {d.zone_each} "
+            f"WHERE {where} AND c.zones IS NOT NULL AND t >= {d.p('first')} GROUP BY b, z.key"
+        )
+        return self._stepped(sql, zsql if with_zones else None, named, step)
 
     def _rolled_up(
         self, stream_id: str, since: float | None, until: float | None, step: int, limit: int,
@@ -377,17 +371,24 @@ class SqlHistory:
             f"CAST(SUM(n) AS BIGINT) FROM counts_{suffix} WHERE {scope} "
             f"GROUP BY b ORDER BY b DESC LIMIT {d.p('limit')}"
         )
+        zsql = (
+            f"SELECT {bucket} AS b, zone, SUM(sum) / SUM(n), MIN(min), MAX(max) "
+            f"FROM zone_counts_{suffix} WHERE {scope} AND t >= {d.p('first')} "
+            "GROUP BY b, zone"
+        )
+        return self._stepped(sql, zsql if with_zones else None, args, step)
+
+    def _stepped(self, sql: str, zsql: str | None, args: Mapping[str, Any],
+                 step: float) -> list[dict[str, Any]]:
+        """Bucket items from ``sql`` (newest first, as the limit keeps them), with the zone
+        statistics of ``zsql`` when given (read from the oldest kept bucket on)."""
         rows = self._fetch(sql, args)
         rows.reverse()
         out = bucket_items(rows, step)
-        if with_zones and rows:
-            zsql = (
-                f"SELECT {bucket} AS b, zone, SUM(sum) / SUM(n), MIN(min), MAX(max) "
-                f"FROM zone_counts_{suffix} WHERE {scope} AND t >= {d.p('first')} "
-                "GROUP BY b, zone"
-            )
-            zone_rows = self._fetch(zsql, {**args, "first": rows[0][0] * step})
-            add_zone_stats(out, [r[0] for r in rows], zone_rows)
+        if zsql is not None and rows:
+            # One bucket early: a float bucket start may round past its first row.
+            first = (rows[0][0] - 1) * step
+            add_zone_stats(out, [r[0] for r in rows], self._fetch(zsql, {**args, "first": first}))
         return out
 
     def rows(
@@ -546,7 +547,8 @@ class SqlSettings(_Records):
         self._upsert("alert_rules", ("name",), {
             "name": rule["name"], "stream": rule["stream"], "zone": rule.get("zone"),
             "above": float(rule["above"]), "below": float(rule["below"]),
-            "for_seconds": float(rule.get("for_seconds") or 0.0), "updated_at": time.time()},
+            "for_seconds": float(rule.get("for_seconds") or 0.0),
+            "metric": rule.get("metric") or "count", "updated_at": time.time()},
             "rules")
 
     def delete_rule(self, name: str) -> bool:

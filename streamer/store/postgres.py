@@ -25,7 +25,10 @@ connection of a ``psycopg_pool`` pool) and what only a cluster keeps (``ClusterS
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, TypeVar, cast
@@ -45,6 +48,8 @@ from crowdcount.streamer.store.common import (
     SqlStore,
 )
 from crowdcount.streamer.store.writer import Op, Row, Writer
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Conn = psycopg.Connection[Any]
@@ -130,6 +135,8 @@ CREATE TABLE IF NOT EXISTS alert_rules (
     for_seconds DOUBLE PRECISION NOT NULL,
     updated_at DOUBLE PRECISION NOT NULL
 );
+-- what a rule watches (count, density, level); added after the first release
+ALTER TABLE alert_rules ADD COLUMN IF NOT EXISTS metric TEXT NOT NULL DEFAULT 'count';
 CREATE TABLE IF NOT EXISTS stream_zones (
     stream_id TEXT PRIMARY KEY,
     zones JSONB NOT NULL,
@@ -449,6 +456,52 @@ class PostgresStore(SqlStore):
 
     def __enter__(self) -> PostgresStore:
         return self
+
+
+class Listener:
+    """LISTEN on ``channels`` from a thread of its own (psycopg's ``notifies`` blocks) and
+    hand each notification to ``loop`` as ``on_note(channel, payload)``.
+
+    The one way shards and API processes hear of changes. ``on_connect()`` runs on the loop
+    each time the connection is (re)opened, because what was announced while it was down
+    is lost: the listener re-reads then, and needs no periodic resync.
+    """
+
+    def __init__(
+        self, dsn: str, channels: Sequence[str], loop: asyncio.AbstractEventLoop,
+        on_note: Callable[[str, str], None], on_connect: Callable[[], None], *, name: str,
+    ) -> None:
+        self._dsn = dsn
+        self._channels = tuple(channels)
+        self._loop = loop
+        self._on_note = on_note
+        self._on_connect = on_connect
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(self._dsn, autocommit=True) as conn:
+                    for channel in self._channels:
+                        conn.execute(f"LISTEN {channel}")
+                    self._loop.call_soon_threadsafe(self._on_connect)
+                    while not self._stop.is_set():
+                        for note in conn.notifies(timeout=0.5):
+                            self._loop.call_soon_threadsafe(self._on_note, note.channel,
+                                                            note.payload)
+            except Exception as exc:
+                if self._stop.is_set():
+                    return
+                log.error("event=listen_failed channels=%s error=%r", ",".join(self._channels),
+                          " ".join(str(exc).split()))
+                self._stop.wait(1.0)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop listening (blocks up to ``timeout`` for the thread)."""
+        self._stop.set()
+        self._thread.join(timeout)
 
 
 def _announce(conn: common.SqlConn, what: str) -> None:

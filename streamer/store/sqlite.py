@@ -115,7 +115,8 @@ CREATE TABLE IF NOT EXISTS alert_rules (
     above REAL NOT NULL,
     below REAL NOT NULL,
     for_seconds REAL NOT NULL,
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    metric TEXT NOT NULL DEFAULT 'count'
 );
 CREATE TABLE IF NOT EXISTS stream_zones (
     stream_id TEXT PRIMARY KEY,
@@ -177,6 +178,10 @@ def _open_schema(conn: sqlite3.Connection, path: Path) -> None:
             f"({SCHEMA_VERSION}); refusing to write to it"
         )
     conn.executescript(_SCHEMA)
+    # Additive, so no version bump: an older build lists its columns and never reads it.
+    rule_cols = {row[1] for row in conn.execute("PRAGMA table_info(alert_rules)")}
+    if "metric" not in rule_cols:
+        conn.execute("ALTER TABLE alert_rules ADD COLUMN metric TEXT NOT NULL DEFAULT 'count'")
     if version < SCHEMA_VERSION:
         conn.execute("BEGIN IMMEDIATE")
         try:
