@@ -207,6 +207,8 @@ def build_spec(app: web.Application) -> dict[str, Any]:
         }
         paths.setdefault(path, {})[method] = item
 
+    _array_lengths(schemas)
+    _array_lengths(paths)
     spec: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {
@@ -229,6 +231,24 @@ def build_spec(app: web.Application) -> dict[str, Any]:
     if token:
         spec["security"] = [{"bearer": []}]
     return spec
+
+
+def _array_lengths(tree: Any) -> None:
+    """pydantic writes a tuple field's ``min_length``/``max_length`` as ``minLength`` and
+    ``maxLength``, which JSON Schema applies to strings only: an array would be documented
+    unbounded (Schemathesis found floor ``levels`` of one item, which the route refuses).
+    They become ``minItems``/``maxItems`` here, in place."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if node.get("type") == "array":
+                for length, items in (("minLength", "minItems"), ("maxLength", "maxItems")):
+                    if length in node:
+                        node.setdefault(items, node.pop(length))
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
 
 
 def _reply(reply: Reply, refs: Mapping[Any, Any]) -> dict[str, Any]:

@@ -74,6 +74,12 @@ bearer = "{token}"
 max-examples = {examples}
 database = "none"
 
+# A body over server limits (256 KiB of JSON) is refused as too large (413) before its
+# fields are read, whatever else is wrong with it: a rejection like the others.
+[checks.negative_data_rejection]
+expected-statuses = ["400", "401", "403", "404", "405", "406", "409", "413", "415", "422",
+                     "428", "429", "5xx"]
+
 # Path parameters and a rule's or an offer's stream are drawn half the time from names that
 # exist (the looping stream, the config file's rule, files of the page and of Swagger UI),
 # so the operations are exercised on real data, not only as 404s.
@@ -103,7 +109,16 @@ request-timeout = 3
 # - since < until: a rule across two parameters;
 [[operations]]
 include-name = ["GET /api/streams/{{id}}/counts", "GET /api/streams/{{id}}/counts.csv",
-                "GET /api/streams/{{id}}/heatmap", "GET /api/alerts"]
+                "GET /api/alerts"]
+checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "404"]
+# - the same, and a floor view needs the stream's floor calibration (state, 409);
+[[operations]]
+include-name = ["GET /api/streams/{{id}}/heatmap"]
+checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "404", "409"]
+# - a floor calibration's points must make a usable homography (not three in a row, a
+#   horizon outside them) and keep the stream's zones on the floor;
+[[operations]]
+include-name = ["PUT /api/streams/{{id}}/floor"]
 checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "404"]
 # - a camera url must have a valid port and no Unicode spaces (urls.validate_api_url);
 [[operations]]
