@@ -57,6 +57,11 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--time-budget", type=float, help="stop after this many seconds")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
     p.add_argument("--init-model", help="start from this .keras model (fine-tuning)")
+    p.add_argument("--grow", choices=["preserve", "fresh"], default="preserve",
+                   help="layers the --init-model lacks (--top-stride 32, a wider "
+                        "--decoder-width): 'preserve' starts them so the network computes "
+                        "exactly what the starting model does; 'fresh' leaves them "
+                        "ImageNet/random")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--no-cache", dest="cache", action="store_false")
     p.add_argument("--resident", action="store_true",

@@ -23,6 +23,7 @@ from crowdcount.model.errors import UserError
 from crowdcount.model.types import Sample
 from crowdcount.training.callbacks import CountValidation, MemoryCleanup, TimeBudget
 from crowdcount.training.data import DensityDataset, WeightedReader
+from crowdcount.training.grow import grow
 from crowdcount.training.losses import (
     BayesianLoss,
     DensityLoss,
@@ -67,6 +68,7 @@ class TrainConfig:
     time_budget: float | None = None  # seconds
     resume: bool = False
     init_model: str | None = None  # start from these weights (fine-tuning)
+    grow: str = "preserve"  # layers init_model lacks: "preserve" its output, or "fresh"
     workers: int = 1
     cache: bool = True
     resident: bool = False  # data in device memory, augmentation in the jitted step (JAX)
@@ -184,6 +186,8 @@ def _model(cfg: TrainConfig, spec: ModelSpec) -> keras.Model:
     is never used as loaded: ``spec``'s network is built (under the run's precision; a
     loaded model keeps the policy it was saved with) and takes the starting model's weights
     layer by layer (``copy_matching_weights``), so a grown architecture can start from it."""
+    if cfg.grow not in ("preserve", "fresh"):
+        raise UserError(f"unknown --grow {cfg.grow!r}; choose preserve or fresh")
     if cfg.precision not in ("float32", "bfloat16"):
         raise UserError(f"unknown precision {cfg.precision!r}; choose float32 or bfloat16")
     policy = keras.config.dtype_policy()
@@ -196,10 +200,13 @@ def _model(cfg: TrainConfig, spec: ModelSpec) -> keras.Model:
         elif cfg.init_model:
             # Layers the starting model lacks start from ImageNet where the file is found.
             model = build(spec, _weights_path(cfg, required=False))
-            copied, fresh = copy_matching_weights(
-                keras.saving.load_model(cfg.init_model, compile=False), model)
-            log.info("event=init_model path=%s layers_copied=%d layers_new=%d",
-                     cfg.init_model, copied, fresh)
+            start = keras.saving.load_model(cfg.init_model, compile=False)
+            if cfg.grow == "preserve" and spec.preset == "fast":
+                grow(start, model)  # the new capacity starts silent: same output at step 0
+            else:
+                copied, fresh = copy_matching_weights(start, model)
+                log.info("event=init_model path=%s layers_copied=%d layers_new=%d",
+                         cfg.init_model, copied, fresh)
         else:
             model = build(spec, _weights_path(cfg))
     finally:
