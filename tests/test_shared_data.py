@@ -82,3 +82,13 @@ def test_grown_bundled_model_counts_like_it_on_mall_frames(shared):
     got = np.asarray(grown.predict_on_batch(frames), np.float64).sum(axis=(1, 2, 3))
     assert ref.min() > 10  # Mall frames hold 13-53 people
     np.testing.assert_allclose(got, ref, rtol=1e-5)
+
+
+def test_empty_views_of_the_real_footage(shared):
+    """The PETS video's median is an empty street (count 0 by construction); the Mall test
+    frames' median keeps the few people who sit at the kiosk, and labels them."""
+    pets = open_dataset(f"empty:{shared}/videos/pets2009_walking_480x360_10fps.mp4")[0]
+    assert pets.image.shape == (360, 480, 3) and pets.count == 0
+    mall = open_dataset(f"median:mall:{shared}/data/mall:801-2000")[0]
+    assert mall.image.shape == (480, 640, 3)
+    assert 3 <= mall.count <= 8 and len(mall.points) == mall.count

@@ -7,6 +7,9 @@ import argparse
 import logging
 from dataclasses import fields
 
+#: Sets this small (the empty views: one median per camera) list every image's count too.
+PER_IMAGE_LINES = 16
+
 
 def _size(text: str) -> tuple[int, int]:
     h, _, w = text.lower().partition("x")
@@ -19,7 +22,8 @@ def _size(text: str) -> tuple[int, int]:
 def add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a counting network on annotated crowd images")
     p.add_argument("--data", action="append", required=True, metavar="[NAME=]FMT:PATH[:RANGE][@W]",
-                   help="training set (repeatable): mall:, shanghaitech:, kaggle:, generic:")
+                   help="training set (repeatable): mall:, shanghaitech:, kaggle:, generic:; "
+                        "empty:, median:FMT:..., background:FMT:... (scenes without people)")
     p.add_argument("--val", action="append", default=[], metavar="[NAME=]FMT:PATH[:RANGE]",
                    help="validation set (repeatable); default: every --val-every-th item held out")
     p.add_argument("--val-every", type=int, default=10)
@@ -124,6 +128,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
         for label, stats in report.bins:
             if stats.n:
                 print(f"  bin {label:>7}: {stats.line()}")
+        if report.n <= PER_IMAGE_LINES:  # empty views: each one has its own target
+            for name, true, pred in report.rows:
+                print(f"  image {name}: true={true:g} predicted={pred:.3f} "
+                      f"error={pred - true:+.3f}")
     if args.csv:
         write_csv(reports, Path(args.csv))
     if args.plot:
