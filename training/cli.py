@@ -66,6 +66,12 @@ def add_train(sub: argparse._SubParsersAction) -> None:
                         "--decoder-width): 'preserve' starts them so the network computes "
                         "exactly what the starting model does; 'fresh' leaves them "
                         "ImageNet/random")
+    p.add_argument("--distill", action="append", default=[], metavar="NAME[=BETA]",
+                   help="(repeatable) train on NAME's crops towards (1-BETA) x its "
+                        "annotation + BETA x the teacher's map (default BETA 0.5): keeps "
+                        "what the teacher does well there; --loss mse only")
+    p.add_argument("--teacher", help="distillation teacher (.onnx or .keras; default: "
+                                     "--init-model)")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--no-cache", dest="cache", action="store_false")
     p.add_argument("--resident", action="store_true",

@@ -23,6 +23,7 @@ from crowdcount.model.errors import UserError
 from crowdcount.model.types import Sample
 from crowdcount.training.callbacks import CountValidation, MemoryCleanup, TimeBudget
 from crowdcount.training.data import DensityDataset, WeightedReader
+from crowdcount.training.distill import DistilledDataset, Teacher, parse_distill
 from crowdcount.training.grow import grow
 from crowdcount.training.losses import (
     BayesianLoss,
@@ -69,6 +70,8 @@ class TrainConfig:
     resume: bool = False
     init_model: str | None = None  # start from these weights (fine-tuning)
     grow: str = "preserve"  # layers init_model lacks: "preserve" its output, or "fresh"
+    distill: list[str] = field(default_factory=list)  # NAME[=BETA]: teacher-mixed targets
+    teacher: str | None = None  # the distillation teacher (default: init_model)
     workers: int = 1
     cache: bool = True
     resident: bool = False  # data in device memory, augmentation in the jitted step (JAX)
@@ -123,7 +126,7 @@ def _split(cfg: TrainConfig) -> tuple[list[WeightedReader], dict[str, Sequence[S
             kept = [i for i in range(len(reader)) if i % k != k - 1]
             val_sets[name] = Subset(reader, held)
             reader = Subset(reader, kept)
-        sources.append(WeightedReader(reader, weight, augment, cfg.cache))
+        sources.append(WeightedReader(reader, weight, augment, cfg.cache, name))
     for name, reader, _ in explicit:
         val_sets[name] = reader
     if not sources:
@@ -214,6 +217,14 @@ def _model(cfg: TrainConfig, spec: ModelSpec) -> keras.Model:
     return model
 
 
+def _teacher_path(cfg: TrainConfig) -> str:
+    path = cfg.teacher or cfg.init_model
+    if not path or path.endswith(".weights.h5"):
+        raise UserError("--distill needs a teacher: --teacher MODEL (.onnx or .keras) or a "
+                        ".keras --init-model")
+    return path
+
+
 def _save_float32(run: Path, spec: ModelSpec) -> None:
     """Rewrite the checkpoints of a bfloat16 run as float32 models: a saved model keeps its
     layers' dtype policy, and serving, export and fine-tuning on a CPU expect float32.
@@ -245,6 +256,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     keras.utils.set_random_seed(cfg.seed)
     if cfg.resident:
         require_jax()  # before minutes of reading data
+    if cfg.distill:
+        if cfg.resident:
+            raise UserError("--distill runs the teacher in the host pipeline: drop --resident")
+        if cfg.loss != "mse":
+            raise UserError("--distill mixes density maps: use it with --loss mse")
+        _teacher_path(cfg)
     if (run / "backup").exists() and not cfg.resume:
         raise FileExistsError(f"{run} holds an interrupted run: pass --resume or a new --run-dir")
     sources, val_sets = _split(cfg)
@@ -266,6 +283,14 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         )
         data = resident.feeder
         callbacks.append(resident)
+    elif cfg.distill:
+        data = DistilledDataset(
+            sources, cfg.crop, spec.output_stride, cfg.batch_size, cfg.steps_per_epoch,
+            seed=cfg.seed, max_points=max_points, workers=cfg.workers,
+            use_multiprocessing=False, max_queue_size=8,
+            betas=parse_distill(cfg.distill, [s.name for s in sources]),
+            teacher=Teacher(_teacher_path(cfg)),
+        )
     else:
         data = DensityDataset(
             sources, cfg.crop, spec.output_stride, cfg.batch_size, cfg.steps_per_epoch,
