@@ -10,8 +10,27 @@
 # STEPS_PER_CALL updates per call) in PRECISION (bfloat16 by default; the saved models are
 # float32 either way). RESIDENT=0 falls back to the host PyDataset pipeline with 14 loader
 # threads.
+# The grown recipe (docs/training.md): INIT=model/weights/default.keras ARGS="--top-stride 32
+# --decoder-width 128" starts the grown network with the bundled model's output; EMPTY=1 adds
+# scenes without people (synthetic frames, the median of Mall 1-720, head-free crops of the
+# packed training images: all made on that machine from code and .gpu/data); DISTILL="mall=0.5
+# shb=0.5" mixes the teacher's maps (TEACHER, default the bundled .keras) into those sets'
+# targets, which runs on the host pipeline (RESIDENT=0 is implied).
 set -uo pipefail
 OUT=${OUT:-runs/gpu}
+extra=()
+if [ -n "${EMPTY:-}" ]; then
+    extra+=(--data "synthetic=empty:synthetic:9-64@1"
+            --data "mall_median=median:generic:.gpu/data/mall:1-720@40"
+            --data "mall_bg=background:generic:.gpu/data/mall:1-720/10@1"
+            --data "shb_bg=background:generic:.gpu/data/shb_train:~10-400/10@0.33"
+            --data "sha_bg=background:generic:.gpu/data/sha_train:~10-300/10@0.85")
+fi
+if [ -n "${DISTILL:-}" ]; then
+    for item in $DISTILL; do extra+=(--distill "$item"); done
+    extra+=(--teacher "${TEACHER:-model/weights/default.keras}")
+    RESIDENT=0
+fi
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || exit 1
 # The checkout's folders under the crowdcount namespace, as an install would lay them out.
@@ -33,7 +52,7 @@ python3 -m crowdcount.training train --loss "${LOSS:-mse}" \
     --learning-rate "${LR:-5e-4}" --count-weight 0.01 --patience 40 \
     --time-budget "${TRAIN_SECONDS:-400}" --workers 14 --verbose 2 \
     --precision "${PRECISION:-bfloat16}" \
-    ${ARGS:-} \
+    ${ARGS:-} "${extra[@]}" \
     $([ "${RESIDENT:-1}" = 1 ] && echo --resident --steps-per-call "${STEPS_PER_CALL:-10}") \
     2>&1 | tee "$OUT/train.log"
 cp /tmp/run/best.keras /tmp/run/last.keras /tmp/run/history.csv /tmp/run/result.json \
