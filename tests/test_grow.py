@@ -84,8 +84,9 @@ def test_a_smaller_target_is_refused(bundled):
 def test_train_init_model_grows_preserving_and_fresh_does_not(tmp_path, generic_dataset,
                                                               bundled, frames):
     """``crowdcount train --init-model bundled --top-stride 32 --decoder-width 128`` with a
-    zero learning rate saves a network that counts like the bundled one; ``--grow fresh``
-    (the old behaviour: new layers left as built) does not."""
+    zero learning rate saves a network that counts like the bundled one, and its start as
+    ``start.keras``; ``--grow fresh`` (the old behaviour: new layers left as built) does
+    not."""
     import keras
 
     from crowdcount.training.train import TrainConfig, train
@@ -101,4 +102,31 @@ def test_train_init_model_grows_preserving_and_fresh_does_not(tmp_path, generic_
         ))
         got[mode] = _counts(keras.saving.load_model(result["last"], compile=False), frames)
     np.testing.assert_allclose(got["preserve"], ref, rtol=1e-5, atol=1e-5)
+    start = keras.saving.load_model(tmp_path / "preserve" / "start.keras", compile=False)
+    np.testing.assert_allclose(_counts(start, frames), ref, rtol=1e-5, atol=1e-5)  # WiSE-FT end
+    assert not (tmp_path / "fresh" / "start.keras").exists()
     assert np.abs(got["fresh"] - ref).max() > 0.5
+
+
+def test_scaled_adam_slows_only_the_new_entries(bundled, frames):
+    """--grow-lr-scale: with factor 0 the gate and the widened layers' new entries stay as
+    grow() set them while the trained entries move; the trained block of a widened layer
+    moves like any trained weight."""
+    from crowdcount.model.architecture import ModelSpec, build
+    from crowdcount.training.grow import ScaledAdam, grow
+
+    grown = build(ModelSpec(top_stride=32, decoder_width=128))
+    growth = grow(bundled, grown)
+    before = {v.path: np.array(v) for v, _ in growth.new_entries}
+    head_before = grown.get_layer("density_scaled").get_weights()[0]
+    grown.compile(optimizer=ScaledAdam(1e-3, scales=growth.lr_scales(0.0)), loss="mse")
+    target = np.asarray(bundled.predict_on_batch(frames)) * 1.5
+    for _ in range(2):
+        grown.train_on_batch(frames, target)
+    for var, mask in growth.new_entries:
+        now, was = np.array(var), before[var.path]
+        np.testing.assert_array_equal(now[mask > 0], was[mask > 0])
+    head = grown.get_layer("density_scaled").get_weights()[0]
+    assert np.abs(head[..., :32, :] - head_before[..., :32, :]).max() > 1e-4  # trained: moves
+    np.testing.assert_array_equal(head[..., 32:, :], 0.0)  # new inputs: still closed
+    assert np.abs(grown.get_layer("up_s16").get_weights()[0]).max() == 0

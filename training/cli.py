@@ -66,6 +66,9 @@ def add_train(sub: argparse._SubParsersAction) -> None:
                         "--decoder-width): 'preserve' starts them so the network computes "
                         "exactly what the starting model does; 'fresh' leaves them "
                         "ImageNet/random")
+    p.add_argument("--grow-lr-scale", type=float, default=1.0,
+                   help="learning-rate factor on the weights growth added (e.g. 0.1: the "
+                        "new capacity opens slowly while the trained weights adapt)")
     p.add_argument("--distill", action="append", default=[], metavar="NAME[=BETA]",
                    help="(repeatable) train on NAME's crops towards (1-BETA) x its "
                         "annotation + BETA x the teacher's map (default BETA 0.5): keeps "

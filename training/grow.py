@@ -28,9 +28,11 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import keras
 import numpy as np
+from keras import ops
 
 from crowdcount.model.errors import UserError
 
@@ -49,6 +51,15 @@ class Growth:
     widened: int  # same name, more channels: trained weights embedded
     silent: tuple[str, ...]  # new layers set to zero or identity so the output is unchanged
     fresh: tuple[str, ...]  # new layers left as built (ImageNet or random): they feed silent ones
+    #: (variable, mask) for every weight with new entries: 1 where the entry is new (a new
+    #: layer, a widened layer's new rows and columns), 0 where it holds the trained value.
+    new_entries: tuple[tuple[Any, np.ndarray], ...] = ()
+
+    def lr_scales(self, scale: float) -> dict[int, np.ndarray]:
+        """Per-entry learning-rate factors for :class:`ScaledAdam`: ``scale`` on new entries,
+        1 on trained ones."""
+        return {id(var): (1.0 + (scale - 1.0) * mask).astype(np.float32)
+                for var, mask in self.new_entries}
 
 
 def _layers(model: keras.Model) -> dict[str, keras.Layer]:
@@ -92,7 +103,10 @@ def grow(source: keras.Model, target: keras.Model) -> Growth:
     copied = widened = 0
     silent: list[str] = []
     fresh: list[str] = []
+    entries: list[tuple[Any, np.ndarray]] = []
     for name, layer in new.items():
+        if name not in old:  # every entry of a new layer is new
+            entries += [(w, np.ones(w.shape, np.float32)) for w in layer.weights]
         if name in old:
             shapes = [tuple(w.shape) for w in old[name].weights]
             if shapes == [tuple(w.shape) for w in layer.weights]:
@@ -107,6 +121,10 @@ def grow(source: keras.Model, target: keras.Model) -> Growth:
                                 f"{[tuple(w.shape) for w in layer.weights]}")
             transposed = isinstance(layer, keras.layers.Conv2DTranspose)
             layer.set_weights(_embed(old[name].get_weights(), layer.get_weights(), transposed))
+            for w, shape in zip(layer.weights, shapes, strict=True):
+                mask = np.ones(w.shape, np.float32)
+                mask[tuple(slice(0, n) for n in shape)] = 0.0  # the trained block
+                entries.append((w, mask))
             widened += 1
         elif name == f"up_s{src_top}":
             # The branch from the new coarser stage into the old top: silent at step 0.
@@ -131,8 +149,40 @@ def grow(source: keras.Model, target: keras.Model) -> Growth:
     for name in old:
         if name not in new:
             raise UserError(f"layer {name} of the starting model has no place in the grown one")
-    growth = Growth(copied, widened, tuple(silent), tuple(fresh))
+    growth = Growth(copied, widened, tuple(silent), tuple(fresh), tuple(entries))
     log.info("event=grow copied=%d widened=%d silent=%s fresh_layers=%d",
              growth.copied, growth.widened, ",".join(growth.silent), len(growth.fresh))
     return growth
 
+
+
+@keras.saving.register_keras_serializable(package="crowdcount")
+class ScaledAdam(keras.optimizers.Adam):
+    """Adam with a fixed learning-rate factor per weight entry (``scales``: ``id`` of a
+    model variable -> an array of its shape; :meth:`Growth.lr_scales`).
+
+    Why: Adam moves every weight by about the learning rate per step whatever its
+    gradient's size, so a zero gate with 262 k entries reading large new activations can
+    open within tens of steps. Scaling the gradient would do nothing (Adam is invariant to
+    it); scaling Adam's step on the new entries lets the trained weights adapt at the usual
+    rate while the new capacity opens slowly. An option, not the default: on a 24-step CPU
+    probe the bundled network's own fine-tune swung as much as the grown one's (see
+    docs/training.md), so what it buys is not measured yet."""
+
+    def __init__(self, *args: Any, scales: dict[int, np.ndarray] | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._scale_by_id = dict(scales or {})
+        self._scale_list: list[np.ndarray | None] = []
+
+    def build(self, variables: list[Any]) -> None:
+        super().build(variables)
+        self._scale_list = [self._scale_by_id.get(id(v)) for v in variables]
+
+    def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
+        scale = self._scale_list[self._get_variable_index(variable)] if self._scale_list \
+            else None
+        if scale is not None:
+            learning_rate = ops.cast(learning_rate, variable.dtype) * ops.convert_to_tensor(
+                scale, variable.dtype)
+        super().update_step(gradient, variable, learning_rate)

@@ -24,7 +24,7 @@ from crowdcount.model.types import Sample
 from crowdcount.training.callbacks import CountValidation, MemoryCleanup, TimeBudget
 from crowdcount.training.data import DensityDataset, WeightedReader
 from crowdcount.training.distill import DistilledDataset, Teacher, parse_distill
-from crowdcount.training.grow import grow
+from crowdcount.training.grow import Growth, ScaledAdam, grow
 from crowdcount.training.losses import (
     BayesianLoss,
     DensityLoss,
@@ -70,6 +70,7 @@ class TrainConfig:
     resume: bool = False
     init_model: str | None = None  # start from these weights (fine-tuning)
     grow: str = "preserve"  # layers init_model lacks: "preserve" its output, or "fresh"
+    grow_lr_scale: float = 1.0  # learning-rate factor on the entries growth added
     distill: list[str] = field(default_factory=list)  # NAME[=BETA]: teacher-mixed targets
     teacher: str | None = None  # the distillation teacher (default: init_model)
     workers: int = 1
@@ -184,7 +185,7 @@ def copy_matching_weights(source: keras.Model, target: keras.Model) -> tuple[int
     return copied, fresh
 
 
-def _model(cfg: TrainConfig, spec: ModelSpec) -> keras.Model:
+def _model(cfg: TrainConfig, spec: ModelSpec) -> tuple[keras.Model, Growth | None]:
     """The network to train, its layers in ``cfg.precision``. A ``.keras`` starting model
     is never used as loaded: ``spec``'s network is built (under the run's precision; a
     loaded model keeps the policy it was saved with) and takes the starting model's weights
@@ -194,6 +195,7 @@ def _model(cfg: TrainConfig, spec: ModelSpec) -> keras.Model:
     if cfg.precision not in ("float32", "bfloat16"):
         raise UserError(f"unknown precision {cfg.precision!r}; choose float32 or bfloat16")
     policy = keras.config.dtype_policy()
+    growth = None
     if cfg.precision == "bfloat16":
         keras.config.set_dtype_policy("mixed_bfloat16")  # for the layers built here
     try:
@@ -205,7 +207,7 @@ def _model(cfg: TrainConfig, spec: ModelSpec) -> keras.Model:
             model = build(spec, _weights_path(cfg, required=False))
             start = keras.saving.load_model(cfg.init_model, compile=False)
             if cfg.grow == "preserve" and spec.preset == "fast":
-                grow(start, model)  # the new capacity starts silent: same output at step 0
+                growth = grow(start, model)  # the new capacity starts silent: same output
             else:
                 copied, fresh = copy_matching_weights(start, model)
                 log.info("event=init_model path=%s layers_copied=%d layers_new=%d",
@@ -214,7 +216,7 @@ def _model(cfg: TrainConfig, spec: ModelSpec) -> keras.Model:
             model = build(spec, _weights_path(cfg))
     finally:
         keras.config.set_dtype_policy(policy)
-    return model
+    return model, growth
 
 
 def _teacher_path(cfg: TrainConfig) -> str:
@@ -229,7 +231,7 @@ def _save_float32(run: Path, spec: ModelSpec) -> None:
     """Rewrite the checkpoints of a bfloat16 run as float32 models: a saved model keeps its
     layers' dtype policy, and serving, export and fine-tuning on a CPU expect float32.
     Mixed precision keeps its variables in float32, so the weights carry over exactly."""
-    for name in ("best.keras", "last.keras"):
+    for name in ("best.keras", "last.keras", "start.keras"):
         path = run / name
         if path.is_file():
             model = build(spec, None)
@@ -265,14 +267,21 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if (run / "backup").exists() and not cfg.resume:
         raise FileExistsError(f"{run} holds an interrupted run: pass --resume or a new --run-dir")
     sources, val_sets = _split(cfg)
-    model = _model(cfg, spec)
+    model, growth = _model(cfg, spec)
     loss, metric, max_points = _loss(cfg, spec.output_stride)
+    optimizer = keras.optimizers.Adam(cfg.learning_rate)
+    if growth is not None and growth.new_entries and cfg.grow_lr_scale != 1.0:
+        optimizer = ScaledAdam(cfg.learning_rate, scales=growth.lr_scales(cfg.grow_lr_scale))
     model.compile(
-        optimizer=keras.optimizers.Adam(cfg.learning_rate),
+        optimizer=optimizer,
         loss=loss,
         metrics=[keras.metrics.MeanMetricWrapper(metric, name="count_mae")],
     )
     (run / "config.json").write_text(json.dumps(asdict(cfg), indent=1, default=list))
+    if growth is not None and not (run / "start.keras").exists():
+        # The grown network as it starts (the starting model's output, new layers silent):
+        # the other end of the WiSE-FT line for this run (scripts/average_weights.py).
+        model.save(run / "start.keras")
     (run / "spec.json").write_text(json.dumps(spec.to_dict(), indent=1))
     data: keras.utils.PyDataset
     callbacks: list[keras.callbacks.Callback] = []
