@@ -11,6 +11,7 @@
 #                      1-720 (its sitters labelled) and head-free crops of the training images
 #   DISTILL="mall=0.5 shb=0.5"   teacher-mixed targets on those sets (--loss mse); TEACHER
 #                      defaults to the bundled .onnx (OpenVINO: cheap beside the TF step)
+#   WARMUP=100         learning-rate warm-up steps (Adam's first steps shove a trained net)
 #   RESUME=1           continue the run in $RUN where it stopped (same settings, larger
 #                      EPOCHS or BUDGET to go further)
 #   DETACH=1           run in its own session, output appended to $RUN/train.log, its pid in
@@ -49,7 +50,8 @@ cmd=(nice -n 19 crowdcount train --loss "$LOSS"
     --val-max-side "${VAL_MAX_SIDE:-768}"
     --run-dir "$RUN" --epochs "${EPOCHS:-4}" --steps-per-epoch "${STEPS:-100}"
     --batch-size 8 --crop 384x512 --learning-rate "${LR:-1e-4}" --patience 100
-    --time-budget "${BUDGET:-1500}" --workers 1 --verbose 2 "${extra[@]}")
+    --time-budget "${BUDGET:-1500}" --warmup-steps "${WARMUP:-100}" --workers 1 --verbose 2
+    "${extra[@]}")
 mkdir -p "$RUN"
 echo "run state: $PWD/$RUN (continue with RESUME=1 and the same settings)" >&2
 if [ -n "${DETACH:-}" ]; then

@@ -113,13 +113,14 @@ def test_scaled_adam_slows_only_the_new_entries(bundled, frames):
     grow() set them while the trained entries move; the trained block of a widened layer
     moves like any trained weight."""
     from crowdcount.model.architecture import ModelSpec, build
-    from crowdcount.training.grow import ScaledAdam, grow
+    from crowdcount.training.grow import grow
+    from crowdcount.training.optim import FineTuneAdam
 
     grown = build(ModelSpec(top_stride=32, decoder_width=128))
     growth = grow(bundled, grown)
     before = {v.path: np.array(v) for v, _ in growth.new_entries}
     head_before = grown.get_layer("density_scaled").get_weights()[0]
-    grown.compile(optimizer=ScaledAdam(1e-3, scales=growth.lr_scales(0.0)), loss="mse")
+    grown.compile(optimizer=FineTuneAdam(1e-3, scales=growth.lr_scales(0.0)), loss="mse")
     target = np.asarray(bundled.predict_on_batch(frames)) * 1.5
     for _ in range(2):
         grown.train_on_batch(frames, target)

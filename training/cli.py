@@ -69,6 +69,9 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--grow-lr-scale", type=float, default=1.0,
                    help="learning-rate factor on the weights growth added (e.g. 0.1: the "
                         "new capacity opens slowly while the trained weights adapt)")
+    p.add_argument("--warmup-steps", type=int, default=0,
+                   help="raise the learning rate linearly over this many steps (Adam's "
+                        "first steps move every weight of a trained network by the full rate)")
     p.add_argument("--distill", action="append", default=[], metavar="NAME[=BETA]",
                    help="(repeatable) train on NAME's crops towards (1-BETA) x its "
                         "annotation + BETA x the teacher's map (default BETA 0.5): keeps "

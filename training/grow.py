@@ -32,7 +32,6 @@ from typing import Any
 
 import keras
 import numpy as np
-from keras import ops
 
 from crowdcount.model.errors import UserError
 
@@ -56,8 +55,8 @@ class Growth:
     new_entries: tuple[tuple[Any, np.ndarray], ...] = ()
 
     def lr_scales(self, scale: float) -> dict[int, np.ndarray]:
-        """Per-entry learning-rate factors for :class:`ScaledAdam`: ``scale`` on new entries,
-        1 on trained ones."""
+        """Per-entry learning-rate factors for ``training.optim.FineTuneAdam``: ``scale`` on
+        new entries, 1 on trained ones."""
         return {id(var): (1.0 + (scale - 1.0) * mask).astype(np.float32)
                 for var, mask in self.new_entries}
 
@@ -155,34 +154,3 @@ def grow(source: keras.Model, target: keras.Model) -> Growth:
     return growth
 
 
-
-@keras.saving.register_keras_serializable(package="crowdcount")
-class ScaledAdam(keras.optimizers.Adam):
-    """Adam with a fixed learning-rate factor per weight entry (``scales``: ``id`` of a
-    model variable -> an array of its shape; :meth:`Growth.lr_scales`).
-
-    Why: Adam moves every weight by about the learning rate per step whatever its
-    gradient's size, so a zero gate with 262 k entries reading large new activations can
-    open within tens of steps. Scaling the gradient would do nothing (Adam is invariant to
-    it); scaling Adam's step on the new entries lets the trained weights adapt at the usual
-    rate while the new capacity opens slowly. An option, not the default: on a 24-step CPU
-    probe the bundled network's own fine-tune swung as much as the grown one's (see
-    docs/training.md), so what it buys is not measured yet."""
-
-    def __init__(self, *args: Any, scales: dict[int, np.ndarray] | None = None,
-                 **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._scale_by_id = dict(scales or {})
-        self._scale_list: list[np.ndarray | None] = []
-
-    def build(self, variables: list[Any]) -> None:
-        super().build(variables)
-        self._scale_list = [self._scale_by_id.get(id(v)) for v in variables]
-
-    def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
-        scale = self._scale_list[self._get_variable_index(variable)] if self._scale_list \
-            else None
-        if scale is not None:
-            learning_rate = ops.cast(learning_rate, variable.dtype) * ops.convert_to_tensor(
-                scale, variable.dtype)
-        super().update_step(gradient, variable, learning_rate)

@@ -24,13 +24,14 @@ from crowdcount.model.types import Sample
 from crowdcount.training.callbacks import CountValidation, MemoryCleanup, TimeBudget
 from crowdcount.training.data import DensityDataset, WeightedReader
 from crowdcount.training.distill import DistilledDataset, Teacher, parse_distill
-from crowdcount.training.grow import Growth, ScaledAdam, grow
+from crowdcount.training.grow import Growth, grow
 from crowdcount.training.losses import (
     BayesianLoss,
     DensityLoss,
     count_abs_error,
     point_count_abs_error,
 )
+from crowdcount.training.optim import FineTuneAdam
 from crowdcount.training.readers import DatasetError, Reader, Subset, open_dataset
 from crowdcount.training.resident import ResidentTrainer, pack, require_jax
 from crowdcount.training.targets import Augment
@@ -71,6 +72,7 @@ class TrainConfig:
     init_model: str | None = None  # start from these weights (fine-tuning)
     grow: str = "preserve"  # layers init_model lacks: "preserve" its output, or "fresh"
     grow_lr_scale: float = 1.0  # learning-rate factor on the entries growth added
+    warmup_steps: int = 0  # linear learning-rate warm-up (training.optim.FineTuneAdam)
     distill: list[str] = field(default_factory=list)  # NAME[=BETA]: teacher-mixed targets
     teacher: str | None = None  # the distillation teacher (default: init_model)
     workers: int = 1
@@ -269,9 +271,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     sources, val_sets = _split(cfg)
     model, growth = _model(cfg, spec)
     loss, metric, max_points = _loss(cfg, spec.output_stride)
-    optimizer = keras.optimizers.Adam(cfg.learning_rate)
+    scales = None
     if growth is not None and growth.new_entries and cfg.grow_lr_scale != 1.0:
-        optimizer = ScaledAdam(cfg.learning_rate, scales=growth.lr_scales(cfg.grow_lr_scale))
+        scales = growth.lr_scales(cfg.grow_lr_scale)
+    optimizer = keras.optimizers.Adam(cfg.learning_rate)
+    if scales or cfg.warmup_steps:
+        optimizer = FineTuneAdam(cfg.learning_rate, scales=scales,
+                                 warmup_steps=cfg.warmup_steps)
     model.compile(
         optimizer=optimizer,
         loss=loss,
