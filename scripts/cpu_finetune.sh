@@ -12,6 +12,7 @@
 #   DISTILL="mall=0.5 shb=0.5"   teacher-mixed targets on those sets (--loss mse); TEACHER
 #                      defaults to the bundled .onnx (OpenVINO: cheap beside the TF step)
 #   WARMUP=100         learning-rate warm-up steps (Adam's first steps shove a trained net)
+#   KEEP_EPOCHS=1      also save every epoch (epochNNN.keras) for a mean of the last epochs
 #   RESUME=1           continue the run in $RUN where it stopped (same settings, larger
 #                      EPOCHS or BUDGET to go further)
 #   DETACH=1           run in its own session, output appended to $RUN/train.log, its pid in
@@ -26,6 +27,7 @@ RUN=${RUN:-runs/cpu-$LOSS}
 extra=()
 if [ "$LOSS" = mse ]; then extra+=(--count-weight 0.01); fi
 if [ -n "${RESUME:-}" ]; then extra+=(--resume); fi
+if [ -n "${KEEP_EPOCHS:-}" ]; then extra+=(--keep-epochs); fi
 if [ -n "${EMPTY:-}" ]; then
     extra+=(--data "synthetic=empty:synthetic:9-64@1"
             --data "mall_median=median:mall:$SHARED/data/mall:1-720@40"

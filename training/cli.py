@@ -72,6 +72,9 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup-steps", type=int, default=0,
                    help="raise the learning rate linearly over this many steps (Adam's "
                         "first steps move every weight of a trained network by the full rate)")
+    p.add_argument("--keep-epochs", action="store_true",
+                   help="also save every epoch's model as epochNNN.keras, for the mean of "
+                        "the last epochs' weights (scripts/average_weights.py)")
     p.add_argument("--distill", action="append", default=[], metavar="NAME[=BETA]",
                    help="(repeatable) train on NAME's crops towards (1-BETA) x its "
                         "annotation + BETA x the teacher's map (default BETA 0.5): keeps "

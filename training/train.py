@@ -73,6 +73,7 @@ class TrainConfig:
     grow: str = "preserve"  # layers init_model lacks: "preserve" its output, or "fresh"
     grow_lr_scale: float = 1.0  # learning-rate factor on the entries growth added
     warmup_steps: int = 0  # linear learning-rate warm-up (training.optim.FineTuneAdam)
+    keep_epochs: bool = False  # every epoch's model as epochNNN.keras (weight averaging)
     distill: list[str] = field(default_factory=list)  # NAME[=BETA]: teacher-mixed targets
     teacher: str | None = None  # the distillation teacher (default: init_model)
     workers: int = 1
@@ -323,6 +324,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         keras.callbacks.ModelCheckpoint(run / "best.keras", monitor=monitor, mode="min",
                                         save_best_only=True),
         keras.callbacks.ModelCheckpoint(run / "last.keras"),
+        *([keras.callbacks.ModelCheckpoint(str(run / "epoch{epoch:03d}.keras"))]
+          if cfg.keep_epochs else []),
         keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode="min", factor=0.5,
                                           patience=max(2, cfg.patience // 3), min_lr=1e-6),
         keras.callbacks.EarlyStopping(monitor=monitor, mode="min", patience=cfg.patience),
