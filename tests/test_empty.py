@@ -1,7 +1,7 @@
 """Empty scenes (training/readers/empty.py) on generated footage: a video's temporal median
 removes the people who walk through, ``median:`` labels the ones who stay, ``background:``
 cuts only head-free areas, the synthetic set is deterministic, and ``crowdcount evaluate``
-prints every image of such a small set."""
+prints every image of an ``empty:`` set."""
 
 from __future__ import annotations
 
