@@ -23,6 +23,7 @@ median takes seconds), so no footage-derived picture ever lands in a repository.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -110,7 +111,8 @@ def video_frames(path: Path, k: int = MEDIAN_FRAMES) -> list[NDArray[np.uint8]]:
 
     info = probe_video(path)
     every = info.duration / k if info.duration else None
-    frames = [f.image for f in decode_video(path, every=every)]
+    # Bounded whatever the container claims: with no duration, the first 10 k frames.
+    frames = [f.image for f in itertools.islice(decode_video(path, every=every), 10 * k)]
     return [frames[i] for i in evenly(len(frames), k)]
 
 
