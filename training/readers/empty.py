@@ -111,8 +111,12 @@ def video_frames(path: Path, k: int = MEDIAN_FRAMES) -> list[NDArray[np.uint8]]:
 
     info = probe_video(path)
     every = info.duration / k if info.duration else None
-    # Bounded whatever the container claims: with no duration, the first 10 k frames.
-    frames = [f.image for f in itertools.islice(decode_video(path, every=every), 10 * k)]
+    # Bounded whatever the container claims: without a duration, every 10th of the first
+    # 10 k frames (k kept); with one, at most 2 k chosen frames.
+    chosen = decode_video(path, every=every)
+    picked = itertools.islice(chosen, 0, 10 * k, 10) if every is None else \
+        itertools.islice(chosen, 2 * k)
+    frames = [f.image for f in picked]
     return [frames[i] for i in evenly(len(frames), k)]
 
 
