@@ -163,8 +163,13 @@ def _build_fast(
     width = spec.decoder_width
     x = layers.Conv2D(width, 1, activation="relu", name=f"s{strides[0]}_proj")(feats[0])
     for stride, skip in zip(strides[1:], feats[1:], strict=True):
+        # up_s16 exists only with the stride-32 stage and is linear: it is that branch's
+        # gate, zero when a trained stride-16 network grows into this one (training/grow.py),
+        # and a ReLU at exactly zero would pass no gradient to open it. The merge's ReLU
+        # follows it either way.
         x = layers.Conv2DTranspose(
-            width, 4, strides=2, padding="same", activation="relu", name=f"up_s{stride}"
+            width, 4, strides=2, padding="same", name=f"up_s{stride}",
+            activation=None if stride == 16 else "relu",
         )(x)
         s = layers.Conv2D(width, 1, name=f"s{stride}_proj")(skip)
         x = layers.ReLU(name=f"s{stride}_merge")(layers.Add()([x, s]))

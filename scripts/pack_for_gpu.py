@@ -1,15 +1,21 @@
 """Pack training data into the generic format under .gpu/ (git-ignored) so that it travels
-to a lent GPU machine, where ../shared is not available. Not part of the product."""
+to a lent GPU machine, where ../shared is not available. Not part of the product.
+
+The empty-scene sets of ``gpu_train.sh EMPTY=1`` (synthetic frames, the Mall median,
+head-free crops) are not packed: the GPU machine makes them from code and this packed data.
+``CROWD_SHARED`` points at the data when the checkout is not beside it (a worktree)."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 from crowdcount.training.readers import open_dataset
 from crowdcount.training.readers.generic import write_generic
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+_ROOT = os.environ.get("CROWD_SHARED") or Path(__file__).resolve().parents[2] / "shared"
+SHARED = Path(_ROOT) / "data"
 OUT = Path(__file__).resolve().parents[1] / ".gpu" / "data"
 
 SETS = {

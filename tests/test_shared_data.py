@@ -62,3 +62,33 @@ def test_imagenet_backbone_loads(shared):
     assert path is not None and path.is_file()
     model = build(ModelSpec(preset="seed", frozen_backbone=True), path)
     assert model.count_params() > 2_257_984
+
+
+def test_grown_bundled_model_counts_like_it_on_mall_frames(shared):
+    """training/grow.py on real frames: the bundled model grown by the stride-32 stage (with
+    its ImageNet blocks) and a 128-wide decoder gives the same counts to 1e-5."""
+    import keras
+
+    from crowdcount.model.architecture import ModelSpec, build, default_backbone_weights
+    from crowdcount.model.bundled import DEFAULT_KERAS
+    from crowdcount.training.grow import grow
+
+    reader = open_dataset(f"mall:{shared}/data/mall:801-2000/300")
+    frames = np.stack([reader[i].image for i in range(len(reader))]).astype(np.float32)
+    bundled = keras.saving.load_model(DEFAULT_KERAS, compile=False)
+    grown = build(ModelSpec(top_stride=32, decoder_width=128), default_backbone_weights())
+    grow(bundled, grown)
+    ref = np.asarray(bundled.predict_on_batch(frames), np.float64).sum(axis=(1, 2, 3))
+    got = np.asarray(grown.predict_on_batch(frames), np.float64).sum(axis=(1, 2, 3))
+    assert ref.min() > 10  # Mall frames hold 13-53 people
+    np.testing.assert_allclose(got, ref, rtol=1e-5)
+
+
+def test_empty_views_of_the_real_footage(shared):
+    """The PETS video's median is an empty street (count 0 by construction); the Mall test
+    frames' median keeps the few people who sit at the kiosk, and labels them."""
+    pets = open_dataset(f"empty:{shared}/videos/pets2009_walking_480x360_10fps.mp4")[0]
+    assert pets.image.shape == (360, 480, 3) and pets.count == 0
+    mall = open_dataset(f"median:mall:{shared}/data/mall:801-2000")[0]
+    assert mall.image.shape == (480, 640, 3)
+    assert 3 <= mall.count <= 8 and len(mall.points) == mall.count

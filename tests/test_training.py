@@ -47,7 +47,7 @@ def test_fast_preset_learns_counts(tmp_path, generic_dataset):
     cfg = TrainConfig(
         data=[f"generic:{generic_dataset}"], run_dir=str(tmp_path / "run"), preset="fast",
         backbone_weights=None, epochs=4, steps_per_epoch=4, batch_size=4, crop=(64, 96),
-        learning_rate=3e-3, val_every=4, verbose=0,
+        learning_rate=3e-3, val_every=4, verbose=0, keep_epochs=True,
     )
     result = train(cfg)
     with open(tmp_path / "run" / "history.csv") as fh:
@@ -56,6 +56,8 @@ def test_fast_preset_learns_counts(tmp_path, generic_dataset):
     first, last = float(rows[0]["count_mae"]), float(rows[-1]["count_mae"])
     assert last < first
     assert Path(result["best"]).is_file()
+    kept = sorted(p.name for p in (tmp_path / "run").glob("epoch*.keras"))
+    assert kept == ["epoch001.keras", "epoch002.keras", "epoch003.keras", "epoch004.keras"]
 
 
 def test_missing_backbone_weights_is_clear(tmp_path, generic_dataset):

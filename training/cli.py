@@ -7,6 +7,10 @@ import argparse
 import logging
 from dataclasses import fields
 
+#: Dataset kinds whose images are views with a target each (an empty scene must read ~0,
+#: whatever the others read): evaluate lists every image's count under the set's line.
+VIEW_KINDS = ("empty", "median")
+
 
 def _size(text: str) -> tuple[int, int]:
     h, _, w = text.lower().partition("x")
@@ -19,7 +23,8 @@ def _size(text: str) -> tuple[int, int]:
 def add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a counting network on annotated crowd images")
     p.add_argument("--data", action="append", required=True, metavar="[NAME=]FMT:PATH[:RANGE][@W]",
-                   help="training set (repeatable): mall:, shanghaitech:, kaggle:, generic:")
+                   help="training set (repeatable): mall:, shanghaitech:, kaggle:, generic:; "
+                        "empty:, median:FMT:..., background:FMT:... (scenes without people)")
     p.add_argument("--val", action="append", default=[], metavar="[NAME=]FMT:PATH[:RANGE]",
                    help="validation set (repeatable); default: every --val-every-th item held out")
     p.add_argument("--val-every", type=int, default=10)
@@ -57,6 +62,26 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--time-budget", type=float, help="stop after this many seconds")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
     p.add_argument("--init-model", help="start from this .keras model (fine-tuning)")
+    p.add_argument("--grow", choices=["preserve", "fresh"], default="preserve",
+                   help="layers the --init-model lacks (--top-stride 32, a wider "
+                        "--decoder-width): 'preserve' starts them so the network computes "
+                        "exactly what the starting model does; 'fresh' leaves them "
+                        "ImageNet/random")
+    p.add_argument("--grow-lr-scale", type=float, default=1.0,
+                   help="learning-rate factor on the weights growth added (e.g. 0.1: the "
+                        "new capacity opens slowly while the trained weights adapt)")
+    p.add_argument("--warmup-steps", type=int, default=0,
+                   help="raise the learning rate linearly over this many steps (Adam's "
+                        "first steps move every weight of a trained network by the full rate)")
+    p.add_argument("--keep-epochs", action="store_true",
+                   help="also save every epoch's model as epochNNN.keras, for the mean of "
+                        "the last epochs' weights (scripts/average_weights.py)")
+    p.add_argument("--distill", action="append", default=[], metavar="NAME[=BETA]",
+                   help="(repeatable) train on NAME's crops towards (1-BETA) x its "
+                        "annotation + BETA x the teacher's map (default BETA 0.5): keeps "
+                        "what the teacher does well there; --loss mse only")
+    p.add_argument("--teacher", help="distillation teacher (.onnx or .keras; default: "
+                                     "--init-model)")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--no-cache", dest="cache", action="store_false")
     p.add_argument("--resident", action="store_true",
@@ -119,6 +144,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
         for label, stats in report.bins:
             if stats.n:
                 print(f"  bin {label:>7}: {stats.line()}")
+        if spec.partition(":")[0] in VIEW_KINDS:
+            for name, true, pred in report.rows:
+                print(f"  image {name}: true={true:g} predicted={pred:.3f} "
+                      f"error={pred - true:+.3f}")
     if args.csv:
         write_csv(reports, Path(args.csv))
     if args.plot:

@@ -23,6 +23,7 @@ class WeightedReader:
     weight: float = 1.0
     augment: Augment | None = None
     cache: bool = False
+    name: str = ""  # the --data NAME, for per-source options (--distill)
 
 
 class Cached:
@@ -76,14 +77,22 @@ class DensityDataset(keras.utils.PyDataset):
         self.epoch += 1
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        xs, ys, _ = self.draw(index)
+        return xs, ys
+
+    def draw(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Batch ``index`` of this epoch and, per example, the index of its source (for
+        per-source targets such as distillation, ``training.distill``)."""
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        xs, ys = [], []
+        xs, ys, which = [], [], []
         for _ in range(self.batch_size):
-            src = self.sources[int(rng.choice(len(self.sources), p=self.p))]
+            k = int(rng.choice(len(self.sources), p=self.p))
+            src = self.sources[k]
             sample = src.reader[int(rng.integers(len(src.reader)))]
             kernel: Kernel = src.reader.kernel
             x, y = make_example(sample, self.crop, kernel, self.stride, rng, src.augment,
                                 self.max_points)
             xs.append(x)
             ys.append(y)
-        return np.stack(xs), np.stack(ys)
+            which.append(k)
+        return np.stack(xs), np.stack(ys), np.array(which)

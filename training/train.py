@@ -23,12 +23,15 @@ from crowdcount.model.errors import UserError
 from crowdcount.model.types import Sample
 from crowdcount.training.callbacks import CountValidation, MemoryCleanup, TimeBudget
 from crowdcount.training.data import DensityDataset, WeightedReader
+from crowdcount.training.distill import DistilledDataset, Teacher, parse_distill
+from crowdcount.training.grow import Growth, grow
 from crowdcount.training.losses import (
     BayesianLoss,
     DensityLoss,
     count_abs_error,
     point_count_abs_error,
 )
+from crowdcount.training.optim import FineTuneAdam
 from crowdcount.training.readers import DatasetError, Reader, Subset, open_dataset
 from crowdcount.training.resident import ResidentTrainer, pack, require_jax
 from crowdcount.training.targets import Augment
@@ -67,6 +70,12 @@ class TrainConfig:
     time_budget: float | None = None  # seconds
     resume: bool = False
     init_model: str | None = None  # start from these weights (fine-tuning)
+    grow: str = "preserve"  # layers init_model lacks: "preserve" its output, or "fresh"
+    grow_lr_scale: float = 1.0  # learning-rate factor on the entries growth added
+    warmup_steps: int = 0  # linear learning-rate warm-up (training.optim.FineTuneAdam)
+    keep_epochs: bool = False  # every epoch's model as epochNNN.keras (weight averaging)
+    distill: list[str] = field(default_factory=list)  # NAME[=BETA]: teacher-mixed targets
+    teacher: str | None = None  # the distillation teacher (default: init_model)
     workers: int = 1
     cache: bool = True
     resident: bool = False  # data in device memory, augmentation in the jitted step (JAX)
@@ -121,7 +130,7 @@ def _split(cfg: TrainConfig) -> tuple[list[WeightedReader], dict[str, Sequence[S
             kept = [i for i in range(len(reader)) if i % k != k - 1]
             val_sets[name] = Subset(reader, held)
             reader = Subset(reader, kept)
-        sources.append(WeightedReader(reader, weight, augment, cfg.cache))
+        sources.append(WeightedReader(reader, weight, augment, cfg.cache, name))
     for name, reader, _ in explicit:
         val_sets[name] = reader
     if not sources:
@@ -179,14 +188,17 @@ def copy_matching_weights(source: keras.Model, target: keras.Model) -> tuple[int
     return copied, fresh
 
 
-def _model(cfg: TrainConfig, spec: ModelSpec) -> keras.Model:
+def _model(cfg: TrainConfig, spec: ModelSpec) -> tuple[keras.Model, Growth | None]:
     """The network to train, its layers in ``cfg.precision``. A ``.keras`` starting model
     is never used as loaded: ``spec``'s network is built (under the run's precision; a
     loaded model keeps the policy it was saved with) and takes the starting model's weights
     layer by layer (``copy_matching_weights``), so a grown architecture can start from it."""
+    if cfg.grow not in ("preserve", "fresh"):
+        raise UserError(f"unknown --grow {cfg.grow!r}; choose preserve or fresh")
     if cfg.precision not in ("float32", "bfloat16"):
         raise UserError(f"unknown precision {cfg.precision!r}; choose float32 or bfloat16")
     policy = keras.config.dtype_policy()
+    growth = None
     if cfg.precision == "bfloat16":
         keras.config.set_dtype_policy("mixed_bfloat16")  # for the layers built here
     try:
@@ -196,22 +208,33 @@ def _model(cfg: TrainConfig, spec: ModelSpec) -> keras.Model:
         elif cfg.init_model:
             # Layers the starting model lacks start from ImageNet where the file is found.
             model = build(spec, _weights_path(cfg, required=False))
-            copied, fresh = copy_matching_weights(
-                keras.saving.load_model(cfg.init_model, compile=False), model)
-            log.info("event=init_model path=%s layers_copied=%d layers_new=%d",
-                     cfg.init_model, copied, fresh)
+            start = keras.saving.load_model(cfg.init_model, compile=False)
+            if cfg.grow == "preserve" and spec.preset == "fast":
+                growth = grow(start, model)  # the new capacity starts silent: same output
+            else:
+                copied, fresh = copy_matching_weights(start, model)
+                log.info("event=init_model path=%s layers_copied=%d layers_new=%d",
+                         cfg.init_model, copied, fresh)
         else:
             model = build(spec, _weights_path(cfg))
     finally:
         keras.config.set_dtype_policy(policy)
-    return model
+    return model, growth
+
+
+def _teacher_path(cfg: TrainConfig) -> str:
+    path = cfg.teacher or cfg.init_model
+    if not path or path.endswith(".weights.h5"):
+        raise UserError("--distill needs a teacher: --teacher MODEL (.onnx or .keras) or a "
+                        ".keras --init-model")
+    return path
 
 
 def _save_float32(run: Path, spec: ModelSpec) -> None:
     """Rewrite the checkpoints of a bfloat16 run as float32 models: a saved model keeps its
     layers' dtype policy, and serving, export and fine-tuning on a CPU expect float32.
     Mixed precision keeps its variables in float32, so the weights carry over exactly."""
-    for name in ("best.keras", "last.keras"):
+    for name in ("best.keras", "last.keras", "start.keras"):
         path = run / name
         if path.is_file():
             model = build(spec, None)
@@ -238,17 +261,34 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     keras.utils.set_random_seed(cfg.seed)
     if cfg.resident:
         require_jax()  # before minutes of reading data
+    if cfg.distill:
+        if cfg.resident:
+            raise UserError("--distill runs the teacher in the host pipeline: drop --resident")
+        if cfg.loss != "mse":
+            raise UserError("--distill mixes density maps: use it with --loss mse")
+        _teacher_path(cfg)
     if (run / "backup").exists() and not cfg.resume:
         raise FileExistsError(f"{run} holds an interrupted run: pass --resume or a new --run-dir")
     sources, val_sets = _split(cfg)
-    model = _model(cfg, spec)
+    model, growth = _model(cfg, spec)
     loss, metric, max_points = _loss(cfg, spec.output_stride)
+    scales = None
+    if growth is not None and growth.new_entries and cfg.grow_lr_scale != 1.0:
+        scales = growth.lr_scales(cfg.grow_lr_scale)
+    optimizer = keras.optimizers.Adam(cfg.learning_rate)
+    if scales or cfg.warmup_steps:
+        optimizer = FineTuneAdam(cfg.learning_rate, scales=scales,
+                                 warmup_steps=cfg.warmup_steps)
     model.compile(
-        optimizer=keras.optimizers.Adam(cfg.learning_rate),
+        optimizer=optimizer,
         loss=loss,
         metrics=[keras.metrics.MeanMetricWrapper(metric, name="count_mae")],
     )
     (run / "config.json").write_text(json.dumps(asdict(cfg), indent=1, default=list))
+    if growth is not None and not (run / "start.keras").exists():
+        # The grown network as it starts (the starting model's output, new layers silent):
+        # the other end of the WiSE-FT line for this run (scripts/average_weights.py).
+        model.save(run / "start.keras")
     (run / "spec.json").write_text(json.dumps(spec.to_dict(), indent=1))
     data: keras.utils.PyDataset
     callbacks: list[keras.callbacks.Callback] = []
@@ -259,6 +299,14 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         )
         data = resident.feeder
         callbacks.append(resident)
+    elif cfg.distill:
+        data = DistilledDataset(
+            sources, cfg.crop, spec.output_stride, cfg.batch_size, cfg.steps_per_epoch,
+            seed=cfg.seed, max_points=max_points, workers=cfg.workers,
+            use_multiprocessing=False, max_queue_size=8,
+            betas=parse_distill(cfg.distill, [s.name for s in sources]),
+            teacher=Teacher(_teacher_path(cfg)),
+        )
     else:
         data = DensityDataset(
             sources, cfg.crop, spec.output_stride, cfg.batch_size, cfg.steps_per_epoch,
@@ -276,6 +324,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         keras.callbacks.ModelCheckpoint(run / "best.keras", monitor=monitor, mode="min",
                                         save_best_only=True),
         keras.callbacks.ModelCheckpoint(run / "last.keras"),
+        *([keras.callbacks.ModelCheckpoint(str(run / "epoch{epoch:03d}.keras"))]
+          if cfg.keep_epochs else []),
         keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode="min", factor=0.5,
                                           patience=max(2, cfg.patience // 3), min_lr=1e-6),
         keras.callbacks.EarlyStopping(monitor=monitor, mode="min", patience=cfg.patience),

@@ -50,10 +50,16 @@ def parse_range(text: str, length: int) -> list[int]:
 
 
 def open_dataset(spec: str) -> Reader:
-    """Open ``FORMAT:PATH[:RANGE]``."""
+    """Open ``FORMAT:PATH[:RANGE]`` (``empty:``, ``median:FORMAT:...`` and
+    ``background:FORMAT:...``: scenes without people, see ``readers/empty.py``)."""
     fmt, sep, rest = spec.partition(":")
     if not sep:
         raise DatasetError(f"dataset {spec!r}: expected FORMAT:PATH[:RANGE]")
+    if fmt in ("median", "background"):  # kinds made from another dataset: median:mall:...
+        from crowdcount.training.readers.empty import HeadFreeCrops, MedianReader
+
+        inner = open_dataset(rest)
+        return MedianReader(inner, rest) if fmt == "median" else HeadFreeCrops(inner, rest)
     path, rng = rest, None
     head, colon, tail = rest.rpartition(":")
     if colon and tail and _RANGE_CHARS.issuperset(tail) and any(c.isdigit() for c in tail):
@@ -75,8 +81,13 @@ def open_dataset(spec: str) -> Reader:
         from crowdcount.training.readers.generic import GenericReader
 
         reader = GenericReader(root)
+    elif fmt == "empty":
+        from crowdcount.training.readers.empty import MedianView, SyntheticEmpty
+
+        reader = SyntheticEmpty() if path == "synthetic" else MedianView(root)
     else:
-        raise DatasetError(f"unknown dataset format {fmt!r}: mall, shanghaitech, kaggle, generic")
+        raise DatasetError(f"unknown dataset format {fmt!r}: mall, shanghaitech, kaggle, "
+                           "generic, empty, median, background")
     return Subset(reader, parse_range(rng, len(reader))) if rng else reader
 
 
