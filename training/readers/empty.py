@@ -157,7 +157,21 @@ class SyntheticEmpty:
         return Sample(synthetic_frame(index), 0.0, _NONE, f"synthetic-{index + 1}")
 
 
-class MedianView:
+class _OneSample:
+    """A reader of one sample (a median is one picture, whatever it was made of)."""
+
+    _sample: Sample
+
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, index: int) -> Sample:
+        if index != 0:
+            raise IndexError(index)
+        return self._sample
+
+
+class MedianView(_OneSample):
     """One temporal median, of a video file or a folder of images, labelled empty."""
 
     kernel = Kernel("fixed", 4.0)
@@ -175,16 +189,8 @@ class MedianView:
                                "of images")
         self._sample = Sample(temporal_median(frames), 0.0, _NONE, f"median of {path.name}")
 
-    def __len__(self) -> int:
-        return 1
 
-    def __getitem__(self, index: int) -> Sample:
-        if index != 0:
-            raise IndexError(index)
-        return self._sample
-
-
-class MedianReader:
+class MedianReader(_OneSample):
     """The temporal median of an annotated dataset, with its persistent heads as points."""
 
     def __init__(self, reader: Reader, spec: str) -> None:
@@ -198,14 +204,6 @@ class MedianReader:
         self._sample = Sample(image, float(len(heads)), heads, f"median of {spec}")
         log.info("event=median spec=%s frames=%d persistent_heads=%d", spec, len(picked),
                  len(heads))
-
-    def __len__(self) -> int:
-        return 1
-
-    def __getitem__(self, index: int) -> Sample:
-        if index != 0:
-            raise IndexError(index)
-        return self._sample
 
 
 def head_free_rect(
