@@ -452,6 +452,8 @@ class Floor:
         return lines
 
     def to_dict(self) -> dict[str, object]:
+        """The calibration's input, enough to rebuild it with :meth:`calibrate` (the
+        homographies are derived, so they are not stored)."""
         return {
             "image_points": self.image_points.tolist(),
             "floor_points": self.floor_points.tolist(),

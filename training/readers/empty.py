@@ -107,6 +107,8 @@ def evenly(n: int, k: int = MEDIAN_FRAMES) -> list[int]:
 
 
 def video_frames(path: Path, k: int = MEDIAN_FRAMES) -> list[NDArray[np.uint8]]:
+    """Up to ``k`` frames spread over the video, for its temporal median: spread out so
+    that a person who walks through is in few of them (and the median drops them)."""
     from crowdcount.model.video import decode_video, probe_video
 
     info = probe_video(path)
@@ -145,6 +147,9 @@ def persistent_heads(
 
 
 class SyntheticEmpty:
+    """``empty:synthetic``: generated pictures of nothing, for which any count above zero
+    is the model's own false positives (no footage needed, nothing to vouch for)."""
+
     name = "empty-synthetic"
     kernel = Kernel("fixed", 4.0)
 
