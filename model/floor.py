@@ -304,9 +304,16 @@ class Floor:
         """Floor area (m2) of each density cell, NaN where masked; cached per shape.
 
         Cell (r, c) covers the frame rectangle of ``zones.zone_mask``; its four corners map
-        to a floor quadrilateral (exactly: a homography maps lines to lines)."""
-        key = (int(frame_size[0]), int(frame_size[1]), int(density_shape[0]),
-               int(density_shape[1]))
+        to a floor quadrilateral (exactly: a homography maps lines to lines).
+
+        The cells span the whole frame whatever its pixel size, so their corners are taken
+        in the calibration's own pixels (``self.frame_size``): a camera whose decoder scales
+        its picture reports ``Frame.size`` in camera pixels while the page marks the points
+        on the smaller picture it shows. ``frame_size`` is accepted for symmetry with the
+        zone functions and does not change the result."""
+        del frame_size
+        width, height = self.frame_size
+        key = (int(width), int(height), int(density_shape[0]), int(density_shape[1]))
         cached = self._areas.get(key)
         if cached is not None:
             return cached
@@ -374,6 +381,7 @@ class Floor:
         adds nor loses any."""
         shape = (int(people.shape[0]), int(people.shape[1]))
         areas = self.cell_areas(frame_size, shape)
+        frame_size = self.frame_size  # the grid's cells in the calibration's pixels
         ok = ~np.isnan(areas)
         lo, hi = self.floor_points.min(axis=0), self.floor_points.max(axis=0)
         pad = margin * float((hi - lo).max())
@@ -444,6 +452,8 @@ class Floor:
         return lines
 
     def to_dict(self) -> dict[str, object]:
+        """The calibration's input, enough to rebuild it with :meth:`calibrate` (the
+        homographies are derived, so they are not stored)."""
         return {
             "image_points": self.image_points.tolist(),
             "floor_points": self.floor_points.tolist(),

@@ -99,6 +99,8 @@ class StreamFloor:
 
     def densities(self, zones: Sequence[Zone], counts: Mapping[str, float],
                   frame_size: tuple[int, int], shape: tuple[int, int]) -> dict[str, ZoneDensity]:
+        """Each zone's people per m2 and level from its count; a zone off the floor (no
+        area) or without a count is left out rather than reported as empty."""
         out = {}
         for name, area in self.areas(zones, frame_size, shape).items():
             if area is not None and area > 0 and name in counts:

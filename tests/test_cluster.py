@@ -13,7 +13,6 @@ from tests.fixtures.components import need_modules
 
 need_modules("the cluster", "psycopg", "ray", hint="pip install crowdcount[cluster]")
 
-import asyncio
 import contextlib
 import glob
 import itertools
@@ -206,10 +205,10 @@ async def _wait_running(http: Any, nodes: set[str], cameras: tuple[str, ...] = C
                    and seen[c]["node"] in nodes and seen[c]["status"]["frames_out"] > 0
                    for c in cameras)
 
-    t0 = time.monotonic()
-    while not await poll():
-        assert time.monotonic() - t0 < timeout, f"cameras not running on {nodes}: {seen}"
-        await asyncio.sleep(0.2)
+    try:
+        await wait_until(poll, timeout, f"cameras running on {nodes}", interval=0.2)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {seen}") from None
     return seen
 
 
@@ -283,12 +282,14 @@ async def wait_until_async(predicate: Any, http: Any, what: str, base: str = "",
         latest.clear()
         latest.update(await _streams(http, base))
 
-    t0 = time.monotonic()
-    await fetch()
-    while not predicate(latest):
-        assert time.monotonic() - t0 < timeout, f"timed out waiting for {what}: {latest}"
-        await asyncio.sleep(0.1)
+    async def fetched() -> bool:
         await fetch()
+        return bool(predicate(latest))
+
+    try:
+        await wait_until(fetched, timeout, what, interval=0.1)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {latest}") from None
 
 
 async def test_edits_through_one_api_reach_the_shard_and_the_other_api(
@@ -314,10 +315,7 @@ async def test_edits_through_one_api_reach_the_shard_and_the_other_api(
                 rows = (await resp.json())["counts"]
             return bool(rows) and 0 < rows[-1]["zones"].get("left", 0) < rows[-1]["count"]
 
-        t0 = time.monotonic()
-        while not await zone_counted():
-            assert time.monotonic() - t0 < 30, "cam1's shard never counted the new zone"
-            await asyncio.sleep(0.2)
+        await wait_until(zone_counted, 30, "cam1's shard to count the new zone", interval=0.2)
 
         # The floor calibration travels with the camera like its zones: put through B, it
         # is in the camera's row (A shows it), and cam1's shard reports the zone's density.
@@ -340,10 +338,8 @@ async def test_edits_through_one_api_reach_the_shard_and_the_other_api(
                             return "left" in item.get("floor", {})
             return False
 
-        t0 = time.monotonic()
-        while not await density_counted():
-            assert time.monotonic() - t0 < 30, "cam1's shard never reported a floor density"
-            await asyncio.sleep(0.2)
+        await wait_until(density_counted, 30, "cam1's shard to report a floor density",
+                         interval=0.2)
 
         first = f"rtsp://127.0.0.1:{free_port()}/a"
         second = f"rtsp://127.0.0.1:{free_port()}/b"
@@ -376,10 +372,10 @@ async def test_edits_through_one_api_reach_the_shard_and_the_other_api(
             async with api.get("/api/alerts/rules") as resp:
                 return [r["name"] for r in (await resp.json())["rules"]]
 
-        t0 = time.monotonic()
-        while await rules_in_a() != ["cam0-busy", "x"]:
-            assert time.monotonic() - t0 < 10, "A never saw the rule made through B"
-            await asyncio.sleep(0.1)
+        async def rule_in_a() -> bool:
+            return await rules_in_a() == ["cam0-busy", "x"]
+
+        await wait_until(rule_in_a, 10, "A to see the rule made through B", interval=0.1)
         async with api.delete("/api/alerts/rules/x") as resp:
             assert resp.status == 204
         # The gathering map is served from the grids the shards write.

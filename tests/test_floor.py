@@ -266,3 +266,20 @@ def test_mall_floor_calibration_agrees_with_the_perspective_map(shared: Path) ->
     assert map_ratio[0] < 0.3
     assert np.allclose(area_ratio, map_ratio, rtol=0.15), (area_ratio, map_ratio)
     assert np.allclose(np.sqrt(area_ratio), np.sqrt(map_ratio), rtol=0.15)
+
+
+def test_a_calibration_marked_on_a_scaled_picture_holds_for_camera_pixels() -> None:
+    """A camera whose decoder scales its picture reports frames in camera pixels while the
+    page marks the floor on the smaller picture: the cells' floor areas and a zone's area
+    (drawn in camera pixels) must not depend on which pixels the density is said to cover."""
+    p = camera()
+    floor_h = plane(p, 0.0)
+    full = Floor.calibrate(project(floor_h, MARKS), MARKS, SIZE)
+    half = Floor.calibrate(project(floor_h, MARKS) / 2, MARKS, (SIZE[0] // 2, SIZE[1] // 2))
+    camera_px = (SIZE[0] * 3, SIZE[1] * 3)  # e.g. a 1920x1440 camera seen at a third
+    assert np.allclose(half.cell_areas(camera_px, SHAPE), full.cell_areas(SIZE, SHAPE),
+                       rtol=1e-6, equal_nan=True)
+    zone = [(300.0 * 3, 300.0 * 3), (400.0 * 3, 300.0 * 3), (400.0 * 3, 420.0 * 3),
+            (300.0 * 3, 420.0 * 3)]
+    assert half.zone_area(zone, camera_px, SHAPE) == pytest.approx(
+        full.zone_area([(x / 3, y / 3) for x, y in zone], SIZE, SHAPE), rel=1e-6)

@@ -32,6 +32,7 @@ import pytest
 from crowdcount.streamer.limits import MAX_ALERT_RULES, MAX_REQUEST_TARGET, MAX_URL_LENGTH
 from tests.fixtures.bombs import IMAGE_BOMBS, encoded
 from tests.fixtures.rtsp import free_port
+from tests.fixtures.waiting import wait_until_sync
 
 pytestmark = pytest.mark.slow
 
@@ -192,16 +193,14 @@ def live(brightness_model: Path, h264_clip: Path,
             stdout=log, stderr=subprocess.STDOUT, env=env, cwd=folder)
     server = Server(proc, port, log_path)
     try:
-        deadline = time.monotonic() + 30
-        while True:
+        def counted_ten() -> bool:
             assert proc.poll() is None, server.log()
-            assert time.monotonic() < deadline, "server did not count 10 frames in 30 s"
             try:
-                if server.frames() >= 10:
-                    break
-            except OSError:
-                pass
-            time.sleep(0.05)
+                return server.frames() >= 10
+            except OSError:  # not listening yet
+                return False
+
+        wait_until_sync(counted_ten, 30, "the server to count 10 frames")
         server.dead_port = free_port()
         reply = server.send_json("POST", "/api/streams", {
             "name": "dead", "url": DEAD_CAMERA.format(port=server.dead_port),
@@ -318,10 +317,8 @@ def test_json_bombs_are_400_on_every_route(live: Server, watch: Watch, case: str
 
 
 def test_query_string_credentials_are_masked_everywhere(live: Server, watch: Watch) -> None:
-    deadline = time.monotonic() + 20
-    while live.stream("dead")["status"]["last_error"] is None:
-        assert time.monotonic() < deadline, "the dead camera never reported an error"
-        time.sleep(0.05)
+    wait_until_sync(lambda: live.stream("dead")["status"]["last_error"] is not None, 20,
+                    "the dead camera to report an error")
     listing = live.request("GET", "/api/streams")
     dead = next(s for s in listing.json()["streams"] if s["id"] == "dead")
     assert dead["url"] == (f"rtsp://***@127.0.0.1:{live.dead_port}/s1"
@@ -415,8 +412,5 @@ def test_zz_the_log_has_no_traceback_and_the_server_still_counts(live: Server) -
     assert "level=error" not in log, [ln for ln in log.splitlines() if "level=error" in ln]
     assert "event=bad_http_request status=400 reason=LineTooLong" in log
     before = live.frames()
-    deadline = time.monotonic() + 5
-    while live.frames() <= before:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_until_sync(lambda: live.frames() > before, 5, "another counted frame")
     assert live.proc.poll() is None

@@ -24,7 +24,7 @@ from aiohttp import web
 
 from crowdcount.model.runtime import Runtime
 from crowdcount.streamer.sources.synthetic import SyntheticSource
-from tests.fixtures.browser import CHROMIUM, CHROMIUM_ARGS, serve_app, server_config
+from tests.fixtures.browser import launch_chromium, serve_app, server_config
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.asyncio(loop_scope="session")]
 
@@ -66,20 +66,8 @@ async def server(tmp_path: Path, brightness_model: Path) -> AsyncIterator[Any]:
 async def rebinding_chromium() -> AsyncIterator[Any]:
     """Chromium that resolves ``rebind.test`` to 127.0.0.1, as a rebinding DNS server would
     after the page loaded."""
-    if not CHROMIUM.is_file():
-        pytest.skip(f"{CHROMIUM} not found (apt-get install chromium)")
-    try:
-        from playwright.async_api import async_playwright
-    except ImportError:
-        pytest.skip("playwright is not installed")
-    async with async_playwright() as p:
-        browser = await p.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True,
-            args=[*CHROMIUM_ARGS, f"--host-resolver-rules=MAP {REBIND_HOST} 127.0.0.1"])
-        try:
-            yield browser
-        finally:
-            await browser.close()
+    async with launch_chromium(f"--host-resolver-rules=MAP {REBIND_HOST} 127.0.0.1") as browser:
+        yield browser
 
 
 def _unchanged(server: Any) -> None:

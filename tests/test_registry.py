@@ -104,6 +104,8 @@ async def _wait_up(http: aiohttp.ClientSession, urls: list[str]) -> None:
             except aiohttp.ClientConnectionError:
                 pass
             await asyncio.sleep(0.05)
+        else:
+            raise AssertionError(f"{url} did not answer /api/health in 10 s")
 
 
 def _rows(dsn: str) -> dict[str, str]:

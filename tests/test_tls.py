@@ -32,7 +32,7 @@ from cryptography.x509.oid import NameOID
 
 from crowdcount.model.runtime import Runtime
 from crowdcount.streamer.tls import server_ssl_context
-from tests.fixtures.browser import CHROMIUM, CHROMIUM_ARGS, serve_app, server_config
+from tests.fixtures.browser import launch_chromium, serve_app, server_config
 from tests.fixtures.rtsp import free_port
 from tests.fixtures.waiting import wait_until
 
@@ -133,22 +133,9 @@ def test_serve_answers_over_https(brightness_model: Path, tmp_path: Path) -> Non
 @pytest_asyncio.fixture(loop_scope="session")
 async def lan_chromium(fake_camera: Path) -> AsyncIterator[Any]:
     """Chromium that resolves ``crowdcount.test`` to 127.0.0.1 (a LAN-like origin)."""
-    if not CHROMIUM.is_file():
-        pytest.skip(f"{CHROMIUM} not found (apt-get install chromium)")
-    try:
-        from playwright.async_api import async_playwright
-    except ImportError:
-        pytest.skip("playwright is not installed")
-    async with async_playwright() as p:
-        browser = await p.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True,
-            args=[*CHROMIUM_ARGS, f"--use-file-for-fake-video-capture={fake_camera}",
-                  f"--host-resolver-rules=MAP {HOST} 127.0.0.1"],
-        )
-        try:
-            yield browser
-        finally:
-            await browser.close()
+    async with launch_chromium(f"--use-file-for-fake-video-capture={fake_camera}",
+                               f"--host-resolver-rules=MAP {HOST} 127.0.0.1") as browser:
+        yield browser
 
 
 @pytest.mark.browser

@@ -53,6 +53,23 @@ export function updateEmpty() {
   document.querySelector('[data-testid="empty"]').hidden = cards.size > 0;
 }
 
+// An overlay canvas sized to its box at the device's pixel ratio and cleared: a 2D context
+// drawing in CSS pixels. Points in camera pixels go to CSS pixels with ``toCss``.
+export function clearOverlay(canvas) {
+  const dpr = window.devicePixelRatio || 1;
+  canvas.width = Math.round(canvas.clientWidth * dpr);
+  canvas.height = Math.round(canvas.clientHeight * dpr);
+  const ctx = canvas.getContext("2d");
+  ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+  ctx.clearRect(0, 0, canvas.clientWidth, canvas.clientHeight);
+  return ctx;
+}
+
+// A point in camera pixels -> CSS pixels on the card's overlay (``rect``: Card.videoRect()).
+export function toCss(rect, [x, y]) {
+  return [rect.x + (x / rect.sx) * rect.scale, rect.y + (y / rect.sy) * rect.scale];
+}
+
 export class Card {
   constructor(id, name, { local = false } = {}) {
     this.id = id;
@@ -146,6 +163,20 @@ export class Card {
       x: (box.width - width) / 2, y: (box.height - height) / 2, width, height, scale,
       frameWidth, frameHeight, sx: frameWidth / vw, sy: frameHeight / vh,
     };
+  }
+
+  // A click on an overlay canvas as a point in camera pixels (zones and floor points are
+  // both given in them), or null off the picture (more than ``slack`` px onto the black bars).
+  framePoint(event, slack = 0) {
+    const rect = this.videoRect();
+    if (!rect) return null;
+    const x = ((event.offsetX - rect.x) / rect.scale) * rect.sx;
+    const y = ((event.offsetY - rect.y) / rect.scale) * rect.sy;
+    const w = rect.frameWidth;
+    const h = rect.frameHeight;
+    if (x < -slack || y < -slack || x > w + slack || y > h + slack) return null;
+    const clamp = (v, hi) => Math.round(Math.min(Math.max(v, 0), hi) * 10) / 10;
+    return [clamp(x, w), clamp(y, h)];
   }
 
   // A stream as GET /api/streams lists it: name, kind, status.

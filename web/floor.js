@@ -7,7 +7,7 @@
 // zone counts (zones.js) from the feed's "floor" items. A feature module, like zones.js.
 
 import { api, streamPath } from "./api.js";
-import { addCardButton, eachCard } from "./card.js";
+import { addCardButton, clearOverlay, eachCard, toCss } from "./card.js";
 import { el } from "./dom.js";
 
 const floorPath = (id) => streamPath(id, "floor");
@@ -15,8 +15,8 @@ const floorPath = (id) => streamPath(id, "floor");
 class FloorEditor {
   constructor(card) {
     this.card = card;
-    this.points = []; // [[x, y], ...] in video pixels
-    this.size = null; // [width, height] of the video when the points were marked
+    this.points = []; // [[x, y], ...] in camera pixels, like zones (the video may be smaller)
+    this.size = null; // [width, height] of the camera when the points were marked
     this.current = null; // the server's calibration (GET answer) or null
 
     this.toggle = addCardButton(card, { cls: "floor-toggle", testid: "floor-toggle",
@@ -107,15 +107,12 @@ class FloorEditor {
   }
 
   addPoint(event) {
+    const point = this.card.framePoint(event);
+    if (!point) return;
     const rect = this.card.videoRect();
-    if (!rect) return;
-    const x = (event.offsetX - rect.x) / rect.scale;
-    const y = (event.offsetY - rect.y) / rect.scale;
-    const w = this.card.video.videoWidth;
-    const h = this.card.video.videoHeight;
-    if (x < 0 || y < 0 || x > w || y > h) return;
-    this.size = [w, h]; // the frame the points are in (kept: a reconnecting video has none)
-    this.points.push([Math.round(x * 10) / 10, Math.round(y * 10) / 10]);
+    // the frame the points are in (kept: a reconnecting video has none)
+    this.size = [rect.frameWidth, rect.frameHeight];
+    this.points.push(point);
     this.renderRows();
   }
 
@@ -141,7 +138,8 @@ class FloorEditor {
   }
 
   body() {
-    const size = this.size || [this.card.video.videoWidth, this.card.video.videoHeight];
+    const rect = this.card.videoRect();
+    const size = this.size || (rect && [rect.frameWidth, rect.frameHeight]);
     const out = { image_points: this.points, frame_size: size,
                   head_height: Number(this.head.value || 0) };
     if (this.rectBox.checked) {
@@ -178,21 +176,14 @@ class FloorEditor {
   }
 
   redraw() {
-    const canvas = this.canvas;
-    if (canvas.hidden) return;
-    const dpr = window.devicePixelRatio || 1;
-    canvas.width = Math.round(canvas.clientWidth * dpr);
-    canvas.height = Math.round(canvas.clientHeight * dpr);
-    const ctx = canvas.getContext("2d");
-    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
-    ctx.clearRect(0, 0, canvas.clientWidth, canvas.clientHeight);
+    if (this.canvas.hidden) return;
+    const ctx = clearOverlay(this.canvas);
     const rect = this.card.videoRect();
     if (!rect) return;
     ctx.fillStyle = "#7fdbff";
     ctx.font = "12px sans-serif";
-    this.points.forEach(([x, y], i) => {
-      const cx = rect.x + x * rect.scale;
-      const cy = rect.y + y * rect.scale;
+    this.points.forEach((p, i) => {
+      const [cx, cy] = toCss(rect, p);
       ctx.beginPath();
       ctx.arc(cx, cy, 5, 0, 2 * Math.PI);
       ctx.fill();

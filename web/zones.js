@@ -4,7 +4,7 @@
 // cards through the crowdcount:card-added / card-removed / feed events (see app.js).
 
 import { api, streamPath } from "./api.js";
-import { cards, eachCard } from "./card.js";
+import { cards, clearOverlay, eachCard, toCss } from "./card.js";
 import { el } from "./dom.js";
 import { formatCount } from "./format.js";
 
@@ -118,23 +118,9 @@ class ZoneEditor {
     delete this.card.el.dataset.drawing;
   }
 
-  // A click on the overlay, in camera pixels (the picture is letterboxed inside .media, and
-  // may be sent smaller than the camera's size, in which zones are given).
-  toVideo(event) {
-    const rect = this.card.videoRect();
-    if (!rect) return null;
-    const x = ((event.offsetX - rect.x) / rect.scale) * rect.sx;
-    const y = ((event.offsetY - rect.y) / rect.scale) * rect.sy;
-    const w = rect.frameWidth;
-    const h = rect.frameHeight;
-    if (x < -2 || y < -2 || x > w + 2 || y > h + 2) return null; // on the black bars
-    const clamp = (v, hi) => Math.round(Math.min(Math.max(v, 0), hi) * 10) / 10;
-    return [clamp(x, w), clamp(y, h)];
-  }
-
   addPoint(event) {
     if (!this.draft || this.closed) return;
-    const point = this.toVideo(event);
+    const point = this.card.framePoint(event, 2);
     if (!point) return;
     const last = this.draft[this.draft.length - 1];
     const rect = this.card.videoRect();
@@ -196,14 +182,8 @@ class ZoneEditor {
   }
 
   redraw() {
-    const canvas = this.canvas;
-    if (canvas.hidden) return;
-    const dpr = window.devicePixelRatio || 1;
-    canvas.width = Math.round(canvas.clientWidth * dpr);
-    canvas.height = Math.round(canvas.clientHeight * dpr);
-    const ctx = canvas.getContext("2d");
-    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
-    ctx.clearRect(0, 0, canvas.clientWidth, canvas.clientHeight);
+    if (this.canvas.hidden) return;
+    const ctx = clearOverlay(this.canvas);
     const rect = this.card.videoRect();
     const points = this.draft || [];
     this.help.hidden = false;
@@ -213,14 +193,12 @@ class ZoneEditor {
         "“Finish zone” to close the polygon.";
     this.canvas.dataset.points = String(points.length);
     if (!rect || !points.length) return;
-    const toCss = ([x, y]) => [rect.x + (x / rect.sx) * rect.scale,
-                               rect.y + (y / rect.sy) * rect.scale];
     ctx.lineWidth = 2;
     ctx.strokeStyle = "#ffb347";
     ctx.fillStyle = "rgba(255, 179, 71, 0.25)";
     ctx.beginPath();
     points.forEach((p, i) => {
-      const [x, y] = toCss(p);
+      const [x, y] = toCss(rect, p);
       if (i === 0) ctx.moveTo(x, y);
       else ctx.lineTo(x, y);
     });
@@ -231,7 +209,7 @@ class ZoneEditor {
     ctx.stroke();
     ctx.fillStyle = "#ffb347";
     for (const p of points) {
-      const [x, y] = toCss(p);
+      const [x, y] = toCss(rect, p);
       ctx.beginPath();
       ctx.arc(x, y, 4, 0, 2 * Math.PI);
       ctx.fill();

@@ -107,6 +107,8 @@ def evenly(n: int, k: int = MEDIAN_FRAMES) -> list[int]:
 
 
 def video_frames(path: Path, k: int = MEDIAN_FRAMES) -> list[NDArray[np.uint8]]:
+    """Up to ``k`` frames spread over the video, for its temporal median: spread out so
+    that a person who walks through is in few of them (and the median drops them)."""
     from crowdcount.model.video import decode_video, probe_video
 
     info = probe_video(path)
@@ -145,6 +147,9 @@ def persistent_heads(
 
 
 class SyntheticEmpty:
+    """``empty:synthetic``: generated pictures of nothing, for which any count above zero
+    is the model's own false positives (no footage needed, nothing to vouch for)."""
+
     name = "empty-synthetic"
     kernel = Kernel("fixed", 4.0)
 
@@ -157,7 +162,21 @@ class SyntheticEmpty:
         return Sample(synthetic_frame(index), 0.0, _NONE, f"synthetic-{index + 1}")
 
 
-class MedianView:
+class _OneSample:
+    """A reader of one sample (a median is one picture, whatever it was made of)."""
+
+    _sample: Sample
+
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, index: int) -> Sample:
+        if index != 0:
+            raise IndexError(index)
+        return self._sample
+
+
+class MedianView(_OneSample):
     """One temporal median, of a video file or a folder of images, labelled empty."""
 
     kernel = Kernel("fixed", 4.0)
@@ -175,16 +194,8 @@ class MedianView:
                                "of images")
         self._sample = Sample(temporal_median(frames), 0.0, _NONE, f"median of {path.name}")
 
-    def __len__(self) -> int:
-        return 1
 
-    def __getitem__(self, index: int) -> Sample:
-        if index != 0:
-            raise IndexError(index)
-        return self._sample
-
-
-class MedianReader:
+class MedianReader(_OneSample):
     """The temporal median of an annotated dataset, with its persistent heads as points."""
 
     def __init__(self, reader: Reader, spec: str) -> None:
@@ -198,14 +209,6 @@ class MedianReader:
         self._sample = Sample(image, float(len(heads)), heads, f"median of {spec}")
         log.info("event=median spec=%s frames=%d persistent_heads=%d", spec, len(picked),
                  len(heads))
-
-    def __len__(self) -> int:
-        return 1
-
-    def __getitem__(self, index: int) -> Sample:
-        if index != 0:
-            raise IndexError(index)
-        return self._sample
 
 
 def head_free_rect(
