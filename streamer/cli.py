@@ -15,7 +15,7 @@ from crowdcount.model.errors import run_parser
 
 def build_parser() -> argparse.ArgumentParser:
     from crowdcount.model.cli import add_count
-    from crowdcount.training.cli import add_evaluate, add_export, add_train
+    from crowdcount.training.cli import add_calibrate, add_evaluate, add_export, add_train
 
     parser = argparse.ArgumentParser(
         prog="crowdcount", description="Real-time density-map crowd counting."
@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train(sub)
     add_evaluate(sub)
     add_export(sub)
+    add_calibrate(sub)
     return parser
 
 
