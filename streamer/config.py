@@ -200,6 +200,15 @@ class StreamConfig(StreamSettings):
     url: Annotated[str, Field(min_length=1)]
     loop: bool = False
     zones: Annotated[tuple[ZoneConfig, ...], BeforeValidator(_as_tuple)] = ()
+    #: this stream's own model (an ``.onnx`` from ``crowdcount calibrate``); unset = the
+    #: server's ``[model]``. Only the config file names paths: the API sets one by
+    #: calibrating, never by a path in a request.
+    model: PathStr | None = None
+
+    @field_validator("model")
+    @classmethod
+    def _resolve_model(cls, path: Path | None, info: ValidationInfo) -> Path | None:
+        return None if path is None else _relative_to_file(path, info)
 
     @field_validator("url")
     @classmethod
