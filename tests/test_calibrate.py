@@ -3,8 +3,8 @@
 ../shared is there).
 
 The writer and the cut are backend-neutral and run in this process (Keras on TensorFlow
-here); calibration itself is JAX code and runs as the command, in a subprocess with
-``KERAS_BACKEND=jax`` and TensorFlow made unimportable, as the serving install has it.
+here); calibration itself runs as the command, in a subprocess with TensorFlow made unimportable,
+as the serving install has it.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("jax", reason="JAX not installed: calibration runs Keras on JAX")
+pytest.importorskip("jax", reason="JAX not installed (the calibrate extra)")
 pytest.importorskip("onnx", reason="onnx not installed (the calibrate extra)")
 
 import keras
@@ -31,6 +31,21 @@ from crowdcount.training.onnx_writer import write_onnx
 from tests.fixtures.datasets import make_generic
 
 ROOT = Path(__file__).resolve().parents[1]
+#: Makes TensorFlow absent as in the serving install: ``import`` fails and ``find_spec``
+#: finds nothing (a ``None`` in sys.modules would not do: Keras takes a "tensorflow" key
+#: there to mean TensorFlow is loaded).
+NO_TENSORFLOW = """
+import importlib.util, sys
+_find = importlib.util.find_spec
+def _find_spec(name, package=None):
+    return None if name.split(".")[0] in ("tensorflow", "tf2onnx") else _find(name, package)
+importlib.util.find_spec = _find_spec
+class _NoTF:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("tensorflow", "tf2onnx"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, _NoTF())
+"""
 
 
 def _perturbed(spec: ModelSpec, seed: int = 0) -> keras.Model:
@@ -97,10 +112,12 @@ def test_graph_cut_refuses_a_layer_that_does_not_cut():
 
 
 def calibrate(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    """``crowdcount calibrate`` as the serving install runs it: JAX, no TensorFlow."""
-    code = ("import sys; sys.modules['tensorflow'] = None; "
-            "from crowdcount.streamer.cli import main; sys.exit(main(sys.argv[1:]))")
-    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    """``crowdcount calibrate`` as the serving install runs it: no TensorFlow, Keras on the
+    backend calibration picks (torch where installed, else JAX)."""
+    code = NO_TENSORFLOW + ("from crowdcount.streamer.cli import main; "
+                            "sys.exit(main(sys.argv[1:]))")
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    env["JAX_PLATFORMS"] = "cpu"
     return subprocess.run([sys.executable, "-c", code, "calibrate", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout, env=env)
 

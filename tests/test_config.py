@@ -464,3 +464,17 @@ def test_stream_max_retries_bounds_rtsp_reconnects() -> None:
     assert default.streams[0].max_retries is None
     with pytest.raises(ConfigError, match="max_retries"):
         parse_config({"streams": [{"name": "c", "url": "rtsp://h/s", "max_retries": -1}]})
+
+
+def test_a_stream_model_is_resolved_beside_the_config_and_api_bodies_cannot_name_one(
+    tmp_path: Path,
+) -> None:
+    text = '[[streams]]\nname = "cam"\nurl = "rtsp://h/1"\nmodel = "models/cam.onnx"\n'
+    cfg = load_config(_write(tmp_path, text))
+    assert cfg.streams[0].model == tmp_path / "models" / "cam.onnx"
+    assert load_config(_write(tmp_path, text.replace('model = "models/cam.onnx"\n', ""))
+                       ).streams[0].model is None
+    from crowdcount.streamer.config import StreamSettings
+
+    with pytest.raises(ValueError, match="model"):
+        StreamSettings.model_validate({"model": "/etc/passwd"})
