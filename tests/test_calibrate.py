@@ -173,3 +173,41 @@ def test_calibrate_needs_five_frames(tmp_path):
     assert result.returncode == 2
     assert "at least 5 marked frames" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.shared
+@pytest.mark.timeout(400)
+def test_calibrating_brt_camera_2_on_one_day_lowers_the_error_on_other_days(shared, tmp_path):
+    """Ten frames of 2017-04-19 marked (a folder of the user's own, in the generic format,
+    linking to the real frames), the model scored on every 4th frame of the other days."""
+    brt = shared / "data" / "beijing_brt_cam2"
+    doc = json.loads((brt / "annotations.json").read_text())
+    day = [e for e in doc["images"] if Path(e["file"]).name.startswith("2-20170419")]
+    others = [i for i, e in enumerate(doc["images"])
+              if not Path(e["file"]).name.startswith("2-20170419")]
+    marked = tmp_path / "marked"
+    (marked / "frames").mkdir(parents=True)
+    entries = []
+    for j in np.linspace(0, len(day) - 1, 10).round().astype(int):
+        name = Path(day[j]["file"]).name
+        (marked / "frames" / name).symlink_to(brt / day[j]["file"])
+        entries.append({"file": f"frames/{name}", "points": day[j]["points"]})
+    (marked / "annotations.json").write_text(json.dumps({"images": entries}))
+    out = tmp_path / "camera.onnx"
+    result = calibrate(f"generic:{marked}", "-o", str(out), "--json", timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.splitlines()[0])
+    assert report["frames"] == 10 and report["mae_after"] < report["mae_before"]
+
+    from crowdcount.model.runtime import Runtime
+    from crowdcount.training.readers import open_dataset
+
+    reader = open_dataset(f"generic:{brt}")
+    tests = [reader[i] for i in others[::4]]
+    truth = np.array([s.count for s in tests])
+    errors = {}
+    for name, model in (("before", DEFAULT_ONNX), ("after", out)):
+        runtime = Runtime.open(model, "onnx", threads=2)
+        errors[name] = np.abs(np.array([runtime.count(s.image) for s in tests]) - truth).mean()
+    assert errors["after"] < errors["before"]

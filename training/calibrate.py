@@ -143,7 +143,7 @@ def _prepare(samples: Sequence[Sample], size: tuple[int, int], stride: int) -> _
             targets[i, ..., 0] = downsample(centered_density(s.count, size), stride)
             continue
         sy, sx = h / s.image.shape[0], w / s.image.shape[1]
-        pts = np.asarray(s.points, np.float32).reshape(-1, 2) * np.float32([sx, sy])
+        pts = np.asarray(s.points, np.float32).reshape(-1, 2) * np.array([sx, sy], np.float32)
         targets[i, ..., 0] = fixed_density(pts, size, SIGMA, stride)
     counts = np.array([s.count for s in samples], np.float32)
     return _Data(
