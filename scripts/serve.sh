@@ -3,5 +3,5 @@
 # Arguments go to `crowdcount serve` (e.g. --config crowdcount.toml --port 8080).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup-venv.sh
+bash scripts/setup-venv.sh serve
 exec .venv/bin/crowdcount serve "$@"

@@ -16,7 +16,7 @@ from crowdcount.model.errors import run_parser
 def build_parser() -> argparse.ArgumentParser:
     from crowdcount.model.cli import add_count
     from crowdcount.streamer.version import VERSION
-    from crowdcount.training.cli import add_evaluate, add_export, add_train
+    from crowdcount.training.cli import add_calibrate, add_evaluate, add_export, add_train
 
     parser = argparse.ArgumentParser(
         prog="crowdcount", description="Real-time density-map crowd counting."
@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train(sub)
     add_evaluate(sub)
     add_export(sub)
+    add_calibrate(sub)
     return parser
 
 

@@ -303,6 +303,15 @@ class StreamConfig(StreamSettings):
     zones: Annotated[tuple[ZoneConfig, ...], BeforeValidator(_as_tuple),
                      Field(max_length=MAX_ZONES_PER_STREAM)] = ()
     floor: FloorConfig | None = None
+    #: this stream's own model (an ``.onnx`` from ``crowdcount calibrate``); unset = the
+    #: server's ``[model]``. Only the config file names paths: the API sets one by
+    #: calibrating, never by a path in a request.
+    model: PathStr | None = None
+
+    @field_validator("model")
+    @classmethod
+    def _resolve_model(cls, path: Path | None, info: ValidationInfo) -> Path | None:
+        return None if path is None else _relative_to_file(path, info)
 
     @field_validator("url")
     @classmethod

@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from crowdcount.model.runtime import Runtime
@@ -139,10 +140,12 @@ class Pipeline:
         return {sid: s.source for sid, s in self._streams.items()}
 
     async def add_stream(
-        self, source: Source, fps_limit: float | None = None, max_side: int | None = None
+        self, source: Source, fps_limit: float | None = None, max_side: int | None = None,
+        model: Path | None = None,
     ) -> None:
-        """Start ``source`` and feed it to the model at most ``fps_limit`` times a second,
-        resized so its longer side is at most ``max_side`` (``None``: runtime default)."""
+        """Start ``source`` and feed it to the model (its own ``model`` when given) at most
+        ``fps_limit`` times a second, resized so its longer side is at most ``max_side``
+        (``None``: runtime default)."""
         sid = source.stream_id
         if sid in self._streams:
             raise ValueError(f"stream {sid!r} already exists")
@@ -150,6 +153,8 @@ class Pipeline:
         assert self._worker is not None
         self.batcher.add(sid, fps_limit)
         self._worker.set_max_side(sid, max_side)
+        if model is not None:
+            self._worker.set_model(sid, model)
         entry = self._streams[sid] = _Stream(source)
         try:
             await source.start()

@@ -26,6 +26,7 @@ import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from crowdcount.model.errors import UserError
@@ -76,6 +77,8 @@ __all__ = ["Service", "StreamConflict", "StreamEntry", "StreamError", "StreamNot
 log = logging.getLogger(__name__)
 
 Origin = Literal["config", "api", "webrtc"]
+#: The per-stream setting (store `stream_settings`) that holds a stream's calibration.
+CALIBRATION_KEY = "calibration"
 
 
 @dataclass(eq=False)
@@ -173,6 +176,9 @@ class Service:
         # Rules and zones made through the API, saved in the store's settings, and where
         # people gather (per-minute density grids, in the store as well).
         self.settings: SettingsStore = self.store.settings
+        # Each calibrated stream's "calibration" setting (its model file, frames, MAE):
+        # it wins over the config's ``model =`` for that stream, as saved zones do.
+        self.calibrations: dict[str, dict[str, Any]] = {}
         self.rules = RuleBook(rules_from_config(config.thresholds), self.settings,
                               self.integrations, self._live_zone_names,
                               self.pipeline.publish_alerts)
@@ -307,6 +313,8 @@ class Service:
         # Alerts left open by a previous process can never be cleared by it: close them; the
         # fresh engine raises again if the crowd is still there.
         await asyncio.to_thread(self.store.alerts.close_open, time.time())
+        self.calibrations = await asyncio.to_thread(self.settings.stream_settings,
+                                                    CALIBRATION_KEY)
         for name in await self.rules.load():
             log.warning("event=saved_rule_shadowed rule=%s (the config file has one of that "
                         "name)", name)
@@ -339,7 +347,7 @@ class Service:
             fps_limit=stream.fps_limit, target_fps=stream.target_fps,
             max_side=stream.max_side, persist=persist,
             zones=[z.model_dump() for z in stream.zones],
-            floor=stream.floor,
+            floor=stream.floor, model=stream.model,
             # non-default source settings, recorded so that a resumed stream keeps them
             settings=stream.model_dump(include={"stall_timeout", "max_retries",
                                                 "isolate_decoder"}, exclude_defaults=True),
@@ -360,6 +368,7 @@ class Service:
         floor: FloorConfig | None = None,
         settings: dict[str, Any] | None = None,
         target_fps: float | None = None,
+        model: Path | None = None,
     ) -> StreamEntry:
         """Add an already built source (any kind: tests and benchmarks use synthetic ones).
         ``target_fps`` is the rate the model is fed (default: ``fps_limit``, which is what
@@ -394,7 +403,8 @@ class Service:
         try:
             if persist:
                 await asyncio.to_thread(self.store.streams.save, sid, sid, url, kind, options)
-            await self.pipeline.add_stream(source, target_fps or fps_limit, max_side)
+            await self.pipeline.add_stream(source, target_fps or fps_limit, max_side,
+                                           self.calibrated_model(sid) or model)
             self.viewers.sink(sid)  # viewers of this stream can connect from now on
         except BaseException:
             self.streams.pop(sid, None)
@@ -420,6 +430,33 @@ class Service:
             log.error("event=saved_floor_invalid stream=%s error=%r", sid,
                       " ".join(str(exc).split()))
             return None
+
+    def calibrated_model(self, stream_id: str) -> Path | None:
+        """The stream's calibrated model file, when it has one that is still there."""
+        path = self.calibrations.get(stream_id, {}).get("model")
+        return Path(path) if path and Path(path).is_file() else None
+
+    async def set_calibration(self, stream_id: str, value: dict[str, Any]) -> None:
+        """Record a calibration (``value["model"]`` its ONNX file) and count the stream with
+        it from now on, without restarting it (the worker swaps models when loaded)."""
+        await asyncio.to_thread(self.settings.save_stream_setting, stream_id,
+                                CALIBRATION_KEY, value)
+        self.calibrations[stream_id] = dict(value)
+        worker = self.pipeline.worker
+        if worker is not None and stream_id in self.streams:
+            worker.set_model(stream_id, Path(value["model"]))
+
+    async def revert_calibration(self, stream_id: str) -> bool:
+        """Back to the config's model (or the shared one); whether there was a calibration."""
+        had = self.calibrations.pop(stream_id, None) is not None
+        await asyncio.to_thread(self.settings.delete_stream_setting, stream_id,
+                                CALIBRATION_KEY)
+        worker = self.pipeline.worker
+        entry = self.streams.get(stream_id)
+        if worker is not None and entry is not None:
+            config = next((s for s in self.config.streams if s.name == stream_id), None)
+            worker.set_model(stream_id, config.model if config is not None else None)
+        return had
 
     def _reserve(self, sid: str, origin: Origin = "config") -> None:
         """Refuse a stream that may not be added now (HTTP 409). A browser camera's viewer

@@ -17,6 +17,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -85,6 +86,7 @@ class InferenceWorker:
         max_batch: int = 8,
         max_in_flight: int = 2,
         name: str = "inference",
+        opener: Callable[[Path], Runtime] | None = None,
     ) -> None:
         if max_batch < 1 or max_in_flight < 1:
             raise ValueError("max_batch and max_in_flight must be at least 1")
@@ -100,6 +102,13 @@ class InferenceWorker:
         self._on_results = on_results
         self._on_error = on_error
         self._max_sides: dict[str, int | None] = {}
+        # Per-stream models (calibration): path -> its runtime, stream -> the path it uses.
+        # Both are written by loader threads under the lock and read by the inference thread.
+        self._runtimes: dict[Path, Runtime] = {}
+        self._models: dict[str, Path] = {}
+        self._model_lock = threading.Lock()
+        self.model_errors: dict[str, str] = {}
+        self._opener = opener or (lambda path: Runtime.open(path, runtime.backend.name))
         self._slots = threading.BoundedSemaphore(max_in_flight)
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -108,8 +117,60 @@ class InferenceWorker:
         """Input resolution cap for one stream (``None``: the runtime's default)."""
         self._max_sides[stream_id] = max_side
 
+    def set_model(self, stream_id: str, path: Path | None) -> threading.Thread | None:
+        """Count ``stream_id`` with its own model (``None``: the shared one again).
+
+        The model is opened on a thread of its own (seconds for OpenVINO) and takes over
+        only once it is ready: until then the stream's frames keep going through the model
+        it had, so a swap never stalls this stream nor the others. A model that fails to
+        open leaves the stream on its old model and its error in ``model_errors``. Returns
+        the loader thread (``None`` when nothing needs opening)."""
+        if path is None:
+            with self._model_lock:
+                self._models.pop(stream_id, None)
+                self.model_errors.pop(stream_id, None)
+                self._drop_unused()
+            return None
+        path = Path(path)
+        with self._model_lock:
+            if path in self._runtimes and stream_id in self._max_sides:
+                self._models[stream_id] = path
+                return None
+        thread = threading.Thread(target=self._load, args=(stream_id, path),
+                                  name=f"model-{stream_id}", daemon=True)
+        thread.start()
+        return thread
+
+    def model_of(self, stream_id: str) -> Path | None:
+        """The stream's own model now counting it (``None``: the shared one)."""
+        return self._models.get(stream_id)
+
+    def _load(self, stream_id: str, path: Path) -> None:
+        try:
+            runtime = self._opener(path)
+        except Exception as exc:
+            log.warning("stream %s: model %s not loaded: %s", stream_id, path, exc)
+            self.model_errors[stream_id] = f"{type(exc).__name__}: {exc}"
+            return
+        with self._model_lock:
+            if stream_id not in self._max_sides:  # the stream went while its model loaded
+                return
+            self._runtimes.setdefault(path, runtime)
+            self._models[stream_id] = path
+            self.model_errors.pop(stream_id, None)
+            self._drop_unused()
+
+    def _drop_unused(self) -> None:
+        """Close runtimes no stream uses (called with the lock held)."""
+        used = set(self._models.values())
+        for path in [p for p in self._runtimes if p not in used]:
+            del self._runtimes[path]
+
     def forget(self, stream_id: str) -> None:
         self._max_sides.pop(stream_id, None)
+        with self._model_lock:
+            self._models.pop(stream_id, None)
+            self._drop_unused()
 
     def start(self) -> None:
         self._thread.start()
@@ -146,14 +207,20 @@ class InferenceWorker:
                 break
 
     def _infer(self, batch: list[Frame]) -> list[Result]:
-        groups: dict[int | None, list[Frame]] = {}
+        """One ``predict`` call per (model, resolution) among the batch's frames."""
+        groups: dict[tuple[Path | None, int | None], list[Frame]] = {}
+        with self._model_lock:
+            runtimes = {p: self._runtimes[p] for p in set(self._models.values())}
+            models = dict(self._models)
         for frame in batch:
-            groups.setdefault(self._max_sides.get(frame.stream_id), []).append(frame)
+            key = (models.get(frame.stream_id), self._max_sides.get(frame.stream_id))
+            groups.setdefault(key, []).append(frame)
         results: list[Result] = []
         started = time.perf_counter()
-        for max_side, frames in groups.items():
+        for (model, max_side), frames in groups.items():
+            runtime = self.runtime if model is None else runtimes[model]
             try:
-                maps = self.runtime.predict([f.image for f in frames], max_side=max_side)
+                maps = runtime.predict([f.image for f in frames], max_side=max_side)
             except Exception as exc:
                 # One bad frame (wrong shape, a backend hiccup) must not end the service.
                 self.errors += 1

@@ -507,3 +507,17 @@ def test_cameras_default_to_one_count_a_second_and_fps_limit_overrides(
     assert make_source(fast, max_side=768).decoder.max_side == 512  # the stream's own wins
     assert make_source(iso).options["target_fps"] == 1.0  # the child decodes the same way
     assert make_source(file).decoder.target_fps is None
+
+
+def test_a_stream_model_is_resolved_beside_the_config_and_api_bodies_cannot_name_one(
+    tmp_path: Path,
+) -> None:
+    text = '[[streams]]\nname = "cam"\nurl = "rtsp://h/1"\nmodel = "models/cam.onnx"\n'
+    cfg = load_config(_write(tmp_path, text))
+    assert cfg.streams[0].model == tmp_path / "models" / "cam.onnx"
+    assert load_config(_write(tmp_path, text.replace('model = "models/cam.onnx"\n', ""))
+                       ).streams[0].model is None
+    from crowdcount.streamer.config import StreamSettings
+
+    with pytest.raises(ValueError, match="model"):
+        StreamSettings.model_validate({"model": "/etc/passwd"})

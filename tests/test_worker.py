@@ -215,3 +215,59 @@ def test_rolling_stats_window():
     for v in [100, 1, 2, 3, 4]:
         s.add(v)
     assert (s.count, s.last, s.p50) == (5, 4, 2.5)
+
+
+async def test_a_stream_gets_its_own_model_without_stalling_the_others(brightness_model,
+                                                                       tmp_path):
+    """``set_model`` swaps one stream's model (a stride-16 brightness model: a white frame
+    counts 1200, not 4800) once it is loaded; the other stream keeps the shared one, frames
+    go on being counted meanwhile, and ``None`` reverts."""
+    from tests.fixtures.models import brightness_onnx
+
+    own = brightness_onnx(tmp_path / "own.onnx", stride=16)
+    col = Collector()
+    worker = make_worker(brightness_model, col)
+    white = np.full((480, 640, 3), 255, np.uint8)
+    for sid in ("cam", "other"):
+        worker.set_max_side(sid, None)
+    loader = worker.set_model("cam", own)
+    assert loader is not None
+    seq = 0
+    while worker.model_of("cam") is None:  # counted by the shared model while it loads
+        seq += 1
+        worker.batcher.submit(Frame("cam", seq, time.time(), white))
+        worker.batcher.submit(Frame("other", seq, time.time(), white))
+        await col.wait_for(2 * seq)
+    loader.join(5)
+    assert worker.model_of("cam") == own
+    n = len(col.results)
+    worker.batcher.submit(Frame("cam", seq + 1, time.time(), white))
+    worker.batcher.submit(Frame("other", seq + 1, time.time(), white))
+    await col.wait_for(n + 2)
+    last = {r.frame.stream_id: r.count for r in col.results[n:]}
+    assert last["cam"] == pytest.approx(30 * 40, rel=1e-5)
+    assert last["other"] == pytest.approx(60 * 80, rel=1e-5)
+    assert all(r.count == pytest.approx(4800, rel=1e-5) for r in col.results[:n])
+    assert worker.set_model("cam", None) is None
+    worker.batcher.submit(Frame("cam", seq + 2, time.time(), white))
+    await col.wait_for(n + 3)
+    assert col.results[-1].count == pytest.approx(4800, rel=1e-5)
+    worker.stop()
+
+
+async def test_a_model_that_fails_to_load_leaves_the_stream_on_its_old_one(brightness_model,
+                                                                           tmp_path):
+    col = Collector()
+    worker = make_worker(brightness_model, col)
+    worker.set_max_side("cam", None)
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model")
+    loader = worker.set_model("cam", bad)
+    assert loader is not None
+    loader.join(5)
+    assert worker.model_of("cam") is None
+    assert "cam" in worker.model_errors
+    worker.batcher.submit(Frame("cam", 0, time.time(), np.full((64, 64, 3), 255, np.uint8)))
+    await col.wait_for(1)
+    assert col.results[0].count == pytest.approx(64, rel=1e-5)
+    worker.stop()

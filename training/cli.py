@@ -1,5 +1,5 @@
-"""``crowdcount train | evaluate | export``: argument parsing only; the work is in
-``training.train``, ``training.evaluate`` and ``training.export``."""
+"""``crowdcount train | evaluate | export | calibrate``: argument parsing only; the work is
+in ``training.train``, ``training.evaluate``, ``training.export`` and ``training.calibrate``."""
 
 from __future__ import annotations
 
@@ -185,6 +185,54 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_calibrate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("calibrate", help="adapt the model to one camera from a few marked "
+                       "frames (no TensorFlow: the calibrate extra)")
+    p.add_argument("dataset", metavar="generic:DIR[:RANGE]",
+                   help="the camera's marked frames (any dataset format train reads)")
+    p.add_argument("-o", "--output", required=True, help="ONNX model to write")
+    p.add_argument("--base", help="start from this .keras model (default: the bundled one)")
+    p.add_argument("--time-budget", type=float, default=90.0,
+                   help="seconds for training (guard and final run together)")
+    p.add_argument("--max-side", type=int,
+                   help="run frames at this longer side (default: the bundled model's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(run=run_calibrate)
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    """Prints the guard's before/after MAE; exits 2 (one line) when calibration does not
+    beat the base model on the held-back frames, and writes no model then."""
+    import json
+    import math
+
+    from crowdcount.model.errors import UserError
+    from crowdcount.training.calibrate import MAX_FRAMES, Recipe, calibrate
+    from crowdcount.training.readers import open_dataset
+
+    if not math.isfinite(args.time_budget) or not 0 < args.time_budget <= 3600:
+        raise UserError("--time-budget must be between 0 and 3600 seconds")
+    reader = open_dataset(args.dataset)
+    if len(reader) > MAX_FRAMES:
+        raise UserError(f"{args.dataset}: {len(reader)} frames; calibration takes at most "
+                        f"{MAX_FRAMES} (choose some with :RANGE)")
+    samples = [reader[i] for i in range(len(reader))]
+    result = calibrate(samples, args.output, base=args.base, time_budget=args.time_budget,
+                       max_side=args.max_side, recipe=Recipe(seed=args.seed))
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    else:
+        print(f"frames={result.frames} held_out={result.held_out} "
+              f"MAE_before={result.mae_before:.3f} MAE_after={result.mae_after:.3f} "
+              f"steps={result.steps} seconds={result.seconds:.1f}")
+    if not result.kept:
+        raise UserError(f"calibration did not help (held-back MAE {result.mae_before:.3f} "
+                        f"-> {result.mae_after:.3f}); no model written")
+    print(result.model)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m training``: the same sub-commands without the server's dependencies
     (used on GPU machines that have Keras and JAX but not aiortc)."""
@@ -192,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m training")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (add_train, add_evaluate, add_export):
+    for add in (add_train, add_evaluate, add_export, add_calibrate):
         add(sub)
     logging.basicConfig(level=logging.WARNING)
     return run_parser(parser, argv)
