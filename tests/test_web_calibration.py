@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -87,19 +88,18 @@ async def test_editor_logic_marks_undo_zoom(browser_page, live_server) -> None:
     assert_clean(log, live_server)
 
 
-# ------------------------------------------------------------------ the user's whole path
+# ------------------------------------------------------------------ driving the page
 
 #: Five frames of BRT camera 2 from one day, as a user would pick them: busy moments the
 #: bundled model undercounts (by 5-14 heads), so that calibrating from them is worth it and
-#: the guard's verdict is not a coin toss. No two heads in them are closer than 4 px, so a
-#: click on each lands on its own (the editor takes a click within 3 CSS px of a mark as
-#: the same head).
+#: the guard's verdict is not a coin toss.
 MARKED = ["2-20170419135136.jpg", "2-20170419135123.jpg", "2-20170419093139.jpg",
           "2-20170419100411.jpg", "2-20170419090413.jpg"]
 HOLD = 2  # video frames per camera frame, at VIDEO_FPS: each picture stays a second
 VIDEO_FPS = 2
 PANEL = '[data-testid="calibration-panel"]'
 DIALOG = '[data-testid="mark-dialog"]'
+MIN_GAP_PX = 3  # calibrate.js: a click this close to a mark (CSS px) adds no other
 
 
 def brt_camera(shared: Path) -> tuple[list[np.ndarray], list[list[list[float]]]]:
@@ -135,11 +135,12 @@ def decoded_frames(path: Path) -> list[np.ndarray]:
 
 
 def which(image: np.ndarray, images: list[np.ndarray]) -> int:
-    """The index of the camera frame ``image`` shows (mean grey difference, unmistakable)."""
+    """The index of the camera frame ``image`` shows (the least mean grey difference; the
+    captured JPEG is ~1 grey level off its frame, the next frame of the camera 6 or more)."""
     grey = image.astype(np.float32).mean(axis=2)
     errors = [float(np.abs(grey - im.astype(np.float32).mean(axis=2)).mean()) for im in images]
     best = int(np.argmin(errors))
-    assert errors[best] < 6 and sorted(errors)[1] > 3 * errors[best] + 5, errors
+    assert errors[best] < 4 and sorted(errors)[1] > 2 * errors[best] + 2, errors
     return best
 
 
@@ -167,10 +168,12 @@ class Calibration:
             f"/api/streams/{self.sid}/calibration/frames/{fid}/image")
         return np.asarray(Image.open(io.BytesIO(bytes(data))).convert("RGB"))
 
-    async def capture(self) -> str:
-        """Capture the newest frame; the editor opens on it. Returns the frame's id."""
+    async def capture(self, recent: int = 0) -> str:
+        """Capture the newest frame (or the ``recent``-th before it); the editor opens on
+        it. Returns the frame's id."""
         before = await self.dialog.get_attribute("data-frame-id") if await self.dialog.count() \
             else None
+        await self.panel.get_by_test_id("calibration-recent").select_option(str(recent))
         await self.panel.get_by_role("button", name="Capture frame").click()
         await self.page.wait_for_function(
             "(b) => { const d = document.querySelector('[data-testid=mark-dialog]');"
@@ -191,11 +194,27 @@ class Calibration:
         x, y = await self.at(point)
         await self.page.mouse.click(x, y, button=button)
 
-    async def mark_all(self, points: list[list[float]]) -> None:
+    async def mark_all(self, points: list[list[float]], heads: list[list[float]]) -> None:
+        """Click each of ``points``; where another of the frame's ``heads`` is so close that
+        the click would land on its mark (annotators put some heads 1.5 px apart), zoom in
+        about it first, as a user would, and back out after."""
         start = await self.marks()
         for i, p in enumerate(points, 1):
+            view = json.loads(await self.canvas.get_attribute("data-view"))
+            others = [q for q in heads if q != p]
+            gap = min((float(np.hypot(q[0] - p[0], q[1] - p[1])) for q in others),
+                      default=1e9)
+            zoom = gap * view["scale"] < 2 * MIN_GAP_PX
+            if zoom:
+                await self.page.mouse.move(*(await self.at(p)))
+                await self.page.mouse.wheel(0, -600)  # 4x
+                await self.page.wait_for_function(
+                    "() => Number(document.querySelector('[data-testid=mark-canvas]')"
+                    ".dataset.zoom) > 3")
             await self.click(p)
             assert await self.marks() == start + i, f"the click on head {p} added no mark"
+            if zoom:
+                await self.page.keyboard.press("0")
 
     async def save(self) -> None:
         await self.dialog.get_by_role("button", name="Save marks").click()
@@ -227,8 +246,83 @@ def assert_marks(saved: list[list[float]], truth: list[list[float]], tolerance: 
         assert np.hypot(s[:, 0] - x, s[:, 1] - y).min() <= tolerance, ((x, y), saved)
 
 
+async def test_capture_mark_save_and_the_api_errors(browser_page, live_server) -> None:
+    """Without the camera data: a synthetic stream's frame captured, marked, undone, saved,
+    reopened, an unsaved edit kept by the discard question and saved with Ctrl+S; and a
+    camera that has produced no frame yet shows the API's reason in its panel."""
+    import socket
+
+    from crowdcount.streamer.config import StreamConfig
+    from crowdcount.streamer.sources.synthetic import SyntheticSource
+
+    page, log = browser_page
+    svc = live_server.service
+    w, h = 320, 256
+    source = SyntheticSource("plaza", w, h, fps=10)
+    await svc.add_source(source, url="synthetic", kind="synthetic", origin="api")
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    await svc.add_stream(StreamConfig(name="door", url=f"rtsp://127.0.0.1:{port}/cam"),
+                         origin="api", persist=False)
+    await wait_until(lambda: source.status.frames_out > 0, 20, "a counted frame")
+    await open_page(page, live_server)
+
+    door = Calibration(page, live_server.url, "door")
+    await door.card.get_by_role("button", name="Calibrate the counting model on door").click()
+    await door.panel.get_by_test_id("calibration-empty").wait_for(state="visible")
+    assert "0 of the 5" in await door.panel.get_by_test_id("calibration-hint").text_content()
+    assert await door.panel.get_by_test_id("calibration-run").is_disabled()
+    await door.panel.get_by_role("button", name="Capture frame").click()
+    error = door.panel.get_by_test_id("calibration-error")
+    await error.wait_for(state="visible")
+    assert (await error.text_content()).startswith("no frame yet")
+    assert await door.dialog.count() == 0 or await door.dialog.is_hidden()
+
+    cal = Calibration(page, live_server.url, "plaza")
+    await cal.card.get_by_role("button", name="Calibrate the counting model on plaza").click()
+    fid = await cal.capture()
+    assert await cal.dialog.get_by_test_id("mark-density").is_enabled()  # the PNG loaded
+    points = [[40.0, 50.0], [200.0, 120.0], [300.0, 240.0]]
+    await cal.mark_all(points[:2], points)
+    await cal.click([10, 10])
+    await page.keyboard.press("Control+z")
+    assert await cal.marks() == 2
+    await cal.save()
+    frame = next(f for f in (await cal.api("/frames"))["frames"] if f["id"] == fid)
+    assert (frame["width"], frame["height"]) == (w, h)
+    assert_marks(frame["marks"]["points"], points[:2], 1.0)
+    assert (await cal.counts_text(fid)).startswith("2 marked")
+
+    # Reopened: an unchanged frame closes at once with Esc; an edited one asks first.
+    await cal.row(fid).get_by_role("button", name="Mark heads on the frame of").click()
+    await page.wait_for_function(
+        "() => document.querySelector('[data-testid=mark-dialog]').dataset.loaded")
+    assert await cal.marks() == 2
+    await page.keyboard.press("Escape")
+    await cal.dialog.wait_for(state="hidden")
+    await cal.row(fid).get_by_test_id("frame-mark").click()
+    await page.wait_for_function(
+        "() => document.querySelector('[data-testid=mark-dialog]').dataset.loaded")
+    await cal.mark_all(points[2:], points)
+    await page.keyboard.press("Escape")
+    discard = cal.dialog.get_by_test_id("mark-discard")
+    await discard.wait_for(state="visible")
+    await discard.get_by_role("button", name="Keep marking").click()
+    await cal.canvas.focus()
+    await page.keyboard.press("Control+s")
+    await cal.dialog.wait_for(state="hidden")
+    frame = next(f for f in (await cal.api("/frames"))["frames"] if f["id"] == fid)
+    assert_marks(frame["marks"]["points"], points, 1.0)
+    assert (await cal.counts_text(fid)).startswith("3 marked")
+    # The one console error is the browser reporting the refused capture (its 409).
+    assert [e for e in log.errors if "409 (Conflict)" not in e] == []
+    log.errors.clear()
+    assert_clean(log, live_server)
+
+
 @pytest.mark.shared
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(900)  # the calibration job: 2-7 minutes on a loaded 2-core machine
 async def test_user_marks_heads_calibrates_and_the_stream_counts_with_its_own_model(
     browser_page, tmp_path, shared, artifacts
 ) -> None:
@@ -260,12 +354,15 @@ async def test_user_marks_heads_calibrates_and_the_stream_counts_with_its_own_mo
                          "the first counted frame")
 
         marked: dict[int, str] = {}  # camera frame -> its captured frame's id
+        timings: dict[str, float] = {}
+        t0 = time.monotonic()
 
         async def capture_new() -> tuple[str, int]:
             """Capture until the frame is one not captured yet (the video moves on by
             itself; a repeat is deleted in the page, as a user would)."""
-            while True:
-                fid = await cal.capture()
+            for attempt in range(20):
+                # Every other try takes the frame of ~2 s ago (4 counted frames back).
+                fid = await cal.capture(recent=4 if attempt % 2 else 0)
                 k = which(await cal.image(fid), images)
                 if k not in marked:
                     return fid, k
@@ -278,6 +375,7 @@ async def test_user_marks_heads_calibrates_and_the_stream_counts_with_its_own_mo
                 await wait_until(
                     lambda n=frames_out: svc.streams["platform"].source.status.frames_out
                     >= n + HOLD, 10, "the video to move on")
+            raise AssertionError(f"no new camera frame captured; have {sorted(marked)}")
 
         # -- the first frame: every editing gesture on the way to its true marks ---------
         fid, k = await capture_new()
@@ -287,7 +385,7 @@ async def test_user_marks_heads_calibrates_and_the_stream_counts_with_its_own_mo
         keys = await cal.dialog.get_by_test_id("mark-keys").text_content()
         assert "Ctrl+Z" in keys and "Delete" in keys and "Wheel" in keys
         stray = far_from(truth, (w, h), 40)
-        await cal.mark_all(truth[:2])
+        await cal.mark_all(truth[:2], truth)
         await cal.click(stray)  # a wrong click ...
         assert await cal.marks() == 3
         await page.keyboard.press("Control+z")  # ... undone
@@ -320,11 +418,11 @@ async def test_user_marks_heads_calibrates_and_the_stream_counts_with_its_own_mo
         await page.wait_for_function(
             "() => Number(document.querySelector('[data-testid=mark-canvas]').dataset.zoom) > 1.5")
         assert await cal.at(head) == pytest.approx(at, abs=1.0)
-        await cal.mark_all([head])
+        await cal.mark_all([head], truth)
         await page.keyboard.press("0")
         assert await cal.canvas.get_attribute("data-zoom") == "1"
-        await cal.mark_all(truth[4:])
-        await page.screenshot(path=str(artifacts / "web-calibration-marking.png"))
+        await cal.mark_all(truth[4:], truth)
+        await cal.dialog.screenshot(path=str(artifacts / "web-calibration-marking.png"))
         await cal.save()
         frame = next(f for f in (await cal.api("/frames"))["frames"] if f["id"] == fid)
         assert (frame["width"], frame["height"]) == (w, h)  # the camera's full size
@@ -343,7 +441,7 @@ async def test_user_marks_heads_calibrates_and_the_stream_counts_with_its_own_mo
         await page.wait_for_function(
             "(f) => document.querySelector('[data-testid=mark-dialog]').dataset.frameId === f"
             " && document.querySelector('[data-testid=mark-dialog]').dataset.loaded", arg=fid)
-        await cal.mark_all(truths[k])
+        await cal.mark_all(truths[k], truths[k])
         await cal.save()
         assert (await cal.counts_text(fid)).startswith(f"{len(truths[k])} marked")
         marked[k] = fid
@@ -354,7 +452,7 @@ async def test_user_marks_heads_calibrates_and_the_stream_counts_with_its_own_mo
             assert await cal.panel.get_by_test_id("calibration-run").is_disabled()
             assert f"{len(marked)} of the 5" in await hint.text_content()
             fid, k = await capture_new()
-            await cal.mark_all(truths[k])
+            await cal.mark_all(truths[k], truths[k])
             await cal.save()
             marked[k] = fid
         frames = (await cal.api("/frames"))["frames"]
@@ -381,13 +479,17 @@ async def test_user_marks_heads_calibrates_and_the_stream_counts_with_its_own_mo
         run = cal.panel.get_by_role("button", name="Start calibration")
         assert await run.is_enabled()
         await run.click()
+        timings["marking_s"] = time.monotonic() - t0
+        t0 = time.monotonic()
         await page.wait_for_function(
             "() => document.querySelector('[data-testid=calibration-panel]').dataset.state"
             " !== 'idle'")
         await page.screenshot(path=str(artifacts / "web-calibration-running.png"))
         await page.wait_for_function(
             "() => ['done', 'refused', 'failed'].includes(document.querySelector("
-            "'[data-testid=calibration-panel]').dataset.state)", timeout=480_000)
+            "'[data-testid=calibration-panel]').dataset.state)", timeout=780_000)
+        timings["calibration_s"] = time.monotonic() - t0
+        (artifacts / "web-calibration-timings.json").write_text(json.dumps(timings))
         result = cal.panel.get_by_test_id("calibration-result")
         status = await cal.api("")
         assert status["state"] == "done", (status, await result.text_content())
@@ -405,7 +507,7 @@ async def test_user_marks_heads_calibrates_and_the_stream_counts_with_its_own_mo
         stream = await page.evaluate("async () => (await (await fetch("
                                      "'/api/streams/platform')).json()).calibration")
         assert stream["frames"] == 5
-        await page.screenshot(path=str(artifacts / "web-calibration-done.png"))
+        await cal.card.screenshot(path=str(artifacts / "web-calibration-done.png"))
 
         # -- the stream now counts with its own model: a frame captured now carries the
         # count of the calibrated model, not the bundled one's -------------------------
@@ -425,6 +527,7 @@ async def test_user_marks_heads_calibrates_and_the_stream_counts_with_its_own_mo
         assert f"model {counted:.1f}" in await cal.counts_text(fid)
         assert_clean(log, server)
         await page.goto("about:blank")  # before the server goes: no failed polls
+        log.requests.clear()
 
     # -- a restart on the same data keeps the calibration --------------------------------
     async with serve_app(config, Runtime.open(DEFAULT_ONNX, "onnx", threads=1)) as server:

@@ -50,7 +50,7 @@ function markedText(frame) {
 const SHORTCUTS = [
   ["Click", "mark a head"],
   ["Drag a mark", "move it"],
-  ["Right-click, Delete", "remove the mark under the pointer (or the last one)"],
+  ["Right-click, Delete", "remove the mark under the pointer"],
   ["Ctrl+Z, Ctrl+Shift+Z", "undo, redo"],
   ["Wheel, + and −", "zoom in and out"],
   ["Drag the picture, arrows", "pan"],
@@ -434,10 +434,8 @@ class MarkDialog extends FrameEditor {
       // Pixels stay pixels when zoomed far in: a far head is a few of them.
       ctx.imageSmoothingEnabled = view.scale < 3;
       ctx.drawImage(this.image, view.x, view.y, width * view.scale, height * view.scale);
-      if (this.density && this.densityBox.checked) {
-        ctx.globalAlpha = 0.85;
+      if (this.density && this.densityBox.checked) {  // faint already: alpha ~ density
         ctx.drawImage(this.density, view.x, view.y, width * view.scale, height * view.scale);
-        ctx.globalAlpha = 1;
       }
     }
     this.marks.points.forEach((p, i) => {

@@ -40,8 +40,10 @@ export function clearOverlay(canvas) {
 export const MAX_ZOOM = 16;
 
 // Zoom and pan over a still frame of ``width`` x ``height`` px shown in a box: zoom 1 fits
-// the whole frame; ``center`` is the frame point at the box's centre. The frame never slides
-// further than its own edge from the box's, so a pan cannot lose it.
+// the whole frame; ``center`` is the frame point at the box's centre. Along a side where the
+// frame is smaller than the box it stays inside the box, along one where it is larger it
+// covers the box: a pan cannot lose it, and zooming keeps the point under the pointer
+// where it is (a portrait frame in a wide box is narrower than the box for a while).
 export class ZoomView {
   constructor(width, height) {
     this.width = width;
@@ -68,7 +70,7 @@ export class ZoomView {
   clamp(boxWidth, boxHeight, scale) {
     const axis = (c, size, box) => {
       const half = box / 2 / scale;
-      return size <= 2 * half ? size / 2 : Math.min(Math.max(c, half), size - half);
+      return Math.min(Math.max(c, Math.min(half, size - half)), Math.max(half, size - half));
     };
     this.center = [axis(this.center[0], this.width, boxWidth),
                    axis(this.center[1], this.height, boxHeight)];
