@@ -4,17 +4,15 @@ progress, its verdict, the stream switched to its own model live and after a res
 other streams counting meanwhile), and the same on a cluster's API process with the
 camera's shard loading the model from PostgreSQL.
 
-Most jobs here run a stand-in for ``crowdcount calibrate`` (``FAKE``: it speaks the same
-JSON lines, waits for the test's go and writes a known model), so the server's side is
-tested in seconds without Keras; ``test_calibrating_a_real_camera_through_the_api`` runs
+Most jobs here run a stand-in for ``crowdcount calibrate`` (``fake_calibrate``: it speaks
+the same JSON lines, waits for the test's go and writes a known model), so the server's
+side is tested in seconds without Keras; ``test_calibrating_a_real_camera_through_the_api`` runs
 the real command on Beijing BRT camera 2 (real data, slow).
 """
 
 from __future__ import annotations
 
 import json
-import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,33 +25,9 @@ from crowdcount.streamer.limits import MAX_MARKED_FRAMES_PER_STREAM, RECENT_FRAM
 from crowdcount.streamer.sources.base import ThreadedSource
 from crowdcount.streamer.sources.synthetic import SyntheticSource
 from tests.fixtures.app import service
-from tests.fixtures.models import brightness_onnx
 from tests.fixtures.waiting import wait_until
 
 BASE = "/api/streams/{}/calibration"
-
-#: A stand-in for ``crowdcount calibrate ... --json --progress``: one progress line, then it
-#: waits for the file ``release`` (the test says when), copies the dataset's annotations
-#: to ``seen`` and prints the result line; with ``kept`` it writes ``model`` as the output.
-FAKE = """
-import json, os, shutil, sys, time
-dataset, output, budget, release, seen, model, kept = sys.argv[1:]
-print(json.dumps({"progress": 0.25, "message": "fake training"}), flush=True)
-while not os.path.exists(release):
-    time.sleep(0.02)
-doc = json.load(open(os.path.join(dataset, "annotations.json")))
-shutil.copy(os.path.join(dataset, "annotations.json"), seen)
-if kept == "1":
-    shutil.copy(model, output)
-print(json.dumps({"frames": len(doc["images"]), "held_out": 2, "mae_before": 3.0,
-                  "mae_after": 1.0 if kept == "1" else 4.0, "kept": kept == "1",
-                  "seconds": float(budget), "steps": 10}), flush=True)
-if kept != "1":
-    print("python -m training calibrate: error: calibration did not help", file=sys.stderr)
-    sys.exit(2)
-print(output)
-"""
-
 
 class Silent(ThreadedSource):
     """A camera that connects and never sends a picture."""
@@ -62,41 +36,6 @@ class Silent(ThreadedSource):
 
     def _run(self) -> None:
         self._stop.wait()
-
-
-class Fake:
-    """Controls the stand-in job: ``release()`` lets it finish; ``seen()`` is what it got."""
-
-    def __init__(self, root: Path, model: Path, kept: bool) -> None:
-        self.root, self.model, self.kept = root, model, kept
-        self.script = root / "fake_calibrate.py"
-        self.script.write_text(FAKE)
-        self.runs = 0
-
-    def command(self, dataset: Path, output: Path, time_budget: float) -> list[str]:
-        self.runs += 1
-        self.budget = time_budget
-        return [sys.executable, str(self.script), str(dataset), str(output),
-                f"{time_budget:g}", str(self.root / "release"), str(self.root / "seen.json"),
-                str(self.model), "1" if self.kept else "0"]
-
-    def release(self) -> None:
-        (self.root / "release").touch()
-
-    def seen(self) -> dict[str, Any]:
-        return json.loads((self.root / "seen.json").read_text())
-
-
-@pytest.fixture
-def fake(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Callable[..., Fake]:
-    def make(kept: bool = True) -> Fake:
-        folder = tmp_path / f"fake-{'kept' if kept else 'refused'}"
-        folder.mkdir()
-        job = Fake(folder, brightness_onnx(folder / "own.onnx", stride=16), kept)
-        monkeypatch.setattr(calibration, "job_command", job.command)
-        return job
-
-    return make
 
 
 async def add_synthetic(client, name: str, **options: Any) -> SyntheticSource:
@@ -296,8 +235,8 @@ async def test_bad_marks_are_400_and_lose_nothing(serve) -> None:
 # -- the job ---------------------------------------------------------------------------------
 
 
-async def test_calibration_needs_five_marked_frames_of_one_size(serve, fake) -> None:
-    job = fake()
+async def test_calibration_needs_five_marked_frames_of_one_size(serve, fake_calibrate) -> None:
+    job = fake_calibrate()
     client = await serve()
     source = await add_synthetic(client, "cam")
     await wait_counted(client, "cam")
@@ -324,8 +263,8 @@ async def test_calibration_needs_five_marked_frames_of_one_size(serve, fake) -> 
 
 
 async def test_one_calibration_at_a_time_other_streams_count_and_the_model_swaps(
-        serve, fake) -> None:
-    job = fake(kept=True)
+        serve, fake_calibrate) -> None:
+    job = fake_calibrate(kept=True)
     client = await serve()
     await add_synthetic(client, "cam")
     await add_synthetic(client, "other")
@@ -380,8 +319,8 @@ async def test_one_calibration_at_a_time_other_streams_count_and_the_model_swaps
     assert (await client.delete(BASE.format("cam"))).status == 404
 
 
-async def test_a_refused_calibration_keeps_the_model(serve, fake) -> None:
-    fake(kept=False).release()
+async def test_a_refused_calibration_keeps_the_model(serve, fake_calibrate) -> None:
+    fake_calibrate(kept=False).release()
     client = await serve()
     await add_synthetic(client, "cam")
     await wait_counted(client, "cam")
@@ -396,8 +335,8 @@ async def test_a_refused_calibration_keeps_the_model(serve, fake) -> None:
 
 
 async def test_a_calibration_survives_a_restart_and_a_stopped_job_is_reported(
-        serve, fake) -> None:
-    job = fake(kept=True)
+        serve, fake_calibrate) -> None:
+    job = fake_calibrate(kept=True)
     client = await serve()
     await add_synthetic(client, "cam")
     await wait_counted(client, "cam")
@@ -437,8 +376,8 @@ async def test_a_calibration_survives_a_restart_and_a_stopped_job_is_reported(
     assert model.is_file()
 
 
-async def test_removing_an_api_stream_forgets_its_calibration(serve, fake) -> None:
-    fake(kept=True).release()
+async def test_removing_an_api_stream_forgets_its_calibration(serve, fake_calibrate) -> None:
+    fake_calibrate(kept=True).release()
     client = await serve()
     svc = service(client)
     await add_synthetic(client, "cam")
