@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -491,6 +492,15 @@ class Service:
         partial.replace(target)  # whole or absent: a reader never opens half a model
         return target
 
+    def _prune_models(self, stream_id: str, keep: Path | None) -> None:
+        """Delete the stream's older model files in ``model_dir`` (only those this service
+        wrote there: ``<stream>-<model id>.onnx``); a runtime already open keeps its copy."""
+        pattern = re.compile(re.escape(stream_id) + r"-[0-9a-f]{16}\.onnx")
+        with contextlib.suppress(OSError):
+            for path in self.model_dir.iterdir():
+                if pattern.fullmatch(path.name) and path != keep:
+                    path.unlink(missing_ok=True)
+
     async def grab(self, stream_id: str, back: int = 0) -> Captured:
         """One of the stream's recent frames, ready to save (``CalibrationConflict``
         when it has produced none)."""
@@ -509,6 +519,7 @@ class Service:
                                     CALIBRATION_KEY, value)
         self.calibrations[stream_id] = value
         self._count_with(stream_id)
+        await asyncio.to_thread(self._prune_models, stream_id, path)
 
     async def revert_calibration(self, stream_id: str) -> bool:
         """Back to the config's model (or the shared one); whether there was a calibration."""
@@ -517,6 +528,7 @@ class Service:
             await asyncio.to_thread(self.settings.delete_stream_setting, stream_id,
                                     CALIBRATION_KEY)
         self._count_with(stream_id)
+        await asyncio.to_thread(self._prune_models, stream_id, None)
         return had
 
     async def _apply_calibration(self, stream_id: str, value: dict[str, Any] | None) -> None:
@@ -537,6 +549,7 @@ class Service:
         else:
             self.calibrations[stream_id] = {**value, "model": str(path)}
         self._count_with(stream_id)
+        await asyncio.to_thread(self._prune_models, stream_id, path)
 
     def _count_with(self, stream_id: str) -> None:
         """Point the worker at the stream's model: its calibration's, else the config's,
