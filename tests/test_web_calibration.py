@@ -321,6 +321,79 @@ async def test_capture_mark_save_and_the_api_errors(browser_page, live_server) -
     assert_clean(log, live_server)
 
 
+async def test_progress_verdicts_and_revert_with_a_stand_in_job(
+    browser_page, live_server, fake_calibrate, artifacts
+) -> None:
+    """The job's side of the page, in seconds: five frames typed or marked empty, a run
+    the test holds at its first progress line (the bar and message show it), its verdict,
+    the card's line and Revert; then a refused run, whose reason the panel shows."""
+    from crowdcount.streamer.sources.synthetic import SyntheticSource
+
+    page, log = browser_page
+    svc = live_server.service
+    source = SyntheticSource("plaza", 320, 256, fps=10)
+    await svc.add_source(source, url="synthetic", kind="synthetic", origin="api")
+    await wait_until(lambda: source.status.frames_out > 0, 20, "a counted frame")
+    await open_page(page, live_server)
+    cal = Calibration(page, live_server.url, "plaza")
+    await cal.card.get_by_role("button", name="Calibrate the counting model on plaza").click()
+    for i in range(5):
+        await cal.capture()
+        if i == 0:
+            await cal.dialog.get_by_role("button", name="No people").click()
+        else:
+            await cal.dialog.get_by_label("or type the count").fill(str(i))
+            await cal.dialog.get_by_role("button", name="Save count").click()
+        await cal.dialog.wait_for(state="hidden")
+    run = cal.panel.get_by_role("button", name="Start calibration")
+    assert await cal.panel.get_by_test_id("calibration-frames").get_attribute(
+        "data-marked") == "5"
+
+    job = fake_calibrate(kept=True)
+    await cal.panel.get_by_label("training time (s)").fill("10")
+    await run.click()
+    await page.wait_for_function(
+        "() => document.querySelector('[data-testid=calibration-progress]').value === 0.25")
+    message = cal.panel.get_by_test_id("calibration-message")
+    assert "fake training" in await message.text_content()
+    assert await run.is_disabled()  # one calibration at a time
+    assert job.budget == 10
+    job.release()
+    await page.wait_for_function(
+        "() => document.querySelector('[data-testid=calibration-panel]').dataset.state"
+        " === 'done'")
+    result = cal.panel.get_by_test_id("calibration-result")
+    assert await result.text_content() == (
+        "Kept: 5 marked frames, 2 held back: their MAE 3.00 with the generic model, 1.00 "
+        "calibrated (10 s). plaza now counts with its own model.")
+    summary = cal.card.get_by_test_id("calibration-text")
+    await summary.wait_for(state="visible")
+    assert await summary.text_content() == "Calibrated on 5 frames: MAE 3.00 → 1.00"
+    await cal.card.get_by_role("button", name="Revert plaza to the generic model").click()
+    await cal.card.get_by_test_id("calibration-revert-no").click()  # a stray click: kept
+    assert await summary.is_visible()
+    await cal.card.get_by_role("button", name="Revert plaza to the generic model").click()
+    await cal.card.get_by_test_id("calibration-revert-yes").click()
+    await summary.wait_for(state="hidden")
+    assert "generic model again" in await message.text_content()
+    assert (await cal.api(""))["model"] is None
+
+    refused = fake_calibrate(kept=False)
+    await run.click()
+    refused.release()
+    await page.wait_for_function(
+        "() => document.querySelector('[data-testid=calibration-panel]').dataset.state"
+        " === 'refused'")
+    text = await result.text_content()
+    assert await result.get_attribute("data-kept") == "0"
+    assert text == ("Not kept: calibration did not help (held-back MAE 3.00 -> 4.00); the "
+                    "stream keeps its model. 5 marked frames, 2 held back: their MAE 3.00 with "
+                    "the generic model, 4.00 calibrated (10 s)."), text
+    assert await summary.is_hidden()
+    await cal.panel.screenshot(path=str(artifacts / "web-calibration-refused.png"))
+    assert_clean(log, live_server)
+
+
 @pytest.mark.shared
 @pytest.mark.timeout(900)  # the calibration job: 2-7 minutes on a loaded 2-core machine
 async def test_user_marks_heads_calibrates_and_the_stream_counts_with_its_own_model(

@@ -734,8 +734,8 @@ class CalibrationPanel extends FrameEditor {
         : "";
       this.result.textContent = state === "done" && (!r || r.kept)
         ? `Kept: ${numbers}. ${this.card.name} now counts with its own model.`
-        : `Not kept, ${this.card.name} keeps its model: ${status.message || "it did not " +
-          "count better"}${numbers ? `. ${numbers}.` : "."}`;
+        : `Not kept: ${status.message || `${this.card.name} keeps its model`}` +
+          (numbers ? `. ${numbers}.` : ".");
       this.result.dataset.kept = state === "done" && (!r || r.kept) ? "1" : "0";
       this.result.hidden = false;
     } else if (state === "failed") {
