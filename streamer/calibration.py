@@ -422,7 +422,6 @@ class CalibrationDesk:
         task = asyncio.create_task(self._run(stream_id, job, usable, time_budget),
                                    name=f"calibrate-{stream_id}")
         self._jobs[stream_id] = (job, task)
-        await self._save(stream_id, job)
         return await self.status(stream_id)
 
     async def _save(self, stream_id: str, job: Job) -> None:
@@ -435,6 +434,7 @@ class CalibrationDesk:
 
     async def _run(self, stream_id: str, job: Job, frames: list[MarkedFrame],
                    time_budget: float) -> None:
+        await self._save(stream_id, job)  # here: before any later save of this job
         work = Path(tempfile.mkdtemp(prefix="crowdcount-calibrate-", dir=self.work_dir))
         try:
             dataset = await asyncio.to_thread(self._write_dataset, stream_id, frames, work)
