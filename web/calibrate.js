@@ -101,9 +101,11 @@ class MarkDialog extends FrameEditor {
     tools.append(densityLabel);
 
     this.stage = el("div", { class: "mark-stage" });
+    // A widget of its own (role "application"): it takes the keys listed in mark-keys.
     this.canvas = el("canvas", {
-      testid: "mark-canvas", tabindex: "0", role: "img",
-      "aria-label": "The frame: click each head to mark it; the shortcuts are listed below",
+      testid: "mark-canvas", tabindex: "0", role: "application",
+      "aria-describedby": "mark-keys",
+      "aria-label": "The frame: click each head to mark it (without a pointer, give its count)",
     });
     this.stage.append(this.canvas);
 
@@ -138,7 +140,7 @@ class MarkDialog extends FrameEditor {
       this.canvas.focus();
     });
 
-    const keys = el("dl", { class: "mark-keys", testid: "mark-keys",
+    const keys = el("dl", { class: "mark-keys", testid: "mark-keys", id: "mark-keys",
                             "aria-label": "Keyboard and mouse shortcuts" });
     for (const [key, what] of SHORTCUTS) {
       const pair = el("div", {});
