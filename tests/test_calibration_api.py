@@ -136,8 +136,10 @@ async def test_capture_keeps_the_cameras_size_count_and_density(serve, h264_clip
     assert density.shape == (240, 320, 4)  # RGBA, the frame's size
     assert density[..., 3].max() > 0  # opaque where the model saw brightness
     frames = (await (await client.get(BASE.format("clip") + "/frames")).json())["frames"]
-    assert frames == [frame]
-    for bad in ({"recent": RECENT_FRAMES}, {"recent": -1}, {"recent": "0"}, {"x": 1}, []):
+    assert frames[0] == frame
+    assert (await capture(client, "clip", {"recent": 0.0}))["width"] == 320  # JSON's 0
+    for bad in ({"recent": RECENT_FRAMES}, {"recent": -1}, {"recent": "0"}, {"recent": 0.5},
+                {"x": 1}, []):
         r = await client.post(BASE.format("clip") + "/frames", json=bad)
         assert r.status == 400, bad
     assert (await client.post(BASE.format("clip") + "/frames")).status == 201  # no body

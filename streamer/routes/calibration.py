@@ -23,7 +23,7 @@ import re
 from typing import Annotated, Any
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, RootModel
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, RootModel
 
 from crowdcount.streamer.calibration import FrameNotFound, MarksError, NoCalibration
 from crowdcount.streamer.limits import (
@@ -58,10 +58,18 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+def _whole(value: Any) -> Any:
+    """``3.0`` is the integer 3 in JSON (and in JSON Schema): taken as such, where strict
+    mode would refuse a float; ``3.5`` still is refused."""
+    if type(value) is float and value.is_integer():
+        return int(value)
+    return value
+
+
 class CaptureBody(_Body):
     """Which recent frame to capture."""
 
-    recent: Annotated[int, Field(ge=0, le=RECENT_FRAMES - 1)] = Field(
+    recent: Annotated[int, Field(ge=0, le=RECENT_FRAMES - 1), BeforeValidator(_whole)] = Field(
         0, description="0: the newest counted frame; 1 the one before, ...")
 
 
