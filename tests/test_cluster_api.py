@@ -14,9 +14,12 @@ from tests.fixtures.components import need_modules
 need_modules("the cluster's API", "psycopg", hint="pip install crowdcount[cluster]")
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import cv2
+import numpy as np
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -100,3 +103,67 @@ async def test_rules_zones_history_and_heatmap_on_a_cluster(cluster_api) -> None
     # Removing the camera forgets its zones, as on a single box.
     assert (await cluster_api.delete("/api/streams/cam")).status == 204
     assert svc.store.settings.zones() == {}
+
+
+async def test_calibration_on_a_cluster_reaches_the_cameras_shard(
+        cluster_api, fake_calibrate, postgres_dsn, brightness_model, tmp_path) -> None:
+    """Frames captured through the API process (from the camera's shard: stood in for
+    here, as Ray is not running) and marked; the job runs in the API process and leaves the
+    model's bytes in PostgreSQL; a shard that runs the camera (as after a failover, a new
+    one) writes the model where it runs and counts with it, and a revert reaches it too."""
+    from crowdcount.model.runtime import Runtime
+    from crowdcount.streamer.calibration import CALIBRATION_KEY, Captured, pack_density
+    from crowdcount.streamer.cluster.shard import ShardRuntime
+    from crowdcount.streamer.service import Service
+    from crowdcount.streamer.sources.synthetic import SyntheticSource
+    from crowdcount.streamer.store.postgres import PostgresStore
+    from tests.fixtures.waiting import wait_until
+    from tests.test_calibration_api import BASE, mark_five, status, wait_state
+
+    svc: Any = cluster_api.server.app[SERVICE]
+    shots: list[tuple[str, int]] = []
+
+    async def from_the_shard(stream_id: str, back: int) -> Captured:
+        svc.get(stream_id)
+        shots.append((stream_id, back))
+        picture = np.full((240, 320, 3), 128, np.uint8)
+        jpeg = cv2.imencode(".jpg", picture)[1].tobytes()
+        return Captured(time.time(), 320, 240, 30.0, jpeg,
+                        pack_density(np.full((30, 40), 0.025, np.float32)))
+
+    svc.calibration._grab = from_the_shard
+    job = fake_calibrate(kept=True)
+    job.release()
+    await mark_five(cluster_api, "cam")
+    assert shots == [("cam", 0)] * 5
+    assert (await cluster_api.post(BASE.format("cam"), json={})).status == 202
+    done = await wait_state(cluster_api, "cam", "done", "failed", "refused")
+    assert done["state"] == "done", done
+    value = svc.store.settings.stream_settings(CALIBRATION_KEY)["cam"]
+    assert svc.store.calibration.model("cam", value["model_id"]) == job.model.read_bytes()
+    streams = (await (await cluster_api.get("/api/streams")).json())["streams"]
+    assert streams[0]["calibration"]["frames"] == 5
+
+    # The camera's shard (a fresh one: its node's files are gone) starts the camera.
+    config = parse_config({"model": {"path": str(brightness_model), "backend": "onnx",
+                                     "threads": 1}}, "shard")
+    store = PostgresStore(postgres_dsn, shard=svc.streams["cam"].shard)
+    shard = Service(config, Runtime.open(brightness_model, "onnx", threads=1),
+                    model_path=str(brightness_model), store=store, owns_registry=False,
+                    model_dir=tmp_path / "shard-models")
+    try:
+        await shard.start_pipeline()
+        source = SyntheticSource("cam", 320, 240, fps=10)
+        await shard.add_source(source, url="synthetic", kind="synthetic", origin="api")
+        own = tmp_path / "shard-models" / f"cam-{value['model_id']}.onnx"
+        await wait_until(lambda: shard.pipeline.worker.model_of("cam") == own, 20,
+                         "the shard on the calibrated model")
+        assert own.read_bytes() == job.model.read_bytes()
+        # Reverted through the API: the shard hears it (the settings' NOTIFY names it).
+        assert (await cluster_api.delete(BASE.format("cam"))).status == 200
+        assert (await status(cluster_api, "cam"))["model"] is None
+        await ShardRuntime._reload_calibrations(shard, {f"setting:{CALIBRATION_KEY}:cam"})
+        assert shard.pipeline.worker.model_of("cam") is None
+        assert svc.store.calibration.model("cam", value["model_id"]) is None
+    finally:
+        await shard.close()

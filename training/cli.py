@@ -199,6 +199,9 @@ def add_calibrate(sub: argparse._SubParsersAction) -> None:
                    help="run frames at this longer side (default: the bundled model's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--progress", action="store_true",
+                   help='print progress on stdout as it goes, one JSON line each: '
+                        '{"progress": 0..1, "message": "..."} (the server reads them)')
     p.set_defaults(run=run_calibrate)
 
 
@@ -219,10 +222,15 @@ def run_calibrate(args: argparse.Namespace) -> int:
         raise UserError(f"{args.dataset}: {len(reader)} frames; calibration takes at most "
                         f"{MAX_FRAMES} (choose some with :RANGE)")
     samples = [reader[i] for i in range(len(reader))]
+
+    def progress(message: str, fraction: float) -> None:
+        print(json.dumps({"progress": round(fraction, 4), "message": message}), flush=True)
+
     result = calibrate(samples, args.output, base=args.base, time_budget=args.time_budget,
-                       max_side=args.max_side, recipe=Recipe(seed=args.seed))
+                       max_side=args.max_side, recipe=Recipe(seed=args.seed),
+                       progress=progress if args.progress else None)
     if args.json:
-        print(json.dumps(result.to_dict()))
+        print(json.dumps(result.to_dict()), flush=True)
     else:
         print(f"frames={result.frames} held_out={result.held_out} "
               f"MAE_before={result.mae_before:.3f} MAE_after={result.mae_after:.3f} "

@@ -42,6 +42,7 @@ from crowdcount.streamer.store.base import SavedStream
 from crowdcount.streamer.store.common import (
     Dialect,
     SqlAlerts,
+    SqlCalibration,
     SqlGathering,
     SqlHistory,
     SqlSettings,
@@ -160,6 +161,25 @@ CREATE TABLE IF NOT EXISTS gathering_reference (
     stream_id TEXT PRIMARY KEY,
     t DOUBLE PRECISION NOT NULL,
     jpeg BYTEA NOT NULL
+);
+CREATE TABLE IF NOT EXISTS marked_frames (
+    stream_id TEXT NOT NULL,
+    id TEXT NOT NULL,
+    captured_at DOUBLE PRECISION NOT NULL,
+    width INTEGER NOT NULL,
+    height INTEGER NOT NULL,
+    model_count DOUBLE PRECISION NOT NULL,
+    marks JSONB,
+    jpeg BYTEA NOT NULL,
+    density BYTEA NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (stream_id, id)
+);
+CREATE TABLE IF NOT EXISTS calibration_models (
+    stream_id TEXT PRIMARY KEY,
+    id TEXT NOT NULL,
+    model BYTEA NOT NULL,
+    saved_at DOUBLE PRECISION NOT NULL
 );
 """
 # Any constant: serialises schema creation when several processes start at once (CREATE
@@ -406,8 +426,8 @@ class ClusterState:
 
 class PostgresStore(SqlStore):
     """``Store`` in PostgreSQL: ``history``, ``streams``, ``alerts``, ``settings``,
-    ``gathering`` and ``cluster`` share one writer and a pool of connections. ``shard``
-    scopes it to one shard."""
+    ``gathering``, ``calibration`` and ``cluster`` share one writer and a pool of
+    connections. ``shard`` scopes it to one shard."""
 
     def __init__(
         self,
@@ -443,6 +463,7 @@ class PostgresStore(SqlStore):
         self.alerts = SqlAlerts(POSTGRES, self._fetch, writer, scope)
         self.settings = SqlSettings(POSTGRES, self._fetch, writer, announce=_announce)
         self.gathering = SqlGathering(POSTGRES, self._fetch, writer)
+        self.calibration = SqlCalibration(POSTGRES, self._fetch, writer)
         self.cluster = ClusterState(pool, shard)
 
     def _fetch(self, sql: str, args: Mapping[str, Any]) -> list[Any]:

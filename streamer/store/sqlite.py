@@ -32,6 +32,7 @@ from crowdcount.streamer.store.base import SavedStream
 from crowdcount.streamer.store.common import (
     Dialect,
     SqlAlerts,
+    SqlCalibration,
     SqlGathering,
     SqlHistory,
     SqlSettings,
@@ -141,6 +142,26 @@ CREATE TABLE IF NOT EXISTS gathering_reference (
     stream_id TEXT PRIMARY KEY,
     t REAL NOT NULL,
     jpeg BLOB NOT NULL
+);
+-- calibration (additive: older builds never read them)
+CREATE TABLE IF NOT EXISTS marked_frames (
+    stream_id TEXT NOT NULL,
+    id TEXT NOT NULL,
+    captured_at REAL NOT NULL,
+    width INTEGER NOT NULL,
+    height INTEGER NOT NULL,
+    model_count REAL NOT NULL,
+    marks TEXT,
+    jpeg BLOB NOT NULL,
+    density BLOB NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (stream_id, id)
+);
+CREATE TABLE IF NOT EXISTS calibration_models (
+    stream_id TEXT PRIMARY KEY,
+    id TEXT NOT NULL,
+    model BLOB NOT NULL,
+    saved_at REAL NOT NULL
 );
 """
 
@@ -316,9 +337,9 @@ class SQLiteStreams:
 
 
 class SQLiteStore(SqlStore):
-    """``Store`` in one SQLite file: ``history``, ``streams``, ``alerts``, ``settings`` and
-    ``gathering`` share one writer (the only connection that writes) and a pool of
-    read-only connections.
+    """``Store`` in one SQLite file: ``history``, ``streams``, ``alerts``, ``settings``,
+    ``gathering`` and ``calibration`` share one writer (the only connection that writes)
+    and a pool of read-only connections.
 
     ``batch_rows`` wakes the writer early so a burst (many streams, high fps) is written in
     bounded transactions; ``max_pending`` bounds the queue (see ``streamer.store.writer``).
@@ -353,6 +374,7 @@ class SQLiteStore(SqlStore):
         self.alerts = SqlAlerts(SQLITE, fetch, writer)
         self.settings = SqlSettings(SQLITE, fetch, writer)
         self.gathering = SqlGathering(SQLITE, fetch, writer)
+        self.calibration = SqlCalibration(SQLITE, fetch, writer)
 
     def _release(self) -> None:
         self._batches.conn.close()
