@@ -53,6 +53,9 @@ SIGMA = 8.0
 MIN_FRAMES = 5
 #: Most marked frames one calibration takes (bounds memory and time).
 MAX_FRAMES = 100
+#: Seconds of training by default (the CLI's and the API's): room for the recipe's steps on
+#: an idle 2-core machine; a slower one stops short of them.
+DEFAULT_TIME_BUDGET = 150.0
 
 Progress = Callable[[str, float], None]
 
@@ -238,7 +241,7 @@ def calibrate(
     samples: Sequence[Sample],
     output: str | Path,
     base: str | Path | None = None,
-    time_budget: float = 150.0,
+    time_budget: float = DEFAULT_TIME_BUDGET,
     max_side: int | None = None,
     recipe: Recipe | None = None,
     progress: Progress | None = None,

@@ -186,13 +186,15 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def add_calibrate(sub: argparse._SubParsersAction) -> None:
+    from crowdcount.training.calibrate import DEFAULT_TIME_BUDGET
+
     p = sub.add_parser("calibrate", help="adapt the model to one camera from a few marked "
                        "frames (no TensorFlow: the calibrate extra)")
     p.add_argument("dataset", metavar="generic:DIR[:RANGE]",
                    help="the camera's marked frames (any dataset format train reads)")
     p.add_argument("-o", "--output", required=True, help="ONNX model to write")
     p.add_argument("--base", help="start from this .keras model (default: the bundled one)")
-    p.add_argument("--time-budget", type=float, default=150.0,
+    p.add_argument("--time-budget", type=float, default=DEFAULT_TIME_BUDGET,
                    help="at most this many seconds of training (the guard's run gets half); the "
                    "recipe's steps are fixed and a slower machine stops short of them")
     p.add_argument("--max-side", type=int,

@@ -43,9 +43,8 @@ from crowdcount.streamer.routes.common import (
 from crowdcount.streamer.routes.models import CalibrationStatus, MarkedFrame, MarkedFrames
 from crowdcount.streamer.rtc import PeerLimitReached
 from crowdcount.streamer.surface import ServiceSurface, StreamConflict, StreamNotFound
+from crowdcount.training.calibrate import DEFAULT_TIME_BUDGET
 
-#: Seconds of training when the body does not say (the command's default).
-DEFAULT_TIME_BUDGET_S = 90.0
 _FRAME_ID = re.compile(r"[0-9a-f]{16}")
 _ID = {"id": "the stream's name"}
 _FRAME = {**_ID, "fid": "the marked frame's id"}
@@ -96,7 +95,7 @@ class MarksBody(RootModel[PointMarks | CountMarks]):
 class CalibrateBody(_Body):
     time_budget: Annotated[float, Field(ge=MIN_CALIBRATION_BUDGET_S,
                                         le=MAX_CALIBRATION_BUDGET_S, allow_inf_nan=False)] = (
-        Field(DEFAULT_TIME_BUDGET_S, description="seconds of training (guard and final "
+        Field(DEFAULT_TIME_BUDGET, description="seconds of training (guard and final "
                                                  "run together)"))
 
 
