@@ -95,8 +95,9 @@ class MarksBody(RootModel[PointMarks | CountMarks]):
 class CalibrateBody(_Body):
     time_budget: Annotated[float, Field(ge=MIN_CALIBRATION_BUDGET_S,
                                         le=MAX_CALIBRATION_BUDGET_S, allow_inf_nan=False)] = (
-        Field(DEFAULT_TIME_BUDGET, description="seconds of training (guard and final "
-                                                 "run together)"))
+        Field(DEFAULT_TIME_BUDGET, description="at most this many seconds of "
+                                                 "training; its steps are fixed and a slower "
+                                                 "machine stops short of them"))
 
 
 def _stream(request: web.Request) -> tuple[ServiceSurface, str]:
