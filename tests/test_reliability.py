@@ -13,8 +13,8 @@ import contextlib
 import ctypes
 import gc
 import itertools
-import math
 import json
+import math
 import os
 import signal
 import sqlite3

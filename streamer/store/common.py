@@ -120,12 +120,23 @@ def add_zone_stats(
 
 
 class SqlStore:
-    """A store's writer lifecycle (``Store.flush``, ``stats``, ``close``); a database adds
-    ``_release`` (its connections, after the writer's last commit)."""
+    """A store's shared records (history, alerts, settings, gathering) and its writer's
+    lifecycle (``Store.flush``, ``stats``, ``close``); a database adds its camera registry
+    and ``_release`` (its connections, after the writer's last commit). ``alert_scope``
+    and ``announce`` are ``SqlAlerts``' scope and ``SqlSettings``' announcement (a
+    cluster's)."""
 
-    def __init__(self, writer: Writer[Any]) -> None:
+    def __init__(
+        self, d: Dialect, fetch: Fetch, writer: Writer[Any], *,
+        alert_scope: tuple[str, Mapping[str, Any]] = ("", {}),
+        announce: Callable[[SqlConn, str], None] | None = None,
+    ) -> None:
         self._writer = writer
         self._closed = False
+        self.history = SqlHistory(d, fetch, writer)
+        self.alerts = SqlAlerts(d, fetch, writer, alert_scope)
+        self.settings = SqlSettings(d, fetch, writer, announce=announce)
+        self.gathering = SqlGathering(d, fetch, writer)
 
     def flush(self) -> int:
         return self._writer.flush()

@@ -39,14 +39,7 @@ from psycopg_pool import ConnectionPool
 
 from crowdcount.streamer.store import common
 from crowdcount.streamer.store.base import SavedStream
-from crowdcount.streamer.store.common import (
-    Dialect,
-    SqlAlerts,
-    SqlGathering,
-    SqlHistory,
-    SqlSettings,
-    SqlStore,
-)
+from crowdcount.streamer.store.common import Dialect, SqlStore
 from crowdcount.streamer.store.writer import Op, Row, Writer
 
 log = logging.getLogger(__name__)
@@ -435,14 +428,10 @@ class PostgresStore(SqlStore):
         except BaseException:
             pool.close()
             raise
-        super().__init__(writer)
-        self.history = SqlHistory(POSTGRES, self._fetch, writer)
-        self.streams = PostgresStreams(writer, self._fetch, shard)
         scope = ("", {}) if shard is None else (
             " AND stream IN (SELECT id FROM streams WHERE shard = %(shard)s)", {"shard": shard})
-        self.alerts = SqlAlerts(POSTGRES, self._fetch, writer, scope)
-        self.settings = SqlSettings(POSTGRES, self._fetch, writer, announce=_announce)
-        self.gathering = SqlGathering(POSTGRES, self._fetch, writer)
+        super().__init__(POSTGRES, self._fetch, writer, alert_scope=scope, announce=_announce)
+        self.streams = PostgresStreams(writer, self._fetch, shard)
         self.cluster = ClusterState(pool, shard)
 
     def _fetch(self, sql: str, args: Mapping[str, Any]) -> list[Any]:

@@ -29,14 +29,7 @@ from typing import Any, TypeVar
 
 from crowdcount.streamer.store import common
 from crowdcount.streamer.store.base import SavedStream
-from crowdcount.streamer.store.common import (
-    Dialect,
-    SqlAlerts,
-    SqlGathering,
-    SqlHistory,
-    SqlSettings,
-    SqlStore,
-)
+from crowdcount.streamer.store.common import Dialect, SqlStore
 from crowdcount.streamer.store.writer import Op, Row, Writer
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
@@ -346,13 +339,8 @@ class SQLiteStore(SqlStore):
             conn.close()
             raise
         self._readers = _Readers(self.path, busy_ms)
-        super().__init__(writer)
-        fetch = self._readers.fetch
-        self.history = SqlHistory(SQLITE, fetch, writer)
+        super().__init__(SQLITE, self._readers.fetch, writer)
         self.streams = SQLiteStreams(writer, self._readers)
-        self.alerts = SqlAlerts(SQLITE, fetch, writer)
-        self.settings = SqlSettings(SQLITE, fetch, writer)
-        self.gathering = SqlGathering(SQLITE, fetch, writer)
 
     def _release(self) -> None:
         self._batches.conn.close()
