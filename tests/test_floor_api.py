@@ -184,8 +184,10 @@ async def test_floor_comes_back_after_a_restart_and_in_the_config(serve) -> None
     assert r.status == 201, await r.text()
     status, body = await put(client, "/api/streams/door/floor", FLOOR)
     assert status == 200, body
-    saved = service(client).store.streams.get("door")
-    assert saved is not None and saved["options"]["floor"]["width"] == 4
+    # In the settings (its one record, as zones), not in the camera's saved options.
+    saved = service(client).store.settings.stream_settings("floor")["door"]
+    assert saved["width"] == 4
+    assert "floor" not in service(client).store.streams.get("door")["options"]
     await client.close()
     client2 = await serve()
     got = await (await client2.get("/api/streams/door/floor")).json()

@@ -376,6 +376,24 @@ def test_rules_and_zones_survive_reopen(db: StoreDb) -> None:
         assert [r["name"] for r in s.settings.rules()] == ["calm"]
 
 
+def test_zones_and_floor_in_saved_options_move_to_the_settings(db: StoreDb) -> None:
+    """Earlier builds kept an API camera's zones and floor in its saved options as well as
+    in the settings: opening moves them to the settings (their one record), keeping what
+    the settings already hold."""
+    zones = [{"name": "door", "points": [[0, 0], [10, 0], [10, 10]]}]
+    with db.open() as s:
+        s.streams.save("a", "a", "rtsp://h/a", "rtsp",
+                       {"fps_limit": 2.0, "zones": zones, "floor": {"width": 4}})
+        s.streams.save("b", "b", "rtsp://h/b", "rtsp", {"zones": zones})
+        s.settings.save_zones("b", [])  # saved later: wins
+        s.streams.save("c", "c", "rtsp://h/c", "rtsp", {"max_side": 320})
+    with db.open() as s:
+        assert {r["id"]: r["options"] for r in s.streams.all()} == {
+            "a": {"fps_limit": 2.0}, "b": {}, "c": {"max_side": 320}}
+        assert s.settings.zones() == {"a": zones, "b": []}
+        assert s.settings.stream_settings("floor") == {"a": {"width": 4}}
+
+
 def test_rules_table_without_metric_column_is_migrated(tmp_path: Path) -> None:
     path = tmp_path / "c.sqlite3"
     SQLiteStore(path).close()

@@ -88,15 +88,17 @@ async def test_put_get_zones_and_persistence(serve) -> None:
     assert body["zones"][0]["points"] == [[float(x), float(y)] for x, y in LEFT]
     got = await (await client.get("/api/streams/gate/zones")).json()
     assert got == body
-    # Saved with the stream (so resumed after a restart) and shown in its options.
-    saved = service(client).store.streams.get("gate")
-    assert [z["name"] for z in saved["options"]["zones"]] == ["left", "right"]
+    # Saved in the settings, their one record (so resumed after a restart), and shown in
+    # the stream's options.
+    settings = service(client).store.settings
+    assert [z["name"] for z in settings.zones()["gate"]] == ["left", "right"]
     stream = await (await client.get("/api/streams/gate")).json()
     assert [z["name"] for z in stream["options"]["zones"]] == ["left", "right"]
 
     status, body = await put_zones(client, "gate", [])
     assert status == 200 and body["zones"] == []
-    assert "zones" not in service(client).store.streams.get("gate")["options"]
+    assert settings.zones()["gate"] == []
+    assert "zones" not in (await (await client.get("/api/streams/gate")).json())["options"]
 
 
 async def test_api_stream_zones_resume_after_restart(serve, tmp_path) -> None:

@@ -19,7 +19,8 @@ only, since only it sees the camera's results. Counts, alerts and the gathering 
 written to the cluster's store by the shard's ``Service`` as on a single box.
 
 What the API processes change reaches the shard one way: the NOTIFY the store sends in the
-change's transaction (cameras on ``STREAMS_CHANNEL``, rules on ``SETTINGS_CHANNEL``). A
+change's transaction (cameras on ``STREAMS_CHANNEL``; rules, zones and floor calibrations
+on ``SETTINGS_CHANNEL``, read from the settings, their one record, as on a single box). A
 shard that was not listening (starting, or its connection lost) re-reads everything when
 it listens again, so nothing needs a periodic resync. The shard never writes the camera
 registry (``Service(owns_registry=False)``).
@@ -37,8 +38,7 @@ from typing import Any, TypeVar
 
 from crowdcount.model.bundled import default_model
 from crowdcount.model.runtime import Runtime
-from crowdcount.model.zones import Zone
-from crowdcount.streamer.config import Config, FloorConfig, StreamConfig, parse_config
+from crowdcount.streamer.config import Config, StreamConfig, parse_config
 from crowdcount.streamer.service import Service, StreamEntry
 from crowdcount.streamer.store.postgres import (
     FEED_CHANNEL,
@@ -139,7 +139,7 @@ class ShardRuntime:
 
     async def sync(self) -> list[str]:
         """Make the running cameras match this shard's rows: start new ones, stop removed
-        ones, apply changed zones. Returns the cameras running afterwards."""
+        ones, restart edited ones. Returns the cameras running afterwards."""
         svc, store = self._require()
         async with self._sync_lock:
             saved = {s["id"]: s for s in await asyncio.to_thread(store.streams.all)}
@@ -152,17 +152,11 @@ class ShardRuntime:
                     continue  # a browser camera: its peer starts and ends it (``publish``)
                 entry = svc.streams.get(sid)
                 options = dict(row.get("options") or {})
-                zones = options.pop("zones", None) or []
-                floor = options.pop("floor", None)
                 if entry is not None:
+                    # Edited (a config camera's definition, zones included, counts): restart.
                     if self._rows.get(sid) != (row["url"], options):
-                        await svc.replace_stream(stream_config(row))  # edited: restart it
+                        await svc.replace_stream(stream_config(row))
                         self._rows[sid] = (row["url"], options)
-                        continue
-                    if (entry.options.get("zones") or []) != zones:
-                        self._apply_zones(svc, sid, zones)
-                    if entry.options.get("floor") != floor:
-                        self._apply_floor(svc, sid, floor)
                     continue
                 try:
                     await svc.add_stream(stream_config(row), origin="api")
@@ -177,32 +171,6 @@ class ShardRuntime:
             for sid in [s for s in self.failures if s not in saved]:
                 del self.failures[sid]
             return sorted(svc.streams)
-
-    @staticmethod
-    def _apply_zones(svc: Service, sid: str, zones: list[dict[str, Any]]) -> None:
-        """In memory only: the row is the record (``Service.set_zones`` would save the
-        shard's partial view of the options over it)."""
-        svc.integrations.set_zones(sid, [Zone.from_dict(z) for z in zones])
-        entry = svc.streams[sid]
-        if zones:
-            entry.options["zones"] = zones
-        else:
-            entry.options.pop("zones", None)
-
-    @staticmethod
-    def _apply_floor(svc: Service, sid: str, floor: dict[str, Any] | None) -> None:
-        """In memory only, like zones: the camera's row is the record."""
-        try:
-            svc.integrations.set_floor(sid, None if floor is None
-                                       else FloorConfig.model_validate(floor))
-        except ValueError as exc:
-            log.error("event=floor_invalid stream=%s error=%r", sid, " ".join(str(exc).split()))
-            return
-        entry = svc.streams[sid]
-        if floor:
-            entry.options["floor"] = floor
-        else:
-            entry.options.pop("floor", None)
 
     def statuses(self) -> dict[str, dict[str, Any]]:
         svc, _ = self._require()
@@ -234,8 +202,10 @@ class ShardRuntime:
 
     async def _follow_streams(self) -> None:
         """Re-sync whenever any process changes a camera row, reload the rules when they
-        change (NOTIFY from the store), and both whenever the listening connection is
-        (re)opened: what was announced while it was down was missed."""
+        change and a camera's zones or floor calibration when they are saved (NOTIFY from
+        the store: ``rules``, ``zones:<id>``, ``setting:<key>:<id>``), and all of it
+        whenever the listening connection is (re)opened: what was announced while it was
+        down was missed."""
         svc, _ = self._require()
         changed: asyncio.Queue[str] = asyncio.Queue()
 
@@ -255,6 +225,10 @@ class ShardRuntime:
                         await svc.rules.load()
                     if what & {"*", "streams"}:
                         await self.sync()
+                    saved = set(svc.streams) if "*" in what else {
+                        w.rpartition(":")[2] for w in what if w.startswith(("zones:", "setting:"))}
+                    if saved:
+                        await svc.apply_saved(saved)
                 except Exception as exc:
                     log.error("event=shard_sync_failed shard=%d error=%r", self.index,
                               str(exc))

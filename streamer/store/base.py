@@ -208,6 +208,11 @@ class AlertLog(Protocol):
         ...
 
 
+#: The stream settings key of a stream's floor calibration (``FloorConfig`` as JSON; JSON
+#: ``null``: uncalibrated on purpose, over a config file's calibration).
+FLOOR_KEY = "floor"
+
+
 @runtime_checkable
 class SettingsStore(Protocol):
     """Alert rules and zones made through the API, kept so they come back after a restart.

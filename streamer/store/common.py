@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from crowdcount.streamer.store.base import AlertRow, CountRow, StoreStats
+from crowdcount.streamer.store.base import FLOOR_KEY, AlertRow, CountRow, StoreStats
 from crowdcount.streamer.store.writer import Op, Row, Writer
 
 #: A dialect's named parameter as a format of its name: ``":{}"`` (SQLite) or ``"%({})s"``
@@ -280,6 +280,39 @@ def rebuild_rollups(d: Dialect, conn: SqlConn) -> None:
         conn.execute(f"DELETE FROM {table}")
     for sql in _rollup_sql(d, scoped=False):
         conn.execute(sql)
+
+
+def move_saved_options(d: Dialect, conn: SqlConn, api_rows: str = "") -> int:
+    """Move zones and a floor calibration out of API cameras' saved options into the
+    settings (``api_rows``: the SQL condition that picks them; a cluster's registry holds
+    config-file cameras too, whose options are their definition and stay). Earlier builds
+    kept a copy in both; the settings are now their one record, and a copy in the options
+    would come back as the stream's definition. What the settings already hold wins (it was
+    the later write). Returns the rows changed; run in a transaction when opening."""
+    p = d.p
+    rows = conn.execute(f"SELECT id, options FROM streams{api_rows}").fetchall()
+    moved = 0
+    for sid, raw in rows:
+        options = d.load_json(raw) if raw else {}
+        if not isinstance(options, dict) or not {"zones", "floor"} & set(options):
+            continue
+        now = time.time()
+        if "zones" in options:
+            conn.execute(
+                f"INSERT INTO stream_zones (stream_id, zones, updated_at) VALUES ({p('sid')}, "
+                f"{p('zones')}, {p('now')}) ON CONFLICT (stream_id) DO NOTHING",
+                {"sid": sid, "zones": d.dump_json(options.pop("zones") or []), "now": now})
+        if "floor" in options:
+            conn.execute(
+                f"INSERT INTO stream_settings (stream_id, key, value, updated_at) VALUES "
+                f"({p('sid')}, {p('key')}, {p('value')}, {p('now')}) "
+                "ON CONFLICT (stream_id, key) DO NOTHING",
+                {"sid": sid, "key": FLOOR_KEY, "value": d.dump_json(options.pop("floor")),
+                 "now": now})
+        conn.execute(f"UPDATE streams SET options = {p('options')} WHERE id = {p('sid')}",
+                     {"options": d.dump_json(options), "sid": sid})
+        moved += 1
+    return moved
 
 
 class SqlHistory:

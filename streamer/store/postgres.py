@@ -170,7 +170,8 @@ _STREAM_COLS = "id, name, url, kind, options, created_at, shard, origin"
 
 def _open_schema(dsn: str, connect_timeout: float) -> None:
     """Create what is missing; a database from before the rollups gets them from its raw
-    rows. A plain connection, not the pool's: a wrong DSN or a refused password is then
+    rows, one whose API cameras kept zones in their rows gets them in the settings. A plain
+    connection, not the pool's: a wrong DSN or a refused password is then
     raised as the server said it, not as a pool timeout."""
     with (psycopg.connect(dsn, autocommit=True, connect_timeout=int(connect_timeout)) as conn,
           conn.transaction()):
@@ -180,6 +181,7 @@ def _open_schema(dsn: str, connect_timeout: float) -> None:
         conn.execute(_SCHEMA)
         if row is not None and row[0]:
             common.rebuild_rollups(POSTGRES, conn)
+        common.move_saved_options(POSTGRES, conn, " WHERE origin = 'api'")
 
 
 class _Batches:
@@ -354,13 +356,18 @@ class ClusterState:
             )
 
     def streams_with_status(self) -> list[dict[str, Any]]:
-        """Every stream with its last reported status, the node that reported it and the
-        report's age in seconds (``None`` when never reported)."""
+        """Every stream with its last reported status, the node that reported it, the
+        report's age in seconds (``None`` when never reported), and what the settings hold
+        for it: ``zones`` (``None``: none saved) and ``settings`` (its per-stream settings,
+        ``{key: value}``), so that one query reads all an API process shows."""
         cols = ", ".join("s." + c for c in _STREAM_COLS.split(", "))
         sql = (
             f"SELECT {cols}, st.status, st.node, "
-            "extract(epoch FROM clock_timestamp()) - st.reported_at "
+            "extract(epoch FROM clock_timestamp()) - st.reported_at, z.zones, "
+            "(SELECT jsonb_object_agg(ss.key, ss.value) FROM stream_settings ss "
+            " WHERE ss.stream_id = s.id) "
             "FROM streams s LEFT JOIN stream_status st ON st.stream_id = s.id "
+            "LEFT JOIN stream_zones z ON z.stream_id = s.id "
             "ORDER BY s.created_at, s.id"
         )
         with self._pool.connection() as conn:
@@ -369,7 +376,8 @@ class ClusterState:
         for r in rows:
             age = r[10]
             out.append({**_stream_dict(r[:8]), "status": r[8], "node": r[9],
-                        "status_age_s": None if age is None else float(age)})
+                        "status_age_s": None if age is None else float(age),
+                        "zones": r[11], "settings": r[12] or {}})
         return out
 
     def set_setting(self, key: str, value: Any) -> None:

@@ -175,19 +175,20 @@ def _open_schema(conn: sqlite3.Connection, path: Path) -> None:
     rule_cols = {row[1] for row in conn.execute("PRAGMA table_info(alert_rules)")}
     if "metric" not in rule_cols:
         conn.execute("ALTER TABLE alert_rules ADD COLUMN metric TEXT NOT NULL DEFAULT 'count'")
-    if version < SCHEMA_VERSION:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            if version == 1:
-                for sql in _MIGRATE_1_TO_2:
-                    conn.execute(sql)
-            if 0 < version < 3:
-                common.rebuild_rollups(SQLITE, conn)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if version == 1:
+            for sql in _MIGRATE_1_TO_2:
+                conn.execute(sql)
+        if 0 < version < 3:
+            common.rebuild_rollups(SQLITE, conn)
+        if version < SCHEMA_VERSION:
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.rollback()
-            raise
+        common.move_saved_options(SQLITE, conn)  # every row is an API stream's
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.rollback()
+        raise
 
 
 class _Batches:
