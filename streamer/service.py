@@ -154,6 +154,8 @@ class Service:
         store: Store | None = None,
         owns_registry: bool = True,
         on_dropped: Callable[[StreamEntry], Awaitable[None]] | None = None,
+        sources: Callable[[StreamConfig, int | None], Source] = make_source,
+        gathering_open_every: float | None = None,
     ) -> None:
         self.config = config
         self.runtime = runtime
@@ -164,6 +166,9 @@ class Service:
         # so a shard restarting or dropping a camera cannot re-create or forget its row.
         self.owns_registry = owns_registry
         self._on_dropped = on_dropped  # told when a stream has gone (a shard's browser cameras)
+        # How a configured stream becomes a source (``make_source``; tests run a cluster's
+        # shard with synthetic cameras behind its rows).
+        self._sources = sources
         if store is not None:  # a cluster's shard passes its PostgreSQL store
             self.store: Store = store
         else:
@@ -189,7 +194,10 @@ class Service:
         self.rules = RuleBook(rules_from_config(config.thresholds), self.settings,
                               self.integrations, self._live_zone_names,
                               self.pipeline.publish_alerts)
-        self.gathering = GatheringMap(self.store.gathering)
+        # A cluster's shard writes the minute it is filling as it fills
+        # (``gathering_open_every``): the API processes answer from the store.
+        self.gathering = GatheringMap(self.store.gathering,
+                                      write_open_every=gathering_open_every)
         self.metrics = Metrics(self.statuses, self._service_gauges,
                                zones=self._zone_names, alerts=self.integrations.active_alerts,
                                service_counters=self._service_counters,
@@ -334,7 +342,7 @@ class Service:
         # with a fixed input size resizes by itself).
         model_side = runtime.max_side if runtime.backend.fixed_size is None else None
         entry = await self.add_source(
-            make_source(stream, model_side), url=stream.url, kind=stream.kind, origin=origin,
+            self._sources(stream, model_side), url=stream.url, kind=stream.kind, origin=origin,
             fps_limit=stream.fps_limit, target_fps=stream.target_fps,
             max_side=stream.max_side, persist=persist,
             zones=[z.model_dump() for z in stream.zones],

@@ -428,6 +428,37 @@ def test_gathering_buckets_and_reference(db: StoreDb) -> None:
         assert g.buckets("cam", -1e300, 1e300) == [(120.0, 3, b"grid-b")]
 
 
+def test_gathering_part_of_a_writer_is_replaced_as_it_grows(db: StoreDb) -> None:
+    """A cluster's shard writes the bucket it is filling as it fills: its named part is
+    replaced each time; other writers' parts, and unnamed parts, add up."""
+    with db.open() as s:
+        g = s.gathering
+        g.add_bucket("cam", 60.0, 1, b"a1", part="w1")
+        g.add_bucket("cam", 60.0, 30, b"a30", part="w1")  # the same part, grown
+        g.add_bucket("cam", 60.0, 7, b"b7", part="w2")  # a restarted shard's
+        g.add_bucket("cam", 120.0, 4, b"c4", part="w1")
+        g.add_bucket("cam", 60.0, 2, b"old")
+        g.add_bucket("cam", 60.0, 2, b"old")
+        assert sorted(g.buckets("cam", 0, 1e300)) == [
+            (60.0, 2, b"old"), (60.0, 2, b"old"), (60.0, 7, b"b7"), (60.0, 30, b"a30"),
+            (120.0, 4, b"c4")]
+
+
+def test_gathering_table_without_part_column_is_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite3"
+    with SQLiteStore(path) as s:
+        s.gathering.add_bucket("cam", 60.0, 3, b"g")
+    conn = sqlite3.connect(path)  # a file written before buckets had parts
+    conn.execute("DROP INDEX gathering_part")
+    conn.execute("ALTER TABLE gathering DROP COLUMN part")
+    conn.commit()
+    conn.close()
+    with SQLiteStore(path) as s:
+        s.gathering.add_bucket("cam", 60.0, 5, b"p", part="w")
+        s.gathering.add_bucket("cam", 60.0, 6, b"q", part="w")
+        assert sorted(s.gathering.buckets("cam", 0, 1e300)) == [(60.0, 3, b"g"), (60.0, 6, b"q")]
+
+
 def test_delete_counts_before(store: SQLiteStore) -> None:
     for i in range(10):
         store.history.add("cam", float(i), 1.0, 1.0)

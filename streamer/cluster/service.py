@@ -346,23 +346,29 @@ class ClusterService:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Connect to Ray, publish the shards' settings, register the config file's cameras,
-        make sure every shard exists, then follow the database."""
+        """Connect to Ray, ``open``, then make sure every shard exists."""
         import ray
 
-        self._loop = asyncio.get_running_loop()
-        self.started_at = time.monotonic()
         if not ray.is_initialized():
             await asyncio.to_thread(ray.init, address=self.cluster.address,
                                     namespace=self.cluster.namespace, log_to_driver=False,
                                     logging_level=logging.WARNING)
+        await self.open()
+        for index in range(self.cluster.shards):
+            self.shard(index)
+
+    async def open(self) -> None:
+        """All of ``start`` but Ray: publish the shards' settings, register the config
+        file's cameras, load the rules, then follow the database. What the API serves from
+        the database (cameras, settings, history, the gathering map) needs no more; tests
+        run it so, with a shard in their own process (``ShardRuntime``)."""
+        self._loop = asyncio.get_running_loop()
+        self.started_at = time.monotonic()
         await asyncio.to_thread(self.store.cluster.set_setting, CONFIG_KEY,
                                 shard_config(self.config))
         await self.rules.load()
         for stream in self.config.streams:
             await self._register_config(stream)
-        for index in range(self.cluster.shards):
-            self.shard(index)
         self._start_listener()
         await self.refresh()
         self._tasks.append(asyncio.create_task(self._follow()))

@@ -33,13 +33,14 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, TypeVar
 
 from crowdcount.model.bundled import default_model
 from crowdcount.model.runtime import Runtime
 from crowdcount.streamer.config import Config, StreamConfig, parse_config
-from crowdcount.streamer.service import Service, StreamEntry
+from crowdcount.streamer.service import Service, StreamEntry, make_source
+from crowdcount.streamer.sources.base import Source
 from crowdcount.streamer.store.postgres import (
     FEED_CHANNEL,
     SETTINGS_CHANNEL,
@@ -54,6 +55,9 @@ T = TypeVar("T")
 
 #: Seconds between status reports; the API's ``cluster.outage_after`` must be a few of them.
 HEARTBEAT_S = 1.0
+#: Seconds between writes of each camera's gathering minute while it fills: the API
+#: processes answer for the map from the store, at most this much behind.
+GATHERING_OPEN_S = 2.0
 #: Setting that holds the shards' configuration (written by the API processes).
 CONFIG_KEY = "shard_config"
 
@@ -80,14 +84,18 @@ def restrict_ice(addresses: tuple[str, ...]) -> None:
 class ShardRuntime:
     """The shard's pipeline and its reports; lives on the shard's own event loop."""
 
-    def __init__(self, index: int, dsn: str, node: str) -> None:
+    def __init__(self, index: int, dsn: str, node: str, *,
+                 sources: Callable[[StreamConfig, int | None], Source] = make_source) -> None:
         self.index = index
         self.dsn = dsn
         self.node = node
+        self._sources = sources  # ``Service``'s (tests run a shard with synthetic cameras)
         self.store: PostgresStore | None = None
         self.service: Service | None = None
         self.failures: dict[str, str] = {}  # camera -> why it could not be started
-        self._rows: dict[str, tuple[str, dict[str, Any]]] = {}  # url, options started with
+        # What each camera was started with: its row's url, options and creation time (a
+        # camera removed and added again under its name is a new camera: restarted clean).
+        self._rows: dict[str, tuple[str, dict[str, Any], float]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._sync_lock = asyncio.Lock()
 
@@ -119,7 +127,8 @@ class ShardRuntime:
             if saved.get("origin") == "webrtc":
                 await asyncio.to_thread(store.streams.delete, saved["id"])
         self.service = Service(config, runtime, model_path=model_path, store=store,
-                               owns_registry=False, on_dropped=self._dropped)
+                               owns_registry=False, on_dropped=self._dropped,
+                               sources=self._sources, gathering_open_every=GATHERING_OPEN_S)
         await self.service.start_pipeline()
         await self.sync()
         self._tasks = [asyncio.create_task(self._heartbeat()),
@@ -151,16 +160,17 @@ class ShardRuntime:
                 if row.get("origin") == "webrtc":
                     continue  # a browser camera: its peer starts and ends it (``publish``)
                 entry = svc.streams.get(sid)
-                options = dict(row.get("options") or {})
+                started = (row["url"], dict(row.get("options") or {}), row["created_at"])
                 if entry is not None:
-                    # Edited (a config camera's definition, zones included, counts): restart.
-                    if self._rows.get(sid) != (row["url"], options):
+                    # Edited (a config camera's definition, zones included, counts) or added
+                    # anew: restart it.
+                    if self._rows.get(sid) != started:
                         await svc.replace_stream(stream_config(row))
-                        self._rows[sid] = (row["url"], options)
+                        self._rows[sid] = started
                     continue
                 try:
                     await svc.add_stream(stream_config(row), origin="api")
-                    self._rows[sid] = (row["url"], options)
+                    self._rows[sid] = started
                     self.failures.pop(sid, None)
                 except Exception as exc:
                     message = " ".join(str(exc).split()) or type(exc).__name__
@@ -228,7 +238,8 @@ class ShardRuntime:
                     saved = set(svc.streams) if "*" in what else {
                         w.rpartition(":")[2] for w in what if w.startswith(("zones:", "setting:"))}
                     if saved:
-                        await svc.apply_saved(saved)
+                        async with self._sync_lock:  # not while a camera is being added
+                            await svc.apply_saved(saved)
                 except Exception as exc:
                     log.error("event=shard_sync_failed shard=%d error=%r", self.index,
                               str(exc))

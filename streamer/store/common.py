@@ -634,12 +634,16 @@ class SqlGathering(_Records):
     """``GatheringStore`` on the ``gathering`` and ``gathering_reference`` tables (the grids
     and pictures are bytes: BLOB; bytea)."""
 
-    def add_bucket(self, stream_id: str, start: float, frames: int, grid: bytes) -> None:
+    def add_bucket(self, stream_id: str, start: float, frames: int, grid: bytes,
+                   part: str = "") -> None:
         p = self._d.p
-        self._write(f"INSERT INTO gathering (stream_id, start, frames, grid) VALUES "
-                    f"({p('sid')}, {p('start')}, {p('frames')}, {p('grid')})",
-                    {"sid": stream_id, "start": float(start), "frames": int(frames),
-                     "grid": bytes(grid)})
+        sql = (f"INSERT INTO gathering (stream_id, start, frames, grid, part) VALUES "
+               f"({p('sid')}, {p('start')}, {p('frames')}, {p('grid')}, {p('part')})")
+        if part:  # this writer's part of the bucket so far: replaced as it grows
+            sql += (" ON CONFLICT (stream_id, start, part) WHERE part <> '' DO UPDATE SET "
+                    "frames = excluded.frames, grid = excluded.grid")
+        self._write(sql, {"sid": stream_id, "start": float(start), "frames": int(frames),
+                          "grid": bytes(grid), "part": part})
 
     def buckets(self, stream_id: str, since: float, until: float) -> list[tuple[float, int, bytes]]:
         p = self._d.p

@@ -149,6 +149,10 @@ CREATE TABLE IF NOT EXISTS gathering (
     grid BYTEA NOT NULL
 );
 CREATE INDEX IF NOT EXISTS gathering_stream_start ON gathering (stream_id, start);
+-- which writer's part of a bucket a row is (see SqlGathering.add_bucket); added later
+ALTER TABLE gathering ADD COLUMN IF NOT EXISTS part TEXT NOT NULL DEFAULT '';
+CREATE UNIQUE INDEX IF NOT EXISTS gathering_part ON gathering (stream_id, start, part)
+    WHERE part <> '';
 CREATE TABLE IF NOT EXISTS gathering_reference (
     stream_id TEXT PRIMARY KEY,
     t DOUBLE PRECISION NOT NULL,

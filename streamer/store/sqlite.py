@@ -127,7 +127,8 @@ CREATE TABLE IF NOT EXISTS gathering (
     stream_id TEXT NOT NULL,
     start REAL NOT NULL,
     frames INTEGER NOT NULL,
-    grid BLOB NOT NULL
+    grid BLOB NOT NULL,
+    part TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS gathering_stream_start ON gathering (stream_id, start);
 CREATE TABLE IF NOT EXISTS gathering_reference (
@@ -175,6 +176,10 @@ def _open_schema(conn: sqlite3.Connection, path: Path) -> None:
     rule_cols = {row[1] for row in conn.execute("PRAGMA table_info(alert_rules)")}
     if "metric" not in rule_cols:
         conn.execute("ALTER TABLE alert_rules ADD COLUMN metric TEXT NOT NULL DEFAULT 'count'")
+    if "part" not in {row[1] for row in conn.execute("PRAGMA table_info(gathering)")}:
+        conn.execute("ALTER TABLE gathering ADD COLUMN part TEXT NOT NULL DEFAULT ''")
+    conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS gathering_part ON gathering "
+                 "(stream_id, start, part) WHERE part <> ''")
     conn.execute("BEGIN IMMEDIATE")
     try:
         if version == 1:
