@@ -126,9 +126,10 @@ class ClusterEntry:
             return base
         if self.age_s is None and self.now - self.created_at < self.outage_after:
             return base  # just added: its shard has not reported it yet
-        silent = "never" if self.age_s is None else f"for {self.age_s:.1f} s"
+        silent = "has never reported" if self.age_s is None else \
+            f"not reporting for {self.age_s:.1f} s"
         base.update(state="unavailable", fps_in=0.0, fps_out=0.0,
-                    last_error=f"shard {self.shard} not reporting {silent}")
+                    last_error=f"shard {self.shard} {silent}")
         return base
 
     def to_dict(self) -> dict[str, Any]:
