@@ -32,7 +32,7 @@ from typing import Any, Literal
 from crowdcount.model.errors import UserError
 from crowdcount.model.floor import Floor
 from crowdcount.model.runtime import Runtime
-from crowdcount.model.zones import Zone
+from crowdcount.model.zones import Zone, check_unique_names
 from crowdcount.streamer.config import (
     STREAM_NAME_RE,
     Config,
@@ -255,8 +255,10 @@ class Service:
         """Save a live stream's zones, then put them in force (any kind of stream: they come
         back when a stream of that id is added again, even over its config-file zones).
         The settings are their one record and ``Integrations`` their one copy in memory.
-        Raises ``StreamNotFound`` and ``ValueError`` (duplicate names)."""
+        Raises ``StreamNotFound`` and ``ValueError`` (duplicate names); nothing changes on
+        error."""
         self.get(stream_id)
+        check_unique_names(z.name for z in zones)
         if self.owns_registry:
             await asyncio.to_thread(self.settings.save_zones, stream_id,
                                     [z.to_dict() for z in zones])

@@ -32,7 +32,7 @@ from typing import Any, cast
 import psycopg
 
 from crowdcount.model.errors import UserError
-from crowdcount.model.zones import Zone
+from crowdcount.model.zones import Zone, check_unique_names
 from crowdcount.streamer.alerts import AlertEvent, ThresholdRule
 from crowdcount.streamer.cluster.placement import choose_shard
 from crowdcount.streamer.cluster.shard import CONFIG_KEY, shard_actor, shard_config
@@ -509,8 +509,10 @@ class ClusterService:
 
     async def set_zones(self, stream_id: str, zones: Sequence[Zone]) -> None:
         """Save a camera's zones in the settings, their one record: its shard hears of it
-        by NOTIFY and puts them in force, and this process reads them back."""
+        by NOTIFY and puts them in force, and this process reads them back. Raises
+        ``StreamNotFound`` and ``ValueError`` (duplicate names)."""
         self.get(stream_id)
+        check_unique_names(z.name for z in zones)
         await asyncio.to_thread(self.store.settings.save_zones, stream_id,
                                 [z.to_dict() for z in zones])
         await self.refresh()
