@@ -12,12 +12,9 @@ time: the machine is shared.
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("KERAS_BACKEND", "jax")  # before Keras is imported
-
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -78,6 +75,7 @@ def main() -> int:
         print(f"| {k} | {seconds:.0f} | {at} | {result.mae_before:.2f} -> "
               f"{result.mae_after:.2f} | {result.kept} | {after:.3f} | {bias:+.3f} | "
               f"{100 * (after - base_mae) / base_mae:+.0f} % |", flush=True)
+    print(f"Keras backend {os.environ.get('KERAS_BACKEND')}, {os.cpu_count()} cores")
     return 0
 
 

@@ -72,6 +72,18 @@ def colorize(density: NDArray[np.float32], size: tuple[int, int],
     return _jet(level)
 
 
+def density_rgba(density: NDArray[np.float32], size: tuple[int, int],
+                 max_alpha: float = 0.6, cap: float = HEAT_CAP) -> NDArray[np.uint8]:
+    """The density alone as an RGBA picture of ``size`` = (w, h): Jet colours on the
+    absolute scale, opaque in proportion to the density (transparent where there is none,
+    ``max_alpha`` at ``cap``), for a page to draw faintly under something else (the heads a
+    user marks when calibrating)."""
+    rgb = colorize(density, size, cap)
+    level = cv2.resize(heat_level(density, cap), size, interpolation=cv2.INTER_LINEAR)
+    alpha = np.round(np.clip(level, 0.0, 1.0) * (255 * max_alpha)).astype(np.uint8)
+    return np.dstack([rgb, alpha])
+
+
 def overlay(
     image: NDArray[np.uint8], density: NDArray[np.float32], alpha: float = 0.45,
     cap: float = HEAT_CAP,

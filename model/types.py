@@ -33,6 +33,11 @@ class Frame:
     picture down on conversion (to the model's input size: no full-size RGB copy of a 1080p
     frame). Zones are drawn in camera pixels, so ``size`` reports that size; ``image`` is
     the smaller picture.
+
+    ``full`` makes the camera's picture at that full size, on demand: a user marking heads
+    on a captured frame (calibration) needs the far, small ones the model's size blurs.
+    It holds the decoder's reference-counted picture, so only frames kept on purpose (the
+    few recent ones calibration may capture) keep it alive.
     """
 
     stream_id: str
@@ -40,6 +45,7 @@ class Frame:
     captured_at: float
     pixels: RGB | Callable[[], RGB]
     source_size: tuple[int, int] | None = None
+    full: Callable[[], RGB] | None = None
 
     @property
     def image(self) -> RGB:
@@ -52,6 +58,10 @@ class Frame:
         rgb = pixels()
         object.__setattr__(self, "pixels", rgb)  # frozen to callers, cached here
         return rgb
+
+    def full_image(self) -> RGB:
+        """The picture at the camera's size (``image`` when the decoder did not scale it)."""
+        return self.full() if self.full is not None else self.image
 
     @property
     def size(self) -> tuple[int, int]:

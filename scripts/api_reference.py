@@ -26,7 +26,8 @@ PAGE = DOCS / "api-reference.md"
 
 TAGS = {
     "streams": "Streams", "history": "History", "live": "Live feeds and WebRTC",
-    "zones": "Zones", "floor": "Floor calibration", "alerts": "Alerts and rules",
+    "zones": "Zones", "floor": "Floor calibration", "calibration": "Calibration",
+    "alerts": "Alerts and rules",
     "uploads": "Uploads",
     "system": "System", "page": "The page",
 }

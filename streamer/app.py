@@ -25,6 +25,7 @@ from crowdcount.streamer.openapi import TOKEN_REQUIRED
 from crowdcount.streamer.origin import browser_guard
 from crowdcount.streamer.ratelimit import RateLimiter
 from crowdcount.streamer.routes import (
+    calibration,
     count,
     docs,
     floor,
@@ -143,6 +144,7 @@ def add_routes(app: web.Application, web_dir: Path = WEB_DIR) -> None:
     floor.add_routes(app)
     rules.add_routes(app)
     gathering.add_routes(app)
+    calibration.add_routes(app)
 
 
 async def _startup(app: web.Application) -> None:

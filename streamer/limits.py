@@ -36,7 +36,18 @@ MAX_ZONES_PER_STREAM = 32
 MAX_ZONE_POINTS = 256
 #: Alert rules of the whole server (config file and API together).
 MAX_ALERT_RULES = 256
-#: Per-stream items that calibration keeps (marked frames, calibrations): the same order of
-#: magnitude as zones, for the same reason (each is re-evaluated on every change).
+#: Marked frames calibration keeps per stream (each a full-size JPEG in the store, all of
+#: them read by every calibration; only the model in force is kept, one per stream).
 MAX_MARKED_FRAMES_PER_STREAM = 64
-MAX_CALIBRATIONS_PER_STREAM = 16
+#: Decoded frames kept in memory per stream for calibration to capture (the newest is 0).
+#: They are kept at the camera's full size (a 1080p frame holds ~3 MB of decoder picture),
+#: so a handful: enough to pick the one where nobody is blurred by motion.
+RECENT_FRAMES = 5
+#: Heads marked on one frame. The densest frames people mark by hand hold a few hundred;
+#: past this, typing the frame's count is the way (and a body this long is still well
+#: under ``MAX_JSON_BYTES``).
+MAX_MARKS_PER_FRAME = 2000
+#: Seconds of training one calibration may be given through the API (guard and final run
+#: together; loading, features and export come on top).
+MIN_CALIBRATION_BUDGET_S = 10.0
+MAX_CALIBRATION_BUDGET_S = 300.0

@@ -22,9 +22,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -33,6 +34,14 @@ from crowdcount.model.errors import UserError
 from crowdcount.model.floor import Floor
 from crowdcount.model.runtime import Runtime
 from crowdcount.model.zones import Zone, check_unique_names
+from crowdcount.streamer.calibration import (
+    CALIBRATION_KEY,
+    CalibrationDesk,
+    Captured,
+    RecentFrames,
+    calibration_summary,
+    capture,
+)
 from crowdcount.streamer.config import (
     STREAM_NAME_RE,
     Config,
@@ -72,14 +81,12 @@ from crowdcount.streamer.surface import (
 from crowdcount.streamer.upload import UploadCounter
 from crowdcount.streamer.urls import mask_url, validate_api_url
 
-__all__ = ["Service", "StreamConflict", "StreamEntry", "StreamError", "StreamNotFound",
-           "make_source"]
+__all__ = ["CALIBRATION_KEY", "Service", "StreamConflict", "StreamEntry", "StreamError",
+           "StreamNotFound", "make_source"]
 
 log = logging.getLogger(__name__)
 
 Origin = Literal["config", "api", "webrtc"]
-#: The per-stream setting (store `stream_settings`) that holds a stream's calibration.
-CALIBRATION_KEY = "calibration"
 
 
 @dataclass(eq=False)
@@ -97,13 +104,16 @@ class StreamEntry:
     analysis: ZonesView
     options: dict[str, Any] = field(default_factory=dict)
     added_at: float = field(default_factory=time.time)
+    #: the service's calibrations in force (all streams'; looked up, never copied)
+    calibrations: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         floor = self.analysis.floor(self.id)
         options = shown_options(self.options, [z.to_dict() for z in self.analysis.zones(self.id)],
                                 None if floor is None else floor.to_dict())
         return stream_dict(self.id, self.url, self.kind, self.origin, options,
-                           self.source.status.to_dict())
+                           self.source.status.to_dict(),
+                           calibration_summary(self.calibrations.get(self.id)))
 
 
 def make_source(stream: StreamConfig, max_side: int | None = None) -> Source:
@@ -156,6 +166,7 @@ class Service:
         on_dropped: Callable[[StreamEntry], Awaitable[None]] | None = None,
         sources: Callable[[StreamConfig, int | None], Source] = make_source,
         gathering_open_every: float | None = None,
+        model_dir: Path | None = None,
     ) -> None:
         self.config = config
         self.runtime = runtime
@@ -189,8 +200,15 @@ class Service:
         # people gather (per-minute density grids, in the store as well).
         self.settings: SettingsStore = self.store.settings
         # Each calibrated stream's "calibration" setting (its model file, frames, MAE):
-        # it wins over the config's ``model =`` for that stream, as saved zones do.
+        # it wins over the config's ``model =`` for that stream, as saved zones do. The
+        # model files are written from the store's bytes into ``model_dir`` (default:
+        # beside the database) when they are not there.
         self.calibrations: dict[str, dict[str, Any]] = {}
+        self.model_dir = model_dir or Path(config.server.database).parent / "calibrations"
+        self.recent = RecentFrames()  # what calibration captures
+        self.calibration = CalibrationDesk(self.store, grab=self.grab,
+                                           apply=self._apply_calibration,
+                                           current=self.calibrations.get)
         self.rules = RuleBook(rules_from_config(config.thresholds), self.settings,
                               self.integrations, self._live_zone_names,
                               self.pipeline.publish_alerts)
@@ -317,8 +335,9 @@ class Service:
         # Alerts left open by a previous process can never be cleared by it: close them; the
         # fresh engine raises again if the crowd is still there.
         await asyncio.to_thread(self.store.alerts.close_open, time.time())
-        self.calibrations = await asyncio.to_thread(self.settings.stream_settings,
-                                                    CALIBRATION_KEY)
+        saved = await asyncio.to_thread(self.settings.stream_settings, CALIBRATION_KEY)
+        self.calibrations.clear()  # the same dict: stream entries look it up
+        self.calibrations.update(saved)  # model files are found when a stream starts
         for name in await self.rules.load():
             log.warning("event=saved_rule_shadowed rule=%s (the config file has one of that "
                         "name)", name)
@@ -329,7 +348,7 @@ class Service:
         await self.pipeline.start()
         # Every consumer of results and alerts is a sink of the pipeline, and only that.
         sinks: list[Sink] = [self.counts, self.metrics, self.viewers, self.gathering,
-                             *self.integrations.notifiers]
+                             self.recent, *self.integrations.notifiers]
         for sink in sinks:
             self.pipeline.add_sink(sink)
 
@@ -390,14 +409,16 @@ class Service:
         options: dict[str, Any] = {
             k: v for k, v in (("fps_limit", fps_limit), ("max_side", max_side)) if v
         } | (settings or {})
-        entry = StreamEntry(sid, url, kind, origin, source, self.integrations, options)
+        entry = StreamEntry(sid, url, kind, origin, source, self.integrations, options,
+                            calibrations=self.calibrations)
         self.streams[sid] = entry  # reserved before the first await: no duplicate can race in
         persist = persist and self.owns_registry
         try:
             if persist:
                 await asyncio.to_thread(self.store.streams.save, sid, sid, url, kind, options)
+            own = await self._calibrated_file(sid)
             await self.pipeline.add_stream(source, target_fps or fps_limit, max_side,
-                                           self.calibrated_model(sid) or model)
+                                           own or model)
             self.viewers.sink(sid)  # viewers of this stream can connect from now on
         except BaseException:
             self.streams.pop(sid, None)
@@ -451,27 +472,111 @@ class Service:
         path = self.calibrations.get(stream_id, {}).get("model")
         return Path(path) if path and Path(path).is_file() else None
 
+    async def _calibrated_file(self, stream_id: str) -> Path | None:
+        """The stream's calibrated model file, written from the store if it is not here
+        yet (a restart on another machine, a cluster's shard taking over the camera)."""
+        value = self.calibrations.get(stream_id)
+        if value is None:
+            return None
+        path = await asyncio.to_thread(self._model_file, stream_id, value)
+        if path is not None and self.calibrations.get(stream_id) is value:
+            self.calibrations[stream_id] = {**value, "model": str(path)}
+        return path
+
+    def _model_file(self, stream_id: str, value: Mapping[str, Any]) -> Path | None:
+        """The file of a calibration's model: its ``model`` path when it is there, else
+        written into ``model_dir`` from the store (``model_id``'s bytes: a cluster's shard,
+        a new machine); ``None`` when neither has it. Blocking I/O."""
+        path = value.get("model")
+        if path and Path(path).is_file():
+            return Path(path)
+        model_id = value.get("model_id")
+        if not isinstance(model_id, str) or not model_id.isalnum():
+            return None
+        target = self.model_dir / f"{stream_id}-{model_id}.onnx"
+        if target.is_file():
+            return target
+        data = self.store.calibration.model(stream_id, model_id)
+        if data is None:
+            log.error("event=calibration_model_missing stream=%s model=%s", stream_id,
+                      model_id)
+            return None
+        self.model_dir.mkdir(parents=True, exist_ok=True)
+        partial = target.with_suffix(".partial")
+        partial.write_bytes(data)
+        partial.replace(target)  # whole or absent: a reader never opens half a model
+        return target
+
+    def _prune_models(self, stream_id: str, keep: Path | None) -> None:
+        """Delete the stream's older model files in ``model_dir`` (only those this service
+        wrote there: ``<stream>-<model id>.onnx``); a runtime already open keeps its copy."""
+        pattern = re.compile(re.escape(stream_id) + r"-[0-9a-f]{16}\.onnx")
+        with contextlib.suppress(OSError):
+            for path in self.model_dir.iterdir():
+                if pattern.fullmatch(path.name) and path != keep:
+                    path.unlink(missing_ok=True)
+
+    async def grab(self, stream_id: str, back: int = 0) -> Captured:
+        """One of the stream's recent frames, ready to save (``CalibrationConflict``
+        when it has produced none)."""
+        return await asyncio.to_thread(capture, self.recent.pick(stream_id, back))
+
     async def set_calibration(self, stream_id: str, value: dict[str, Any]) -> None:
-        """Record a calibration (``value["model"]`` its ONNX file) and count the stream with
-        it from now on, without restarting it (the worker swaps models when loaded)."""
-        await asyncio.to_thread(self.settings.save_stream_setting, stream_id,
-                                CALIBRATION_KEY, value)
-        self.calibrations[stream_id] = dict(value)
-        worker = self.pipeline.worker
-        if worker is not None and stream_id in self.streams:
-            worker.set_model(stream_id, Path(value["model"]))
+        """Record a calibration (``value["model"]`` its ONNX file, or ``value["model_id"]``
+        its bytes in the store) and count the stream with it from now on, without
+        restarting it (the worker swaps models when loaded)."""
+        path = await asyncio.to_thread(self._model_file, stream_id, value)
+        if path is None:
+            raise FileNotFoundError(f"stream {stream_id!r}: calibrated model not found")
+        value = {**value, "model": str(path)}
+        if self.owns_registry:
+            await asyncio.to_thread(self.settings.save_stream_setting, stream_id,
+                                    CALIBRATION_KEY, value)
+        self.calibrations[stream_id] = value
+        self._count_with(stream_id)
+        await asyncio.to_thread(self._prune_models, stream_id, path)
 
     async def revert_calibration(self, stream_id: str) -> bool:
         """Back to the config's model (or the shared one); whether there was a calibration."""
         had = self.calibrations.pop(stream_id, None) is not None
-        await asyncio.to_thread(self.settings.delete_stream_setting, stream_id,
-                                CALIBRATION_KEY)
-        worker = self.pipeline.worker
-        entry = self.streams.get(stream_id)
-        if worker is not None and entry is not None:
-            config = next((s for s in self.config.streams if s.name == stream_id), None)
-            worker.set_model(stream_id, config.model if config is not None else None)
+        if self.owns_registry:
+            await asyncio.to_thread(self.settings.delete_stream_setting, stream_id,
+                                    CALIBRATION_KEY)
+        self._count_with(stream_id)
+        await asyncio.to_thread(self._prune_models, stream_id, None)
         return had
+
+    async def _apply_calibration(self, stream_id: str, value: dict[str, Any] | None) -> None:
+        if value is None:
+            await self.revert_calibration(stream_id)
+        else:
+            await self.set_calibration(stream_id, value)
+
+    async def reload_calibration(self, stream_id: str) -> None:
+        """Put the store's calibration of the stream in force (a cluster's shard, told
+        that another process changed it); nothing saved."""
+        value = (await asyncio.to_thread(self.settings.stream_settings,
+                                         CALIBRATION_KEY)).get(stream_id)
+        path = None if value is None else await asyncio.to_thread(self._model_file,
+                                                                  stream_id, value)
+        if value is None or path is None:
+            self.calibrations.pop(stream_id, None)
+        else:
+            self.calibrations[stream_id] = {**value, "model": str(path)}
+        self._count_with(stream_id)
+        await asyncio.to_thread(self._prune_models, stream_id, path)
+
+    def _count_with(self, stream_id: str) -> None:
+        """Point the worker at the stream's model: its calibration's, else the config's,
+        else the shared one."""
+        worker = self.pipeline.worker
+        if worker is None or stream_id not in self.streams:
+            return
+        own = self.calibrated_model(stream_id)
+        if own is None:
+            config = next((s for s in self.config.streams if s.name == stream_id), None)
+            own = config.model if config is not None else None
+        worker.set_model(stream_id, own)
 
     def _reserve(self, sid: str, origin: Origin = "config") -> None:
         """Refuse a stream that may not be added now (HTTP 409). A browser camera's viewer
@@ -505,6 +610,7 @@ class Service:
             await asyncio.to_thread(self.store.streams.delete, stream_id)
             await asyncio.to_thread(self.settings.delete_zones, stream_id)
             await asyncio.to_thread(self.settings.delete_stream_setting, stream_id, FLOOR_KEY)
+            await self.calibration.forget(stream_id)
         await self._drop(stream_id, entry)
 
     async def replace_stream(self, stream: StreamConfig) -> StreamEntry:
@@ -528,6 +634,7 @@ class Service:
         self.counts.forget(stream_id)
         self.metrics.forget(stream_id)
         self.gathering.forget(stream_id)
+        self.recent.forget(stream_id)
         if entry.origin != "config":  # API streams get theirs back from the store
             self.integrations.set_zones(stream_id, ())
             self.integrations.set_floor(stream_id, None)
@@ -596,6 +703,7 @@ class Service:
         """Second phase (on_cleanup): stop every source and the inference thread, commit the
         queued counts and close the database. Idempotent."""
         await self.shutdown()
+        await self.calibration.close()
         for sid in list(self.streams):
             self.viewers.remove(sid)
         await self.pipeline.close()

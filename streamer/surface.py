@@ -27,6 +27,7 @@ from crowdcount.streamer.upload import UploadCounter
 from crowdcount.streamer.urls import mask_text, mask_url
 
 if TYPE_CHECKING:
+    from crowdcount.streamer.calibration import CalibrationDesk
     from crowdcount.streamer.integrations import StreamFloor
 
 __all__ = [
@@ -81,15 +82,17 @@ class StreamConflict(StreamError):
 
 def stream_dict(
     sid: str, url: str, kind: str, origin: str, options: Mapping[str, Any],
-    status: dict[str, Any],
+    status: dict[str, Any], calibration: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A stream as the API shows it (one shape for both services): its name is its id, and
     the URL is masked (it may hold credentials), in ``last_error`` too (whatever a source
-    or a shard put there)."""
+    or a shard put there). ``calibration`` is the summary of the calibration in force
+    (``streamer.calibration.calibration_summary``; ``None``: the shared model)."""
     if isinstance(status.get("last_error"), str):
         status = {**status, "last_error": mask_text(status["last_error"])}
     return {"id": sid, "name": sid, "url": mask_url(url), "kind": kind, "origin": origin,
-            "options": dict(options), "status": status}
+            "options": dict(options), "status": status,
+            "calibration": None if calibration is None else dict(calibration)}
 
 
 def shown_options(
@@ -229,6 +232,11 @@ class ServiceSurface(Protocol):
 
     @property
     def gathering(self) -> GatheringMap: ...
+
+    @property
+    def calibration(self) -> CalibrationDesk:
+        """Marked frames and calibration jobs (``streamer.calibration``)."""
+        ...
 
     @property
     def streams(self) -> Mapping[str, StreamView]: ...

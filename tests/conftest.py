@@ -23,6 +23,7 @@ pytest_plugins = [
     "tests.fixtures.stores",
     "tests.fixtures.ray_cluster",
     "tests.fixtures.deployments",
+    "tests.fixtures.calibration",
 ]
 
 

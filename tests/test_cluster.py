@@ -469,6 +469,55 @@ async def test_browser_camera_published_through_api_runs_on_a_shard(
         await other.close()
 
 
+async def _counts(http: Any) -> tuple[float, float]:
+    """cam0's and cam1's last counts (they play the same clip)."""
+    streams = await _streams(http)
+    cam0, cam1 = (float((streams.get(c) or {}).get("status", {}).get("last_count") or 0)
+                  for c in CAMERAS)
+    return cam0, cam1
+
+
+async def test_calibration_through_the_api_reaches_the_cameras_shard(
+    api: TestClient, ray_cluster: Any, fake_calibrate: Any
+) -> None:
+    """cam0's recent frames come from its shard (a Ray call) through A and are marked; the
+    calibration job runs in A (a stand-in for the command: it writes the brightness model
+    at stride 16, a quarter of the shared count) and leaves the model in PostgreSQL, and
+    cam0's shard loads it and counts with it, while cam1 keeps the shared model. It stays
+    calibrated for the failover test, whose new shard must load it again."""
+    await _wait_running(api, _worker_ids(ray_cluster))
+    base = "/api/streams/cam0/calibration"
+    for i in range(5):
+        async with api.post(f"{base}/frames", json={"recent": i % 2}) as resp:
+            assert resp.status == 201, await resp.text()
+            frame = await resp.json()
+        assert (frame["width"], frame["height"]) == SIZE
+        async with api.put(f"{base}/frames/{frame['id']}/marks",
+                           json={"count": float(i)}) as resp:
+            assert resp.status == 200, await resp.text()
+    async with api.get(f"{base}/frames/{frame['id']}/density") as resp:
+        assert resp.status == 200 and resp.content_type == "image/png"
+    fake_calibrate(kept=True).release()
+    async with api.post(base, json={}) as resp:
+        assert resp.status == 202, await resp.text()
+
+    async def done() -> bool:
+        async with api.get(base) as resp:
+            return (await resp.json())["state"] != "running"
+
+    await wait_until(done, 30, "the calibration", interval=0.2)
+    async with api.get(base) as resp:
+        assert (await resp.json())["state"] == "done"
+
+    async def own_model() -> bool:
+        cam0, cam1 = await _counts(api)
+        return 0 < cam0 < 0.4 * cam1
+
+    await wait_until(own_model, 30, "cam0's shard on its calibrated model", interval=0.2)
+    assert (await _streams(api))["cam0"]["calibration"]["frames"] == 5
+    assert (await _streams(api))["cam1"]["calibration"] is None
+
+
 @pytest.mark.timeout(600)  # on a loaded machine the failover alone can take minutes
 async def test_worker_node_killed_cameras_resume_on_other_node(
     api: TestClient, ray_cluster: Any, cluster_dsn: str
@@ -485,6 +534,11 @@ async def test_worker_node_killed_cameras_resume_on_other_node(
     victim_id = streams["cam0"]["node"]
     victim = next(n for n in ray_cluster.worker_nodes if n.node_id == victim_id)
     moved = [c for c in CAMERAS if streams[c]["node"] == victim_id]
+
+    calibrated = streams["cam0"]["calibration"] is not None  # by the test before
+    if calibrated:  # the new shard must write cam0's model from PostgreSQL again
+        for models in glob.glob(str(Path(tempfile.gettempdir()) / "crowdcount-shard-*-models")):
+            shutil.rmtree(models, ignore_errors=True)
     survivors = workers - {victim_id}
 
     ray_cluster.remove_node(victim, allow_graceful=False)
@@ -509,6 +563,14 @@ async def test_worker_node_killed_cameras_resume_on_other_node(
                       and s[c]["status"]["state"] == "running" for c in moved),
         api, "the moved cameras running on a survivor in the API", timeout=60)
     await _wait_running(api, survivors, timeout=30)
+    if calibrated:
+        async def own_model() -> bool:
+            cam0, cam1 = await _counts(api)
+            return 0 < cam0 < 0.4 * cam1
+
+        # cam0's new shard wrote its model from PostgreSQL where it runs now
+        await wait_until(own_model, 60, "cam0 on its calibrated model after the failover",
+                         interval=0.2)
 
     with psycopg.connect(cluster_dsn) as conn:
         duplicates = conn.execute(

@@ -126,8 +126,9 @@ def test_a_gop_that_grows_mid_stream_switches_to_full_at_the_next_keyframe(
 def test_conversion_scales_to_the_model_size_in_one_step(tmp_path: Path) -> None:
     clip = write_clip(tmp_path / "big.mp4", 640, 360, fps=10, seconds=1, gop=10)
     decoder, frames = decode_all(clip, None, max_side=320)
-    convert, size = decoder.picture(frames[0])
+    convert, size, full_size = decoder.picture(frames[0])
     assert size == (640, 360)  # the camera's size, for zones in camera pixels
+    assert full_size is not None and full_size().shape == (360, 640, 3)  # for calibration
     rgb = convert()
     assert rgb.shape == (*input_size(640, 360, 320), 3) == (192, 320, 3)
     # Same picture as full-size RGB then resized: the squares of the test pattern agree.
@@ -137,7 +138,8 @@ def test_conversion_scales_to_the_model_size_in_one_step(tmp_path: Path) -> None
     reference = cv2.resize(full, (320, 192), interpolation=cv2.INTER_AREA)
     assert np.abs(rgb.astype(int) - reference.astype(int)).mean() < 3
     small, _ = decode_all(clip, None, max_side=1024)
-    assert small.picture(frames[0])[1] is None  # not bigger than max_side: untouched
+    unscaled = small.picture(frames[0])
+    assert unscaled.source_size is None and unscaled.full is None  # untouched
 
 
 # -- live sources ------------------------------------------------------------------------------

@@ -136,6 +136,10 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "404", "409"]
 [[operations]]
 include-name = ["POST /api/rtc/offer"]
 checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "404", "409"]
+# - a calibration mark must lie inside its frame (whose size the schema cannot know);
+[[operations]]
+include-name = ["PUT /api/streams/{{id}}/calibration/frames/{{fid}}/marks"]
+checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "404"]
 # - an upload must be a decodable image.
 [[operations]]
 include-name = ["POST /api/count"]

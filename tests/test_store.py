@@ -20,6 +20,7 @@ import pytest
 
 from crowdcount.streamer.store import (
     AlertLog,
+    CalibrationStore,
     CountHistory,
     GatheringStore,
     SettingsStore,
@@ -55,6 +56,7 @@ def test_parts_speak_the_interfaces(store: SQLiteStore) -> None:
     assert isinstance(store.alerts, AlertLog)
     assert isinstance(store.settings, SettingsStore)
     assert isinstance(store.gathering, GatheringStore)
+    assert isinstance(store.calibration, CalibrationStore)
     assert set(store.stats()) == {"pending", "written", "duplicates", "dropped", "last_error"}
 
 
@@ -457,6 +459,41 @@ def test_gathering_table_without_part_column_is_migrated(tmp_path: Path) -> None
         s.gathering.add_bucket("cam", 60.0, 5, b"p", part="w")
         s.gathering.add_bucket("cam", 60.0, 6, b"q", part="w")
         assert sorted(s.gathering.buckets("cam", 0, 1e300)) == [(60.0, 3, b"g"), (60.0, 6, b"q")]
+
+
+def test_marked_frames_and_calibrated_models(db: StoreDb) -> None:
+    """Calibration's records: frames bounded per stream, marks replaced, pictures and the
+    model bytes back as written after a reopen, and a stream forgotten as a whole."""
+    def frame(fid: str, sid: str = "cam", t: float = 1.0) -> dict:
+        return {"id": fid, "stream_id": sid, "captured_at": t, "width": 640, "height": 360,
+                "model_count": 12.5, "marks": None}
+
+    with db.open() as s:
+        c = s.calibration
+        assert c.frames("cam") == [] and c.frame("cam", "a") is None
+        assert c.add_frame(frame("a"), b"\xff\xd8a", b"dens-a", limit=2)
+        assert c.add_frame(frame("b", t=2.0), b"\xff\xd8b", b"dens-b", limit=2)
+        assert not c.add_frame(frame("c", t=3.0), b"\xff\xd8c", b"d", limit=2)  # full
+        assert c.add_frame(frame("a", "other"), b"o", b"o", limit=2)  # per stream
+        marks = {"points": [[1.5, 2.0], [639.0, 359.5]]}
+        assert c.set_marks("cam", "b", marks)
+        assert not c.set_marks("cam", "nope", {"count": 3})
+        c.save_model("cam", "m1", b"onnx-1")
+        c.save_model("cam", "m2", b"onnx-2")  # one model per stream: the newest
+    with db.open() as s:
+        c = s.calibration
+        assert [f["id"] for f in c.frames("cam")] == ["a", "b"]
+        assert c.frame("cam", "b") == {**frame("b", t=2.0), "marks": marks}
+        assert c.frame("cam", "a")["marks"] is None
+        assert c.image("cam", "a") == b"\xff\xd8a" and c.density("cam", "b") == b"dens-b"
+        assert c.image("cam", "nope") is None
+        assert c.model("cam", "m2") == b"onnx-2" and c.model("cam", "m1") is None
+        assert c.set_marks("cam", "b", None) and c.frame("cam", "b")["marks"] is None
+        assert c.delete_frame("cam", "a") and not c.delete_frame("cam", "a")
+        c.forget("cam", frames=False)
+        assert c.model("cam", "m2") is None and len(c.frames("cam")) == 1
+        c.forget("cam")
+        assert c.frames("cam") == [] and len(c.frames("other")) == 1
 
 
 def test_delete_counts_before(store: SQLiteStore) -> None:

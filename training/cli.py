@@ -186,18 +186,24 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def add_calibrate(sub: argparse._SubParsersAction) -> None:
+    from crowdcount.training.calibrate import DEFAULT_TIME_BUDGET
+
     p = sub.add_parser("calibrate", help="adapt the model to one camera from a few marked "
                        "frames (no TensorFlow: the calibrate extra)")
     p.add_argument("dataset", metavar="generic:DIR[:RANGE]",
                    help="the camera's marked frames (any dataset format train reads)")
     p.add_argument("-o", "--output", required=True, help="ONNX model to write")
     p.add_argument("--base", help="start from this .keras model (default: the bundled one)")
-    p.add_argument("--time-budget", type=float, default=90.0,
-                   help="seconds for training (guard and final run together)")
+    p.add_argument("--time-budget", type=float, default=DEFAULT_TIME_BUDGET,
+                   help="at most this many seconds of training (the guard's run gets half); the "
+                   "recipe's steps are fixed and a slower machine stops short of them")
     p.add_argument("--max-side", type=int,
                    help="run frames at this longer side (default: the bundled model's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--progress", action="store_true",
+                   help='print progress on stdout as it goes, one JSON line each: '
+                        '{"progress": 0..1, "message": "..."} (the server reads them)')
     p.set_defaults(run=run_calibrate)
 
 
@@ -218,10 +224,15 @@ def run_calibrate(args: argparse.Namespace) -> int:
         raise UserError(f"{args.dataset}: {len(reader)} frames; calibration takes at most "
                         f"{MAX_FRAMES} (choose some with :RANGE)")
     samples = [reader[i] for i in range(len(reader))]
+
+    def progress(message: str, fraction: float) -> None:
+        print(json.dumps({"progress": round(fraction, 4), "message": message}), flush=True)
+
     result = calibrate(samples, args.output, base=args.base, time_budget=args.time_budget,
-                       max_side=args.max_side, recipe=Recipe(seed=args.seed))
+                       max_side=args.max_side, recipe=Recipe(seed=args.seed),
+                       progress=progress if args.progress else None)
     if args.json:
-        print(json.dumps(result.to_dict()))
+        print(json.dumps(result.to_dict()), flush=True)
     else:
         print(f"frames={result.frames} held_out={result.held_out} "
               f"MAE_before={result.mae_before:.3f} MAE_after={result.mae_after:.3f} "

@@ -7,10 +7,13 @@
 //   webrtc.js  a card's WebRTC link (view or publish)    forms.js   add camera, my camera, upload
 //   dom.js     element and banner helpers               zones.js   zone editor and alerts
 //   onscreen.js  pause hidden cards, narrow the feed      range.js   time range picker
-//   history.js, gathering.js, edit.js, rules.js: the history, gathering map, stream edit and
-//   alert rule views (feature modules like zones.js)
+//   editor.js  frame <-> CSS pixels, zoom, editor base   marks.js   head marks with undo
+//   history.js, gathering.js, edit.js, rules.js, floor.js, calibrate.js: the history,
+//   gathering map, stream edit, alert rule, floor and model calibration views (feature
+//   modules like zones.js)
 // A feature module imports what it needs from these and follows the document events
-// "crowdcount:card-added", "crowdcount:card-removed" ({detail: {card}}) and
+// "crowdcount:card-added", "crowdcount:card-updated", "crowdcount:card-removed"
+// ({detail: {card}}) and
 // "crowdcount:feed" ({detail: item}, every live-feed item, alerts included); index.html
 // loads it with its own <script type="module">.
 

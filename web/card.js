@@ -1,11 +1,13 @@
 // Stream cards: one <li> per stream (from the template in index.html) with its annotated
 // video, state badge, live count and chart. ``cards`` (stream id -> Card) is the page's one
 // registry of streams; other modules follow it through the document events
-// "crowdcount:card-added" and "crowdcount:card-removed" ({detail: {card}}).
+// "crowdcount:card-added", "crowdcount:card-updated" (each GET /api/streams answer) and
+// "crowdcount:card-removed" ({detail: {card}}).
 
 import { api, streamPath } from "./api.js";
 import { CHART_WINDOW_S, CountChart } from "./chart.js";
 import { el, showBanner } from "./dom.js";
+import { toFrame } from "./editor.js";
 import { formatCount, toSeconds } from "./format.js";
 import { PeerLink } from "./webrtc.js";
 
@@ -51,23 +53,6 @@ export function addCardButton(card, { cls, testid, text, label }) {
 
 export function updateEmpty() {
   document.querySelector('[data-testid="empty"]').hidden = cards.size > 0;
-}
-
-// An overlay canvas sized to its box at the device's pixel ratio and cleared: a 2D context
-// drawing in CSS pixels. Points in camera pixels go to CSS pixels with ``toCss``.
-export function clearOverlay(canvas) {
-  const dpr = window.devicePixelRatio || 1;
-  canvas.width = Math.round(canvas.clientWidth * dpr);
-  canvas.height = Math.round(canvas.clientHeight * dpr);
-  const ctx = canvas.getContext("2d");
-  ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
-  ctx.clearRect(0, 0, canvas.clientWidth, canvas.clientHeight);
-  return ctx;
-}
-
-// A point in camera pixels -> CSS pixels on the card's overlay (``rect``: Card.videoRect()).
-export function toCss(rect, [x, y]) {
-  return [rect.x + (x / rect.sx) * rect.scale, rect.y + (y / rect.sy) * rect.scale];
 }
 
 export class Card {
@@ -145,11 +130,11 @@ export class Card {
     return this.link.peerId;
   }
 
-  // Where the video picture lies inside .media (object-fit: contain), for overlays such as
-  // zone drawing: {x, y, width, height, scale} in CSS pixels, scale = CSS px per video px;
-  // frameWidth/frameHeight is the camera's size (status.frame_size), in which zones are
-  // given, and sx/sy camera px per video px: the server may send a camera's video at the
-  // model's smaller size.
+  // Where the video picture lies inside .media (object-fit: contain), as an editor.js view
+  // for overlays such as zone drawing, plus the picture's width and height in CSS pixels:
+  // scale = CSS px per video px; frameWidth/frameHeight is the camera's size
+  // (status.frame_size), in which zones are given, and sx/sy camera px per video px: the
+  // server may send a camera's video at the model's smaller size.
   videoRect() {
     const box = this.media.getBoundingClientRect();
     const vw = this.video.videoWidth;
@@ -169,19 +154,14 @@ export class Card {
   // both given in them), or null off the picture (more than ``slack`` px onto the black bars).
   framePoint(event, slack = 0) {
     const rect = this.videoRect();
-    if (!rect) return null;
-    const x = ((event.offsetX - rect.x) / rect.scale) * rect.sx;
-    const y = ((event.offsetY - rect.y) / rect.scale) * rect.sy;
-    const w = rect.frameWidth;
-    const h = rect.frameHeight;
-    if (x < -slack || y < -slack || x > w + slack || y > h + slack) return null;
-    const clamp = (v, hi) => Math.round(Math.min(Math.max(v, 0), hi) * 10) / 10;
-    return [clamp(x, w), clamp(y, h)];
+    return rect && toFrame(rect, event.offsetX, event.offsetY, slack);
   }
 
-  // A stream as GET /api/streams lists it: name, kind, status.
+  // A stream as GET /api/streams lists it: name, kind, status (kept as ``stream`` for the
+  // feature modules, told by "crowdcount:card-updated").
   update(stream) {
     this.seen = Date.now();
+    this.stream = stream;
     if (stream.name && stream.name !== this.name && !this.local) {
       this.name = stream.name;
       this.nameEl.textContent = stream.name;
@@ -206,6 +186,7 @@ export class Card {
     if (st.reconnects) fps.push(`${st.reconnects} reconnects`);
     this.fpsEl.textContent = fps.join(" · ");
     this.render();
+    announce("card-updated", this);
     // The stream came (back) to life: make sure the video follows.
     if (this.serverState === "running" && !this.local && this.idle()) {
       this.connectView();

@@ -7,14 +7,15 @@
 // zone counts (zones.js) from the feed's "floor" items. A feature module, like zones.js.
 
 import { api, streamPath } from "./api.js";
-import { addCardButton, clearOverlay, eachCard, toCss } from "./card.js";
+import { addCardButton, eachCard } from "./card.js";
 import { el } from "./dom.js";
+import { clearOverlay, FrameEditor, toCss } from "./editor.js";
 
 const floorPath = (id) => streamPath(id, "floor");
 
-class FloorEditor {
+class FloorEditor extends FrameEditor {
   constructor(card) {
-    this.card = card;
+    super(card, "floor-error");
     this.points = []; // [[x, y], ...] in camera pixels, like zones (the video may be smaller)
     this.size = null; // [width, height] of the camera when the points were marked
     this.current = null; // the server's calibration (GET answer) or null
@@ -53,8 +54,6 @@ class FloorEditor {
                            "Remove calibration");
     const buttons = el("div", { class: "zone-controls" });
     buttons.append(this.saveButton, this.undoButton, this.removeButton);
-    this.error = el("p", { class: "form-error", testid: "floor-error", role: "alert",
-                           hidden: "" });
     this.panel.append(this.status, this.help, this.rows, rect, buttons, this.error);
     card.el.querySelector(".card-stats").after(this.panel);
 
@@ -67,8 +66,7 @@ class FloorEditor {
     this.saveButton.addEventListener("click", () => this.save());
     this.removeButton.addEventListener("click", () => this.remove());
     this.rectBox.addEventListener("change", () => this.renderRows());
-    this.resizeObserver = new ResizeObserver(() => this.redraw());
-    this.resizeObserver.observe(card.media);
+    this.observe(card.media);
     if (!card.local) this.load();
   }
 
@@ -189,15 +187,6 @@ class FloorEditor {
       ctx.fill();
       ctx.fillText(String(i + 1), cx + 7, cy - 7);
     });
-  }
-
-  showError(message) {
-    this.error.textContent = message;
-    this.error.hidden = !message;
-  }
-
-  dispose() {
-    this.resizeObserver.disconnect();
   }
 }
 

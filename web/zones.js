@@ -4,8 +4,9 @@
 // cards through the crowdcount:card-added / card-removed / feed events (see app.js).
 
 import { api, streamPath } from "./api.js";
-import { cards, clearOverlay, eachCard, toCss } from "./card.js";
+import { cards, eachCard } from "./card.js";
 import { el } from "./dom.js";
+import { clearOverlay, FrameEditor, toCss } from "./editor.js";
 import { formatCount } from "./format.js";
 
 const MIN_POINT_GAP_PX = 4; // a click this close to the previous point adds nothing
@@ -17,9 +18,9 @@ function zonesPath(id) {
 
 // ------------------------------------------------------------------------------ one card
 
-class ZoneEditor {
+class ZoneEditor extends FrameEditor {
   constructor(card) {
-    this.card = card;
+    super(card, "zone-error");
     this.zones = []; // [{name, points: [[x, y], ...]}] in camera pixels, as the server has them
     this.counts = {}; // zone name -> latest count from the feed
     this.floor = {}; // zone name -> {area_m2, per_m2, level} on a floor-calibrated stream
@@ -49,7 +50,6 @@ class ZoneEditor {
     label.append(el("span", {}, "Zone name"), this.nameInput);
     this.saveButton = el("button", { type: "submit", testid: "zone-save" }, "Save zone");
     this.nameForm.append(label, this.saveButton);
-    this.error = el("p", { class: "form-error", testid: "zone-error", role: "alert", hidden: "" });
     this.list = el("ul", { class: "zone-list", testid: "zone-list", role: "list" });
     this.panel.append(this.help, this.controls, this.nameForm, this.error, this.list);
     card.el.querySelector(".card-stats").after(this.panel);
@@ -70,8 +70,7 @@ class ZoneEditor {
       event.preventDefault();
       this.save();
     });
-    this.resizeObserver = new ResizeObserver(() => this.redraw());
-    this.resizeObserver.observe(card.media);
+    this.observe(card.media);
     // A browser camera is no stream until its offer is answered (a GET would be a 404,
     // which the console reports): its zones are loaded with its first feed item instead.
     this.loaded = false;
@@ -271,14 +270,6 @@ class ZoneEditor {
     }
   }
 
-  showError(message) {
-    this.error.textContent = message;
-    this.error.hidden = !message;
-  }
-
-  dispose() {
-    this.resizeObserver.disconnect();
-  }
 }
 
 const editors = new Map(); // Card -> ZoneEditor

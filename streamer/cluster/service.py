@@ -34,6 +34,12 @@ import psycopg
 from crowdcount.model.errors import UserError
 from crowdcount.model.zones import Zone, check_unique_names
 from crowdcount.streamer.alerts import AlertEvent, ThresholdRule
+from crowdcount.streamer.calibration import (
+    CALIBRATION_KEY,
+    CalibrationDesk,
+    Captured,
+    calibration_summary,
+)
 from crowdcount.streamer.cluster.placement import choose_shard
 from crowdcount.streamer.cluster.shard import CONFIG_KEY, shard_actor, shard_config
 from crowdcount.streamer.config import (
@@ -98,6 +104,7 @@ class ClusterEntry:
     now: float = field(default_factory=time.time)
     saved_zones: list[dict[str, Any]] | None = None
     settings: dict[str, Any] = field(default_factory=dict)
+    calibration: dict[str, Any] | None = None  # its summary (``calibration_summary``)
 
     def zones(self) -> list[dict[str, Any]]:
         """The zones in force: those saved through the API win over the definition's, as
@@ -135,7 +142,7 @@ class ClusterEntry:
     def to_dict(self) -> dict[str, Any]:
         options = shown_options(self.options, self.zones(), self.floor())
         return {**stream_dict(self.id, self.url, self.kind, self.origin, options,
-                              self.status()),
+                              self.status(), self.calibration),
                 "shard": self.shard, "node": self.node}
 
 
@@ -259,6 +266,13 @@ class ClusterService:
         # still filling reaches the map when it is written, at most a bucket later).
         self.gathering = GatheringMap(self.store.gathering)
         self.peers = ShardPeers(self)
+        # Calibrations in force, from the store's settings (re-read when one changes): the
+        # jobs run in this process; the camera's shard loads the model from the store.
+        self.calibrations: dict[str, dict[str, Any]] = {}
+        self.calibration = CalibrationDesk(self.store, grab=self._grab,
+                                           apply=self._apply_calibration,
+                                           current=self.calibrations.get, shared=True)
+        self._calibrations_changed = True
         self.metrics = Metrics(self.statuses, self._gauges, zones=self._zone_names,
                                alerts=self.integrations.active_alerts)
         self.uploads = UploadCounter.from_config(config.model)
@@ -386,6 +400,8 @@ class ClusterService:
             elif channel == SETTINGS_CHANNEL:  # rules, or a camera's zones or settings
                 if payload == "rules":
                     self._rules_changed.set()
+                elif payload.startswith(f"setting:{CALIBRATION_KEY}:"):
+                    self._calibrations_changed = True
                 self._changed.set()
             else:
                 try:
@@ -399,6 +415,7 @@ class ClusterService:
 
         def caught_up() -> None:
             self._rules_changed.set()
+            self._calibrations_changed = True
             self._changed.set()
 
         self._listener = Listener(self.cluster.database,
@@ -421,14 +438,22 @@ class ClusterService:
                 log.error("event=refresh_failed error=%r", str(exc).strip())
 
     async def refresh(self) -> None:
-        """Re-read the cameras and their status (one query)."""
+        """Re-read the cameras and their status (one query), and the calibrations when
+        one changed."""
+        if self._calibrations_changed:
+            self._calibrations_changed = False
+            saved = await asyncio.to_thread(self.store.settings.stream_settings,
+                                            CALIBRATION_KEY)
+            self.calibrations.clear()  # the same dict: the desk looks it up
+            self.calibrations.update(saved)
         rows = await asyncio.to_thread(self.store.cluster.streams_with_status)
         now = time.time()
         self.streams = {
             r["id"]: ClusterEntry(
                 r["id"], r["url"], r["kind"], r["origin"], r["options"], r["shard"],
                 r["created_at"], r["node"], r["status"], r["status_age_s"],
-                self.cluster.outage_after, now, r["zones"], r["settings"])
+                self.cluster.outage_after, now, r["zones"], r["settings"],
+                calibration_summary(self.calibrations.get(r["id"])))
             for r in rows
         }
 
@@ -505,6 +530,7 @@ class ClusterService:
             await asyncio.to_thread(self.store.settings.delete_zones, stream_id)
             await asyncio.to_thread(self.store.settings.delete_stream_setting, stream_id,
                                     FLOOR_KEY)
+            await self.calibration.forget(stream_id)
         await self.refresh()
 
     async def set_zones(self, stream_id: str, zones: Sequence[Zone]) -> None:
@@ -545,6 +571,30 @@ class ClusterService:
     async def has_history(self, stream_id: str) -> bool:
         return await has_history(self.store, stream_id)
 
+    # -- calibration -------------------------------------------------------------------------
+
+    async def _grab(self, stream_id: str, back: int) -> Captured:
+        """A recent frame of the camera, from the shard that runs it."""
+        entry = self.get(stream_id)
+        captured: Captured = await self.call_shard(entry.shard, "grab", stream_id, back)
+        return captured
+
+    async def _apply_calibration(self, stream_id: str, value: dict[str, Any] | None) -> None:
+        """Save (``None``: delete) the camera's calibration in the settings; their NOTIFY
+        makes the owning shard load the model from the store (and every API process
+        re-read the calibrations). A shard that starts later reads them itself."""
+        if value is None:
+            await asyncio.to_thread(self.store.settings.delete_stream_setting, stream_id,
+                                    CALIBRATION_KEY)
+            self.calibrations.pop(stream_id, None)
+        else:
+            await asyncio.to_thread(self.store.settings.save_stream_setting, stream_id,
+                                    CALIBRATION_KEY, value)
+            self.calibrations[stream_id] = value
+        entry = self.streams.get(stream_id)
+        if entry is not None:
+            entry.calibration = calibration_summary(self.calibrations.get(stream_id))
+
     # -- shutdown ----------------------------------------------------------------------------
 
     async def shutdown(self) -> None:
@@ -555,6 +605,7 @@ class ClusterService:
         """Stop following the database; the shards keep running (they belong to the
         cluster, not to this process)."""
         await self.shutdown()
+        await self.calibration.close()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

@@ -31,13 +31,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Coroutine, Mapping
+from pathlib import Path
 from typing import Any, TypeVar
 
 from crowdcount.model.bundled import default_model
 from crowdcount.model.runtime import Runtime
+from crowdcount.streamer.calibration import CALIBRATION_KEY, Captured
 from crowdcount.streamer.config import Config, StreamConfig, parse_config
 from crowdcount.streamer.service import Service, StreamEntry, make_source
 from crowdcount.streamer.sources.base import Source
@@ -126,9 +129,13 @@ class ShardRuntime:
         for saved in await asyncio.to_thread(store.streams.all):
             if saved.get("origin") == "webrtc":
                 await asyncio.to_thread(store.streams.delete, saved["id"])
+        # Calibrated models are written from the store where this shard runs (after a
+        # failover, on the new node).
+        model_dir = Path(tempfile.gettempdir()) / f"crowdcount-shard-{self.index}-models"
         self.service = Service(config, runtime, model_path=model_path, store=store,
                                owns_registry=False, on_dropped=self._dropped,
-                               sources=self._sources, gathering_open_every=GATHERING_OPEN_S)
+                               sources=self._sources, gathering_open_every=GATHERING_OPEN_S,
+                               model_dir=model_dir)
         await self.service.start_pipeline()
         await self.sync()
         self._tasks = [asyncio.create_task(self._heartbeat()),
@@ -240,11 +247,29 @@ class ShardRuntime:
                     if saved:
                         async with self._sync_lock:  # not while a camera is being added
                             await svc.apply_saved(saved)
+                    await self._reload_calibrations(svc, what)
                 except Exception as exc:
                     log.error("event=shard_sync_failed shard=%d error=%r", self.index,
                               str(exc))
         finally:
             await asyncio.to_thread(listener.stop)
+
+    @staticmethod
+    async def _reload_calibrations(svc: Service, what: set[str]) -> None:
+        """Put in force the calibrations another process changed (``setting:calibration:
+        <camera>``), or all of them after the connection was (re)opened."""
+        prefix = f"setting:{CALIBRATION_KEY}:"
+        if "*" in what:
+            changed = set(svc.streams)
+        else:
+            changed = {w.removeprefix(prefix) for w in what if w.startswith(prefix)}
+        for sid in sorted(changed & set(svc.streams)):
+            await svc.reload_calibration(sid)
+
+    async def grab(self, stream_id: str, back: int) -> Captured:
+        """One of a camera's recent frames, for calibration (the API process saves it)."""
+        svc, _ = self._require()
+        return await svc.grab(stream_id, back)
 
     async def offer(self, sdp: str, type: str, stream_id: str, mode: str = "view"
                     ) -> dict[str, str]:
@@ -304,6 +329,10 @@ class Shard:
     async def close_peer(self, peer_id: str) -> bool:
         await asyncio.wrap_future(self._started)
         return await self._on_loop(self.runtime.close_peer(peer_id))
+
+    async def grab(self, stream_id: str, back: int) -> Captured:
+        await asyncio.wrap_future(self._started)
+        return await self._on_loop(self.runtime.grab(stream_id, back))
 
     async def stop(self) -> None:
         """Stop every camera and commit what is queued (before ``ray.kill``)."""

@@ -63,6 +63,16 @@ class StreamStatusOut(_Answer):
     last_count: float | None
 
 
+class CalibrationInForce(_Answer):
+    """The calibration a stream counts with: how many marked frames it was fitted on and
+    the MAE on the frames the guard held back, before (the shared model) and after."""
+
+    frames: int | None
+    mae_before: float | None
+    mae_after: float | None
+    calibrated_at: float | None = Field(description="unix seconds")
+
+
 class Stream(_Answer):
     """A stream; its url has any credentials masked (``rtsp://***@host/...``)."""
 
@@ -74,6 +84,8 @@ class Stream(_Answer):
     options: dict[str, Any] = Field(
         description="the stream's own settings (max_side, fps_limit, zones, ...)")
     status: StreamStatusOut
+    calibration: CalibrationInForce | None = Field(
+        None, description="its own model from a calibration; null: the shared model")
 
 
 class StreamList(_Answer):
@@ -194,3 +206,45 @@ class Floor(_Answer):
     levels: list[float] | None = Field(None, description="upper bounds (people/m²) of the "
                                                          "levels of service A-E")
     zones: dict[str, FloorZone] | None = None
+
+
+class Marks(_Answer):
+    """Heads marked on a frame (pixels of the frame as captured), or its typed count."""
+
+    points: list[Point] | None = None
+    count: float | None = None
+
+
+class MarkedFrame(_Answer):
+    id: str
+    captured_at: float = Field(description="when the camera's frame was decoded (unix s)")
+    width: int
+    height: int
+    model_count: float = Field(description="what the stream's model counted on it")
+    marks: Marks | None = Field(description="null: not marked yet")
+    marked_count: float | None = Field(description="the marks' count (points or typed)")
+
+
+class MarkedFrames(_Answer):
+    frames: list[MarkedFrame]
+
+
+class CalibrationResult(_Answer):
+    """The guard's verdict: MAE on the held-back marked frames, before and after."""
+
+    frames: int
+    held_out: int
+    mae_before: float
+    mae_after: float
+    kept: bool
+    seconds: float
+
+
+class CalibrationStatus(_Answer):
+    state: Literal["idle", "running", "done", "refused", "failed"]
+    progress: float = Field(ge=0, le=1)
+    message: str
+    started_at: float | None
+    finished_at: float | None
+    result: CalibrationResult | None
+    model: CalibrationInForce | None = Field(description="the calibration in force")

@@ -83,15 +83,17 @@ class Source(ABC):
         self._ready = asyncio.Event()
 
     def _publish(self, image: RGB | Callable[[], RGB], captured_at: float | None = None,
-                 source_size: tuple[int, int] | None = None) -> None:
+                 source_size: tuple[int, int] | None = None,
+                 full: Callable[[], RGB] | None = None) -> None:
         """Thread-safe: replace the pending frame by a newer one (counting the drop).
 
         ``image`` is an RGB array or, from decoders, ``rgb_later(frame)``, so that frames
         dropped on the way to the model are never converted; ``source_size`` is the
-        camera's (width, height) when that conversion scales the picture down."""
+        camera's (width, height) when that conversion scales the picture down, and
+        ``full`` then makes the picture at that size (``Frame.full``)."""
         pixels = image if callable(image) else np.asarray(image)
         frame = Frame(self.stream_id, self._seq, captured_at or time.time(), pixels,
-                      source_size)
+                      source_size, full)
         self._seq += 1
         with self._lock:
             if self._latest is not None:

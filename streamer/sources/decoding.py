@@ -33,7 +33,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import av
 
@@ -51,6 +51,16 @@ KEYFRAME_TOLERANCE = 1.05
 #: Keyframe intervals remembered; the longest of them decides (one short GOP after a scene
 #: cut must not switch a long-GOP camera to keyframes-only).
 INTERVALS_KEPT = 4
+
+
+class Picture(NamedTuple):
+    """What ``Source._publish`` takes of one decoded frame: its lazy conversion at the
+    model's size, the camera's (width, height) when that scales it down (else ``None``),
+    and then the lazy conversion at the camera's size (``Frame.full``)."""
+
+    pixels: Callable[[], RGB]
+    source_size: tuple[int, int] | None
+    full: Callable[[], RGB] | None
 
 
 def _same_picture(first: av.Packet, packet: av.Packet) -> bool:
@@ -105,11 +115,15 @@ class Decoder:
     def keyframes_only(self) -> bool:
         return self._keyframes_only
 
-    def picture(self, frame: av.VideoFrame) -> tuple[Callable[[], RGB], tuple[int, int] | None]:
+    def picture(self, frame: av.VideoFrame) -> Picture:
         """The frame's lazy, scaled RGB conversion (see ``rgb_later``) and, when it scales,
-        the camera's (width, height) for ``Source._publish``."""
+        the camera's (width, height) and the full-size conversion, for
+        ``Source._publish``."""
         scaled = self.max_side is not None and max(frame.width, frame.height) > self.max_side
-        return rgb_later(frame, self.max_side), (frame.width, frame.height) if scaled else None
+        if not scaled:
+            return Picture(rgb_later(frame), None, None)
+        return Picture(rgb_later(frame, self.max_side), (frame.width, frame.height),
+                       rgb_later(frame))
 
     def frames(self, container: InputContainer, stream: VideoStream,
                on_packet: Callable[[], None] | None = None) -> Iterator[av.VideoFrame]:

@@ -97,8 +97,9 @@ class FileSource(ThreadedSource):
                     clock_start -= delay  # fell behind: re-anchor rather than burst
                 if self._stop.is_set():
                     return None
-                image, size = self.decoder.picture(frame)
+                picture = self.decoder.picture(frame)
                 if self.status.state != StreamState.RUNNING:
                     self.status.state = StreamState.RUNNING
-                self._publish(image, source_size=size)
+                self._publish(picture.pixels, source_size=picture.source_size,
+                              full=picture.full)
             return end

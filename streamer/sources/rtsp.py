@@ -206,12 +206,13 @@ class RtspSource(ThreadedSource):
             for frame in self.decoder.frames(container, stream, self._data_arrived):
                 if self._stop.is_set():
                     break
-                image, size = self.decoder.picture(frame)
+                picture = self.decoder.picture(frame)
                 got_frame = True
                 if self.status.state != StreamState.RUNNING:
                     self.status.state = StreamState.RUNNING
                     log.info("%s: receiving frames", self.masked_url)
-                self._publish(image, source_size=size)
+                self._publish(picture.pixels, source_size=picture.source_size,
+                              full=picture.full)
             reason = "server closed the connection (stream ended)"
         except av.FFmpegError as exc:
             reason = f"{type(exc).__name__}: {exc.strerror or 'FFmpeg error'}"

@@ -11,9 +11,11 @@ from pathlib import Path
 from crowdcount.streamer.store.base import (
     AlertLog,
     AlertRow,
+    CalibrationStore,
     CountHistory,
     CountRow,
     GatheringStore,
+    MarkedFrame,
     SavedStream,
     SettingsStore,
     Store,
@@ -25,9 +27,11 @@ from crowdcount.streamer.store.sqlite import SQLiteStore
 __all__ = [
     "AlertLog",
     "AlertRow",
+    "CalibrationStore",
     "CountHistory",
     "CountRow",
     "GatheringStore",
+    "MarkedFrame",
     "SQLiteStore",
     "SavedStream",
     "SettingsStore",

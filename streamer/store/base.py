@@ -28,9 +28,11 @@ from typing import Any, Protocol, TypedDict, runtime_checkable
 __all__ = [
     "AlertLog",
     "AlertRow",
+    "CalibrationStore",
     "CountHistory",
     "CountRow",
     "GatheringStore",
+    "MarkedFrame",
     "SavedStream",
     "SettingsStore",
     "Store",
@@ -278,6 +280,65 @@ class GatheringStore(Protocol):
     def stats(self) -> dict[str, int]: ...
 
 
+class MarkedFrame(TypedDict):
+    """A frame captured for calibration, without its pictures (``CalibrationStore.image``
+    and ``density`` have them). ``marks`` is ``None`` until marked, then
+    ``{"points": [[x, y], ...]}`` (pixels of the frame) or ``{"count": n}``."""
+
+    id: str
+    stream_id: str
+    captured_at: float
+    width: int
+    height: int
+    model_count: float
+    marks: dict[str, Any] | None
+
+
+@runtime_checkable
+class CalibrationStore(Protocol):
+    """What calibration keeps per stream: the frames a user captured and marked (a JPEG at
+    the camera's size, the model's density at capture, the count it gave, the marks) and
+    the stream's calibrated model (ONNX bytes), so that whichever process runs the camera,
+    on whichever machine, counts it with that model. Writes are durable when they return."""
+
+    def add_frame(self, frame: MarkedFrame, jpeg: bytes, density: bytes, limit: int) -> bool:
+        """Save a captured frame unless the stream already has ``limit``; whether saved."""
+        ...
+
+    def frames(self, stream_id: str) -> list[MarkedFrame]:
+        """The stream's frames, oldest first."""
+        ...
+
+    def frame(self, stream_id: str, frame_id: str) -> MarkedFrame | None: ...
+
+    def image(self, stream_id: str, frame_id: str) -> bytes | None:
+        """The frame's JPEG."""
+        ...
+
+    def density(self, stream_id: str, frame_id: str) -> bytes | None:
+        """The model's density at capture, as ``streamer.calibration`` encoded it."""
+        ...
+
+    def set_marks(self, stream_id: str, frame_id: str, marks: Mapping[str, Any] | None
+                  ) -> bool:
+        """Replace a frame's marks; whether the frame exists."""
+        ...
+
+    def delete_frame(self, stream_id: str, frame_id: str) -> bool: ...
+
+    def save_model(self, stream_id: str, model_id: str, onnx: bytes) -> None:
+        """The stream's calibrated model (one per stream: it replaces the previous)."""
+        ...
+
+    def model(self, stream_id: str, model_id: str) -> bytes | None:
+        """The stream's model if it is ``model_id`` (an older id: ``None``)."""
+        ...
+
+    def forget(self, stream_id: str, *, frames: bool = True) -> None:
+        """Drop the stream's model, and with ``frames`` its frames too."""
+        ...
+
+
 @runtime_checkable
 class Store(Protocol):
     """One backend's records plus the writer's lifecycle (``streamer.store.writer``): every
@@ -297,6 +358,9 @@ class Store(Protocol):
 
     @property
     def gathering(self) -> GatheringStore: ...
+
+    @property
+    def calibration(self) -> CalibrationStore: ...
 
     def flush(self) -> int:
         """Commit everything queued so far; the number of count rows and alert changes

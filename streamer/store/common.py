@@ -7,8 +7,9 @@ database (SQLite: one connection for the writer and ``query_only`` readers; Post
 ``psycopg_pool`` pool) and in a few spellings, which a ``Dialect`` names: a parameter,
 ``floor`` of a time, the JSON functions and how JSON values are stored (text; JSONB).
 Everything else lives here, once: the history with its per-second and per-minute rollups
-and raw-row pruning, the alert log, the settings (rules, zones, per-stream JSON state) and
-the gathering grids. Both dialects accept ``INSERT ... ON CONFLICT ... DO UPDATE``.
+and raw-row pruning, the alert log, the settings (rules, zones, per-stream JSON state), the
+gathering grids and calibration's marked frames and models. Both dialects accept
+``INSERT ... ON CONFLICT ... DO UPDATE``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from crowdcount.streamer.store.base import FLOOR_KEY, AlertRow, CountRow, StoreStats
+from crowdcount.streamer.store.base import FLOOR_KEY, AlertRow, CountRow, MarkedFrame, StoreStats
 from crowdcount.streamer.store.writer import Op, Row, Writer
 
 #: A dialect's named parameter as a format of its name: ``":{}"`` (SQLite) or ``"%({})s"``
@@ -120,11 +121,11 @@ def add_zone_stats(
 
 
 class SqlStore:
-    """A store's shared records (history, alerts, settings, gathering) and its writer's
-    lifecycle (``Store.flush``, ``stats``, ``close``); a database adds its camera registry
-    and ``_release`` (its connections, after the writer's last commit). ``alert_scope``
-    and ``announce`` are ``SqlAlerts``' scope and ``SqlSettings``' announcement (a
-    cluster's)."""
+    """A store's shared records (history, alerts, settings, gathering, calibration) and its
+    writer's lifecycle (``Store.flush``, ``stats``, ``close``); a database adds its camera
+    registry and ``_release`` (its connections, after the writer's last commit).
+    ``alert_scope`` and ``announce`` are ``SqlAlerts``' scope and ``SqlSettings``'
+    announcement (a cluster's)."""
 
     def __init__(
         self, d: Dialect, fetch: Fetch, writer: Writer[Any], *,
@@ -137,6 +138,7 @@ class SqlStore:
         self.alerts = SqlAlerts(d, fetch, writer, alert_scope)
         self.settings = SqlSettings(d, fetch, writer, announce=announce)
         self.gathering = SqlGathering(d, fetch, writer)
+        self.calibration = SqlCalibration(d, fetch, writer)
 
     def flush(self) -> int:
         return self._writer.flush()
@@ -674,3 +676,98 @@ class SqlGathering(_Records):
         rows, size = self._fetch(
             "SELECT COUNT(*), COALESCE(SUM(LENGTH(grid)), 0) FROM gathering", {})[0]
         return {"rows": int(rows), "bytes": int(size)}
+
+
+_FRAME_COLS = ("id", "stream_id", "captured_at", "width", "height", "model_count", "marks")
+
+
+class SqlCalibration(_Records):
+    """``CalibrationStore`` on the ``marked_frames`` and ``calibration_models`` tables (the
+    pictures, densities and models are bytes: BLOB; bytea)."""
+
+    def add_frame(self, frame: MarkedFrame, jpeg: bytes, density: bytes, limit: int) -> bool:
+        p = self._d.p
+        values = {**frame, "marks": self._marks(frame["marks"]), "jpeg": bytes(jpeg),
+                  "density": bytes(density), "created_at": time.time()}
+        count = (f"SELECT COUNT(*) FROM marked_frames WHERE stream_id = "
+                 f"{p('stream_id')}")
+        insert = (f"INSERT INTO marked_frames ({', '.join(values)}) VALUES "
+                  f"({', '.join(p(c) for c in values)})")
+
+        def add(conn: SqlConn) -> bool:
+            # In the insert's transaction: SQLite's one writer serialises it; two API
+            # processes of a cluster capturing one camera at the same instant could pass
+            # the bound by one frame each.
+            if conn.execute(count, values).fetchone()[0] >= limit:
+                return False
+            conn.execute(insert, values)
+            return True
+
+        return self._writer.call(add)
+
+    def _marks(self, marks: Mapping[str, Any] | None) -> Any:
+        return None if marks is None else self._d.dump_json(dict(marks))
+
+    def _frame(self, row: Sequence[Any]) -> MarkedFrame:
+        fid, sid, captured_at, width, height, count, marks = row
+        return MarkedFrame(id=fid, stream_id=sid, captured_at=float(captured_at),
+                           width=int(width), height=int(height), model_count=float(count),
+                           marks=None if marks is None else self._d.load_json(marks))
+
+    def frames(self, stream_id: str) -> list[MarkedFrame]:
+        rows = self._fetch(f"SELECT {', '.join(_FRAME_COLS)} FROM marked_frames WHERE "
+                           f"stream_id = {self._d.p('sid')} ORDER BY created_at, id",
+                           {"sid": stream_id})
+        return [self._frame(r) for r in rows]
+
+    def frame(self, stream_id: str, frame_id: str) -> MarkedFrame | None:
+        rows = self._select(", ".join(_FRAME_COLS), stream_id, frame_id)
+        return self._frame(rows[0]) if rows else None
+
+    def _select(self, cols: str, stream_id: str, frame_id: str) -> list[Any]:
+        p = self._d.p
+        return self._fetch(f"SELECT {cols} FROM marked_frames WHERE stream_id = {p('sid')} "
+                           f"AND id = {p('fid')}", {"sid": stream_id, "fid": frame_id})
+
+    def image(self, stream_id: str, frame_id: str) -> bytes | None:
+        rows = self._select("jpeg", stream_id, frame_id)
+        return bytes(rows[0][0]) if rows else None
+
+    def density(self, stream_id: str, frame_id: str) -> bytes | None:
+        rows = self._select("density", stream_id, frame_id)
+        return bytes(rows[0][0]) if rows else None
+
+    def set_marks(self, stream_id: str, frame_id: str, marks: Mapping[str, Any] | None
+                  ) -> bool:
+        p = self._d.p
+        return self._write(f"UPDATE marked_frames SET marks = {p('marks')} WHERE "
+                           f"stream_id = {p('sid')} AND id = {p('fid')}",
+                           {"marks": self._marks(marks), "sid": stream_id,
+                            "fid": frame_id}) > 0
+
+    def delete_frame(self, stream_id: str, frame_id: str) -> bool:
+        p = self._d.p
+        return self._write(f"DELETE FROM marked_frames WHERE stream_id = {p('sid')} AND "
+                           f"id = {p('fid')}", {"sid": stream_id, "fid": frame_id}) > 0
+
+    def save_model(self, stream_id: str, model_id: str, onnx: bytes) -> None:
+        self._upsert("calibration_models", ("stream_id",),
+                     {"stream_id": stream_id, "id": model_id, "model": bytes(onnx),
+                      "saved_at": time.time()})
+
+    def model(self, stream_id: str, model_id: str) -> bytes | None:
+        p = self._d.p
+        rows = self._fetch(f"SELECT model FROM calibration_models WHERE stream_id = "
+                           f"{p('sid')} AND id = {p('mid')}",
+                           {"sid": stream_id, "mid": model_id})
+        return bytes(rows[0][0]) if rows else None
+
+    def forget(self, stream_id: str, *, frames: bool = True) -> None:
+        tables = ("calibration_models", "marked_frames") if frames else ("calibration_models",)
+
+        def forget(conn: SqlConn) -> None:
+            for table in tables:
+                conn.execute(f"DELETE FROM {table} WHERE stream_id = {self._d.p('sid')}",
+                             {"sid": stream_id})
+
+        self._writer.call(forget)

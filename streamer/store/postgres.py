@@ -158,6 +158,25 @@ CREATE TABLE IF NOT EXISTS gathering_reference (
     t DOUBLE PRECISION NOT NULL,
     jpeg BYTEA NOT NULL
 );
+CREATE TABLE IF NOT EXISTS marked_frames (
+    stream_id TEXT NOT NULL,
+    id TEXT NOT NULL,
+    captured_at DOUBLE PRECISION NOT NULL,
+    width INTEGER NOT NULL,
+    height INTEGER NOT NULL,
+    model_count DOUBLE PRECISION NOT NULL,
+    marks JSONB,
+    jpeg BYTEA NOT NULL,
+    density BYTEA NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (stream_id, id)
+);
+CREATE TABLE IF NOT EXISTS calibration_models (
+    stream_id TEXT PRIMARY KEY,
+    id TEXT NOT NULL,
+    model BYTEA NOT NULL,
+    saved_at DOUBLE PRECISION NOT NULL
+);
 """
 # Any constant: serialises schema creation when several processes start at once (CREATE
 # TABLE IF NOT EXISTS alone races on the catalog).
@@ -411,8 +430,8 @@ class ClusterState:
 
 class PostgresStore(SqlStore):
     """``Store`` in PostgreSQL: ``history``, ``streams``, ``alerts``, ``settings``,
-    ``gathering`` and ``cluster`` share one writer and a pool of connections. ``shard``
-    scopes it to one shard."""
+    ``gathering``, ``calibration`` and ``cluster`` share one writer and a pool of
+    connections. ``shard`` scopes it to one shard."""
 
     def __init__(
         self,

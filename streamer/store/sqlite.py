@@ -136,6 +136,26 @@ CREATE TABLE IF NOT EXISTS gathering_reference (
     t REAL NOT NULL,
     jpeg BLOB NOT NULL
 );
+-- calibration (additive: older builds never read them)
+CREATE TABLE IF NOT EXISTS marked_frames (
+    stream_id TEXT NOT NULL,
+    id TEXT NOT NULL,
+    captured_at REAL NOT NULL,
+    width INTEGER NOT NULL,
+    height INTEGER NOT NULL,
+    model_count REAL NOT NULL,
+    marks TEXT,
+    jpeg BLOB NOT NULL,
+    density BLOB NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (stream_id, id)
+);
+CREATE TABLE IF NOT EXISTS calibration_models (
+    stream_id TEXT PRIMARY KEY,
+    id TEXT NOT NULL,
+    model BLOB NOT NULL,
+    saved_at REAL NOT NULL
+);
 """
 
 # Version 1 files have a plain index under the same name: keep the first row of each
@@ -315,9 +335,9 @@ class SQLiteStreams:
 
 
 class SQLiteStore(SqlStore):
-    """``Store`` in one SQLite file: ``history``, ``streams``, ``alerts``, ``settings`` and
-    ``gathering`` share one writer (the only connection that writes) and a pool of
-    read-only connections.
+    """``Store`` in one SQLite file: ``history``, ``streams``, ``alerts``, ``settings``,
+    ``gathering`` and ``calibration`` share one writer (the only connection that writes)
+    and a pool of read-only connections.
 
     ``batch_rows`` wakes the writer early so a burst (many streams, high fps) is written in
     bounded transactions; ``max_pending`` bounds the queue (see ``streamer.store.writer``).
