@@ -19,6 +19,11 @@ in answers, so "the last hour" includes the last minute. A bucket may reach the 
 parts (a restart within the minute): parts are weighted by their frames like buckets. The
 newest frame of each stream is the reference picture the overlay is drawn on; it is also
 saved now and then (JPEG), so a removed camera's map still has its picture.
+
+On a cluster the shard that counts a camera is not the process that answers for its map:
+there the open bucket is written as it fills (``write_open_every``), as this writer's part
+of the bucket, replaced in place each time, so an API process reading the store answers
+"the last hour" with the last minute as a single box does (a few seconds behind).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from __future__ import annotations
 import logging
 import math
 import queue
+import secrets
 import threading
 import zlib
 from dataclasses import dataclass
@@ -73,6 +79,7 @@ class _Bucket:
     start: float
     frames: int
     total: NDArray[np.float64]  # sum of the frames' grids
+    written: float = -math.inf  # frame time it was last written while open
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +112,10 @@ class Heatmap:
 
 class GatheringMap:
     """The sink (``on_result`` on the loop, cheap: two small matrix products) plus the
-    query side (``heatmap``, ``reference``: I/O, call from a thread)."""
+    query side (``heatmap``, ``reference``: I/O, call from a thread). ``write_open_every``
+    (seconds of frame time): write each open bucket that often, for other processes (see
+    the module docstring); ``None`` keeps it in memory, and answers include it from there.
+    """
 
     def __init__(
         self,
@@ -113,11 +123,15 @@ class GatheringMap:
         *,
         bucket_seconds: float = 60.0,
         reference_every: float = 600.0,
+        write_open_every: float | None = None,
     ) -> None:
         if bucket_seconds <= 0:
             raise ValueError("bucket_seconds must be > 0")
         self.bucket_seconds = float(bucket_seconds)
         self.reference_every = float(reference_every)
+        self.write_open_every = write_open_every
+        # This writer's name for its parts of a bucket (replaced as the bucket fills).
+        self._part = secrets.token_hex(8) if write_open_every is not None else ""
         self.store = store
         self._lock = threading.Lock()  # guards the open buckets and references
         self._open: dict[str, _Bucket] = {}
@@ -155,6 +169,9 @@ class GatheringMap:
             bucket.frames += 1
             bucket.total += grid
             self._latest[sid] = (t, result.frame.image)
+            if self.write_open_every is not None and t - bucket.written >= self.write_open_every:
+                bucket.written = t
+                self._write_bucket(sid, bucket)
         if t - self._saved_ref.get(sid, -math.inf) >= self.reference_every:
             self._saved_ref[sid] = t
             self._queue.put(("reference", (sid, t, result.frame.image)))
@@ -172,7 +189,7 @@ class GatheringMap:
 
     def _write_bucket(self, sid: str, bucket: _Bucket) -> None:
         mean = (bucket.total / bucket.frames).astype(np.float32)
-        self._queue.put(("bucket", (sid, bucket.start, bucket.frames, mean)))
+        self._queue.put(("bucket", (sid, bucket.start, bucket.frames, mean, self._part)))
 
     # ------------------------------------------------------------------ writer thread
 
@@ -184,8 +201,8 @@ class GatheringMap:
                     return
                 kind, args = item
                 if kind == "bucket":
-                    sid, start, frames, mean = args
-                    self.store.add_bucket(sid, start, frames, _pack(mean))
+                    sid, start, frames, mean, part = args
+                    self.store.add_bucket(sid, start, frames, _pack(mean), part)
                 else:
                     sid, t, image = args
                     ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(_shrink(image),
@@ -215,7 +232,8 @@ class GatheringMap:
         self.flush()
         with self._lock:  # the open bucket, copied, so it is neither lost nor counted twice
             bucket = self._open.get(stream_id)
-            live = None if bucket is None else (bucket.start, bucket.frames, bucket.total.copy())
+            live = None if bucket is None or self.write_open_every is not None else (
+                bucket.start, bucket.frames, bucket.total.copy())
         rows = self.store.buckets(stream_id, lo, hi)
         total = np.zeros((GRID_H, GRID_W))
         frames, starts = 0, []

@@ -27,6 +27,7 @@ from crowdcount.model.types import Result, ZoneDensity
 from crowdcount.model.zones import Zone, ZoneCounter
 from crowdcount.streamer.alerts import AlertEngine, AlertEvent, ThresholdRule
 from crowdcount.streamer.sinks.base import Notifier, StreamAware
+from crowdcount.streamer.store.base import FLOOR_KEY
 
 if TYPE_CHECKING:
     from crowdcount.streamer.config import (
@@ -53,11 +54,6 @@ def zones_from_config(stream: StreamConfig) -> tuple[Zone, ...]:
     return tuple(Zone(z.name, z.points) for z in stream.zones)
 
 
-#: The stream settings key of a stream's floor calibration (``FloorConfig`` as JSON; JSON
-#: ``null``: uncalibrated on purpose, over a config file's calibration).
-FLOOR_KEY = "floor"
-
-
 class StreamFloor:
     """One stream's floor calibration in force, and its zones' floor areas per frame and
     density shape (computed on the first frame of a shape, then reused)."""
@@ -68,6 +64,10 @@ class StreamFloor:
         self.bands = config.bands
         self._areas: dict[tuple[object, ...], dict[str, float | None]] = {}
         self.last_areas: dict[str, float | None] = {}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The calibration as JSON (as saved, and as a stream's options show it)."""
+        return self.config.model_dump(mode="json", exclude_defaults=True)
 
     def areas(self, zones: Sequence[Zone], frame_size: tuple[int, int],
               shape: tuple[int, int]) -> dict[str, float | None]:

@@ -25,7 +25,7 @@ import logging
 import re
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -33,7 +33,7 @@ from typing import Any, Literal
 from crowdcount.model.errors import UserError
 from crowdcount.model.floor import Floor
 from crowdcount.model.runtime import Runtime
-from crowdcount.model.zones import Zone
+from crowdcount.model.zones import Zone, check_unique_names
 from crowdcount.streamer.calibration import (
     CALIBRATION_KEY,
     CalibrationDesk,
@@ -55,7 +55,6 @@ from crowdcount.streamer.integrations import (
     FLOOR_KEY,
     Integrations,
     rules_from_config,
-    zones_from_config,
 )
 from crowdcount.streamer.metrics import Metrics
 from crowdcount.streamer.pipeline import Pipeline
@@ -73,8 +72,10 @@ from crowdcount.streamer.surface import (
     StreamConflict,
     StreamError,
     StreamNotFound,
+    ZonesView,
     find_entry,
     has_history,
+    shown_options,
     stream_dict,
 )
 from crowdcount.streamer.upload import UploadCounter
@@ -91,20 +92,26 @@ Origin = Literal["config", "api", "webrtc"]
 @dataclass(eq=False)
 class StreamEntry:
     """One live stream. ``url`` is the raw URL (it may hold credentials): never return it,
-    ``to_dict`` masks it."""
+    ``to_dict`` masks it. ``options`` are its own settings (rate, size, source settings),
+    as saved with it; its zones and floor calibration are ``analysis``'s (the service's
+    ``Integrations``, which puts them in force), not copied here."""
 
     id: str
     url: str
     kind: str
     origin: Origin
     source: Source
+    analysis: ZonesView
     options: dict[str, Any] = field(default_factory=dict)
     added_at: float = field(default_factory=time.time)
     #: the service's calibrations in force (all streams'; looked up, never copied)
     calibrations: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return stream_dict(self.id, self.url, self.kind, self.origin, self.options,
+        floor = self.analysis.floor(self.id)
+        options = shown_options(self.options, [z.to_dict() for z in self.analysis.zones(self.id)],
+                                None if floor is None else floor.to_dict())
+        return stream_dict(self.id, self.url, self.kind, self.origin, options,
                            self.source.status.to_dict(),
                            calibration_summary(self.calibrations.get(self.id)))
 
@@ -157,6 +164,8 @@ class Service:
         store: Store | None = None,
         owns_registry: bool = True,
         on_dropped: Callable[[StreamEntry], Awaitable[None]] | None = None,
+        sources: Callable[[StreamConfig, int | None], Source] = make_source,
+        gathering_open_every: float | None = None,
         model_dir: Path | None = None,
     ) -> None:
         self.config = config
@@ -168,6 +177,9 @@ class Service:
         # so a shard restarting or dropping a camera cannot re-create or forget its row.
         self.owns_registry = owns_registry
         self._on_dropped = on_dropped  # told when a stream has gone (a shard's browser cameras)
+        # How a configured stream becomes a source (``make_source``; tests run a cluster's
+        # shard with synthetic cameras behind its rows).
+        self._sources = sources
         if store is not None:  # a cluster's shard passes its PostgreSQL store
             self.store: Store = store
         else:
@@ -200,7 +212,10 @@ class Service:
         self.rules = RuleBook(rules_from_config(config.thresholds), self.settings,
                               self.integrations, self._live_zone_names,
                               self.pipeline.publish_alerts)
-        self.gathering = GatheringMap(self.store.gathering)
+        # A cluster's shard writes the minute it is filling as it fills
+        # (``gathering_open_every``): the API processes answer from the store.
+        self.gathering = GatheringMap(self.store.gathering,
+                                      write_open_every=gathering_open_every)
         self.metrics = Metrics(self.statuses, self._service_gauges,
                                zones=self._zone_names, alerts=self.integrations.active_alerts,
                                service_counters=self._service_counters,
@@ -255,42 +270,31 @@ class Service:
         return self._zone_names(stream_id) if stream_id in self.streams else None
 
     async def set_zones(self, stream_id: str, zones: Sequence[Zone]) -> None:
-        """Replace a live stream's zones and save them (any kind of stream: they come back
-        when a stream of that id is added again, even over its config-file zones).
-        Raises ``StreamNotFound`` and ``ValueError`` (duplicate names)."""
-        entry = self.get(stream_id)
+        """Save a live stream's zones, then put them in force (any kind of stream: they come
+        back when a stream of that id is added again, even over its config-file zones).
+        The settings are their one record and ``Integrations`` their one copy in memory.
+        Raises ``StreamNotFound`` and ``ValueError`` (duplicate names); nothing changes on
+        error."""
+        self.get(stream_id)
+        check_unique_names(z.name for z in zones)
+        if self.owns_registry:
+            await asyncio.to_thread(self.settings.save_zones, stream_id,
+                                    [z.to_dict() for z in zones])
         self.integrations.set_zones(stream_id, zones)
-        dicts = [z.to_dict() for z in zones]
-        if zones:
-            entry.options["zones"] = dicts
-        else:
-            entry.options.pop("zones", None)
-        if not self.owns_registry:
-            return
-        await asyncio.to_thread(self.settings.save_zones, stream_id, dicts)
-        if entry.origin == "api":  # its saved definition lists its options, zones included
-            await asyncio.to_thread(self.store.streams.save, entry.id, entry.id, entry.url,
-                                    entry.kind, dict(entry.options))
 
     async def set_floor(self, stream_id: str, floor: FloorConfig | None) -> None:
         """Replace a live stream's floor calibration (``None``: remove it) and save it, like
         zones (it comes back over a config file's one). Raises ``StreamNotFound`` and
         ``FloorError`` (a zone off the calibrated floor); nothing changes on error."""
-        entry = self.get(stream_id)
+        self.get(stream_id)
         if floor is not None:
             check_zones_on_floor(floor.build(), self.integrations.zones(stream_id))
+        if self.owns_registry:
+            value = None if floor is None else floor.model_dump(mode="json",
+                                                                exclude_defaults=True)
+            await asyncio.to_thread(self.settings.save_stream_setting, stream_id, FLOOR_KEY,
+                                    value)
         self.integrations.set_floor(stream_id, floor)
-        value = None if floor is None else floor.model_dump(mode="json", exclude_defaults=True)
-        if value is None:
-            entry.options.pop("floor", None)
-        else:
-            entry.options["floor"] = value
-        if not self.owns_registry:
-            return
-        await asyncio.to_thread(self.settings.save_stream_setting, stream_id, FLOOR_KEY, value)
-        if entry.origin == "api":
-            await asyncio.to_thread(self.store.streams.save, entry.id, entry.id, entry.url,
-                                    entry.kind, dict(entry.options))
 
     def get(self, stream_id: str) -> StreamEntry:
         return find_entry(self.streams, stream_id)
@@ -354,15 +358,12 @@ class Service:
         """Start ``stream`` and wire it to the sinks; with ``persist`` save it first, so an
         accepted API stream is never lost to a crash. Raises ``StreamConflict``."""
         self._reserve(stream.name)
-        if origin != "config":  # config streams got theirs from Integrations.from_config
-            self.integrations.set_zones(stream.name, zones_from_config(stream))
-            self.integrations.set_floor(stream.name, stream.floor)
         runtime = self.pipeline.runtime
         # The size the model runs this stream at, for the decoder to convert to (a backend
         # with a fixed input size resizes by itself).
         model_side = runtime.max_side if runtime.backend.fixed_size is None else None
         entry = await self.add_source(
-            make_source(stream, model_side), url=stream.url, kind=stream.kind, origin=origin,
+            self._sources(stream, model_side), url=stream.url, kind=stream.kind, origin=origin,
             fps_limit=stream.fps_limit, target_fps=stream.target_fps,
             max_side=stream.max_side, persist=persist,
             zones=[z.model_dump() for z in stream.zones],
@@ -392,31 +393,23 @@ class Service:
         """Add an already built source (any kind: tests and benchmarks use synthetic ones).
         ``target_fps`` is the rate the model is fed (default: ``fps_limit``, which is what
         the options record; a camera's default rate is not written down as a limit).
-        ``zones`` (``{"name", "points"}`` dicts) are recorded in the options (and so saved
-        with ``persist``). Raises ``StreamConflict``; on any failure nothing is left
-        registered."""
+        ``zones`` (``{"name", "points"}`` dicts) and ``floor`` are the stream's definition's
+        (a config file's, or a cluster camera's row; ``None``: keep those in force); zones
+        and a floor saved through the API win over them. Raises ``StreamConflict``; on any
+        failure nothing is left registered."""
         sid = source.stream_id
         self._reserve(sid, origin)
-        # Zones set through the API win over the config's; the settings are their one record
-        # (no copy kept here to drift from it).
-        saved = (await asyncio.to_thread(self.settings.zones)).get(sid)
+        saved = await self._saved_analysis()
         self._reserve(sid, origin)  # again: the read awaited
-        if saved is not None:
-            zones = saved
-            self.integrations.set_zones(sid, [Zone.from_dict(z) for z in saved])
-        saved_floors = await asyncio.to_thread(self.settings.stream_settings, FLOOR_KEY)
-        self._reserve(sid, origin)
-        if sid in saved_floors:  # and so does a floor calibration
-            floor = self._saved_floor(sid, saved_floors[sid])
+        if zones is not None:
+            self.integrations.set_zones(sid, [Zone.from_dict(z) for z in zones])
+        if floor is not None:
             self.integrations.set_floor(sid, floor)
-        floor_dict = None if floor is None else floor.model_dump(mode="json",
-                                                                 exclude_defaults=True)
+        self._put_saved_in_force(sid, *saved)
         options: dict[str, Any] = {
-            k: v for k, v in (("fps_limit", fps_limit), ("max_side", max_side), ("zones", zones),
-                              ("floor", floor_dict))
-            if v
+            k: v for k, v in (("fps_limit", fps_limit), ("max_side", max_side)) if v
         } | (settings or {})
-        entry = StreamEntry(sid, url, kind, origin, source, options,
+        entry = StreamEntry(sid, url, kind, origin, source, self.integrations, options,
                             calibrations=self.calibrations)
         self.streams[sid] = entry  # reserved before the first await: no duplicate can race in
         persist = persist and self.owns_registry
@@ -439,6 +432,28 @@ class Service:
         log.info("event=stream_added stream=%s kind=%s origin=%s url=%s",
                  sid, kind, origin, mask_url(url))
         return entry
+
+    async def _saved_analysis(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The zones and floor calibrations saved through the API, every stream's."""
+        return (await asyncio.to_thread(self.settings.zones),
+                await asyncio.to_thread(self.settings.stream_settings, FLOOR_KEY))
+
+    def _put_saved_in_force(self, sid: str, zones: dict[str, Any],
+                            floors: dict[str, Any]) -> None:
+        """The stream's saved zones and floor calibration (the settings, their one record)
+        win over its definition's, which are in force until then."""
+        if sid in zones:
+            self.integrations.set_zones(sid, [Zone.from_dict(z) for z in zones[sid]])
+        if sid in floors:
+            self.integrations.set_floor(sid, self._saved_floor(sid, floors[sid]))
+
+    async def apply_saved(self, stream_ids: Iterable[str]) -> None:
+        """Put the live streams' saved zones and floor calibrations in force again (a
+        cluster's shard, told by the store that another process saved them)."""
+        saved = await self._saved_analysis()
+        for sid in stream_ids:
+            if sid in self.streams:
+                self._put_saved_in_force(sid, *saved)
 
     def _saved_floor(self, sid: str, value: dict[str, Any] | None) -> FloorConfig | None:
         """The saved calibration ``value`` of ``sid``; one that no longer validates (a
@@ -601,15 +616,11 @@ class Service:
     async def replace_stream(self, stream: StreamConfig) -> StreamEntry:
         """Edit an API stream (its url or options): the old source is stopped and the new
         one started under the same id, so its history, zones, rules and gathering map carry
-        on. Config-file and browser streams are refused (``StreamConflict``)."""
+        on (its zones and floor calibration from the settings, as for any stream added).
+        Config-file and browser streams are refused (``StreamConflict``)."""
         entry = self.get(stream.name)
         if entry.origin != "api":
             raise StreamConflict.not_editable(stream.name, entry.origin, "edit")
-        zones = [z.to_dict() for z in self.integrations.zones(stream.name)]
-        kept = self.integrations.floor(stream.name)
-        stream = StreamConfig.model_validate({
-            **stream.model_dump(exclude={"zones", "floor"}, exclude_defaults=True),
-            "zones": zones, "floor": None if kept is None else kept.config})
         await self._drop(stream.name, entry)
         return await self.add_stream(stream, origin="api", persist=True)
 
@@ -704,7 +715,7 @@ class Service:
 
 
 def _stream_options(options: dict[str, Any]) -> dict[str, Any]:
-    """The saved options that ``StreamConfig`` knows (older rows may hold others)."""
-    known = ("fps_limit", "max_side", "stall_timeout", "max_retries", "isolate_decoder", "zones",
-             "floor")
+    """The saved options that ``StreamConfig`` knows (older rows may hold others; zones and
+    a floor calibration are the settings', see ``store.common.move_saved_options``)."""
+    known = ("fps_limit", "max_side", "stall_timeout", "max_retries", "isolate_decoder")
     return {k: options[k] for k in known if k in options}

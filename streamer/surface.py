@@ -41,6 +41,7 @@ __all__ = [
     "ZonesView",
     "find_entry",
     "has_history",
+    "shown_options",
     "stream_dict",
 ]
 
@@ -92,6 +93,23 @@ def stream_dict(
     return {"id": sid, "name": sid, "url": mask_url(url), "kind": kind, "origin": origin,
             "options": dict(options), "status": status,
             "calibration": None if calibration is None else dict(calibration)}
+
+
+def shown_options(
+    options: Mapping[str, Any], zones: Sequence[Mapping[str, Any]],
+    floor: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """A stream's ``options`` as the API shows them: its own settings, with the zones and
+    the floor calibration in force (JSON). Those come from the one place that holds them
+    (``Integrations`` on a server, the store's settings on a cluster's API process), never
+    from a copy in the options: a definition's zones (a config file's) are replaced by the
+    ones saved through the API."""
+    out = {k: v for k, v in options.items() if k not in ("zones", "floor")}
+    if zones:
+        out["zones"] = [dict(z) for z in zones]
+    if floor:
+        out["floor"] = dict(floor)
+    return out
 
 
 E = TypeVar("E")

@@ -22,6 +22,7 @@ pytest_plugins = [
     "tests.fixtures.postgres",
     "tests.fixtures.stores",
     "tests.fixtures.ray_cluster",
+    "tests.fixtures.deployments",
     "tests.fixtures.calibration",
 ]
 

@@ -1,10 +1,8 @@
-"""The single box's API tests, run against a cluster's API process: the same refused rule
-and zone requests answer the same status and message, and rules, zones, history and the
-gathering map are served from PostgreSQL as a single box serves them from SQLite.
-
-The API process runs with a real PostgreSQL and without Ray (its startup's Ray connection
-is left out; the registry, settings and history need only the database), so these run on
-every machine that has PostgreSQL; ``tests/test_cluster.py`` runs the whole cluster.
+"""Calibration on a cluster's API process, with a real PostgreSQL and without Ray (its
+startup's Ray connection is left out; the registry, settings and stored models need only
+the database). Rules, zones, alerts, history and the gathering map run on both kinds of
+deployment through the ``deploy`` fixture (``tests/fixtures/deployments.py``);
+``tests/test_cluster.py`` runs the whole cluster.
 """
 
 from __future__ import annotations
@@ -29,9 +27,7 @@ from crowdcount.streamer.cluster.placement import choose_shard
 from crowdcount.streamer.cluster.service import ClusterService
 from crowdcount.streamer.config import parse_config
 from crowdcount.streamer.routes.common import SERVICE
-from tests.test_history import T0, fill
-from tests.test_rules_api import BAD_RULE_REQUESTS, FILE_RULE, check_refused
-from tests.test_zones_api import BAD_ZONES, LEFT
+from tests.test_rules_api import FILE_RULE
 
 pytestmark = pytest.mark.postgres
 
@@ -61,48 +57,6 @@ async def cluster_api(postgres_dsn: str) -> AsyncIterator[TestClient]:
     await client.start_server()
     yield client
     await client.close()
-
-
-@pytest.mark.parametrize(("method", "path", "body", "status", "needle"), BAD_RULE_REQUESTS)
-async def test_bad_rule_requests_on_a_cluster(cluster_api, method, path, body, status,
-                                              needle) -> None:
-    await check_refused(cluster_api, method, path, body, status, needle)
-
-
-@pytest.mark.parametrize(("body", "needle"), BAD_ZONES)
-async def test_bad_zones_on_a_cluster(cluster_api, body, needle) -> None:
-    r = await cluster_api.put("/api/streams/cam/zones", json=body)
-    assert r.status == 400
-    assert needle in (await r.json())["error"]
-    assert (await (await cluster_api.get("/api/streams/cam/zones")).json())["zones"] == []
-
-
-async def test_rules_zones_history_and_heatmap_on_a_cluster(cluster_api) -> None:
-    svc: Any = cluster_api.server.app[SERVICE]
-    # Zones: saved (settings and the camera's row, which its shard applies).
-    zones = [{"name": "left", "points": LEFT}]
-    r = await cluster_api.put("/api/streams/cam/zones", json={"zones": zones})
-    assert r.status == 200, await r.text()
-    assert svc.store.settings.zones() == {"cam": zones}
-    assert svc.store.streams.get("cam")["options"]["zones"] == zones
-    # Rules: a zone rule on the live camera, saved in PostgreSQL for the shards.
-    rule = {"name": "busy", "stream": "cam", "zone": "left", "above": 5, "below": 1}
-    r = await cluster_api.post("/api/alerts/rules", json=rule)
-    assert r.status == 201, await r.text()
-    assert (await r.json())["origin"] == "api"
-    assert [x["name"] for x in svc.store.settings.rules()] == ["busy"]
-    # History (the shards write it): stepped counts from the rollups, as on a single box.
-    await asyncio.to_thread(fill, svc.store, 70)
-    r = await cluster_api.get("/api/streams/cam/counts",
-                              params={"since": str(T0), "until": str(T0 + 70), "step": "60"})
-    assert [x["t"] for x in (await r.json())["counts"]] == [T0, T0 + 60]
-    # The gathering map, from the grids the shards write; 404 for an unknown camera.
-    r = await cluster_api.get("/api/streams/cam/heatmap", params={"format": "json"})
-    assert r.status == 200 and (await r.json())["grid"] is None
-    assert (await cluster_api.get("/api/streams/nope/heatmap")).status == 404
-    # Removing the camera forgets its zones, as on a single box.
-    assert (await cluster_api.delete("/api/streams/cam")).status == 204
-    assert svc.store.settings.zones() == {}
 
 
 async def test_calibration_on_a_cluster_reaches_the_cameras_shard(

@@ -49,9 +49,11 @@ def expected(points: list[list[int]], count: float) -> tuple[float, float]:
     return area, count / area
 
 
-async def test_floor_put_get_delete_and_density_in_the_feed(serve) -> None:
-    client = await serve()
-    await add_white(client, "hall")
+async def test_floor_put_get_delete_and_density_in_the_feed(deploy) -> None:
+    """On a single box and a cluster alike (``tests/fixtures/deployments.py``)."""
+    dep = await deploy()
+    client = dep.client
+    await dep.camera("hall", lambda _i: np.full((H, W, 3), 255, np.uint8), size=(W, H))
     r = await client.get("/api/streams/hall/floor")
     assert r.status == 200 and (await r.json()) == {"stream": "hall", "floor": None}
 
@@ -80,20 +82,25 @@ async def test_floor_put_get_delete_and_density_in_the_feed(serve) -> None:
     # the far zone is the sparser one.
     assert item["floor"]["far"]["per_m2"] < item["floor"]["near"]["per_m2"] / 2
 
-    # Zone areas in GET (from the last frame), and the Prometheus series.
+    # Zone areas in GET (from the last frame), and the Prometheus series (per-zone series
+    # are a single box's: a cluster's API process exports its cameras' status).
     got = await (await client.get("/api/streams/hall/floor")).json()
     assert got["zones"]["near"]["area_m2"] == pytest.approx(expected(NEAR, 1)[0])
-    text = await (await client.get("/metrics")).text()
-    values = metric_values(text)
-    key = 'crowdcount_zone_people_per_square_meter{stream="hall",zone="near"}'
-    assert values[key] > 0
-    assert values['crowdcount_zone_floor_area_square_meters{stream="hall",zone="near"}'] == \
-        pytest.approx(expected(NEAR, 1)[0])
-    assert 1 <= values['crowdcount_zone_level_of_service{stream="hall",zone="far"}'] <= 6
+    if dep.kind == "box":
+        text = await (await client.get("/metrics")).text()
+        values = metric_values(text)
+        key = 'crowdcount_zone_people_per_square_meter{stream="hall",zone="near"}'
+        assert values[key] > 0
+        assert values['crowdcount_zone_floor_area_square_meters{stream="hall",zone="near"}'] \
+            == pytest.approx(expected(NEAR, 1)[0])
+        assert 1 <= values['crowdcount_zone_level_of_service{stream="hall",zone="far"}'] <= 6
 
     r = await client.delete("/api/streams/hall/floor")
     assert r.status == 200 and (await r.json())["floor"] is None
-    assert service(client).integrations.floor("hall") is None
+    assert (await (await client.get("/api/streams/hall/floor")).json())["floor"] is None
+    # Where it is counted too: the feed's counts carry no densities any more.
+    await sse_items(client, "/api/streams/hall/feed",
+                    lambda its: bool(its) and "count" in its[-1] and "floor" not in its[-1])
 
 
 async def test_history_and_csv_carry_mean_and_peak_density(serve) -> None:
@@ -148,9 +155,10 @@ async def test_bad_floor_is_400_one_line_and_changes_nothing(serve, change, need
     assert await (await client.get("/api/streams/hall/floor")).json() == before
 
 
-async def test_zone_off_the_calibrated_floor_is_refused(serve) -> None:
-    client = await serve()
-    await add_white(client, "hall")
+async def test_zone_off_the_calibrated_floor_is_refused(deploy) -> None:
+    dep = await deploy()
+    client = dep.client
+    await dep.camera("hall", lambda _i: np.full((H, W, 3), 255, np.uint8), size=(W, H))
     # A camera whose horizon is in the frame: the rectangle's far edge is much shorter.
     steep = {**FLOOR, "image_points": [[40, 250], [280, 250], [175, 60], [145, 60]]}
     status, body = await put(client, "/api/streams/hall/floor", steep)
@@ -171,8 +179,8 @@ async def test_zone_off_the_calibrated_floor_is_refused(serve) -> None:
         == [[float(x), float(y)] for x, y in CORNERS]
 
 
-async def test_floor_of_a_missing_stream_is_404(serve) -> None:
-    client = await serve()
+async def test_floor_of_a_missing_stream_is_404(deploy) -> None:
+    client = (await deploy()).client
     for method in ("get", "put", "delete"):
         r = await getattr(client, method)("/api/streams/nope/floor", json=FLOOR)
         assert r.status == 404 and "nope" in (await r.json())["error"]
@@ -184,8 +192,10 @@ async def test_floor_comes_back_after_a_restart_and_in_the_config(serve) -> None
     assert r.status == 201, await r.text()
     status, body = await put(client, "/api/streams/door/floor", FLOOR)
     assert status == 200, body
-    saved = service(client).store.streams.get("door")
-    assert saved is not None and saved["options"]["floor"]["width"] == 4
+    # In the settings (its one record, as zones), not in the camera's saved options.
+    saved = service(client).store.settings.stream_settings("floor")["door"]
+    assert saved["width"] == 4
+    assert "floor" not in service(client).store.streams.get("door")["options"]
     await client.close()
     client2 = await serve()
     got = await (await client2.get("/api/streams/door/floor")).json()

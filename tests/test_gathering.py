@@ -5,15 +5,14 @@ model, whose density is exactly where the picture is bright ("people at known pl
 from __future__ import annotations
 
 import io
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from crowdcount.model.types import Frame, Result
 from crowdcount.streamer.gathering import GRID_H, GRID_W, GatheringMap, resample_weights
-from crowdcount.streamer.sources.synthetic import SyntheticSource
 from crowdcount.streamer.store import SQLiteStore
-from tests.fixtures.app import service
 from tests.fixtures.models import expected_count
 from tests.fixtures.waiting import wait_until
 
@@ -111,16 +110,22 @@ def scene() -> np.ndarray:
     return image
 
 
-async def test_heatmap_api_json_and_png(serve) -> None:
-    client = await serve()
-    svc = service(client)
-    source = SyntheticSource("plaza", W, H, fps=20, render=lambda _i: scene())
-    await svc.add_source(source, url="synthetic", kind="synthetic", origin="api")
-    await wait_until(lambda: source.status.frames_out >= 20, what="frames counted")
+async def test_heatmap_api_json_and_png(deploy) -> None:
+    """On a single box and on a cluster (whose API process reads the grids its shards
+    write) alike."""
+    dep = await deploy()
+    client = dep.client
+    await dep.camera("plaza", lambda _i: scene(), size=(W, H))
 
-    r = await client.get("/api/streams/plaza/heatmap", params={"format": "json"})
-    assert r.status == 200, await r.text()
-    body = await r.json()
+    async def counted() -> dict[str, Any] | None:
+        r = await client.get("/api/streams/plaza/heatmap", params={"format": "json"})
+        assert r.status == 200, await r.text()
+        body = await r.json()
+        return body if body["frames"] >= 20 else None
+
+    await wait_until(counted, what="20 frames in the map")
+    body = await counted()
+    assert body is not None
     assert (body["width"], body["height"]) == (GRID_W, GRID_H) and body["frames"] >= 20
     grid = np.array(body["grid"])
     # The square covers frame columns 192..255 of 320 -> grid columns 24..31 of 40, and

@@ -1,7 +1,8 @@
 """History rollups on SQLite and PostgreSQL (the ``db`` fixture): per-second and per-minute
 min/mean/max (zones included) kept as counts arrive, equal to aggregating the raw rows,
 exact under replays, still there after the raw rows are pruned, rebuilt when an older file
-is opened; and the API's stepped counts and CSV that the page's history view reads."""
+is opened; and the API's stepped counts and CSV that the page's history view reads (on a
+single box and a cluster alike)."""
 
 from __future__ import annotations
 
@@ -124,10 +125,11 @@ def test_older_file_gets_its_rollups_on_open(tmp_path) -> None:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
 
 
-async def test_api_stepped_counts_with_zones_and_csv(serve, tmp_path) -> None:
-    client = await serve()
-    store = service(client).store
-    data = await asyncio.to_thread(fill, store, 130)
+async def test_api_stepped_counts_with_zones_and_csv(deploy) -> None:
+    """On a single box and on a cluster (the history written as its shards write it)."""
+    dep = await deploy()
+    client = dep.client
+    data = await asyncio.to_thread(fill, dep.service.store, 130)
     r = await client.get("/api/streams/cam/counts",
                          params={"since": str(T0), "until": str(T0 + 130), "step": "60",
                                  "zones": "1"})

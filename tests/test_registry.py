@@ -187,3 +187,23 @@ def test_notify_announces_registry_changes(postgres_dsn: str) -> None:
     thread.join()
     listener.close()
     assert got == ["a", "a", "a"]  # added, edited, removed; nothing for the refusal
+
+
+def test_a_silent_shard_is_reported_unavailable() -> None:
+    """What the API shows of a camera whose shard stopped reporting (its node died): its
+    last report, as ``unavailable`` once the silence outlasts ``outage_after``; a camera
+    just added is not an outage until its shard has had that long to report."""
+    from crowdcount.streamer.cluster.service import ClusterEntry
+
+    def status(age_s: float | None, created_s_ago: float) -> dict[str, object]:
+        now = 1000.0
+        return ClusterEntry("cam", "rtsp://h/c", "rtsp", "api", {}, 1, now - created_s_ago,
+                            "node-a", {"state": "running", "frames_out": 7}, age_s, 2.5,
+                            now).status()
+
+    assert status(1.0, 60)["state"] == "running"
+    gone = status(4.0, 60)
+    assert (gone["state"], gone["frames_out"], gone["fps_out"]) == ("unavailable", 7, 0.0)
+    assert gone["last_error"] == "shard 1 not reporting for 4.0 s"
+    assert status(None, 1.0)["state"] == "running"  # just added: not an outage yet
+    assert status(None, 60)["last_error"] == "shard 1 has never reported"

@@ -1,19 +1,20 @@
 """Alert rules through the API (``/api/alerts/rules``) and zones saved for every kind of
-stream: a real aiohttp server, the brightness model (a gradient's count is known), SQLite
-in tmp_path, restarts on the same database."""
+stream: a real aiohttp server, the brightness model (a gradient's count is known),
+restarts on the same database. The tests that take ``deploy`` run on a single box and on a
+cluster alike (``tests/fixtures/deployments.py``)."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
 
-from crowdcount.streamer.sources.synthetic import SyntheticSource
 from tests.fixtures.app import service
 from tests.fixtures.models import expected_count
 from tests.fixtures.waiting import wait_until
-from tests.test_zones_api import LEFT, RIGHT, add_source, gradient, put_zones
+from tests.test_zones_api import LEFT, RIGHT, add_source, gradient, put_zones, sse_items
 
 RULES = "/api/alerts/rules"
 
@@ -32,10 +33,19 @@ async def active(client: TestClient) -> list[dict[str, Any]]:
     return (await (await client.get("/api/alerts", params={"active": "1"})).json())["alerts"]
 
 
-async def test_create_edit_delete_with_hysteresis(serve) -> None:
-    client = await serve()
+def is_active(client: TestClient, name: str) -> Callable[[], Awaitable[bool]]:
+    """Whether rule ``name`` has an alert raised now, as the API says (for ``wait_until``)."""
+    async def check() -> bool:
+        return bool((await (await client.get(f"{RULES}/{name}")).json())["active"])
+
+    return check
+
+
+async def test_create_edit_delete_with_hysteresis(deploy) -> None:
+    dep = await deploy()
+    client = dep.client
     level = [200]
-    await add_source(client, "cam", level)
+    await dep.camera("cam", lambda _i: gradient(level[0]))
     high, mid, low = count_at(200), count_at(100), count_at(20)
     assert low < 150 < mid < 400 < high  # the levels below straddle the rule's thresholds
 
@@ -45,18 +55,21 @@ async def test_create_edit_delete_with_hysteresis(serve) -> None:
     assert r.headers["Location"] == "/api/alerts/rules/crowded"
     created = await r.json()
     assert created == {**body, "zone": None, "metric": "count", "origin": "api", "active": False}
-    svc = service(client)
-    await wait_until(lambda: svc.integrations.engine.is_active("crowded"), what="the raise")
+    await wait_until(is_active(client, "crowded"), what="the raise")
     assert [a["rule"] for a in await active(client)] == ["crowded"]
     assert (await rules(client))[0]["active"] is True
 
     # Between below and above: stays raised (hysteresis); under below: cleared.
     level[0] = 100
-    frames = svc.streams["cam"].source.status.frames_out
-    await wait_until(lambda: svc.streams["cam"].source.status.frames_out > frames + 10)
-    assert svc.integrations.engine.is_active("crowded")
+    await sse_items(client, "/api/streams/cam/feed",  # ten frames counted between the two
+                    lambda items: sum(i.get("count") == pytest.approx(mid) for i in items) >= 10)
+    assert await is_active(client, "crowded")()
     level[0] = 20
-    await wait_until(lambda: not svc.integrations.engine.is_active("crowded"), what="clear")
+
+    async def cleared() -> bool:
+        return not await is_active(client, "crowded")()
+
+    await wait_until(cleared, what="the clear")
 
     # Editing: a zone rule on the right half, and a threshold the crowd is over again.
     status, _ = await put_zones(client, "cam", [{"name": "left", "points": LEFT},
@@ -68,22 +81,25 @@ async def test_create_edit_delete_with_hysteresis(serve) -> None:
     assert r.status == 200, await r.text()
     edited = await r.json()
     assert (edited["zone"], edited["above"], edited["below"]) == ("right", 10, 5)
-    await wait_until(lambda: svc.integrations.engine.is_active("crowded"))
+    await wait_until(is_active(client, "crowded"), what="the raise in the right zone")
     alert = (await active(client))[0]
     assert alert["zone"] == "right" and alert["value"] > 10
 
     # Deleting clears the active alert and the rule is gone.
     r = await client.delete(f"{RULES}/crowded")
     assert r.status == 204
-    assert not svc.integrations.engine.is_active("crowded")
     assert await rules(client) == []
-    await wait_until(lambda: svc.store.flush() >= 0 and svc.store.alerts.query(
-        "cam", None, None, None, 10)[0]["cleared_at"] is not None, what="the stored clear")
     assert (await client.get(f"{RULES}/crowded")).status == 404
 
+    async def stored_clear() -> bool:
+        await dep.flush()
+        listed = (await (await client.get("/api/alerts", params={"stream": "cam"})).json())
+        return not any(a["active"] for a in listed["alerts"]) and bool(listed["alerts"])
 
-#: Refused rule requests (method, path, body, status, message): the cluster's API answers
-#: them alike (tests/test_cluster_api.py).
+    await wait_until(stored_clear, what="the stored clear")
+
+
+#: Refused rule requests (method, path, body, status, message).
 BAD_RULE_REQUESTS = [
     ("post", RULES, {"name": "a", "stream": "cam", "above": 5, "below": 5}, 400,
      "below (5) must be less than above (5)"),
@@ -113,26 +129,22 @@ BAD_RULE_REQUESTS = [
 FILE_RULE = {"name": "from-file", "stream": "cam", "above": 9, "below": 1}
 
 
-@pytest.mark.parametrize(("method", "path", "body", "status", "needle"), BAD_RULE_REQUESTS)
-async def test_bad_rule_requests(serve, method, path, body, status, needle) -> None:
-    client = await serve(thresholds=[FILE_RULE])
-    await add_source(client, "cam", [0])
-    await check_refused(client, method, path, body, status, needle)
-
-
-async def check_refused(client: TestClient, method: str, path: str, body: Any, status: int,
-                        needle: str) -> None:
-    """With live stream ``cam`` and ``FILE_RULE``: make an API rule, then the request."""
+async def test_bad_rule_requests(deploy) -> None:
+    """With live stream ``cam``, ``FILE_RULE`` and an API rule: each request is refused
+    with its status and message, and nothing changes."""
+    dep = await deploy(thresholds=[FILE_RULE])
+    client = dep.client
+    await dep.camera("cam", lambda _i: gradient(0))
     r = await client.post(RULES, json={"name": "api-rule", "stream": "cam", "above": 3,
                                        "below": 1})
     assert r.status == 201
-    r = await getattr(client, method)(path, json=body) if body is not None else \
-        await getattr(client, method)(path)
-    assert r.status == status, await r.text()
-    assert needle in (await r.json())["error"]
-    # Nothing changed on a refused request.
-    names = {(x["name"], x["origin"], x["above"]) for x in await rules(client)}
-    assert names == {("from-file", "config", 9), ("api-rule", "api", 3)}
+    for method, path, body, status, needle in BAD_RULE_REQUESTS:
+        r = await getattr(client, method)(path, json=body) if body is not None else \
+            await getattr(client, method)(path)
+        assert r.status == status, (method, path, body, await r.text())
+        assert needle in (await r.json())["error"]
+        names = {(x["name"], x["origin"], x["above"]) for x in await rules(client)}
+        assert names == {("from-file", "config", 9), ("api-rule", "api", 3)}
 
 
 async def test_rules_and_zones_of_every_stream_kind_survive_a_restart(
@@ -170,12 +182,15 @@ async def test_rules_and_zones_of_every_stream_kind_survive_a_restart(
     assert [z["name"] for z in got["zones"]] == ["desk"]
 
 
-async def test_removed_api_camera_forgets_its_zones(serve) -> None:
-    client = await serve()
-    await add_source(client, "gate", [100])
+async def test_removed_api_camera_forgets_its_zones(deploy) -> None:
+    dep = await deploy()
+    client = dep.client
+    await dep.camera("gate", lambda _i: gradient(100))
     assert (await put_zones(client, "gate", [{"name": "l", "points": LEFT}]))[0] == 200
     assert (await client.delete("/api/streams/gate")).status == 204
-    source = SyntheticSource("gate", 320, 256, fps=5, render=lambda _i: gradient(100))
-    await service(client).add_source(source, url="synthetic", kind="synthetic", origin="api")
+    await dep.camera("gate", lambda _i: gradient(100), fps=5)
     got = await (await client.get("/api/streams/gate/zones")).json()
     assert got["zones"] == []
+    # Where it is counted too: a new camera of that name starts with no zones.
+    items = await sse_items(client, "/api/streams/gate/feed", lambda items: len(items) >= 2)
+    assert all("zones" not in i for i in items[1:])

@@ -378,6 +378,24 @@ def test_rules_and_zones_survive_reopen(db: StoreDb) -> None:
         assert [r["name"] for r in s.settings.rules()] == ["calm"]
 
 
+def test_zones_and_floor_in_saved_options_move_to_the_settings(db: StoreDb) -> None:
+    """Earlier builds kept an API camera's zones and floor in its saved options as well as
+    in the settings: opening moves them to the settings (their one record), keeping what
+    the settings already hold."""
+    zones = [{"name": "door", "points": [[0, 0], [10, 0], [10, 10]]}]
+    with db.open() as s:
+        s.streams.save("a", "a", "rtsp://h/a", "rtsp",
+                       {"fps_limit": 2.0, "zones": zones, "floor": {"width": 4}})
+        s.streams.save("b", "b", "rtsp://h/b", "rtsp", {"zones": zones})
+        s.settings.save_zones("b", [])  # saved later: wins
+        s.streams.save("c", "c", "rtsp://h/c", "rtsp", {"max_side": 320})
+    with db.open() as s:
+        assert {r["id"]: r["options"] for r in s.streams.all()} == {
+            "a": {"fps_limit": 2.0}, "b": {}, "c": {"max_side": 320}}
+        assert s.settings.zones() == {"a": zones, "b": []}
+        assert s.settings.stream_settings("floor") == {"a": {"width": 4}}
+
+
 def test_rules_table_without_metric_column_is_migrated(tmp_path: Path) -> None:
     path = tmp_path / "c.sqlite3"
     SQLiteStore(path).close()
@@ -410,6 +428,37 @@ def test_gathering_buckets_and_reference(db: StoreDb) -> None:
         assert g.stats() == {"rows": 4, "bytes": 7 + 6 + 6 + 1}
         assert g.delete_before(100.0) == 3
         assert g.buckets("cam", -1e300, 1e300) == [(120.0, 3, b"grid-b")]
+
+
+def test_gathering_part_of_a_writer_is_replaced_as_it_grows(db: StoreDb) -> None:
+    """A cluster's shard writes the bucket it is filling as it fills: its named part is
+    replaced each time; other writers' parts, and unnamed parts, add up."""
+    with db.open() as s:
+        g = s.gathering
+        g.add_bucket("cam", 60.0, 1, b"a1", part="w1")
+        g.add_bucket("cam", 60.0, 30, b"a30", part="w1")  # the same part, grown
+        g.add_bucket("cam", 60.0, 7, b"b7", part="w2")  # a restarted shard's
+        g.add_bucket("cam", 120.0, 4, b"c4", part="w1")
+        g.add_bucket("cam", 60.0, 2, b"old")
+        g.add_bucket("cam", 60.0, 2, b"old")
+        assert sorted(g.buckets("cam", 0, 1e300)) == [
+            (60.0, 2, b"old"), (60.0, 2, b"old"), (60.0, 7, b"b7"), (60.0, 30, b"a30"),
+            (120.0, 4, b"c4")]
+
+
+def test_gathering_table_without_part_column_is_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite3"
+    with SQLiteStore(path) as s:
+        s.gathering.add_bucket("cam", 60.0, 3, b"g")
+    conn = sqlite3.connect(path)  # a file written before buckets had parts
+    conn.execute("DROP INDEX gathering_part")
+    conn.execute("ALTER TABLE gathering DROP COLUMN part")
+    conn.commit()
+    conn.close()
+    with SQLiteStore(path) as s:
+        s.gathering.add_bucket("cam", 60.0, 5, b"p", part="w")
+        s.gathering.add_bucket("cam", 60.0, 6, b"q", part="w")
+        assert sorted(s.gathering.buckets("cam", 0, 1e300)) == [(60.0, 3, b"g"), (60.0, 6, b"q")]
 
 
 def test_marked_frames_and_calibrated_models(db: StoreDb) -> None:

@@ -43,6 +43,8 @@ async def test_edit_errors(serve, h264_clip) -> None:
     assert r.status == 201
     for path, body, status, needle in (
         ("/api/streams/clip", {"fps_limit": 2}, 409, "config file"),
+        # settings a file cannot have: still the config file's stream (was a 500)
+        ("/api/streams/clip", {"isolate_decoder": True}, 409, "config file"),
         ("/api/streams/ghost", {"fps_limit": 2}, 404, "ghost"),
         ("/api/streams/door", {"fps_limit": 0}, 400, "fps_limit"),
         ("/api/streams/door", {"max_side": 1.5}, 400, "integer"),

@@ -27,12 +27,12 @@ import secrets
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 
 from crowdcount.model.errors import UserError
-from crowdcount.model.zones import Zone
+from crowdcount.model.zones import Zone, check_unique_names
 from crowdcount.streamer.alerts import AlertEvent, ThresholdRule
 from crowdcount.streamer.calibration import (
     CALIBRATION_KEY,
@@ -68,6 +68,7 @@ from crowdcount.streamer.surface import (
     StreamNotFound,
     find_entry,
     has_history,
+    shown_options,
     stream_dict,
 )
 from crowdcount.streamer.upload import UploadCounter
@@ -83,8 +84,11 @@ SHARD_TIMEOUT_S = 20.0
 
 @dataclass(eq=False)
 class ClusterEntry:
-    """One camera as the cluster's API sees it: its row plus the last status its shard
-    reported. ``url`` may hold credentials: ``to_dict`` masks it."""
+    """One camera as the cluster's API sees it: its row, the last status its shard
+    reported, and its saved zones and per-stream settings, all read in one query (the
+    settings are the zones' and the floor calibration's one record; ``options`` is the
+    row's definition, whose zones a config-file camera brings). ``url`` may hold
+    credentials: ``to_dict`` masks it."""
 
     id: str
     url: str
@@ -98,7 +102,22 @@ class ClusterEntry:
     age_s: float | None = None
     outage_after: float = 3.0
     now: float = field(default_factory=time.time)
+    saved_zones: list[dict[str, Any]] | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
     calibration: dict[str, Any] | None = None  # its summary (``calibration_summary``)
+
+    def zones(self) -> list[dict[str, Any]]:
+        """The zones in force: those saved through the API win over the definition's, as
+        ``Service.add_source`` puts them in force on the camera's shard."""
+        if self.saved_zones is not None:
+            return self.saved_zones
+        return list(self.options.get("zones") or [])
+
+    def floor(self) -> dict[str, Any] | None:
+        """The floor calibration in force (a saved ``None``: removed on purpose)."""
+        if FLOOR_KEY in self.settings:
+            return cast(dict[str, Any] | None, self.settings[FLOOR_KEY])
+        return cast(dict[str, Any] | None, self.options.get("floor"))
 
     @property
     def available(self) -> bool:
@@ -114,13 +133,15 @@ class ClusterEntry:
             return base
         if self.age_s is None and self.now - self.created_at < self.outage_after:
             return base  # just added: its shard has not reported it yet
-        silent = "never" if self.age_s is None else f"for {self.age_s:.1f} s"
+        silent = "has never reported" if self.age_s is None else \
+            f"not reporting for {self.age_s:.1f} s"
         base.update(state="unavailable", fps_in=0.0, fps_out=0.0,
-                    last_error=f"shard {self.shard} not reporting {silent}")
+                    last_error=f"shard {self.shard} {silent}")
         return base
 
     def to_dict(self) -> dict[str, Any]:
-        return {**stream_dict(self.id, self.url, self.kind, self.origin, self.options,
+        options = shown_options(self.options, self.zones(), self.floor())
+        return {**stream_dict(self.id, self.url, self.kind, self.origin, options,
                               self.status(), self.calibration),
                 "shard": self.shard, "node": self.node}
 
@@ -133,10 +154,10 @@ class ModelInfo:
 
 
 class ClusterAlerts:
-    """The ``integrations`` the routes read, and the ``RuleBook``'s target: zones from the
-    cameras' rows, the alerts raised now as the shards' feed reports them (the API process
-    runs no alert engine), and rules that the shards put in force themselves (the store
-    announces every saved change, see ``ShardRuntime``)."""
+    """The ``integrations`` the routes read, and the ``RuleBook``'s target: zones and floor
+    calibrations as the cameras' entries read them, the alerts raised now as the shards'
+    feed reports them (the API process runs no alert engine), and rules that the shards put
+    in force themselves (the store announces every saved change, see ``ShardRuntime``)."""
 
     def __init__(self, service: ClusterService) -> None:
         self._service = service
@@ -146,7 +167,7 @@ class ClusterAlerts:
         entry = self._service.streams.get(stream)
         if entry is None:
             return ()
-        return tuple(Zone.from_dict(z) for z in entry.options.get("zones") or ())
+        return tuple(Zone.from_dict(z) for z in entry.zones())
 
     def on_feed(self, item: dict[str, Any]) -> None:
         """Follow raises and clears in the live feed."""
@@ -161,9 +182,9 @@ class ClusterAlerts:
             self._active.pop(item["rule"], None)
 
     def floor(self, stream_id: str) -> StreamFloor | None:
-        """The camera's calibration from its row (the shards compute the densities)."""
+        """The camera's calibration in force (the shards compute the densities)."""
         entry = self._service.streams.get(stream_id)
-        value = None if entry is None else entry.options.get("floor")
+        value = None if entry is None else entry.floor()
         if not value:
             return None
         try:
@@ -340,42 +361,48 @@ class ClusterService:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Connect to Ray, publish the shards' settings, register the config file's cameras,
-        make sure every shard exists, then follow the database."""
+        """Connect to Ray, ``open``, then make sure every shard exists."""
         import ray
 
-        self._loop = asyncio.get_running_loop()
-        self.started_at = time.monotonic()
         if not ray.is_initialized():
             await asyncio.to_thread(ray.init, address=self.cluster.address,
                                     namespace=self.cluster.namespace, log_to_driver=False,
                                     logging_level=logging.WARNING)
+        await self.open()
+        for index in range(self.cluster.shards):
+            self.shard(index)
+
+    async def open(self) -> None:
+        """All of ``start`` but Ray: publish the shards' settings, register the config
+        file's cameras, load the rules, then follow the database. What the API serves from
+        the database (cameras, settings, history, the gathering map) needs no more; tests
+        run it so, with a shard in their own process (``ShardRuntime``)."""
+        self._loop = asyncio.get_running_loop()
+        self.started_at = time.monotonic()
         await asyncio.to_thread(self.store.cluster.set_setting, CONFIG_KEY,
                                 shard_config(self.config))
         await self.rules.load()
         for stream in self.config.streams:
             await self._register_config(stream)
-        for index in range(self.cluster.shards):
-            self.shard(index)
         self._start_listener()
         await self.refresh()
         self._tasks.append(asyncio.create_task(self._follow()))
 
     def _start_listener(self) -> None:
         """Follow the database's announcements: live feed items go to the feed, camera
-        changes and rule changes wake ``_follow``; a (re)opened connection re-reads both."""
+        changes and settings changes (rules, zones, floor calibrations) wake ``_follow``; a
+        (re)opened connection re-reads both."""
         assert self._loop is not None
 
         def deliver(channel: str, payload: str) -> None:
             if channel == STREAMS_CHANNEL:
                 self._changed.set()
-            elif channel == SETTINGS_CHANNEL:
+            elif channel == SETTINGS_CHANNEL:  # rules, or a camera's zones or settings
                 if payload == "rules":
                     self._rules_changed.set()
-                    self._changed.set()
                 elif payload.startswith(f"setting:{CALIBRATION_KEY}:"):
                     self._calibrations_changed = True
-                    self._changed.set()
+                self._changed.set()
             else:
                 try:
                     item = json.loads(payload)
@@ -425,7 +452,7 @@ class ClusterService:
             r["id"]: ClusterEntry(
                 r["id"], r["url"], r["kind"], r["origin"], r["options"], r["shard"],
                 r["created_at"], r["node"], r["status"], r["status_age_s"],
-                self.cluster.outage_after, now,
+                self.cluster.outage_after, now, r["zones"], r["settings"],
                 calibration_summary(self.calibrations.get(r["id"])))
             for r in rows
         }
@@ -433,9 +460,10 @@ class ClusterService:
     # -- cameras -----------------------------------------------------------------------------
 
     @staticmethod
-    def _options(stream: StreamConfig, *, zones: bool = True) -> dict[str, Any]:
-        exclude = {"name", "url"} | (set() if zones else {"zones"})
-        return stream.model_dump(mode="json", exclude=exclude, exclude_defaults=True)
+    def _options(stream: StreamConfig) -> dict[str, Any]:
+        """A camera's row options: its definition (a config-file camera's zones and floor
+        calibration included; an API camera's body has neither)."""
+        return stream.model_dump(mode="json", exclude={"name", "url"}, exclude_defaults=True)
 
     async def _register_config(self, stream: StreamConfig) -> None:
         """A config-file camera: saved (or updated in place) on the least loaded shard."""
@@ -492,58 +520,48 @@ class ClusterService:
         return {**answer, "peer_id": f"{shard}.{answer['peer_id']}"}
 
     async def remove_stream(self, stream_id: str) -> None:
-        """An API camera (its row and zones go; its shard stops it) or a browser camera
-        (its row goes; its shard hangs up the peer)."""
+        """An API camera (its row, zones and floor calibration go; its shard stops it) or a
+        browser camera (its row goes; its shard hangs up the peer)."""
         entry = self.get(stream_id)
         if entry.origin not in ("api", "webrtc"):
             raise StreamConflict.not_editable(stream_id, entry.origin, "remove")
         await asyncio.to_thread(self.store.streams.delete, stream_id)
         if entry.origin == "api":  # a browser camera's zones stay for its return
             await asyncio.to_thread(self.store.settings.delete_zones, stream_id)
+            await asyncio.to_thread(self.store.settings.delete_stream_setting, stream_id,
+                                    FLOOR_KEY)
             await self.calibration.forget(stream_id)
         await self.refresh()
 
     async def set_zones(self, stream_id: str, zones: Sequence[Zone]) -> None:
-        """Save a camera's zones (the settings, and its row, whose NOTIFY makes its shard
-        apply them)."""
-        entry = self.get(stream_id)
-        dicts = [z.to_dict() for z in zones]
-        options = {k: v for k, v in entry.options.items() if k != "zones"}
-        if dicts:
-            options["zones"] = dicts
-        await asyncio.to_thread(self.store.settings.save_zones, stream_id, dicts)
-        if not await asyncio.to_thread(self.store.streams.update, stream_id, entry.url,
-                                       entry.kind, options):
-            raise StreamNotFound(f"no stream {stream_id!r}")
-        entry.options = options
+        """Save a camera's zones in the settings, their one record: its shard hears of it
+        by NOTIFY and puts them in force, and this process reads them back. Raises
+        ``StreamNotFound`` and ``ValueError`` (duplicate names)."""
+        self.get(stream_id)
+        check_unique_names(z.name for z in zones)
+        await asyncio.to_thread(self.store.settings.save_zones, stream_id,
+                                [z.to_dict() for z in zones])
+        await self.refresh()
 
     async def set_floor(self, stream_id: str, floor: FloorConfig | None) -> None:
-        """Save a camera's floor calibration in its row, as its zones are: the row's NOTIFY
-        makes its shard apply it. Raises ``FloorError`` (a zone off the floor)."""
-        entry = self.get(stream_id)
-        options = {k: v for k, v in entry.options.items() if k != "floor"}
+        """Save a camera's floor calibration in the settings, as its zones are. Raises
+        ``FloorError`` (a zone off the floor)."""
+        self.get(stream_id)
         value = None if floor is None else floor.model_dump(mode="json", exclude_defaults=True)
         if floor is not None:
             check_zones_on_floor(floor.build(), self.integrations.zones(stream_id))
-            options["floor"] = value
         await asyncio.to_thread(self.store.settings.save_stream_setting, stream_id, FLOOR_KEY,
                                 value)
-        if not await asyncio.to_thread(self.store.streams.update, stream_id, entry.url,
-                                       entry.kind, options):
-            raise StreamNotFound(f"no stream {stream_id!r}")
-        entry.options = options
+        await self.refresh()
 
     async def replace_stream(self, stream: StreamConfig) -> ClusterEntry:
-        """Edit an API camera (url or options) in place: same id, same shard, zones kept;
-        its shard restarts it when the row changes."""
+        """Edit an API camera (url or options) in place: same id, same shard, zones and
+        floor calibration kept (they are the settings', not the row's); its shard restarts
+        it when the row changes."""
         entry = self.get(stream.name)
         if entry.origin != "api":
             raise StreamConflict.not_editable(stream.name, entry.origin, "edit")
-        options = self._options(stream, zones=False)
-        options.pop("floor", None)
-        for kept in ("zones", "floor"):  # zones and the floor calibration stay with it
-            if entry.options.get(kept):
-                options[kept] = entry.options[kept]
+        options = self._options(stream)
         if not await asyncio.to_thread(self.store.streams.update, entry.id, stream.url,
                                        stream.kind, options):
             raise StreamNotFound(f"no stream {stream.name!r}")

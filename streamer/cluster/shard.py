@@ -19,7 +19,8 @@ only, since only it sees the camera's results. Counts, alerts and the gathering 
 written to the cluster's store by the shard's ``Service`` as on a single box.
 
 What the API processes change reaches the shard one way: the NOTIFY the store sends in the
-change's transaction (cameras on ``STREAMS_CHANNEL``, rules on ``SETTINGS_CHANNEL``). A
+change's transaction (cameras on ``STREAMS_CHANNEL``; rules, zones and floor calibrations
+on ``SETTINGS_CHANNEL``, read from the settings, their one record, as on a single box). A
 shard that was not listening (starting, or its connection lost) re-reads everything when
 it listens again, so nothing needs a periodic resync. The shard never writes the camera
 registry (``Service(owns_registry=False)``).
@@ -33,16 +34,16 @@ import logging
 import tempfile
 import threading
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 from crowdcount.model.bundled import default_model
 from crowdcount.model.runtime import Runtime
-from crowdcount.model.zones import Zone
 from crowdcount.streamer.calibration import CALIBRATION_KEY, Captured
-from crowdcount.streamer.config import Config, FloorConfig, StreamConfig, parse_config
-from crowdcount.streamer.service import Service, StreamEntry
+from crowdcount.streamer.config import Config, StreamConfig, parse_config
+from crowdcount.streamer.service import Service, StreamEntry, make_source
+from crowdcount.streamer.sources.base import Source
 from crowdcount.streamer.store.postgres import (
     FEED_CHANNEL,
     SETTINGS_CHANNEL,
@@ -57,6 +58,9 @@ T = TypeVar("T")
 
 #: Seconds between status reports; the API's ``cluster.outage_after`` must be a few of them.
 HEARTBEAT_S = 1.0
+#: Seconds between writes of each camera's gathering minute while it fills: the API
+#: processes answer for the map from the store, at most this much behind.
+GATHERING_OPEN_S = 2.0
 #: Setting that holds the shards' configuration (written by the API processes).
 CONFIG_KEY = "shard_config"
 
@@ -83,14 +87,18 @@ def restrict_ice(addresses: tuple[str, ...]) -> None:
 class ShardRuntime:
     """The shard's pipeline and its reports; lives on the shard's own event loop."""
 
-    def __init__(self, index: int, dsn: str, node: str) -> None:
+    def __init__(self, index: int, dsn: str, node: str, *,
+                 sources: Callable[[StreamConfig, int | None], Source] = make_source) -> None:
         self.index = index
         self.dsn = dsn
         self.node = node
+        self._sources = sources  # ``Service``'s (tests run a shard with synthetic cameras)
         self.store: PostgresStore | None = None
         self.service: Service | None = None
         self.failures: dict[str, str] = {}  # camera -> why it could not be started
-        self._rows: dict[str, tuple[str, dict[str, Any]]] = {}  # url, options started with
+        # What each camera was started with: its row's url, options and creation time (a
+        # camera removed and added again under its name is a new camera: restarted clean).
+        self._rows: dict[str, tuple[str, dict[str, Any], float]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._sync_lock = asyncio.Lock()
 
@@ -126,6 +134,7 @@ class ShardRuntime:
         model_dir = Path(tempfile.gettempdir()) / f"crowdcount-shard-{self.index}-models"
         self.service = Service(config, runtime, model_path=model_path, store=store,
                                owns_registry=False, on_dropped=self._dropped,
+                               sources=self._sources, gathering_open_every=GATHERING_OPEN_S,
                                model_dir=model_dir)
         await self.service.start_pipeline()
         await self.sync()
@@ -146,7 +155,7 @@ class ShardRuntime:
 
     async def sync(self) -> list[str]:
         """Make the running cameras match this shard's rows: start new ones, stop removed
-        ones, apply changed zones. Returns the cameras running afterwards."""
+        ones, restart edited ones. Returns the cameras running afterwards."""
         svc, store = self._require()
         async with self._sync_lock:
             saved = {s["id"]: s for s in await asyncio.to_thread(store.streams.all)}
@@ -158,22 +167,17 @@ class ShardRuntime:
                 if row.get("origin") == "webrtc":
                     continue  # a browser camera: its peer starts and ends it (``publish``)
                 entry = svc.streams.get(sid)
-                options = dict(row.get("options") or {})
-                zones = options.pop("zones", None) or []
-                floor = options.pop("floor", None)
+                started = (row["url"], dict(row.get("options") or {}), row["created_at"])
                 if entry is not None:
-                    if self._rows.get(sid) != (row["url"], options):
-                        await svc.replace_stream(stream_config(row))  # edited: restart it
-                        self._rows[sid] = (row["url"], options)
-                        continue
-                    if (entry.options.get("zones") or []) != zones:
-                        self._apply_zones(svc, sid, zones)
-                    if entry.options.get("floor") != floor:
-                        self._apply_floor(svc, sid, floor)
+                    # Edited (a config camera's definition, zones included, counts) or added
+                    # anew: restart it.
+                    if self._rows.get(sid) != started:
+                        await svc.replace_stream(stream_config(row))
+                        self._rows[sid] = started
                     continue
                 try:
                     await svc.add_stream(stream_config(row), origin="api")
-                    self._rows[sid] = (row["url"], options)
+                    self._rows[sid] = started
                     self.failures.pop(sid, None)
                 except Exception as exc:
                     message = " ".join(str(exc).split()) or type(exc).__name__
@@ -184,32 +188,6 @@ class ShardRuntime:
             for sid in [s for s in self.failures if s not in saved]:
                 del self.failures[sid]
             return sorted(svc.streams)
-
-    @staticmethod
-    def _apply_zones(svc: Service, sid: str, zones: list[dict[str, Any]]) -> None:
-        """In memory only: the row is the record (``Service.set_zones`` would save the
-        shard's partial view of the options over it)."""
-        svc.integrations.set_zones(sid, [Zone.from_dict(z) for z in zones])
-        entry = svc.streams[sid]
-        if zones:
-            entry.options["zones"] = zones
-        else:
-            entry.options.pop("zones", None)
-
-    @staticmethod
-    def _apply_floor(svc: Service, sid: str, floor: dict[str, Any] | None) -> None:
-        """In memory only, like zones: the camera's row is the record."""
-        try:
-            svc.integrations.set_floor(sid, None if floor is None
-                                       else FloorConfig.model_validate(floor))
-        except ValueError as exc:
-            log.error("event=floor_invalid stream=%s error=%r", sid, " ".join(str(exc).split()))
-            return
-        entry = svc.streams[sid]
-        if floor:
-            entry.options["floor"] = floor
-        else:
-            entry.options.pop("floor", None)
 
     def statuses(self) -> dict[str, dict[str, Any]]:
         svc, _ = self._require()
@@ -241,8 +219,10 @@ class ShardRuntime:
 
     async def _follow_streams(self) -> None:
         """Re-sync whenever any process changes a camera row, reload the rules when they
-        change (NOTIFY from the store), and both whenever the listening connection is
-        (re)opened: what was announced while it was down was missed."""
+        change and a camera's zones or floor calibration when they are saved (NOTIFY from
+        the store: ``rules``, ``zones:<id>``, ``setting:<key>:<id>``), and all of it
+        whenever the listening connection is (re)opened: what was announced while it was
+        down was missed."""
         svc, _ = self._require()
         changed: asyncio.Queue[str] = asyncio.Queue()
 
@@ -262,6 +242,11 @@ class ShardRuntime:
                         await svc.rules.load()
                     if what & {"*", "streams"}:
                         await self.sync()
+                    saved = set(svc.streams) if "*" in what else {
+                        w.rpartition(":")[2] for w in what if w.startswith(("zones:", "setting:"))}
+                    if saved:
+                        async with self._sync_lock:  # not while a camera is being added
+                            await svc.apply_saved(saved)
                     await self._reload_calibrations(svc, what)
                 except Exception as exc:
                     log.error("event=shard_sync_failed shard=%d error=%r", self.index,

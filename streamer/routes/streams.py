@@ -159,6 +159,8 @@ async def edit_stream(request: web.Request) -> web.Response:
     svc = service_of(request)
     with http_errors({StreamNotFound: 404}):
         entry = svc.get(request.match_info["id"])
+    if entry.origin != "api":  # before its settings are checked against its url's kind
+        raise ApiError(409, str(StreamConflict.not_editable(entry.id, entry.origin, "edit")))
     data = await read_json_object(request)
     required = [k for k, v in data.items() if v is None and k in AddStreamBody.model_fields
                 and AddStreamBody.model_fields[k].is_required()]

@@ -210,6 +210,11 @@ class AlertLog(Protocol):
         ...
 
 
+#: The stream settings key of a stream's floor calibration (``FloorConfig`` as JSON; JSON
+#: ``null``: uncalibrated on purpose, over a config file's calibration).
+FLOOR_KEY = "floor"
+
+
 @runtime_checkable
 class SettingsStore(Protocol):
     """Alert rules and zones made through the API, kept so they come back after a restart.
@@ -253,7 +258,12 @@ class GatheringStore(Protocol):
     and averages them; a bucket may be written in several parts, e.g. across a restart) and
     one reference picture (JPEG) per stream."""
 
-    def add_bucket(self, stream_id: str, start: float, frames: int, grid: bytes) -> None: ...
+    def add_bucket(self, stream_id: str, start: float, frames: int, grid: bytes,
+                   part: str = "") -> None:
+        """Add a part of a bucket. With ``part`` (a writer's own name) the part replaces
+        that writer's earlier one of the same bucket: a bucket still being filled can be
+        written as it grows, for other processes to read (a cluster's API processes)."""
+        ...
 
     def buckets(self, stream_id: str, since: float, until: float) -> list[tuple[float, int, bytes]]:
         """``(start, frames, grid)`` of the parts starting in ``[since, until)``."""

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from crowdcount.streamer.store.base import AlertRow, CountRow, MarkedFrame, StoreStats
+from crowdcount.streamer.store.base import FLOOR_KEY, AlertRow, CountRow, MarkedFrame, StoreStats
 from crowdcount.streamer.store.writer import Op, Row, Writer
 
 #: A dialect's named parameter as a format of its name: ``":{}"`` (SQLite) or ``"%({})s"``
@@ -121,12 +121,24 @@ def add_zone_stats(
 
 
 class SqlStore:
-    """A store's writer lifecycle (``Store.flush``, ``stats``, ``close``); a database adds
-    ``_release`` (its connections, after the writer's last commit)."""
+    """A store's shared records (history, alerts, settings, gathering, calibration) and its
+    writer's lifecycle (``Store.flush``, ``stats``, ``close``); a database adds its camera
+    registry and ``_release`` (its connections, after the writer's last commit).
+    ``alert_scope`` and ``announce`` are ``SqlAlerts``' scope and ``SqlSettings``'
+    announcement (a cluster's)."""
 
-    def __init__(self, writer: Writer[Any]) -> None:
+    def __init__(
+        self, d: Dialect, fetch: Fetch, writer: Writer[Any], *,
+        alert_scope: tuple[str, Mapping[str, Any]] = ("", {}),
+        announce: Callable[[SqlConn, str], None] | None = None,
+    ) -> None:
         self._writer = writer
         self._closed = False
+        self.history = SqlHistory(d, fetch, writer)
+        self.alerts = SqlAlerts(d, fetch, writer, alert_scope)
+        self.settings = SqlSettings(d, fetch, writer, announce=announce)
+        self.gathering = SqlGathering(d, fetch, writer)
+        self.calibration = SqlCalibration(d, fetch, writer)
 
     def flush(self) -> int:
         return self._writer.flush()
@@ -270,6 +282,39 @@ def rebuild_rollups(d: Dialect, conn: SqlConn) -> None:
         conn.execute(f"DELETE FROM {table}")
     for sql in _rollup_sql(d, scoped=False):
         conn.execute(sql)
+
+
+def move_saved_options(d: Dialect, conn: SqlConn, api_rows: str = "") -> int:
+    """Move zones and a floor calibration out of API cameras' saved options into the
+    settings (``api_rows``: the SQL condition that picks them; a cluster's registry holds
+    config-file cameras too, whose options are their definition and stay). Earlier builds
+    kept a copy in both; the settings are now their one record, and a copy in the options
+    would come back as the stream's definition. What the settings already hold wins (it was
+    the later write). Returns the rows changed; run in a transaction when opening."""
+    p = d.p
+    rows = conn.execute(f"SELECT id, options FROM streams{api_rows}").fetchall()
+    moved = 0
+    for sid, raw in rows:
+        options = d.load_json(raw) if raw else {}
+        if not isinstance(options, dict) or not {"zones", "floor"} & set(options):
+            continue
+        now = time.time()
+        if "zones" in options:
+            conn.execute(
+                f"INSERT INTO stream_zones (stream_id, zones, updated_at) VALUES ({p('sid')}, "
+                f"{p('zones')}, {p('now')}) ON CONFLICT (stream_id) DO NOTHING",
+                {"sid": sid, "zones": d.dump_json(options.pop("zones") or []), "now": now})
+        if "floor" in options:
+            conn.execute(
+                f"INSERT INTO stream_settings (stream_id, key, value, updated_at) VALUES "
+                f"({p('sid')}, {p('key')}, {p('value')}, {p('now')}) "
+                "ON CONFLICT (stream_id, key) DO NOTHING",
+                {"sid": sid, "key": FLOOR_KEY, "value": d.dump_json(options.pop("floor")),
+                 "now": now})
+        conn.execute(f"UPDATE streams SET options = {p('options')} WHERE id = {p('sid')}",
+                     {"options": d.dump_json(options), "sid": sid})
+        moved += 1
+    return moved
 
 
 class SqlHistory:
@@ -591,12 +636,16 @@ class SqlGathering(_Records):
     """``GatheringStore`` on the ``gathering`` and ``gathering_reference`` tables (the grids
     and pictures are bytes: BLOB; bytea)."""
 
-    def add_bucket(self, stream_id: str, start: float, frames: int, grid: bytes) -> None:
+    def add_bucket(self, stream_id: str, start: float, frames: int, grid: bytes,
+                   part: str = "") -> None:
         p = self._d.p
-        self._write(f"INSERT INTO gathering (stream_id, start, frames, grid) VALUES "
-                    f"({p('sid')}, {p('start')}, {p('frames')}, {p('grid')})",
-                    {"sid": stream_id, "start": float(start), "frames": int(frames),
-                     "grid": bytes(grid)})
+        sql = (f"INSERT INTO gathering (stream_id, start, frames, grid, part) VALUES "
+               f"({p('sid')}, {p('start')}, {p('frames')}, {p('grid')}, {p('part')})")
+        if part:  # this writer's part of the bucket so far: replaced as it grows
+            sql += (" ON CONFLICT (stream_id, start, part) WHERE part <> '' DO UPDATE SET "
+                    "frames = excluded.frames, grid = excluded.grid")
+        self._write(sql, {"sid": stream_id, "start": float(start), "frames": int(frames),
+                          "grid": bytes(grid), "part": part})
 
     def buckets(self, stream_id: str, since: float, until: float) -> list[tuple[float, int, bytes]]:
         p = self._d.p

@@ -39,15 +39,7 @@ from psycopg_pool import ConnectionPool
 
 from crowdcount.streamer.store import common
 from crowdcount.streamer.store.base import SavedStream
-from crowdcount.streamer.store.common import (
-    Dialect,
-    SqlAlerts,
-    SqlCalibration,
-    SqlGathering,
-    SqlHistory,
-    SqlSettings,
-    SqlStore,
-)
+from crowdcount.streamer.store.common import Dialect, SqlStore
 from crowdcount.streamer.store.writer import Op, Row, Writer
 
 log = logging.getLogger(__name__)
@@ -157,6 +149,10 @@ CREATE TABLE IF NOT EXISTS gathering (
     grid BYTEA NOT NULL
 );
 CREATE INDEX IF NOT EXISTS gathering_stream_start ON gathering (stream_id, start);
+-- which writer's part of a bucket a row is (see SqlGathering.add_bucket); added later
+ALTER TABLE gathering ADD COLUMN IF NOT EXISTS part TEXT NOT NULL DEFAULT '';
+CREATE UNIQUE INDEX IF NOT EXISTS gathering_part ON gathering (stream_id, start, part)
+    WHERE part <> '';
 CREATE TABLE IF NOT EXISTS gathering_reference (
     stream_id TEXT PRIMARY KEY,
     t DOUBLE PRECISION NOT NULL,
@@ -197,7 +193,8 @@ _STREAM_COLS = "id, name, url, kind, options, created_at, shard, origin"
 
 def _open_schema(dsn: str, connect_timeout: float) -> None:
     """Create what is missing; a database from before the rollups gets them from its raw
-    rows. A plain connection, not the pool's: a wrong DSN or a refused password is then
+    rows, one whose API cameras kept zones in their rows gets them in the settings. A plain
+    connection, not the pool's: a wrong DSN or a refused password is then
     raised as the server said it, not as a pool timeout."""
     with (psycopg.connect(dsn, autocommit=True, connect_timeout=int(connect_timeout)) as conn,
           conn.transaction()):
@@ -207,6 +204,7 @@ def _open_schema(dsn: str, connect_timeout: float) -> None:
         conn.execute(_SCHEMA)
         if row is not None and row[0]:
             common.rebuild_rollups(POSTGRES, conn)
+        common.move_saved_options(POSTGRES, conn, " WHERE origin = 'api'")
 
 
 class _Batches:
@@ -381,13 +379,18 @@ class ClusterState:
             )
 
     def streams_with_status(self) -> list[dict[str, Any]]:
-        """Every stream with its last reported status, the node that reported it and the
-        report's age in seconds (``None`` when never reported)."""
+        """Every stream with its last reported status, the node that reported it, the
+        report's age in seconds (``None`` when never reported), and what the settings hold
+        for it: ``zones`` (``None``: none saved) and ``settings`` (its per-stream settings,
+        ``{key: value}``), so that one query reads all an API process shows."""
         cols = ", ".join("s." + c for c in _STREAM_COLS.split(", "))
         sql = (
             f"SELECT {cols}, st.status, st.node, "
-            "extract(epoch FROM clock_timestamp()) - st.reported_at "
+            "extract(epoch FROM clock_timestamp()) - st.reported_at, z.zones, "
+            "(SELECT jsonb_object_agg(ss.key, ss.value) FROM stream_settings ss "
+            " WHERE ss.stream_id = s.id) "
             "FROM streams s LEFT JOIN stream_status st ON st.stream_id = s.id "
+            "LEFT JOIN stream_zones z ON z.stream_id = s.id "
             "ORDER BY s.created_at, s.id"
         )
         with self._pool.connection() as conn:
@@ -396,7 +399,8 @@ class ClusterState:
         for r in rows:
             age = r[10]
             out.append({**_stream_dict(r[:8]), "status": r[8], "node": r[9],
-                        "status_age_s": None if age is None else float(age)})
+                        "status_age_s": None if age is None else float(age),
+                        "zones": r[11], "settings": r[12] or {}})
         return out
 
     def set_setting(self, key: str, value: Any) -> None:
@@ -455,15 +459,10 @@ class PostgresStore(SqlStore):
         except BaseException:
             pool.close()
             raise
-        super().__init__(writer)
-        self.history = SqlHistory(POSTGRES, self._fetch, writer)
-        self.streams = PostgresStreams(writer, self._fetch, shard)
         scope = ("", {}) if shard is None else (
             " AND stream IN (SELECT id FROM streams WHERE shard = %(shard)s)", {"shard": shard})
-        self.alerts = SqlAlerts(POSTGRES, self._fetch, writer, scope)
-        self.settings = SqlSettings(POSTGRES, self._fetch, writer, announce=_announce)
-        self.gathering = SqlGathering(POSTGRES, self._fetch, writer)
-        self.calibration = SqlCalibration(POSTGRES, self._fetch, writer)
+        super().__init__(POSTGRES, self._fetch, writer, alert_scope=scope, announce=_announce)
+        self.streams = PostgresStreams(writer, self._fetch, shard)
         self.cluster = ClusterState(pool, shard)
 
     def _fetch(self, sql: str, args: Mapping[str, Any]) -> list[Any]:

@@ -29,15 +29,7 @@ from typing import Any, TypeVar
 
 from crowdcount.streamer.store import common
 from crowdcount.streamer.store.base import SavedStream
-from crowdcount.streamer.store.common import (
-    Dialect,
-    SqlAlerts,
-    SqlCalibration,
-    SqlGathering,
-    SqlHistory,
-    SqlSettings,
-    SqlStore,
-)
+from crowdcount.streamer.store.common import Dialect, SqlStore
 from crowdcount.streamer.store.writer import Op, Row, Writer
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
@@ -135,7 +127,8 @@ CREATE TABLE IF NOT EXISTS gathering (
     stream_id TEXT NOT NULL,
     start REAL NOT NULL,
     frames INTEGER NOT NULL,
-    grid BLOB NOT NULL
+    grid BLOB NOT NULL,
+    part TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS gathering_stream_start ON gathering (stream_id, start);
 CREATE TABLE IF NOT EXISTS gathering_reference (
@@ -203,19 +196,24 @@ def _open_schema(conn: sqlite3.Connection, path: Path) -> None:
     rule_cols = {row[1] for row in conn.execute("PRAGMA table_info(alert_rules)")}
     if "metric" not in rule_cols:
         conn.execute("ALTER TABLE alert_rules ADD COLUMN metric TEXT NOT NULL DEFAULT 'count'")
-    if version < SCHEMA_VERSION:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            if version == 1:
-                for sql in _MIGRATE_1_TO_2:
-                    conn.execute(sql)
-            if 0 < version < 3:
-                common.rebuild_rollups(SQLITE, conn)
+    if "part" not in {row[1] for row in conn.execute("PRAGMA table_info(gathering)")}:
+        conn.execute("ALTER TABLE gathering ADD COLUMN part TEXT NOT NULL DEFAULT ''")
+    conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS gathering_part ON gathering "
+                 "(stream_id, start, part) WHERE part <> ''")
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if version == 1:
+            for sql in _MIGRATE_1_TO_2:
+                conn.execute(sql)
+        if 0 < version < 3:
+            common.rebuild_rollups(SQLITE, conn)
+        if version < SCHEMA_VERSION:
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.rollback()
-            raise
+        common.move_saved_options(SQLITE, conn)  # every row is an API stream's
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.rollback()
+        raise
 
 
 class _Batches:
@@ -367,14 +365,8 @@ class SQLiteStore(SqlStore):
             conn.close()
             raise
         self._readers = _Readers(self.path, busy_ms)
-        super().__init__(writer)
-        fetch = self._readers.fetch
-        self.history = SqlHistory(SQLITE, fetch, writer)
+        super().__init__(SQLITE, self._readers.fetch, writer)
         self.streams = SQLiteStreams(writer, self._readers)
-        self.alerts = SqlAlerts(SQLITE, fetch, writer)
-        self.settings = SqlSettings(SQLITE, fetch, writer)
-        self.gathering = SqlGathering(SQLITE, fetch, writer)
-        self.calibration = SqlCalibration(SQLITE, fetch, writer)
 
     def _release(self) -> None:
         self._batches.conn.close()
