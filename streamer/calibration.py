@@ -58,7 +58,7 @@ from crowdcount.streamer.limits import (
 )
 from crowdcount.streamer.store import MarkedFrame, Store
 from crowdcount.streamer.surface import StreamConflict
-from crowdcount.training.calibrate import MIN_FRAMES
+from crowdcount.training.calibrate import MIN_FRAMES, TRAINING_BACKENDS
 
 __all__ = [
     "CALIBRATION_KEY",
@@ -290,7 +290,12 @@ def job_command(dataset: Path, output: Path, time_budget: float) -> list[str]:
 
 
 def job_env() -> dict[str, str]:
+    """The server's environment with one math thread, and without a ``KERAS_BACKEND`` that
+    calibration cannot train on (``tensorflow``, set for the server's own export or by an
+    operator): the job then picks PyTorch or JAX itself instead of failing."""
     env = {**os.environ, **ONE_THREAD}
+    if env.get("KERAS_BACKEND") not in TRAINING_BACKENDS:
+        env.pop("KERAS_BACKEND", None)
     env["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {XLA_ONE_THREAD}".strip()
     return env
 

@@ -475,3 +475,22 @@ async def test_calibrating_a_real_camera_through_the_api(serve, shared, tmp_path
     await wait_until(lambda: svc.recent.pick("brt").count < 200, 60, "the own model again")
     streams = {s["id"]: s for s in (await (await again.get("/api/streams")).json())["streams"]}
     assert streams["brt"]["calibration"]["mae_after"] == done["result"]["mae_after"]
+
+
+@pytest.mark.parametrize("inherited", ["tensorflow", "jax"])
+def test_the_job_trains_on_a_backend_calibration_supports(monkeypatch, inherited) -> None:
+    """A server whose environment says ``KERAS_BACKEND=tensorflow`` (the operator's choice,
+    or the server's own export) still gets calibrations: the job's child drops it and picks
+    PyTorch or JAX; a supported choice is kept."""
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("KERAS_BACKEND", inherited)
+    probe = ("from crowdcount.training.calibrate import _keras; "
+             "print(_keras().backend.backend())")
+    out = subprocess.run([sys.executable, "-c", probe], env=calibration.job_env(),
+                         capture_output=True, text=True, timeout=120, check=True)
+    backend = out.stdout.strip().splitlines()[-1]
+    assert backend in ("torch", "jax"), out
+    if inherited == "jax":
+        assert backend == "jax"

@@ -102,6 +102,10 @@ class Result:
         return out
 
 
+#: The Keras backends calibration trains on.
+TRAINING_BACKENDS = ("torch", "jax")
+
+
 def _keras() -> Any:
     """Keras on PyTorch when torch is installed, else on JAX; never TensorFlow (the serving
     install has none). One training step of the top half took ~3.5 s for 8 full BRT frames
@@ -114,7 +118,7 @@ def _keras() -> Any:
     except ImportError:
         raise UserError("calibration needs Keras 3 with PyTorch or JAX: "
                         "pip install 'crowdcount[calibrate]'") from None
-    if keras.backend.backend() not in ("torch", "jax"):
+    if keras.backend.backend() not in TRAINING_BACKENDS:
         raise UserError(f"calibration runs Keras on torch or JAX (KERAS_BACKEND), not "
                         f"{keras.backend.backend()}")
     return keras

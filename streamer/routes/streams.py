@@ -157,11 +157,11 @@ async def edit_stream(request: web.Request) -> web.Response:
     the stream restarts with them (``{"url": null}``: 400). API streams only (409 for the
     others)."""
     svc = service_of(request)
+    data = await read_json_object(request)  # a body past the decoder's bounds: 400 first
     with http_errors({StreamNotFound: 404}):
         entry = svc.get(request.match_info["id"])
     if entry.origin != "api":  # before its settings are checked against its url's kind
         raise ApiError(409, str(StreamConflict.not_editable(entry.id, entry.origin, "edit")))
-    data = await read_json_object(request)
     required = [k for k, v in data.items() if v is None and k in AddStreamBody.model_fields
                 and AddStreamBody.model_fields[k].is_required()]
     if required:  # a stream cannot be without its url: null is a mistake, not "unchanged"
