@@ -455,9 +455,14 @@ class CalibrationDesk:
             job.state, job.message = "failed", f"{type(exc).__name__}: {exc}"
         finally:
             job.finished_at = time.time()
-            self._jobs.pop(stream_id, None)
-            await asyncio.to_thread(shutil.rmtree, work, True)
-            await asyncio.shield(self._save(stream_id, job))
+            try:
+                await asyncio.to_thread(shutil.rmtree, work, True)
+                await asyncio.shield(self._save(stream_id, job))
+            finally:
+                # Only now: until the final record is saved, a status read would find the
+                # store's "running" record of this process and report it interrupted.
+                if self._jobs.get(stream_id, (None,))[0] is job:
+                    del self._jobs[stream_id]
             log.info("event=calibration_%s stream=%s message=%r", job.state, stream_id,
                      job.message)
 

@@ -336,6 +336,37 @@ async def test_a_refused_calibration_keeps_the_model(serve, fake_calibrate) -> N
     assert (await client.post(BASE.format("cam"), json={})).status == 202  # may try again
 
 
+async def test_a_job_being_saved_is_never_reported_interrupted(serve, fake_calibrate) -> None:
+    """While a finished job's final record is still being written (a slow database, as on
+    a loaded cluster), its status is the job's verdict, not the store's stale "running"
+    record read as a job whose server stopped."""
+    import threading
+
+    fake_calibrate(kept=False).release()
+    client = await serve()
+    await add_synthetic(client, "cam")
+    await wait_counted(client, "cam")
+    await mark_five(client, "cam")
+    settings = service(client).store.settings
+    save = settings.save_stream_setting
+    writing, go_on = threading.Event(), threading.Event()
+
+    def slow_final_save(stream_id: str, key: str, value: Any) -> None:
+        if key == calibration.JOB_KEY and value.get("state") != "running":
+            writing.set()
+            go_on.wait(30)
+        save(stream_id, key, value)
+
+    settings.save_stream_setting = slow_final_save  # type: ignore[method-assign]
+    try:
+        assert (await client.post(BASE.format("cam"), json={})).status == 202
+        await wait_until(writing.is_set, 30, "the job's final save")
+        assert (await status(client, "cam"))["state"] == "refused"
+    finally:
+        go_on.set()
+    assert (await wait_state(client, "cam", "refused", "failed"))["state"] == "refused"
+
+
 async def test_a_calibration_survives_a_restart_and_a_stopped_job_is_reported(
         serve, fake_calibrate) -> None:
     job = fake_calibrate(kept=True)
