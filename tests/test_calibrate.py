@@ -177,10 +177,15 @@ def test_calibrate_needs_five_frames(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.shared
-@pytest.mark.timeout(400)
+@pytest.mark.timeout(1800)  # the whole recipe on JAX: ~2-5 s per step on 2 loaded cores
 def test_calibrating_brt_camera_2_on_one_day_lowers_the_error_on_other_days(shared, tmp_path):
     """Ten frames of 2017-04-19 marked (a folder of the user's own, in the generic format,
-    linking to the real frames), the model scored on every 4th frame of the other days."""
+    linking to the real frames), the model scored on every 4th frame of the other days.
+
+    The budget is the largest the CLI takes (an hour), so the recipe runs all its steps:
+    within the default budget a slow backend (JAX, ~10x slower per step than PyTorch) stops
+    at a number of steps that depends on the load, and so did the verdict (CI failed it
+    once, the same commit passed here)."""
     brt = shared / "data" / "beijing_brt_cam2"
     doc = json.loads((brt / "annotations.json").read_text())
     day = [e for e in doc["images"] if Path(e["file"]).name.startswith("2-20170419")]
@@ -195,10 +200,14 @@ def test_calibrating_brt_camera_2_on_one_day_lowers_the_error_on_other_days(shar
         entries.append({"file": f"frames/{name}", "points": day[j]["points"]})
     (marked / "annotations.json").write_text(json.dumps({"images": entries}))
     out = tmp_path / "camera.onnx"
-    result = calibrate(f"generic:{marked}", "-o", str(out), "--json", timeout=300)
+    result = calibrate(f"generic:{marked}", "-o", str(out), "--json",
+                       "--time-budget", "3600", timeout=1700)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.splitlines()[0])
     assert report["frames"] == 10 and report["mae_after"] < report["mae_before"]
+    from crowdcount.training.calibrate import Recipe
+
+    assert report["steps"] == Recipe().steps  # all the recipe's, not cut short by the budget
 
     from crowdcount.model.runtime import Runtime
     from crowdcount.training.readers import open_dataset
