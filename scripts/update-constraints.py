@@ -19,6 +19,7 @@ from pathlib import Path
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT = "crowdcount"
@@ -82,7 +83,9 @@ def pinned(extras: tuple[str, ...] = ("dev",)) -> dict[str, str]:
             sys.exit(f"update-constraints: {name} is required but not installed; "
                      "run `bash scripts/setup-venv.sh dev` first")
         if canonicalize_name(name) not in UNPINNED:
-            found[canonicalize_name(name)] = dist.version
+            # The public version: a build variant (torch's "+cpu") is setup-venv.sh's
+            # choice, and "==2.13.0" accepts every variant of that release.
+            found[canonicalize_name(name)] = Version(dist.version).public
         for line in dist.requires or []:
             req = Requirement(line)
             if _applies(req, wanted):

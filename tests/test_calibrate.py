@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("jax", reason="JAX not installed (the calibrate extra)")
+pytest.importorskip("torch", reason="PyTorch not installed (the calibrate extra)")
 pytest.importorskip("onnx", reason="onnx not installed (the calibrate extra)")
 
 import keras

@@ -513,6 +513,7 @@ def test_the_job_trains_on_a_backend_calibration_supports(monkeypatch, inherited
     """A server whose environment says ``KERAS_BACKEND=tensorflow`` (the operator's choice,
     or the server's own export) still gets calibrations: the job's child drops it and picks
     PyTorch or JAX; a supported choice is kept."""
+    import importlib.util
     import subprocess
     import sys
 
@@ -522,6 +523,7 @@ def test_the_job_trains_on_a_backend_calibration_supports(monkeypatch, inherited
     out = subprocess.run([sys.executable, "-c", probe], env=calibration.job_env(),
                          capture_output=True, text=True, timeout=120, check=True)
     backend = out.stdout.strip().splitlines()[-1]
-    assert backend in ("torch", "jax"), out
-    if inherited == "jax":
-        assert backend == "jax"
+    # where PyTorch is installed (the calibrate extra) it is the one picked: ten times faster
+    # per training step on a CPU than JAX
+    picked = "torch" if importlib.util.find_spec("torch") else "jax"
+    assert backend == (inherited if inherited in ("torch", "jax") else picked), out

@@ -53,9 +53,11 @@ SIGMA = 8.0
 MIN_FRAMES = 5
 #: Most marked frames one calibration takes (bounds memory and time).
 MAX_FRAMES = 100
-#: Seconds of training by default (the CLI's and the API's): room for the recipe's steps on
-#: an idle 2-core machine; a slower one stops short of them.
-DEFAULT_TIME_BUDGET = 150.0
+#: Seconds of training by default (the CLI's and the API's). The server's job trains on one
+#: thread; on a 2-core machine with PyTorch a step took 0.65 s there, so the guard's and the
+#: final run's 120 steps each take ~80 s, plus ~25 s of loading and features. 240 s leaves
+#: room for load; a slower machine or backend (JAX: 5 s a step) stops short of the steps.
+DEFAULT_TIME_BUDGET = 240.0
 
 Progress = Callable[[str, float], None]
 
@@ -251,8 +253,9 @@ def calibrate(
     progress: Progress | None = None,
 ) -> Result:
     """Adapt ``base`` (default: the bundled ``.keras``) to the marked ``samples`` and write
-    the adapted ONNX model to ``output`` when the guard keeps it. ``time_budget`` bounds the
-    two training runs together (seconds); compilation and export come on top."""
+    the adapted ONNX model to ``output`` when the guard keeps it. ``time_budget`` (seconds,
+    from the call) bounds loading, features and the two training runs; export comes on
+    top."""
     from crowdcount.model.bundled import default_model, serving_max_side
     from crowdcount.training.onnx_writer import write_onnx
 

@@ -195,7 +195,8 @@ def add_calibrate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True, help="ONNX model to write")
     p.add_argument("--base", help="start from this .keras model (default: the bundled one)")
     p.add_argument("--time-budget", type=float, default=DEFAULT_TIME_BUDGET,
-                   help="at most this many seconds of training (the guard's run gets half); the "
+                   help="at most this many seconds of loading, features and training (the "
+                   "guard's run gets half of what is left); the "
                    "recipe's steps are fixed and a slower machine stops short of them")
     p.add_argument("--max-side", type=int,
                    help="run frames at this longer side (default: the bundled model's)")

@@ -96,8 +96,9 @@ class CalibrateBody(_Body):
     time_budget: Annotated[float, Field(ge=MIN_CALIBRATION_BUDGET_S,
                                         le=MAX_CALIBRATION_BUDGET_S, allow_inf_nan=False)] = (
         Field(DEFAULT_TIME_BUDGET, description="at most this many seconds of "
-                                                 "training; its steps are fixed and a slower "
-                                                 "machine stops short of them"))
+                                                 "loading, features and training; its steps "
+                                                 "are fixed and a slower machine stops short "
+                                                 "of them"))
 
 
 def _stream(request: web.Request) -> tuple[ServiceSurface, str]:
