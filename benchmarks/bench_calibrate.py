@@ -23,7 +23,7 @@ import numpy as np
 
 from crowdcount.model.bundled import DEFAULT_ONNX
 from crowdcount.model.runtime import Runtime
-from crowdcount.training.calibrate import calibrate
+from crowdcount.training.calibrate import DEFAULT_TIME_BUDGET, calibrate
 from crowdcount.training.readers import open_dataset
 
 SHARED = Path(os.environ.get("CROWD_SHARED") or Path(__file__).resolve().parents[2] / "shared")
@@ -39,7 +39,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=str(BRT))
     p.add_argument("--frames", type=int, nargs="+", default=[5, 10, 20])
-    p.add_argument("--time-budget", type=float, default=90.0)
+    p.add_argument("--time-budget", type=float, default=DEFAULT_TIME_BUDGET)
     p.add_argument("--test-every", type=int, default=1,
                    help="score every k-th frame of the other days (1 = all)")
     args = p.parse_args()
