@@ -19,7 +19,7 @@ stamp=".venv/.installed${extras}"
 # index. The extra's torch requirement then finds it installed.
 install_torch_cpu() {
     local version
-    version=$(sed -n 's/^torch==\([^+]*\).*/\1/p' constraints.txt)
+    version=$(sed -n 's/^torch==//p' constraints.txt)
     if python -c 'import sys, torch; sys.exit(torch.version.cuda is not None)' 2>/dev/null; then
         return
     fi

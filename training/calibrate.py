@@ -53,7 +53,8 @@ SIGMA = 8.0
 MIN_FRAMES = 5
 #: Most marked frames one calibration takes (bounds memory and time).
 MAX_FRAMES = 100
-#: Seconds of training by default (the CLI's and the API's). The server's job trains on one
+#: The time budget by default (the CLI's and the API's), counted from the start: loading and
+#: features count towards it. The server's job trains on one
 #: thread; on a 2-core machine with PyTorch a step took 0.65 s there, so the guard's and the
 #: final run's 120 steps each take ~80 s, plus ~25 s of loading and features. 240 s leaves
 #: room for load; a slower machine or backend (JAX: 5 s a step) stops short of the steps.
