@@ -206,7 +206,8 @@ async def _read_feed(
 
 
 async def run_stream(clip: Path, seconds: float, *, threads: int | None = None,
-                     rate: float | None = None, decode: str = "auto") -> StreamRun:
+                     rate: float | None = None, decode: str = "auto",
+                     gop: int | None = None) -> StreamRun:
     """Serve ``clip`` over RTSP, run the real service on it, read its feed for ``seconds``
     and its count history afterwards. ``rate``: the stream's ``fps_limit`` (``None``: the
     camera default). ``decode="auto"`` adds the camera through the API (keyframes only when
@@ -215,7 +216,7 @@ async def run_stream(clip: Path, seconds: float, *, threads: int | None = None,
     sys.path.insert(0, str(ROOT))  # tests/ is not installed; its fixture runs the server
     from tests.fixtures.rtsp import RtspServer
 
-    server = RtspServer(clip)
+    server = RtspServer(clip, gop=gop)
     await asyncio.to_thread(server.start)
     runner: web.AppRunner | None = None
     try:
@@ -423,7 +424,8 @@ def file_counts_for(frames: Sequence[NDArray[np.uint8]],
 
 async def measure(clip: Path, seconds: float, *, with_file: bool = True,
                   threads: int | None = None, rate: float | None = None,
-                  decodes: Sequence[str] = ("auto",)) -> list[tuple[str, Report]]:
+                  decodes: Sequence[str] = ("auto",),
+                  gop: int | None = None) -> list[tuple[str, Report]]:
     """The whole benchmark: one live run per decode mode, then (with ``with_file``) the
     no-RTSP baseline, which runs after the streams are stopped so that it does not steal
     CPU from them."""
@@ -432,7 +434,7 @@ async def measure(clip: Path, seconds: float, *, with_file: bool = True,
     if len(frames) != len(truth):
         raise ValueError(f"{clip}: {len(frames)} frames but {len(truth)} true counts")
     ident = FrameIdentifier(frames)
-    runs = [(d, await run_stream(clip, seconds, threads=threads, rate=rate, decode=d))
+    runs = [(d, await run_stream(clip, seconds, threads=threads, rate=rate, decode=d, gop=gop))
             for d in decodes]
     file_counts = await asyncio.to_thread(file_counts_for, frames) if with_file else None
     return [(d, analyse(run, truth, ident, file_counts)) for d, run in runs]
@@ -532,6 +534,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="auto: as the service decodes (keyframes only when they meet "
                              "the rate); full: every frame; both: one run of each and a "
                              "comparison table")
+    parser.add_argument("--gop", type=int, default=None,
+                        help="the RTSP server's keyframe interval in frames (default: one a "
+                             "second). 9 at the clip's 10 fps puts the keyframes on other "
+                             "clip frames on every loop, so keyframes-only sees the whole clip")
     args = parser.parse_args(argv)
     if not args.clip.is_file() or not counts_csv_for(args.clip).is_file():
         print(f"clip or its counts not found: {args.clip} (set CROWD_SHARED)", file=sys.stderr)
@@ -539,7 +545,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.pop("CROWDCOUNT_TOKEN", None)  # loopback benchmark: no token needed
     decodes = ("auto", "full") if args.decode == "both" else (args.decode,)
     reports = asyncio.run(measure(args.clip, args.seconds, with_file=not args.no_file,
-                                  threads=args.threads, rate=args.rate, decodes=decodes))
+                                  threads=args.threads, rate=args.rate, decodes=decodes,
+                                  gop=args.gop))
     for name, rep in reports:
         print(f"## decode: {name}\n")
         print(format_report(rep, args.clip))

@@ -488,7 +488,7 @@ async def test_calibrating_a_real_camera_through_the_api(serve, shared, tmp_path
     assert len(fractions) > 2  # progress was reported on the way
     assert done["result"]["frames"] == 10
     assert done["result"]["mae_after"] < done["result"]["mae_before"]
-    # the other camera kept counting while the calibration ran (one core, low priority)
+    # the other camera kept counting while the calibration ran (at the lowest priority)
     assert await frames_out(client, "other") - before >= 4 * done["result"]["seconds"] / 2
     await wait_until(lambda: svc.recent.pick("brt").count < 200, 60, "the own model")
     truth = len(chosen[showing[0]]["points"])

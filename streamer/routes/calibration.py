@@ -216,7 +216,7 @@ async def delete_frame(request: web.Request) -> web.Response:
      **dict([error(400), error(404), error(409, "one is running, or fewer than 5 frames are "
                                                 "marked"), error(413), error(415)])},
     body=CalibrateBody, path_params=_ID,
-    description="Runs in a subprocess at low priority on one core; the other streams keep "
+    description="Runs in a subprocess at the lowest priority, so the other streams keep "
                 "counting. The stream switches to its own model when the guard keeps it "
                 "(state done), and keeps its model when not (state refused)."))
 async def start_calibration(request: web.Request) -> web.Response:
