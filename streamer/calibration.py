@@ -13,7 +13,7 @@ Why these pieces, and where they live:
 * **The job** runs ``crowdcount calibrate`` on the stream's marked frames in a subprocess,
   at the lowest priority (``nice -n 19``): training is seconds of full CPU per step, and in
   the server's process it would hold the GIL and the cores the cameras are counted on. At
-  that priority it gets only the CPU the streams leave, so it may use a few math threads
+  that priority it mostly gets the CPU the streams leave, so it may use a few math threads
   (``JOB_THREADS``) and finish in half the time where a core is idle. Its JSON progress
   lines are read here. One job per stream; its state is also written to the
   stream's settings (``JOB_KEY``), so a restarted server (or another API process of a
@@ -95,12 +95,13 @@ SAVE_EVERY_S = 2.0
 #: A running job whose record was not updated for this long belongs to a process that is
 #: gone (a cluster's other API process died): it is reported failed.
 STALE_S = 120.0
-#: Math threads of the job (OpenMP, MKL, OpenBLAS, XLA, TensorFlow): the machine's cores,
-#: at most 4 so that one job's OpenMP pool does not spin every core of a big box. On a
-#: 2-core box two threads took a 10-frame calibration from 190 s to 99 s, and at
-#: ``NICENESS`` the streams still come first.
+#: Math threads of the job (OpenMP, MKL, OpenBLAS, TensorFlow): the machine's cores, at
+#: most 4 so that one job's OpenMP pool does not spin every core of a big box. On a 2-core
+#: box two threads took a 10-frame calibration from 190 s to 99 s.
 JOB_THREADS = max(1, min(4, os.cpu_count() or 1))
-#: The job's priority: the lowest, so the cameras' decoding and inference always come first.
+#: The job's priority: the lowest. Beside eight streams that kept both cores busy, the
+#: streams lost a quarter of their rate to a 2-thread job at 19, and 40 % to a 1-thread job
+#: at 10 (the scheduler still gives it a core whenever one idles between batches).
 NICENESS = 19
 
 
