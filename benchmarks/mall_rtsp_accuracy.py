@@ -537,7 +537,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gop", type=int, default=None,
                         help="the RTSP server's keyframe interval in frames (default: one a "
                              "second). 9 at the clip's 10 fps puts the keyframes on other "
-                             "clip frames on every loop, so keyframes-only sees the whole clip")
+                             "clip frames on every loop, so keyframes-only sees most of the clip")
     args = parser.parse_args(argv)
     if not args.clip.is_file() or not counts_csv_for(args.clip).is_file():
         print(f"clip or its counts not found: {args.clip} (set CROWD_SHARED)", file=sys.stderr)
