@@ -18,7 +18,7 @@
 // loads it with its own <script type="module">.
 
 import { api } from "./api.js";
-import { Card, cards, showStream, updateEmpty } from "./card.js";
+import { Card, cards, removedIds, showStream, updateEmpty } from "./card.js";
 import { CountChart } from "./chart.js";
 import { bannerIsSticky, showBanner } from "./dom.js";
 import { formatCount } from "./format.js";
@@ -39,9 +39,10 @@ async function poll() {
     for (const stream of data.streams || []) {
       seen.add(stream.id);
       const card = cards.get(stream.id);
-      if (!card) showStream(stream);
-      else card.update(stream);
+      if (card) card.update(stream);
+      else if (!removedIds.has(stream.id)) showStream(stream);
     }
+    for (const id of removedIds) if (!seen.has(id)) removedIds.delete(id);
     for (const card of [...cards.values()]) {
       if (seen.has(card.id)) continue;
       if (card.local) {

@@ -17,6 +17,9 @@ const grid = document.querySelector('[data-testid="stream-grid"]');
 const template = document.getElementById("card-template");
 
 export const cards = new Map(); // stream id -> Card
+// Streams the user removed on this page that the server may still list for a moment (a
+// poll answered before the removal reached it): the poll must not show them again.
+export const removedIds = new Set();
 
 const STATE_LABELS = {
   starting: "connecting",
@@ -391,6 +394,7 @@ export class Card {
     clearTimeout(this.retryTimer);
     this.chart.destroy();
     cards.delete(this.id);
+    removedIds.add(this.id);
     this.el.remove();
     updateEmpty();
     announce("card-removed", this);
@@ -430,6 +434,7 @@ export class Card {
 
 // A card for a server stream that the page has not shown yet, with its history and video.
 export function showStream(stream, fallbackName = stream.id) {
+  removedIds.delete(stream.id); // added again
   const card = new Card(stream.id, stream.name || fallbackName);
   card.update(stream);
   card.loadHistory();
