@@ -2,10 +2,13 @@
 
     python benchmarks/bench_calibrate.py                     # BRT camera 2 in ../shared
     python benchmarks/bench_calibrate.py --frames 10 --time-budget 60
+    python benchmarks/bench_calibrate.py --frames 10 --mark-day 20170506 --score same-day
 
-The marked frames are chosen as a user would: evenly over ONE day (2017-04-19, the day with
-most frames); MAE is measured with ONNX Runtime on every frame of the camera's OTHER days,
-never marked nor used for any choice. "after" is the model calibration wrote, or the base
+The marked frames are chosen as a user would: evenly over ONE day (by default 2017-04-19,
+the day the recipe was chosen on); MAE is measured with ONNX Runtime on every frame of the
+camera's OTHER days, never marked nor used for any choice (``--score same-day``: on the
+marked day's frames that were not marked, to tell what the frames teach from what carries
+over to other days). "after" is the model calibration wrote, or the base
 model when the guard refused (shown in the kept column). Prints the load average beside the
 time: the machine is shared.
 """
@@ -28,7 +31,7 @@ from crowdcount.training.readers import open_dataset
 
 SHARED = Path(os.environ.get("CROWD_SHARED") or Path(__file__).resolve().parents[2] / "shared")
 BRT = SHARED / "data" / "beijing_brt_cam2"
-MARK_DAY = "2-20170419"
+MARK_DAY = "20170419"
 
 
 def load() -> str:
@@ -40,15 +43,25 @@ def main() -> int:
     p.add_argument("--data", default=str(BRT))
     p.add_argument("--frames", type=int, nargs="+", default=[5, 10, 20])
     p.add_argument("--time-budget", type=float, default=DEFAULT_TIME_BUDGET)
+    p.add_argument("--mark-day", default=MARK_DAY, help="the day to mark, YYYYMMDD")
+    p.add_argument("--score", choices=("other-days", "same-day"), default="other-days")
     p.add_argument("--test-every", type=int, default=1,
-                   help="score every k-th frame of the other days (1 = all)")
+                   help="score every k-th frame of those scored (1 = all)")
     args = p.parse_args()
     reader = open_dataset(f"generic:{args.data}")
     doc = json.loads((Path(args.data) / "annotations.json").read_text())
     files = [Path(e["file"]).name for e in doc["images"]]
-    day = [i for i, f in enumerate(files) if f.startswith(MARK_DAY)]
-    other = [i for i, f in enumerate(files) if not f.startswith(MARK_DAY)][::args.test_every]
-    tests = [reader[i] for i in other]
+    day = [i for i, f in enumerate(files) if f.startswith(f"2-{args.mark_day}")]
+    if not day:
+        p.error(f"no frames of day {args.mark_day}")
+    on_day = set(day)
+    other = [i for i in range(len(files)) if i not in on_day]
+    marked = {k: [day[round(j)] for j in np.linspace(0, len(day) - 1, k)]
+              for k in args.frames}
+    if args.score == "same-day":  # frames of the day that no row of the table marks
+        taken = {i for picks in marked.values() for i in picks}
+        other = [i for i in day if i not in taken]
+    tests = [reader[i] for i in other[::args.test_every]]
     truth = np.array([s.count for s in tests])
 
     def mae(model: Path) -> tuple[float, float]:
@@ -57,14 +70,14 @@ def main() -> int:
         return float(np.abs(pred - truth).mean()), float((pred - truth).mean())
 
     base_mae, base_bias = mae(DEFAULT_ONNX)
-    print(f"base model on {len(tests)} frames of other days: MAE {base_mae:.3f} "
-          f"bias {base_bias:+.3f}")
+    where = "other days" if args.score == "other-days" else f"day {args.mark_day}, unmarked"
+    print(f"marked: day {args.mark_day}; base model on {len(tests)} frames of {where}: "
+          f"MAE {base_mae:.3f} bias {base_bias:+.3f}")
     print("| marked | seconds | load | guard held-back MAE | kept | other days MAE | bias "
           "| change |")
     print("|---|---|---|---|---|---|---|---|")
     for k in args.frames:
-        picks = [day[round(j)] for j in np.linspace(0, len(day) - 1, k)]
-        samples = [reader[i] for i in picks]
+        samples = [reader[i] for i in marked[k]]
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "camera.onnx"
             t0 = time.monotonic()

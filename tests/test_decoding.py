@@ -261,9 +261,13 @@ async def test_a_multi_slice_camera_gives_one_whole_picture_per_frame(
     await source.start()
     try:
         await wait_until(lambda: source.status.decode == "keyframes", 20, "keyframes-only")
-        start, t0 = source.status.frames_decoded, time.monotonic()
-        await asyncio.sleep(4)
-        per_s = (source.status.frames_decoded - start) / (time.monotonic() - t0)
+        # the rate between the first and the fifth newly decoded frame: four intervals
+        start = source.status.frames_decoded
+        await wait_until(lambda: source.status.frames_decoded > start, 10, "a decoded frame")
+        first, t0 = source.status.frames_decoded, time.monotonic()
+        await wait_until(lambda: source.status.frames_decoded >= first + 4, 15,
+                         "four more decoded frames")
+        per_s = (source.status.frames_decoded - first) / (time.monotonic() - t0)
         assert 0.5 <= per_s <= 1.3, per_s  # not 2 a second
         frame = await asyncio.wait_for(source.recv(), 5)
         assert frame.image.shape == (240, 320, 3)

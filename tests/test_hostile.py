@@ -207,8 +207,8 @@ def live(brightness_model: Path, h264_clip: Path,
             "max_retries": 1_000_000})
         assert reply.status == 201, reply
         t0, f0 = time.monotonic(), server.frames()
-        while time.monotonic() - t0 < 2.0:
-            time.sleep(0.05)
+        wait_until_sync(lambda: server.frames() >= f0 + 20, 30, "20 more counted frames",
+                        interval=0.1)
         server.rate = (server.frames() - f0) / (time.monotonic() - t0)
         server.idle_rss = server.rss()
         print(f"\nidle: {server.rate:.1f} fps, RSS {server.idle_rss / 2**20:.0f} MB, "

@@ -121,7 +121,7 @@ def write_camera_video(path: Path, images: list[np.ndarray]) -> Path:
     h, w = images[0].shape[:2]
     return write_video(path, lambda i, _w, _h: images[i // HOLD], w, h, VIDEO_FPS,
                        len(images) * HOLD / VIDEO_FPS,
-                       options={"crf": "8", "bframes": "0", "g": str(HOLD),
+                       options={"crf": "8", "bf": "0", "g": str(HOLD),
                                 "preset": "veryfast"})
 
 

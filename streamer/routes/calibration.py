@@ -20,7 +20,7 @@ Every bound is ``streamer.limits``'; bodies go through ``decode_json`` (``read_j
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from aiohttp import web
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, RootModel
@@ -152,12 +152,7 @@ async def list_frames(request: web.Request) -> web.Response:
     {200: Reply("the frame at the camera's size", media={"image/jpeg": {"type": "string"}}),
      **dict([error(404)])}, path_params=_FRAME))
 async def frame_image(request: web.Request) -> web.Response:
-    svc, sid = _stream(request)
-    fid = _frame_id(request, sid)
-    with http_errors(_ERRORS):
-        jpeg = await svc.calibration.image(sid, fid)
-    return web.Response(body=jpeg, content_type="image/jpeg",
-                        headers={"Cache-Control": "private, max-age=3600"})
+    return await _frame_picture(request, "image", "image/jpeg")
 
 
 @operation(Operation(
@@ -166,11 +161,19 @@ async def frame_image(request: web.Request) -> web.Response:
                 "put people", media={"image/png": {"type": "string"}}),
      **dict([error(404)])}, path_params=_FRAME))
 async def frame_density(request: web.Request) -> web.Response:
+    return await _frame_picture(request, "density", "image/png")
+
+
+async def _frame_picture(request: web.Request, which: Literal["image", "density"],
+                         content_type: str) -> web.Response:
+    """A marked frame's picture or its density overlay: both are stored when the frame is
+    captured and never change, so the browser may keep them for an hour."""
     svc, sid = _stream(request)
     fid = _frame_id(request, sid)
+    desk = svc.calibration
     with http_errors(_ERRORS):
-        png = await svc.calibration.density(sid, fid)
-    return web.Response(body=png, content_type="image/png",
+        body = await (desk.image(sid, fid) if which == "image" else desk.density(sid, fid))
+    return web.Response(body=body, content_type=content_type,
                         headers={"Cache-Control": "private, max-age=3600"})
 
 
