@@ -5,12 +5,12 @@
     python benchmarks/bench_calibrate.py --frames 10 --mark-day 20170506 --score same-day
 
 The marked frames are chosen as a user would: evenly over ONE day (by default 2017-04-19,
-the day the recipe was chosen on); MAE is measured with ONNX Runtime on every frame of the
-camera's OTHER days, never marked nor used for any choice (``--score same-day``: on the
-marked day's frames that were not marked, to tell what the frames teach from what carries
-over to other days). "after" is the model calibration wrote, or the base
-model when the guard refused (shown in the kept column). Prints the load average beside the
-time: the machine is shared.
+the day the recipe was chosen on; ``--mark-day`` takes several); MAE is measured with ONNX
+Runtime on every frame of the camera's OTHER days, never marked nor used for any choice
+(``--score same-day``: on the marked days' frames that no row marks, to tell what the
+frames teach from what carries over to other days). "after" is the model calibration
+wrote, or the base model when the guard refused (shown in the kept column). Prints the load
+average beside the time: the machine is shared.
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ def main() -> int:
     p.add_argument("--data", default=str(BRT))
     p.add_argument("--frames", type=int, nargs="+", default=[5, 10, 20])
     p.add_argument("--time-budget", type=float, default=DEFAULT_TIME_BUDGET)
-    p.add_argument("--mark-day", default=MARK_DAY, help="the day to mark, YYYYMMDD")
+    p.add_argument("--mark-day", nargs="+", default=[MARK_DAY],
+                   help="the day(s) to mark, YYYYMMDD; frames are spread over them in time order")
     p.add_argument("--score", choices=("other-days", "same-day"), default="other-days")
     p.add_argument("--test-every", type=int, default=1,
                    help="score every k-th frame of those scored (1 = all)")
@@ -51,9 +52,10 @@ def main() -> int:
     reader = open_dataset(f"generic:{args.data}")
     doc = json.loads((Path(args.data) / "annotations.json").read_text())
     files = [Path(e["file"]).name for e in doc["images"]]
-    day = [i for i, f in enumerate(files) if f.startswith(f"2-{args.mark_day}")]
+    day = sorted((i for i, f in enumerate(files) if f[2:10] in args.mark_day),
+                 key=lambda i: files[i])
     if not day:
-        p.error(f"no frames of day {args.mark_day}")
+        p.error(f"no frames of {' '.join(args.mark_day)}")
     on_day = set(day)
     other = [i for i in range(len(files)) if i not in on_day]
     marked = {k: [day[round(j)] for j in np.linspace(0, len(day) - 1, k)]
@@ -70,10 +72,11 @@ def main() -> int:
         return float(np.abs(pred - truth).mean()), float((pred - truth).mean())
 
     base_mae, base_bias = mae(DEFAULT_ONNX)
-    where = "other days" if args.score == "other-days" else f"day {args.mark_day}, unmarked"
-    print(f"marked: day {args.mark_day}; base model on {len(tests)} frames of {where}: "
+    days = " ".join(args.mark_day)
+    where = "other days" if args.score == "other-days" else f"{days}, unmarked"
+    print(f"marked: {days}; base model on {len(tests)} frames of {where}: "
           f"MAE {base_mae:.3f} bias {base_bias:+.3f}")
-    print("| marked | seconds | load | guard held-back MAE | kept | other days MAE | bias "
+    print("| marked | seconds | load | guard held-back MAE | kept | scored MAE | bias "
           "| change |")
     print("|---|---|---|---|---|---|---|---|")
     for k in args.frames:
