@@ -60,7 +60,7 @@ def main() -> int:
     other = [i for i in range(len(files)) if i not in on_day]
     marked = {k: [day[round(j)] for j in np.linspace(0, len(day) - 1, k)]
               for k in args.frames}
-    if args.score == "same-day":  # frames of the day that no row of the table marks
+    if args.score == "same-day":  # frames of the marked days that no row of the table marks
         taken = {i for picks in marked.values() for i in picks}
         other = [i for i in day if i not in taken]
     tests = [reader[i] for i in other[::args.test_every]]
