@@ -20,12 +20,18 @@ Every bound is ``streamer.limits``'; bodies go through ``decode_json`` (``read_j
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
 
 from aiohttp import web
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, RootModel
 
-from crowdcount.streamer.calibration import FrameNotFound, MarksError, NoCalibration
+from crowdcount.streamer.calibration import (
+    CalibrationDesk,
+    FrameNotFound,
+    MarksError,
+    NoCalibration,
+)
 from crowdcount.streamer.limits import (
     MAX_CALIBRATION_BUDGET_S,
     MAX_MARKS_PER_FRAME,
@@ -152,7 +158,7 @@ async def list_frames(request: web.Request) -> web.Response:
     {200: Reply("the frame at the camera's size", media={"image/jpeg": {"type": "string"}}),
      **dict([error(404)])}, path_params=_FRAME))
 async def frame_image(request: web.Request) -> web.Response:
-    return await _frame_picture(request, "image", "image/jpeg")
+    return await _frame_picture(request, CalibrationDesk.image, "image/jpeg")
 
 
 @operation(Operation(
@@ -161,18 +167,20 @@ async def frame_image(request: web.Request) -> web.Response:
                 "put people", media={"image/png": {"type": "string"}}),
      **dict([error(404)])}, path_params=_FRAME))
 async def frame_density(request: web.Request) -> web.Response:
-    return await _frame_picture(request, "density", "image/png")
+    return await _frame_picture(request, CalibrationDesk.density, "image/png")
 
 
-async def _frame_picture(request: web.Request, which: Literal["image", "density"],
-                         content_type: str) -> web.Response:
+async def _frame_picture(
+    request: web.Request,
+    read: Callable[[CalibrationDesk, str, str], Awaitable[bytes]],
+    content_type: str,
+) -> web.Response:
     """A marked frame's picture or its density overlay: both are stored when the frame is
     captured and never change, so the browser may keep them for an hour."""
     svc, sid = _stream(request)
     fid = _frame_id(request, sid)
-    desk = svc.calibration
     with http_errors(_ERRORS):
-        body = await (desk.image(sid, fid) if which == "image" else desk.density(sid, fid))
+        body = await read(svc.calibration, sid, fid)
     return web.Response(body=body, content_type=content_type,
                         headers={"Cache-Control": "private, max-age=3600"})
 
