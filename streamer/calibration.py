@@ -327,6 +327,7 @@ class CalibrationDesk:
         self.work_dir = work_dir
         self.owner = secrets.token_hex(8)  # this process's jobs, in the records
         self._jobs: dict[str, tuple[Job, asyncio.Task[None]]] = {}
+        self._saving = asyncio.Lock()  # job records land in the order they were made
         self._closed = False
 
     # -- frames --------------------------------------------------------------------------
@@ -428,6 +429,11 @@ class CalibrationDesk:
             raise CalibrationConflict(
                 f"calibration needs at least {MIN_FRAMES} marked frames of one size; stream "
                 f"{stream_id!r} has {len(usable)}{note}")
+        live = self._jobs.get(stream_id)
+        if live is not None and live[0].state != "running":
+            # It has its verdict (status shows it) and is writing its last record: wait
+            # for that rather than refuse, and this job's records come after its.
+            await asyncio.wait({live[1]})
         if stream_id in self._jobs:  # started while the frames were read
             raise CalibrationConflict(f"a calibration of stream {stream_id!r} is already "
                                       "running")
@@ -438,18 +444,27 @@ class CalibrationDesk:
         return await self.status(stream_id)
 
     async def _save(self, stream_id: str, job: Job) -> None:
+        """Record the job as it is now. Shielded: a cancelled caller's write still
+        finishes, and before the next one starts (the lock), so a job's last record is
+        the one that stays even when the server stops in the middle of a write."""
         job.updated_at = time.time()
-        try:
-            await asyncio.to_thread(self.store.settings.save_stream_setting, stream_id,
-                                    JOB_KEY, asdict(job))
-        except Exception as exc:  # the live job goes on; only its record is behind
-            log.error("event=calibration_record_failed stream=%s error=%r", stream_id, str(exc))
+        await asyncio.shield(self._write_record(stream_id, asdict(job)))
+
+    async def _write_record(self, stream_id: str, record: dict[str, Any]) -> None:
+        async with self._saving:
+            try:
+                await asyncio.to_thread(self.store.settings.save_stream_setting, stream_id,
+                                        JOB_KEY, record)
+            except Exception as exc:  # the live job goes on; only its record is behind
+                log.error("event=calibration_record_failed stream=%s error=%r", stream_id,
+                          str(exc))
 
     async def _run(self, stream_id: str, job: Job, frames: list[MarkedFrame],
                    time_budget: float) -> None:
-        await self._save(stream_id, job)  # here: before any later save of this job
-        work = Path(tempfile.mkdtemp(prefix="crowdcount-calibrate-", dir=self.work_dir))
+        work: Path | None = None
         try:
+            await self._save(stream_id, job)  # here: before any later save of this job
+            work = Path(tempfile.mkdtemp(prefix="crowdcount-calibrate-", dir=self.work_dir))
             dataset = await asyncio.to_thread(self._write_dataset, stream_id, frames, work)
             output = work / "model.onnx"
             result, error = await self._subprocess(stream_id, job, dataset, output,
@@ -464,8 +479,9 @@ class CalibrationDesk:
         finally:
             job.finished_at = time.time()
             try:
-                await asyncio.to_thread(shutil.rmtree, work, True)
-                await asyncio.shield(self._save(stream_id, job))
+                if work is not None:
+                    await asyncio.to_thread(shutil.rmtree, work, True)
+                await self._save(stream_id, job)
             finally:
                 # Only now: until the final record is saved, a status read would find the
                 # store's "running" record of this process and report it interrupted.
@@ -586,12 +602,20 @@ class CalibrationDesk:
         """Stop every running job (their subprocesses are killed); before the store
         closes."""
         self._closed = True
-        tasks = [task for _, task in self._jobs.values()]
-        for task in tasks:
+        live = list(self._jobs.items())
+        for _, (_, task) in live:
             task.cancel()
-        for task in tasks:
+        for stream_id, (job, task) in live:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+            if job.finished_at is None:
+                # Cancelled before its first step (a stop right after the 202): its
+                # coroutine never ran, so no record says so; without this one a restart
+                # would show the stream's previous job.
+                job.state, job.message = "failed", "stopped: the server shut down"
+                job.finished_at = time.time()
+                await self._save(stream_id, job)
+                self._jobs.pop(stream_id, None)
 
 
 def _json_line(raw: bytes) -> dict[str, Any] | None:

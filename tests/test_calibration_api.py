@@ -12,7 +12,9 @@ the real command on Beijing BRT camera 2 (real data, slow).
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -407,6 +409,72 @@ async def test_a_calibration_survives_a_restart_and_a_stopped_job_is_reported(
     await wait_until(lambda: service(third).pipeline.worker.model_of("cam") is not None, 20,
                      "the model written from the store")
     assert model.is_file()
+
+
+async def test_a_job_stopped_before_its_first_step_is_recorded_as_stopped(
+        serve, fake_calibrate) -> None:
+    """A stop that comes right after the 202, before the job's task has run at all (seen
+    under load): the record must say the job stopped, not show the job before it."""
+    fake_calibrate(kept=True).release()
+    client = await serve()
+    svc = service(client)
+    await add_synthetic(client, "cam")
+    await wait_counted(client, "cam")
+    await mark_five(client, "cam")
+    assert (await client.post(BASE.format("cam"), json={})).status == 202
+    assert (await wait_state(client, "cam", "done", "failed"))["state"] == "done"
+    assert (await svc.calibration.start("cam", 60.0))["state"] == "running"
+    # the store still holds the previous job: the new one has not taken a step
+    assert svc.settings.stream_settings(calibration.JOB_KEY)["cam"]["state"] == "done"
+    await svc.calibration.close()
+    record = svc.settings.stream_settings(calibration.JOB_KEY)["cam"]
+    assert record["state"] == "failed" and "stopped" in record["message"]
+    assert record["finished_at"] is not None
+    await client.close()
+    again = await serve()  # the same database
+    await add_synthetic(again, "cam")
+    after = await status(again, "cam")
+    assert after["state"] == "failed" and "stopped" in after["message"]
+
+
+async def test_a_new_job_right_after_a_verdict_waits_for_its_last_record(
+        serve, fake_calibrate, monkeypatch) -> None:
+    """Status shows a job's verdict before its last record is written; a start in that
+    window waits for the record instead of answering 409 "already running" (seen under
+    load). The store's write of the verdict is held here to open the window wide."""
+    fake_calibrate(kept=True).release()
+    client = await serve()
+    desk = service(client).calibration
+    await add_synthetic(client, "cam")
+    await wait_counted(client, "cam")
+    await mark_five(client, "cam")
+    hold, held = threading.Event(), threading.Event()
+    save, frames = desk.store.settings.save_stream_setting, desk.store.calibration.frames
+    reads: list[int] = []
+
+    def slow_save(stream_id: str, key: str, value: Any) -> None:
+        if key == calibration.JOB_KEY and value["state"] == "done" and not held.is_set():
+            held.set()
+            hold.wait(30)
+        save(stream_id, key, value)
+
+    def counted_frames(stream_id: str) -> list[Any]:
+        rows = frames(stream_id)
+        reads.append(1)
+        return rows
+
+    monkeypatch.setattr(desk.store.settings, "save_stream_setting", slow_save)
+    monkeypatch.setattr(desk.store.calibration, "frames", counted_frames)
+    assert (await client.post(BASE.format("cam"), json={})).status == 202
+    await wait_until(held.is_set, 30, "the verdict's record to be written")
+    assert (await status(client, "cam"))["state"] == "done"
+    before = len(reads)
+    second = asyncio.create_task(client.post(BASE.format("cam"), json={}))
+    await wait_until(lambda: len(reads) > before, 10, "the new job to read its frames")
+    hold.set()
+    r = await second
+    assert r.status == 202, await r.text()
+    assert (await wait_state(client, "cam", "done", "failed"))["state"] == "done"
 
 
 async def test_removing_an_api_stream_forgets_its_calibration(serve, fake_calibrate) -> None:
