@@ -65,6 +65,22 @@ def test_video_median_removes_people_walking_through(tmp_path):
     assert (diff > 100).mean() < 0.001
 
 
+def test_a_median_of_large_frames_is_taken_at_a_bounded_size(tmp_path):
+    # 2000x1500 frames (a 4K camera's 128 decoded frames would be 3 GB): shrunk to a
+    # longer side of MEDIAN_MAX_SIDE, the aspect kept, the picture still the scene's.
+    from crowdcount.training.readers.empty import MEDIAN_MAX_SIDE
+
+    ramp = np.tile(np.linspace(0, 255, 2000, dtype=np.float32), (1500, 1))
+    scene = np.dstack([ramp, 255 - ramp, np.full_like(ramp, 90)]).astype(np.uint8)
+    for i in range(3):
+        write_jpeg(tmp_path / "big" / f"{i}.jpg", scene)
+    image = open_dataset(f"empty:{tmp_path / 'big'}")[0].image
+    assert image.shape == (MEDIAN_MAX_SIDE * 3 // 4, MEDIAN_MAX_SIDE, 3)
+    small = cv2.resize(scene, (MEDIAN_MAX_SIDE, MEDIAN_MAX_SIDE * 3 // 4),
+                       interpolation=cv2.INTER_AREA)
+    assert np.abs(image.astype(int) - small.astype(int)).mean() < 3
+
+
 def test_median_of_an_annotated_set_keeps_the_sitter(tmp_path):
     root = tmp_path / "scene"
     entries = []

@@ -9,6 +9,7 @@ training material. Three dataset kinds, all deterministic:
 ``empty:VIDEO`` or ``empty:FOLDER``
     The temporal median of up to 64 evenly spaced frames of a video (or of the images in a
     folder, in name order), count 0: the caller vouches that nobody stands still in it.
+    Frames larger than ``MEDIAN_MAX_SIDE`` are shrunk first.
 ``median:FORMAT:PATH[:RANGE]``
     The temporal median of an annotated dataset's images, labelled with the heads that sit
     at one place in at least half of the frames the median is taken over (the median keeps
@@ -41,6 +42,10 @@ log = logging.getLogger(__name__)
 #: Frames a median is taken over (evenly spaced): enough for a stable background, bounded
 #: memory (64 x 1024 x 768 x 3 bytes is 150 MB).
 MEDIAN_FRAMES = 64
+#: Longer side an ``empty:`` median's frames are shrunk to (above the serving size, 768):
+#: the frame count alone does not bound memory, as the up to 128 decoded frames of a 4K
+#: video would be 3 GB.
+MEDIAN_MAX_SIDE = 1280
 #: Synthetic frames available; items are cheap and made on demand.
 SYNTHETIC_ITEMS = 64
 SYNTHETIC_SIZE = (480, 640)
@@ -118,8 +123,18 @@ def video_frames(path: Path, k: int = MEDIAN_FRAMES) -> list[NDArray[np.uint8]]:
     chosen = decode_video(path, every=every)
     picked = itertools.islice(chosen, 0, 10 * k, 10) if every is None else \
         itertools.islice(chosen, 2 * k)
-    frames = [f.image for f in picked]
+    frames = [bounded(f.image) for f in picked]
     return [frames[i] for i in evenly(len(frames), k)]
+
+
+def bounded(image: NDArray[np.uint8], max_side: int = MEDIAN_MAX_SIDE) -> NDArray[np.uint8]:
+    """``image`` shrunk (area-averaged) so that its longer side is at most ``max_side``."""
+    h, w = image.shape[:2]
+    scale = max_side / max(h, w)
+    if scale >= 1:
+        return image
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return np.asarray(cv2.resize(image, size, interpolation=cv2.INTER_AREA), np.uint8)
 
 
 def persistent_heads(
@@ -188,7 +203,7 @@ class MedianView(_OneSample):
             frames = video_frames(path)
         elif path.is_dir():
             files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-            frames = [load_image(files[i], i) for i in evenly(len(files))]
+            frames = [bounded(load_image(files[i], i)) for i in evenly(len(files))]
         else:
             raise DatasetError(f"{path}: empty: takes 'synthetic', a video file or a folder "
                                "of images")
