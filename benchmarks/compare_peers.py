@@ -17,7 +17,7 @@ model/runtime: ms per 640x480 frame (RGB in, count out; JPEG decoding excluded),
 frame, the speed ratios, the mean absolute count error on those frames, and our MAE on all
 1200.
 
-    pip install 'crowdcount[peers]'          # PyTorch (CPU) and onnx, for the export
+    bash scripts/setup-venv.sh dev           # has the peers extra: PyTorch (CPU), onnx
     python benchmarks/compare_peers.py --mall ../shared/data/mall
 
 The Mall dataset (Chen et al., BMVC 2012) is not part of this repository; point ``--mall``
