@@ -92,6 +92,8 @@ JOB_TIMEOUT_S = 600.0
 JPEG_QUALITY = 92
 #: A job's state is written to the store at most this often while it runs (seconds).
 SAVE_EVERY_S = 2.0
+#: A job's message when the server stopped it.
+STOPPED = "stopped: the server shut down"
 #: A running job whose record was not updated for this long belongs to a process that is
 #: gone (a cluster's other API process died): it is reported failed.
 STALE_S = 120.0
@@ -328,6 +330,7 @@ class CalibrationDesk:
         self.owner = secrets.token_hex(8)  # this process's jobs, in the records
         self._jobs: dict[str, tuple[Job, asyncio.Task[None]]] = {}
         self._saving = asyncio.Lock()  # job records land in the order they were made
+        self._claiming: set[str] = set()  # streams whose first job record is being written
         self._closed = False
 
     # -- frames --------------------------------------------------------------------------
@@ -397,11 +400,26 @@ class CalibrationDesk:
         if not isinstance(record, dict):
             return None
         job = _job(record)
-        if job.state == "running" and (not self.shared or job.owner == self.owner
-                                       or time.time() - job.updated_at > STALE_S):
+        if stream_id in self._claiming and job.owner == self.owner:
+            return job  # its first record, just written by start(): not a job left behind
+        if self._gone(job):
             job.state, job.finished_at = "failed", job.updated_at
             job.message = "interrupted: the server running it stopped"
         return job
+
+    def _gone(self, job: Job) -> bool:
+        """Whether a recorded running job's process is gone: ours (a job that is not live
+        here was left by an earlier run of this server), any when the store is ours
+        alone, or one silent for longer than ``STALE_S``."""
+        return job.state == "running" and (not self.shared or job.owner == self.owner
+                                           or time.time() - job.updated_at > STALE_S)
+
+    def _free(self, record: Any | None) -> bool:
+        """Whether a new job may replace the stream's job record ``record``."""
+        if not isinstance(record, dict):
+            return True
+        job = _job(record)
+        return job.state != "running" or self._gone(job)
 
     async def status(self, stream_id: str) -> dict[str, Any]:
         job = await self._record(stream_id)
@@ -434,10 +452,25 @@ class CalibrationDesk:
             # It has its verdict (status shows it) and is writing its last record: wait
             # for that rather than refuse, and this job's records come after its.
             await asyncio.wait({live[1]})
-        if stream_id in self._jobs:  # started while the frames were read
+        if stream_id in self._jobs or stream_id in self._claiming:  # since the frames
             raise CalibrationConflict(f"a calibration of stream {stream_id!r} is already "
                                       "running")
         job = Job(owner=self.owner, message=f"starting on {len(usable)} marked frames")
+        job.updated_at = time.time()
+        # The first record is written before the job exists and before the answer: in one
+        # step with the check that no job runs, for all the processes sharing the store.
+        self._claiming.add(stream_id)
+        try:
+            claimed = await asyncio.to_thread(self.store.settings.claim_stream_setting,
+                                              stream_id, JOB_KEY, asdict(job), self._free)
+        finally:
+            self._claiming.discard(stream_id)
+        if not claimed:
+            raise CalibrationConflict(f"a calibration of stream {stream_id!r} is already "
+                                      "running (started through another API process)")
+        if self._closed:  # the server began to stop meanwhile
+            await self._stopped(stream_id, job)
+            raise StreamConflict.shutting_down()
         task = asyncio.create_task(self._run(stream_id, job, usable, time_budget),
                                    name=f"calibrate-{stream_id}")
         self._jobs[stream_id] = (job, task)
@@ -462,8 +495,7 @@ class CalibrationDesk:
     async def _run(self, stream_id: str, job: Job, frames: list[MarkedFrame],
                    time_budget: float) -> None:
         work: Path | None = None
-        try:
-            await self._save(stream_id, job)  # here: before any later save of this job
+        try:  # its first record is written (start); every later one comes after it
             work = Path(tempfile.mkdtemp(prefix="crowdcount-calibrate-", dir=self.work_dir))
             dataset = await asyncio.to_thread(self._write_dataset, stream_id, frames, work)
             output = work / "model.onnx"
@@ -471,7 +503,7 @@ class CalibrationDesk:
                                                    time_budget)
             await self._finish(stream_id, job, result, error, output)
         except asyncio.CancelledError:
-            job.state, job.message = "failed", "stopped: the server shut down"
+            job.state, job.message = "failed", STOPPED
             raise
         except Exception as exc:
             log.exception("calibration of %s failed", stream_id)
@@ -610,12 +642,14 @@ class CalibrationDesk:
                 await task
             if job.finished_at is None:
                 # Cancelled before its first step (a stop right after the 202): its
-                # coroutine never ran, so no record says so; without this one a restart
-                # would show the stream's previous job.
-                job.state, job.message = "failed", "stopped: the server shut down"
-                job.finished_at = time.time()
-                await self._save(stream_id, job)
+                # coroutine never ran, so its record still says "running".
+                await self._stopped(stream_id, job)
                 self._jobs.pop(stream_id, None)
+
+    async def _stopped(self, stream_id: str, job: Job) -> None:
+        job.state, job.message = "failed", STOPPED
+        job.finished_at = time.time()
+        await self._save(stream_id, job)
 
 
 def _json_line(raw: bytes) -> dict[str, Any] | None:

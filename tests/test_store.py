@@ -357,6 +357,29 @@ def test_stream_settings_survive_reopen_per_key(db: StoreDb) -> None:
         assert s.settings.stream_settings("nothing") == {}
 
 
+def test_a_claimed_setting_is_written_only_when_free(db: StoreDb) -> None:
+    seen: list[object] = []
+
+    def free_unless_running(value: object) -> bool:
+        seen.append(value)
+        return not (isinstance(value, dict) and value.get("state") == "running")
+
+    with db.open() as s:
+        st = s.settings
+        assert st.claim_stream_setting("a", "job", {"state": "running", "n": 1},
+                                       free_unless_running)
+        assert not st.claim_stream_setting("a", "job", {"state": "running", "n": 2},
+                                           free_unless_running)
+        assert seen == [None, {"state": "running", "n": 1}]
+        st.save_stream_setting("a", "job", {"state": "done", "n": 1})
+        assert st.claim_stream_setting("a", "job", {"state": "running", "n": 3},
+                                       free_unless_running)
+        assert st.claim_stream_setting("b", "job", {"state": "running"}, free_unless_running)
+    with db.open() as s:
+        assert s.settings.stream_settings("job") == {
+            "a": {"state": "running", "n": 3}, "b": {"state": "running"}}
+
+
 def test_rules_and_zones_survive_reopen(db: StoreDb) -> None:
     rule = {"name": "busy", "stream": "a", "zone": "door", "above": 5.0, "below": 3.0,
             "for_seconds": 2.0}

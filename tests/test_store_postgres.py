@@ -18,6 +18,7 @@ import psycopg
 import pytest
 
 from crowdcount.streamer.store.postgres import FEED_CHANNEL, STREAMS_CHANNEL, PostgresStore
+from tests.fixtures.waiting import wait_until_sync
 from tests.test_history import T0, expected, fill
 
 pytestmark = pytest.mark.postgres
@@ -113,3 +114,58 @@ def test_database_from_before_rollups_gets_them_from_raw_rows(postgres_dsn: str)
     want = expected(data, "count", 60)
     assert [(r["t"], r["n"]) for r in got] == [(t, v[3]) for t, v in want.items()]
     assert got[0]["zones"]["door"] == pytest.approx(expected(data, "door", 60)[T0][0])
+
+
+def _waiting_on_a_lock(dsn: str) -> bool:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                           "AND NOT granted").fetchone()
+        return bool(row and row[0])
+
+
+def test_two_processes_claiming_one_setting_cannot_both_win(postgres_dsn: str) -> None:
+    """Two API processes start a calibration of one camera at once: the second waits for
+    the first's transaction, then sees its record and loses. The first is held inside its
+    transaction until the second is seen waiting on the lock (in pg_locks)."""
+    inside, go = threading.Event(), threading.Event()
+
+    def free_slowly(value: object) -> bool:
+        inside.set()
+        assert go.wait(30)
+        return value is None
+
+    won: dict[str, bool] = {}
+    with PostgresStore(postgres_dsn) as a, PostgresStore(postgres_dsn) as b:
+        first = threading.Thread(target=lambda: won.update(a=a.settings.claim_stream_setting(
+            "cam", "job", {"owner": "a"}, free_slowly)))
+        first.start()
+        assert inside.wait(30)
+        second = threading.Thread(target=lambda: won.update(b=b.settings.claim_stream_setting(
+            "cam", "job", {"owner": "b"}, lambda value: value is None)))
+        second.start()
+        wait_until_sync(lambda: _waiting_on_a_lock(postgres_dsn), 30, "b waiting on the lock")
+        go.set()
+        first.join(30)
+        second.join(30)
+        assert won == {"a": True, "b": False}
+        assert b.settings.stream_settings("job") == {"cam": {"owner": "a"}}
+
+
+def test_marked_frames_are_counted_and_added_under_the_streams_lock(postgres_dsn: str) -> None:
+    """The 64-frame bound holds across processes: a capture waits while another process
+    holds the stream's lock (taken here by hand, as a capture's transaction would)."""
+    frame = {"id": "f1", "stream_id": "cam", "captured_at": 1.0, "width": 64, "height": 48,
+             "model_count": 1.0, "marks": None}
+    added: list[bool] = []
+    with PostgresStore(postgres_dsn) as s, psycopg.connect(postgres_dsn) as holder:
+        holder.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                       ("marked_frames:cam",))
+        th = threading.Thread(target=lambda: added.append(
+            s.calibration.add_frame(frame, b"\xff\xd8", b"d", limit=1)))
+        th.start()
+        wait_until_sync(lambda: _waiting_on_a_lock(postgres_dsn), 30, "the capture waiting")
+        assert added == []
+        holder.commit()
+        th.join(30)
+        assert added == [True]
+        assert [f["id"] for f in s.calibration.frames("cam")] == ["f1"]

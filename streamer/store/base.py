@@ -22,7 +22,7 @@ Contract every implementation keeps:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, TypedDict, runtime_checkable
 
 __all__ = [
@@ -245,6 +245,14 @@ class SettingsStore(Protocol):
 
     def save_stream_setting(self, stream_id: str, key: str, value: Any) -> None:
         """Replace the stream's JSON value under ``key``; durable when it returns."""
+        ...
+
+    def claim_stream_setting(self, stream_id: str, key: str, value: Any,
+                             free: Callable[[Any | None], bool]) -> bool:
+        """Save ``value`` only if ``free(current value, None when unset)`` holds, and say
+        whether it did. The check and the write are one step for every process sharing the
+        store (two API processes starting the same one-per-stream job: one of them wins).
+        ``free`` runs on the store's thread, inside the transaction: keep it pure."""
         ...
 
     def delete_stream_setting(self, stream_id: str, key: str | None = None) -> None:

@@ -192,6 +192,10 @@ class Dialect:
     #: A JSON value as the database stores it, and back.
     dump_json: Callable[[Any], Any]
     load_json: Callable[[Any], Any]
+    #: A statement that locks the key given as its ``lock`` parameter until the transaction
+    #: ends, so that a check and the write it allows are one step for every process. Empty
+    #: where one process's writer thread is the only writer (SQLite serves one box).
+    lock: str = ""
 
     def p(self, name: str) -> str:
         return self.ph.format(name)
@@ -572,11 +576,21 @@ class _Records:
 
     def _upsert(self, table: str, key: Sequence[str], values: Mapping[str, Any],
                 what: str | None = None) -> None:
-        cols = ", ".join(values)
-        sets = ", ".join(f"{c} = excluded.{c}" for c in values if c not in key)
-        self._write(f"INSERT INTO {table} ({cols}) VALUES "
-                    f"({', '.join(self._d.p(c) for c in values)}) "
-                    f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {sets}", values, what)
+        self._write(_upsert_sql(self._d, table, key, values), values, what)
+
+
+def _upsert_sql(d: Dialect, table: str, key: Sequence[str], values: Mapping[str, Any]) -> str:
+    cols = ", ".join(values)
+    sets = ", ".join(f"{c} = excluded.{c}" for c in values if c not in key)
+    return (f"INSERT INTO {table} ({cols}) VALUES ({', '.join(d.p(c) for c in values)}) "
+            f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {sets}")
+
+
+def _lock(d: Dialect, conn: SqlConn, key: str) -> None:
+    """Hold ``key`` until the transaction ends: another process's transaction that takes
+    it waits, then sees this one's writes (see ``Dialect.lock``)."""
+    if d.lock:
+        conn.execute(d.lock, {"lock": key})
 
 
 
@@ -623,6 +637,27 @@ class SqlSettings(_Records):
         self._upsert("stream_settings", ("stream_id", "key"), {
             "stream_id": stream_id, "key": key, "value": self._d.dump_json(value),
             "updated_at": time.time()}, f"setting:{key}:{stream_id}")
+
+    def claim_stream_setting(self, stream_id: str, key: str, value: Any,
+                             free: Callable[[Any | None], bool]) -> bool:
+        what = f"setting:{key}:{stream_id}"
+        select = (f"SELECT value FROM stream_settings WHERE stream_id = {self._d.p('sid')} "
+                  f"AND key = {self._d.p('key')}")
+        values = {"stream_id": stream_id, "key": key, "value": self._d.dump_json(value),
+                  "updated_at": time.time()}
+
+        def claim(conn: SqlConn) -> bool:
+            _lock(self._d, conn, what)
+            row = conn.execute(select, {"sid": stream_id, "key": key}).fetchone()
+            if not free(None if row is None else self._d.load_json(row[0])):
+                return False
+            conn.execute(_upsert_sql(self._d, "stream_settings", ("stream_id", "key"), values),
+                         values)
+            if self._announce is not None:
+                self._announce(conn, what)
+            return True
+
+        return self._writer.call(claim)
 
     def delete_stream_setting(self, stream_id: str, key: str | None = None) -> None:
         p = self._d.p
@@ -695,9 +730,9 @@ class SqlCalibration(_Records):
                   f"({', '.join(p(c) for c in values)})")
 
         def add(conn: SqlConn) -> bool:
-            # In the insert's transaction: SQLite's one writer serialises it; two API
-            # processes of a cluster capturing one camera at the same instant could pass
-            # the bound by one frame each.
+            # The count and the insert in one transaction, under the stream's lock: two API
+            # processes of a cluster capturing one camera at once cannot both pass the bound.
+            _lock(self._d, conn, f"marked_frames:{frame['stream_id']}")
             if conn.execute(count, values).fetchone()[0] >= limit:
                 return False
             conn.execute(insert, values)

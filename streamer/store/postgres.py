@@ -51,6 +51,7 @@ POSTGRES = Dialect(
     ph="%({})s", pos="%s", floor_t="floor(c.t)::bigint", bucket="floor(t / {step})::bigint",
     zone_each="jsonb_each_text(c.zones) AS z", zone_value="z.value::float8",
     greatest="GREATEST", dump_json=Jsonb, load_json=lambda value: value,
+    lock="SELECT pg_advisory_xact_lock(hashtextextended(%(lock)s, 0))",
 )
 
 #: LISTEN/NOTIFY channels: live feed items (counts and alerts), camera-registry changes
