@@ -330,6 +330,10 @@ class CalibrationDesk:
         self.owner = secrets.token_hex(8)  # this process's jobs, in the records
         self._jobs: dict[str, tuple[Job, asyncio.Task[None]]] = {}
         self._saving = asyncio.Lock()  # job records land in the order they were made
+        self._writes: set[asyncio.Task[None]] = set()  # records being written (for close)
+        # A job's start (the check, its first record, its task) is one step against
+        # forget() and close(): they never find a job half made.
+        self._starting = asyncio.Lock()
         self._claiming: set[str] = set()  # streams whose first job record is being written
         self._closed = False
 
@@ -452,36 +456,41 @@ class CalibrationDesk:
             # It has its verdict (status shows it) and is writing its last record: wait
             # for that rather than refuse, and this job's records come after its.
             await asyncio.wait({live[1]})
-        if stream_id in self._jobs or stream_id in self._claiming:  # since the frames
-            raise CalibrationConflict(f"a calibration of stream {stream_id!r} is already "
-                                      "running")
-        job = Job(owner=self.owner, message=f"starting on {len(usable)} marked frames")
-        job.updated_at = time.time()
-        # The first record is written before the job exists and before the answer: in one
-        # step with the check that no job runs, for all the processes sharing the store.
-        self._claiming.add(stream_id)
-        try:
-            claimed = await asyncio.to_thread(self.store.settings.claim_stream_setting,
-                                              stream_id, JOB_KEY, asdict(job), self._free)
-        finally:
-            self._claiming.discard(stream_id)
-        if not claimed:
-            raise CalibrationConflict(f"a calibration of stream {stream_id!r} is already "
-                                      "running (started through another API process)")
-        if self._closed:  # the server began to stop meanwhile
-            await self._stopped(stream_id, job)
-            raise StreamConflict.shutting_down()
-        task = asyncio.create_task(self._run(stream_id, job, usable, time_budget),
-                                   name=f"calibrate-{stream_id}")
-        self._jobs[stream_id] = (job, task)
+        async with self._starting:
+            if self._closed:
+                raise StreamConflict.shutting_down()
+            if stream_id in self._jobs:  # started since the frames were read
+                raise CalibrationConflict(f"a calibration of stream {stream_id!r} is "
+                                          "already running")
+            job = Job(owner=self.owner, message=f"starting on {len(usable)} marked frames")
+            job.updated_at = time.time()
+            # The first record is written before the job exists and before the answer, in
+            # one step with the check that no job runs, for every process of the store.
+            self._claiming.add(stream_id)
+            try:
+                claimed = await asyncio.to_thread(self.store.settings.claim_stream_setting,
+                                                  stream_id, JOB_KEY, asdict(job), self._free)
+            finally:
+                self._claiming.discard(stream_id)
+            if not claimed:
+                raise CalibrationConflict(f"a calibration of stream {stream_id!r} is "
+                                          "already running (started through another API "
+                                          "process)")
+            task = asyncio.create_task(self._run(stream_id, job, usable, time_budget),
+                                       name=f"calibrate-{stream_id}")
+            self._jobs[stream_id] = (job, task)
         return await self.status(stream_id)
 
     async def _save(self, stream_id: str, job: Job) -> None:
         """Record the job as it is now. Shielded: a cancelled caller's write still
-        finishes, and before the next one starts (the lock), so a job's last record is
-        the one that stays even when the server stops in the middle of a write."""
+        finishes (``close`` waits for it), and before the next one starts (the lock), so
+        a job's last record is the one that stays even when the server stops in the
+        middle of a write."""
         job.updated_at = time.time()
-        await asyncio.shield(self._write_record(stream_id, asdict(job)))
+        write = asyncio.create_task(self._write_record(stream_id, asdict(job)))
+        self._writes.add(write)
+        write.add_done_callback(self._writes.discard)
+        await asyncio.shield(write)
 
     async def _write_record(self, stream_id: str, record: dict[str, Any]) -> None:
         async with self._saving:
@@ -511,14 +520,14 @@ class CalibrationDesk:
         finally:
             job.finished_at = time.time()
             try:
-                if work is not None:
-                    await asyncio.to_thread(shutil.rmtree, work, True)
                 await self._save(stream_id, job)
             finally:
                 # Only now: until the final record is saved, a status read would find the
                 # store's "running" record of this process and report it interrupted.
                 if self._jobs.get(stream_id, (None,))[0] is job:
                     del self._jobs[stream_id]
+                if work is not None:
+                    await asyncio.to_thread(shutil.rmtree, work, True)
             log.info("event=calibration_%s stream=%s message=%r", job.state, stream_id,
                      job.message)
 
@@ -620,7 +629,8 @@ class CalibrationDesk:
     async def forget(self, stream_id: str) -> None:
         """A removed stream: stop its job and drop its frames, model and records (a new
         stream of that name starts uncalibrated)."""
-        live = self._jobs.pop(stream_id, None)
+        async with self._starting:
+            live = self._jobs.pop(stream_id, None)
         if live is not None:
             live[1].cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -633,8 +643,9 @@ class CalibrationDesk:
     async def close(self) -> None:
         """Stop every running job (their subprocesses are killed); before the store
         closes."""
-        self._closed = True
-        live = list(self._jobs.items())
+        async with self._starting:
+            self._closed = True
+            live = list(self._jobs.items())
         for _, (_, task) in live:
             task.cancel()
         for stream_id, (job, task) in live:
@@ -643,13 +654,11 @@ class CalibrationDesk:
             if job.finished_at is None:
                 # Cancelled before its first step (a stop right after the 202): its
                 # coroutine never ran, so its record still says "running".
-                await self._stopped(stream_id, job)
+                job.state, job.message, job.finished_at = "failed", STOPPED, time.time()
+                await self._save(stream_id, job)
                 self._jobs.pop(stream_id, None)
-
-    async def _stopped(self, stream_id: str, job: Job) -> None:
-        job.state, job.message = "failed", STOPPED
-        job.finished_at = time.time()
-        await self._save(stream_id, job)
+        # A task cancelled again during its last write ended before the write did.
+        await asyncio.gather(*self._writes, return_exceptions=True)
 
 
 def _json_line(raw: bytes) -> dict[str, Any] | None:

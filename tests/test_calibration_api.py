@@ -475,7 +475,48 @@ async def test_a_new_job_right_after_a_verdict_waits_for_its_last_record(
     hold.set()
     r = await second
     assert r.status == 202, await r.text()
+    started = (await r.json())["started_at"]
     assert (await wait_state(client, "cam", "done", "failed"))["state"] == "done"
+
+    def record() -> dict[str, Any]:
+        return desk.store.settings.stream_settings(calibration.JOB_KEY)["cam"]
+    # the record that stays is the second job's verdict, not the first's written over it
+    await wait_until(lambda: record()["state"] == "done" and record()["started_at"] == started,
+                     10, "the second job's verdict in the store")
+
+
+async def test_a_stop_during_a_jobs_start_finds_the_job_whole(
+        serve, fake_calibrate, monkeypatch) -> None:
+    """The server stops while a start is writing the job's first record (held here): the
+    stop waits for the start, then stops its job, so no job runs on past the stop and the
+    record says it stopped."""
+    fake_calibrate(kept=True)  # never released: the job would wait for its go
+    client = await serve()
+    desk = service(client).calibration
+    await add_synthetic(client, "cam")
+    await wait_counted(client, "cam")
+    await mark_five(client, "cam")
+    hold, held = threading.Event(), threading.Event()
+    claim = desk.store.settings.claim_stream_setting
+
+    def slow_claim(*args: Any) -> bool:
+        held.set()
+        assert hold.wait(30)
+        return claim(*args)
+
+    monkeypatch.setattr(desk.store.settings, "claim_stream_setting", slow_claim)
+    start = asyncio.create_task(desk.start("cam", 60.0))
+    await wait_until(held.is_set, 10, "the start writing its first record")
+    stop = asyncio.create_task(desk.close())
+    for _ in range(5):
+        await asyncio.sleep(0)  # let the stop begin: it waits for the start
+    hold.set()
+    assert (await start)["state"] == "running"
+    await stop
+    assert desk._jobs == {}
+    record = desk.store.settings.stream_settings(calibration.JOB_KEY)["cam"]
+    assert record["state"] == "failed" and record["message"] == calibration.STOPPED
+    await client.close()
 
 
 async def test_removing_an_api_stream_forgets_its_calibration(serve, fake_calibrate) -> None:

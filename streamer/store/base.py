@@ -252,7 +252,8 @@ class SettingsStore(Protocol):
         """Save ``value`` only if ``free(current value, None when unset)`` holds, and say
         whether it did. The check and the write are one step for every process sharing the
         store (two API processes starting the same one-per-stream job: one of them wins).
-        ``free`` runs on the store's thread, inside the transaction: keep it pure."""
+        ``free`` runs on the store's one writer thread, inside the transaction: keep it
+        pure and quick, as every write of the process waits behind it."""
         ...
 
     def delete_stream_setting(self, stream_id: str, key: str | None = None) -> None:

@@ -193,8 +193,9 @@ class Dialect:
     dump_json: Callable[[Any], Any]
     load_json: Callable[[Any], Any]
     #: A statement that locks the key given as its ``lock`` parameter until the transaction
-    #: ends, so that a check and the write it allows are one step for every process. Empty
-    #: where one process's writer thread is the only writer (SQLite serves one box).
+    #: ends, so that a check and the write it allows are one step for every process (the
+    #: check after it sees the other's commit under PostgreSQL's default READ COMMITTED).
+    #: Empty where one process's writer thread is the only writer (SQLite serves one box).
     lock: str = ""
 
     def p(self, name: str) -> str:
