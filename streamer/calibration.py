@@ -194,6 +194,29 @@ def capture(result: Result) -> Captured:
                     jpeg=jpeg.tobytes(), density=pack_density(result.density))
 
 
+def shrunk_jpeg(jpeg: bytes, frame_width: int, width: int) -> bytes:
+    """A ``frame_width``-wide frame at ``width`` pixels wide (never wider than it is): the
+    panel lists up to 64 thumbnails, and a 4K camera's frames are megabytes each. The JPEG
+    is decoded at a half, a quarter or an eighth of its size where that is still wide
+    enough (libjpeg scales as it decodes), then shrunk by area."""
+    factor = 1
+    while factor < 8 and frame_width // (2 * factor) >= width:
+        factor *= 2
+    flag = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2,
+            4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}[factor]
+    image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), flag)
+    if image is None:
+        raise RuntimeError("a stored frame is not a JPEG")
+    h, w = image.shape[:2]
+    if w > width:
+        image = cv2.resize(image, (width, max(1, round(h * width / w))),
+                           interpolation=cv2.INTER_AREA)
+    ok, out = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 85])
+    if not ok:
+        raise RuntimeError("JPEG encoding failed")
+    return out.tobytes()
+
+
 def density_png(blob: bytes, width: int, height: int) -> bytes:
     """The density at capture as a faint RGBA overlay of the frame's size."""
     from crowdcount.model.render import density_rgba
@@ -363,11 +386,15 @@ class CalibrationDesk:
             raise FrameNotFound(f"stream {stream_id!r} has no marked frame {frame_id!r}")
         return frame
 
-    async def image(self, stream_id: str, frame_id: str) -> bytes:
+    async def image(self, stream_id: str, frame_id: str, width: int | None = None) -> bytes:
+        """The frame's JPEG as captured, or ``width`` pixels wide (a thumbnail)."""
         jpeg = await asyncio.to_thread(self.store.calibration.image, stream_id, frame_id)
         if jpeg is None:
             raise FrameNotFound(f"stream {stream_id!r} has no marked frame {frame_id!r}")
-        return jpeg
+        if width is None:
+            return jpeg
+        frame = await self._frame(stream_id, frame_id)
+        return await asyncio.to_thread(shrunk_jpeg, jpeg, frame["width"], width)
 
     async def density(self, stream_id: str, frame_id: str) -> bytes:
         frame = await self._frame(stream_id, frame_id)

@@ -39,6 +39,8 @@ MAX_ALERT_RULES = 256
 #: Marked frames calibration keeps per stream (each a full-size JPEG in the store, all of
 #: them read by every calibration; only the model in force is kept, one per stream).
 MAX_MARKED_FRAMES_PER_STREAM = 64
+#: Widest thumbnail of a marked frame the API makes (``?width=``): each costs a decode.
+MAX_THUMBNAIL_WIDTH = 1024
 #: Decoded frames kept in memory per stream for calibration to capture (the newest is 0).
 #: They are kept at the camera's full size (a 1080p frame holds ~3 MB of decoder picture),
 #: so a handful: enough to pick the one where nobody is blurred by motion.

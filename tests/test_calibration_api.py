@@ -101,6 +101,18 @@ async def mark_five(client, name: str) -> list[dict[str, Any]]:
 # -- capture ---------------------------------------------------------------------------------
 
 
+def test_a_thumbnail_of_a_large_frame_is_decoded_small_and_keeps_the_picture() -> None:
+    # 1920x1080: decoded at an eighth (240 px), then shrunk to 80 x 45
+    ramp = np.tile(np.linspace(0, 255, 1920, dtype=np.float32), (1080, 1))
+    frame = np.dstack([ramp, 255 - ramp, np.full_like(ramp, 60)]).astype(np.uint8)
+    jpeg = cv2.imencode(".jpg", frame)[1].tobytes()
+    thumb = cv2.imdecode(np.frombuffer(calibration.shrunk_jpeg(jpeg, 1920, 80), np.uint8),
+                         cv2.IMREAD_COLOR)
+    assert thumb.shape == (45, 80, 3)
+    want = cv2.resize(frame, (80, 45), interpolation=cv2.INTER_AREA)
+    assert np.abs(thumb.astype(int) - want.astype(int)).mean() < 4
+
+
 async def test_capture_before_any_frame_is_409_and_unknown_streams_404(serve) -> None:
     client = await serve()
     await service(client).add_source(Silent("quiet"), url="silent", kind="silent")
@@ -132,6 +144,18 @@ async def test_capture_keeps_the_cameras_size_count_and_density(serve, h264_clip
     assert r.status == 200 and r.content_type == "image/jpeg"
     image = cv2.imdecode(np.frombuffer(await r.read(), np.uint8), cv2.IMREAD_COLOR)
     assert image.shape == (240, 320, 3)
+    r = await client.get(base + "/image?width=80")  # the panel's thumbnail
+    assert r.status == 200 and r.content_type == "image/jpeg"
+    thumb = cv2.imdecode(np.frombuffer(await r.read(), np.uint8), cv2.IMREAD_COLOR)
+    assert thumb.shape == (60, 80, 3)
+    assert np.abs(thumb.astype(int) - cv2.resize(image, (80, 60), interpolation=cv2.INTER_AREA)
+                  .astype(int)).mean() < 8  # the same picture, smaller
+    r = await client.get(base + "/image?width=1000")  # never wider than the frame
+    assert cv2.imdecode(np.frombuffer(await r.read(), np.uint8), cv2.IMREAD_COLOR).shape == (
+        240, 320, 3)
+    for bad in ("8", "1025", "wide", "80.5"):
+        r = await client.get(base + f"/image?width={bad}")
+        assert r.status == 400 and "width" in (await r.json())["error"], bad
     r = await client.get(base + "/density")
     assert r.status == 200 and r.content_type == "image/png"
     density = cv2.imdecode(np.frombuffer(await r.read(), np.uint8), cv2.IMREAD_UNCHANGED)

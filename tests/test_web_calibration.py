@@ -293,6 +293,12 @@ async def test_capture_mark_save_and_the_api_errors(browser_page, live_server) -
     assert (frame["width"], frame["height"]) == (w, h)
     assert_marks(frame["marks"]["points"], points[:2], 1.0)
     assert (await cal.counts_text(fid)).startswith("2 marked")
+    # its thumbnail in the list is the small picture, not the frame's
+    thumb = cal.row(fid).locator("img.frame-thumb")
+    await thumb.scroll_into_view_if_needed()
+    await page.wait_for_function("(img) => img.complete && img.naturalWidth > 0",
+                                 arg=await thumb.element_handle())
+    assert await thumb.evaluate("(img) => [img.naturalWidth, img.naturalHeight]") == [80, 64]
 
     # Reopened: an unchanged frame closes at once with Esc; an edited one asks first.
     await cal.row(fid).get_by_role("button", name="Mark heads on the frame of").click()

@@ -22,6 +22,7 @@ const MIN_GAP_PX = 3; // a click this close to a mark adds no second one on it
 const DRAG_PX = 4; // a press that moves further is a drag (move or pan), not a click
 const MARK_RADIUS_PX = 5;
 const PAN_STEP_PX = 60;
+const THUMB_PX = 80; // .frame-thumb is 40 CSS px: sharp at twice that
 
 const calibrationPath = (id, rest = "") =>
   streamPath(id, rest ? `calibration/${rest}` : "calibration");
@@ -652,7 +653,8 @@ class CalibrationPanel extends FrameEditor {
       li.dataset.frameId = frame.id;
       li.dataset.marked = frame.marks ? "1" : "0";
       const thumb = el("img", { class: "frame-thumb", loading: "lazy", alt: "",
-                                src: framePath(this.card.id, frame.id, "image") });
+                                src: framePath(this.card.id, frame.id,
+                                               `image?width=${THUMB_PX}`) });
       const text = el("span", { class: "frame-text" });
       const counts = el("span", { class: "frame-counts", testid: "frame-counts" },
                         `${markedText(frame)} · model ${formatCount(Number(frame.model_count))}`);

@@ -35,6 +35,7 @@ from crowdcount.streamer.calibration import (
 from crowdcount.streamer.limits import (
     MAX_CALIBRATION_BUDGET_S,
     MAX_MARKS_PER_FRAME,
+    MAX_THUMBNAIL_WIDTH,
     MIN_CALIBRATION_BUDGET_S,
     RECENT_FRAMES,
 )
@@ -43,6 +44,7 @@ from crowdcount.streamer.routes.common import (
     ApiError,
     http_errors,
     parse_body,
+    parse_query,
     read_json_object,
     service_of,
 )
@@ -153,12 +155,24 @@ async def list_frames(request: web.Request) -> web.Response:
     return web.json_response({"frames": await svc.calibration.frames(sid)})
 
 
+class ImageQuery(BaseModel):
+    width: int | None = Field(
+        None, ge=16, le=MAX_THUMBNAIL_WIDTH,
+        description="a thumbnail this many pixels wide (the height follows; never wider "
+                    "than the frame)")
+
+
 @operation(Operation(
     "A marked frame's picture", "calibration",
-    {200: Reply("the frame at the camera's size", media={"image/jpeg": {"type": "string"}}),
-     **dict([error(404)])}, path_params=_FRAME))
+    {200: Reply("the frame at the camera's size, or as wide as asked",
+                media={"image/jpeg": {"type": "string"}}),
+     **dict([error(400, "a width that is not a whole number from 16 to "
+                        f"{MAX_THUMBNAIL_WIDTH}"), error(404)])},
+    query=ImageQuery, path_params=_FRAME))
 async def frame_image(request: web.Request) -> web.Response:
-    return await _frame_picture(request, CalibrationDesk.image, "image/jpeg")
+    width = parse_query(ImageQuery, request).width
+    return await _frame_picture(
+        request, lambda desk, sid, fid: desk.image(sid, fid, width), "image/jpeg")
 
 
 @operation(Operation(
