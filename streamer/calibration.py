@@ -97,6 +97,10 @@ STOPPED = "stopped: the server shut down"
 #: A running job whose record was not updated for this long belongs to a process that is
 #: gone (a cluster's other API process died): it is reported failed.
 STALE_S = 120.0
+#: A running job's record is rewritten at least this often, progress or not, so that only
+#: a gone process is silent for ``STALE_S`` (a job loading Keras on a busy box says nothing
+#: for a minute or more, and another API process must not take it for dead).
+HEARTBEAT_S = 30.0
 #: Math threads of the job (OpenMP, MKL, OpenBLAS, TensorFlow): the machine's cores, at
 #: most 4 so that one job's OpenMP pool does not spin every core of a big box. On a 2-core
 #: box two threads took a 10-frame calibration from 190 s to 99 s.
@@ -531,6 +535,7 @@ class CalibrationDesk:
     async def _run(self, stream_id: str, job: Job, frames: list[MarkedFrame],
                    time_budget: float) -> None:
         work: Path | None = None
+        beat = asyncio.create_task(self._heartbeat(stream_id, job))
         try:  # its first record is written (start); every later one comes after it
             work = Path(tempfile.mkdtemp(prefix="crowdcount-calibrate-", dir=self.work_dir))
             dataset = await asyncio.to_thread(self._write_dataset, stream_id, frames, work)
@@ -545,6 +550,8 @@ class CalibrationDesk:
             log.exception("calibration of %s failed", stream_id)
             job.state, job.message = "failed", f"{type(exc).__name__}: {exc}"
         finally:
+            beat.cancel()
+            await asyncio.wait({beat})  # a beat's write in flight lands before the last one
             job.finished_at = time.time()
             try:
                 await self._save(stream_id, job)
@@ -557,6 +564,11 @@ class CalibrationDesk:
                     await asyncio.to_thread(shutil.rmtree, work, True)
             log.info("event=calibration_%s stream=%s message=%r", job.state, stream_id,
                      job.message)
+
+    async def _heartbeat(self, stream_id: str, job: Job) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_S)
+            await self._save(stream_id, job)
 
     def _write_dataset(self, stream_id: str, frames: list[MarkedFrame], work: Path) -> Path:
         """The marked frames as a generic dataset (what ``crowdcount calibrate`` reads)."""

@@ -543,6 +543,34 @@ async def test_a_stop_during_a_jobs_start_finds_the_job_whole(
     await client.close()
 
 
+async def test_a_silent_job_still_renews_its_record(serve, fake_calibrate, monkeypatch
+                                                   ) -> None:
+    """A job that prints no progress for a while (Keras loading on a busy box) rewrites
+    its record anyway, so a cluster's other API processes do not take it for dead after
+    ``STALE_S``."""
+    monkeypatch.setattr(calibration, "HEARTBEAT_S", 0.05)
+    job = fake_calibrate(kept=True)  # one progress line, then silent until released
+    client = await serve()
+    svc = service(client)
+    await add_synthetic(client, "cam")
+    await wait_counted(client, "cam")
+    await mark_five(client, "cam")
+    assert (await client.post(BASE.format("cam"), json={})).status == 202
+
+    def updated() -> float:
+        return float(svc.settings.stream_settings(calibration.JOB_KEY)["cam"]["updated_at"])
+    await wait_until(lambda: "fake training" in svc.calibration._jobs["cam"][0].message, 20,
+                     "the job's one progress line")
+    first = updated()
+    for _ in range(3):  # renewed again and again while the job says nothing
+        seen = updated()
+        await wait_until(lambda seen=seen: updated() > seen, 10, "the record renewed")
+    assert updated() > first
+    assert (await status(client, "cam"))["state"] == "running"
+    job.release()
+    assert (await wait_state(client, "cam", "done", "failed"))["state"] == "done"
+
+
 async def test_removing_an_api_stream_forgets_its_calibration(serve, fake_calibrate) -> None:
     fake_calibrate(kept=True).release()
     client = await serve()
