@@ -98,6 +98,13 @@ async def mark_five(client, name: str) -> list[dict[str, Any]]:
     return frames
 
 
+async def five_marked(client, name: str) -> None:
+    """A synthetic stream, counting, with five marked frames: what a job needs."""
+    await add_synthetic(client, name)
+    await wait_counted(client, name)
+    await mark_five(client, name)
+
+
 # -- capture ---------------------------------------------------------------------------------
 
 
@@ -350,9 +357,7 @@ async def test_one_calibration_at_a_time_other_streams_count_and_the_model_swaps
 async def test_a_refused_calibration_keeps_the_model(serve, fake_calibrate) -> None:
     fake_calibrate(kept=False).release()
     client = await serve()
-    await add_synthetic(client, "cam")
-    await wait_counted(client, "cam")
-    await mark_five(client, "cam")
+    await five_marked(client, "cam")
     assert (await client.post(BASE.format("cam"), json={})).status == 202
     done = await wait_state(client, "cam", "refused", "failed", "done")
     assert done["state"] == "refused", done
@@ -370,9 +375,7 @@ async def test_a_job_being_saved_is_never_reported_interrupted(serve, fake_calib
 
     fake_calibrate(kept=False).release()
     client = await serve()
-    await add_synthetic(client, "cam")
-    await wait_counted(client, "cam")
-    await mark_five(client, "cam")
+    await five_marked(client, "cam")
     settings = service(client).store.settings
     save = settings.save_stream_setting
     writing, go_on = threading.Event(), threading.Event()
@@ -397,9 +400,7 @@ async def test_a_calibration_survives_a_restart_and_a_stopped_job_is_reported(
         serve, fake_calibrate) -> None:
     job = fake_calibrate(kept=True)
     client = await serve()
-    await add_synthetic(client, "cam")
-    await wait_counted(client, "cam")
-    await mark_five(client, "cam")
+    await five_marked(client, "cam")
     shared = service(client).recent.pick("cam").count
     job.release()
     assert (await client.post(BASE.format("cam"), json={})).status == 202
@@ -443,9 +444,7 @@ async def test_a_job_stopped_before_its_first_step_is_recorded_as_stopped(
     fake_calibrate(kept=True).release()
     client = await serve()
     svc = service(client)
-    await add_synthetic(client, "cam")
-    await wait_counted(client, "cam")
-    await mark_five(client, "cam")
+    await five_marked(client, "cam")
     assert (await client.post(BASE.format("cam"), json={})).status == 202
     assert (await wait_state(client, "cam", "done", "failed"))["state"] == "done"
     assert (await svc.calibration.start("cam", 60.0))["state"] == "running"
@@ -470,9 +469,7 @@ async def test_a_new_job_right_after_a_verdict_waits_for_its_last_record(
     fake_calibrate(kept=True).release()
     client = await serve()
     desk = service(client).calibration
-    await add_synthetic(client, "cam")
-    await wait_counted(client, "cam")
-    await mark_five(client, "cam")
+    await five_marked(client, "cam")
     hold, held = threading.Event(), threading.Event()
     save, frames = desk.store.settings.save_stream_setting, desk.store.calibration.frames
     reads: list[int] = []
@@ -517,9 +514,7 @@ async def test_a_stop_during_a_jobs_start_finds_the_job_whole(
     fake_calibrate(kept=True)  # never released: the job would wait for its go
     client = await serve()
     desk = service(client).calibration
-    await add_synthetic(client, "cam")
-    await wait_counted(client, "cam")
-    await mark_five(client, "cam")
+    await five_marked(client, "cam")
     hold, held = threading.Event(), threading.Event()
     claim = desk.store.settings.claim_stream_setting
 
@@ -552,9 +547,7 @@ async def test_a_silent_job_still_renews_its_record(serve, fake_calibrate, monke
     job = fake_calibrate(kept=True)  # one progress line, then silent until released
     client = await serve()
     svc = service(client)
-    await add_synthetic(client, "cam")
-    await wait_counted(client, "cam")
-    await mark_five(client, "cam")
+    await five_marked(client, "cam")
     assert (await client.post(BASE.format("cam"), json={})).status == 202
 
     def updated() -> float:
