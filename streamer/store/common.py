@@ -594,7 +594,6 @@ def _lock(d: Dialect, conn: SqlConn, key: str) -> None:
         conn.execute(d.lock, {"lock": key})
 
 
-
 class SqlSettings(_Records):
     """``SettingsStore`` on the ``alert_rules``, ``stream_zones`` and ``stream_settings``
     tables."""
