@@ -27,6 +27,17 @@ def input_size(width: int, height: int, max_side: int | None = None) -> tuple[in
     return snap(height * scale), snap(width * scale)
 
 
+def shrunk(image: NDArray[np.uint8], max_side: int) -> NDArray[np.uint8]:
+    """``image`` itself when its longer side is at most ``max_side``, else shrunk (by area,
+    aspect kept) to that: pictures kept or combined at a bounded size, not network input."""
+    h, w = image.shape[:2]
+    scale = max_side / max(h, w)
+    if scale >= 1:
+        return image
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return np.asarray(cv2.resize(image, size, interpolation=cv2.INTER_AREA), np.uint8)
+
+
 def _fit(image: NDArray[np.uint8], size: tuple[int, int]) -> NDArray[np.uint8]:
     """The image at ``size`` = (h, w): itself when it already is, else resized."""
     if image.ndim != 3 or image.shape[2] != 3:

@@ -42,6 +42,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from crowdcount.model.floor import Floor
+from crowdcount.model.preprocess import shrunk
 from crowdcount.model.types import Result
 
 if TYPE_CHECKING:
@@ -53,6 +54,8 @@ __all__ = ["GRID_H", "GRID_W", "GatheringMap", "Heatmap", "render_floor_view", "
 log = logging.getLogger(__name__)
 
 GRID_W, GRID_H = 40, 30
+#: Longer side of the stored reference picture (and of the overlay drawn on it).
+REFERENCE_SIDE = 960
 
 def resample_weights(n_src: int, n_dst: int) -> NDArray[np.float32]:
     """(n_dst, n_src) area weights: the share of source cell j that lies in target cell i.
@@ -205,7 +208,7 @@ class GatheringMap:
                     self.store.add_bucket(sid, start, frames, _pack(mean), part)
                 else:
                     sid, t, image = args
-                    ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(_shrink(image),
+                    ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(shrunk(image, REFERENCE_SIDE),
                                                                  cv2.COLOR_RGB2BGR),
                                             [cv2.IMWRITE_JPEG_QUALITY, 85])
                     if ok:
@@ -292,16 +295,8 @@ class GatheringMap:
         self._thread.join(timeout=10)
 
 
-def _shrink(image: NDArray[np.uint8], max_side: int = 960) -> NDArray[np.uint8]:
-    h, w = image.shape[:2]
-    scale = max_side / max(h, w)
-    if scale >= 1:
-        return image
-    return cv2.resize(image, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
-
-
 def render_overlay(image: NDArray[np.uint8] | None, heatmap: Heatmap,
-                   max_side: int = 960, floor: Floor | None = None) -> NDArray[np.uint8]:
+                   max_side: int = REFERENCE_SIDE, floor: Floor | None = None) -> NDArray[np.uint8]:
     """The map in the Jet colours over the reference frame (a grey canvas of the grid's
     aspect when there is none). Unlike live heatmaps (one absolute scale), the map is
     relative: its busiest cell is red and cells under 15 % of it stay untinted, because the
@@ -309,7 +304,7 @@ def render_overlay(image: NDArray[np.uint8] | None, heatmap: Heatmap,
     calibration the cells are people per m2 of floor (beyond the floor: untinted)."""
     from crowdcount.model.render import HEAT_CAP, overlay
 
-    base = _shrink(image, max_side) if image is not None else np.full(
+    base = shrunk(image, max_side) if image is not None else np.full(
         (GRID_H * 16, GRID_W * 16, 3), 96, np.uint8)
     if heatmap.grid is None or heatmap.grid.max() <= 0:
         return base.copy()

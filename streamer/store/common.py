@@ -569,11 +569,15 @@ class _Records:
     def _write(self, sql: str, args: Mapping[str, Any], what: str | None = None) -> int:
         def write(conn: SqlConn) -> int:
             n = int(conn.execute(sql, args).rowcount)
-            if what is not None and self._announce is not None:
-                self._announce(conn, what)
+            self._told(conn, what)
             return n
 
         return self._writer.call(write)
+
+    def _told(self, conn: SqlConn, what: str | None) -> None:
+        """In a write's transaction: tell the store's other processes what changed."""
+        if what is not None and self._announce is not None:
+            self._announce(conn, what)
 
     def _upsert(self, table: str, key: Sequence[str], values: Mapping[str, Any],
                 what: str | None = None) -> None:
@@ -592,6 +596,9 @@ def _lock(d: Dialect, conn: SqlConn, key: str) -> None:
     it waits, then sees this one's writes (see ``Dialect.lock``)."""
     if d.lock:
         conn.execute(d.lock, {"lock": key})
+
+
+_SETTING_KEY = ("stream_id", "key")
 
 
 class SqlSettings(_Records):
@@ -633,28 +640,28 @@ class SqlSettings(_Records):
                            f"{self._d.p('key')}", {"key": key})
         return {sid: self._d.load_json(value) for sid, value in rows}
 
+    def _setting(self, stream_id: str, key: str, value: Any) -> dict[str, Any]:
+        return {"stream_id": stream_id, "key": key, "value": self._d.dump_json(value),
+                "updated_at": time.time()}
+
     def save_stream_setting(self, stream_id: str, key: str, value: Any) -> None:
-        self._upsert("stream_settings", ("stream_id", "key"), {
-            "stream_id": stream_id, "key": key, "value": self._d.dump_json(value),
-            "updated_at": time.time()}, f"setting:{key}:{stream_id}")
+        self._upsert("stream_settings", _SETTING_KEY, self._setting(stream_id, key, value),
+                     f"setting:{key}:{stream_id}")
 
     def claim_stream_setting(self, stream_id: str, key: str, value: Any,
                              free: Callable[[Any | None], bool]) -> bool:
         what = f"setting:{key}:{stream_id}"
         select = (f"SELECT value FROM stream_settings WHERE stream_id = {self._d.p('sid')} "
                   f"AND key = {self._d.p('key')}")
-        values = {"stream_id": stream_id, "key": key, "value": self._d.dump_json(value),
-                  "updated_at": time.time()}
+        values = self._setting(stream_id, key, value)
 
         def claim(conn: SqlConn) -> bool:
             _lock(self._d, conn, what)
             row = conn.execute(select, {"sid": stream_id, "key": key}).fetchone()
             if not free(None if row is None else self._d.load_json(row[0])):
                 return False
-            conn.execute(_upsert_sql(self._d, "stream_settings", ("stream_id", "key"), values),
-                         values)
-            if self._announce is not None:
-                self._announce(conn, what)
+            conn.execute(_upsert_sql(self._d, "stream_settings", _SETTING_KEY, values), values)
+            self._told(conn, what)
             return True
 
         return self._writer.call(claim)

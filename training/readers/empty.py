@@ -34,6 +34,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy.spatial import cKDTree
 
+from crowdcount.model.preprocess import shrunk
 from crowdcount.model.types import Sample
 from crowdcount.training.readers.base import DatasetError, Kernel, Reader, load_image
 
@@ -123,18 +124,8 @@ def video_frames(path: Path, k: int = MEDIAN_FRAMES) -> list[NDArray[np.uint8]]:
     chosen = decode_video(path, every=every)
     picked = itertools.islice(chosen, 0, 10 * k, 10) if every is None else \
         itertools.islice(chosen, 2 * k)
-    frames = [bounded(f.image) for f in picked]
+    frames = [shrunk(f.image, MEDIAN_MAX_SIDE) for f in picked]
     return [frames[i] for i in evenly(len(frames), k)]
-
-
-def bounded(image: NDArray[np.uint8], max_side: int = MEDIAN_MAX_SIDE) -> NDArray[np.uint8]:
-    """``image`` shrunk (area-averaged) so that its longer side is at most ``max_side``."""
-    h, w = image.shape[:2]
-    scale = max_side / max(h, w)
-    if scale >= 1:
-        return image
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return np.asarray(cv2.resize(image, size, interpolation=cv2.INTER_AREA), np.uint8)
 
 
 def persistent_heads(
@@ -203,7 +194,8 @@ class MedianView(_OneSample):
             frames = video_frames(path)
         elif path.is_dir():
             files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-            frames = [bounded(load_image(files[i], i)) for i in evenly(len(files))]
+            frames = [shrunk(load_image(files[i], i), MEDIAN_MAX_SIDE)
+                      for i in evenly(len(files))]
         else:
             raise DatasetError(f"{path}: empty: takes 'synthetic', a video file or a folder "
                                "of images")
